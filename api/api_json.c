@@ -1,0 +1,105 @@
+/*
+ * api_json: JSON rendering of prune_result_t and sd_error_t (see api_json.h).
+ *
+ * jansson's json_object_set_new steals references and tolerates NULL values by failing,
+ * so a failed allocation deep inside surfaces as a NULL document at the end instead of
+ * a crash; the caller reports it as out of memory.
+ */
+#include "api_json.h"
+
+#include "tensor.h"
+
+static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+
+static json_t *layer_json(const prune_layer_t *l)
+{
+	json_t *o = json_object();
+	json_t *shape = json_array();
+	for (int d = 0; d < l->rank; d++)
+		json_array_append_new(shape, json_integer(l->shape[d]));
+	json_object_set_new(o, "name", json_string(l->name));
+	json_object_set_new(o, "type", json_string(l->type));
+	json_object_set_new(o, "weight", str_or_null(l->weight));
+	json_object_set_new(o, "weight_input", json_string(l->weight_input));
+	json_object_set_new(o, "dtype", l->dtype ? json_string(prune_dtype_name(l->dtype))
+						 : json_null());
+	json_object_set_new(o, "weight_shape", l->rank >= 0 ? shape : (json_decref(shape), json_null()));
+	json_object_set_new(o, "prune_axis", l->axis >= 0 ? json_integer(l->axis) : json_null());
+	json_object_set_new(o, "action",
+			    json_string(l->action == PRUNE_ACTION_PRUNED ? "pruned" : "skipped"));
+	json_object_set_new(o, "reason", l->action == PRUNE_ACTION_PRUNED
+						 ? json_null()
+						 : json_string(prune_skip_name(l->reason)));
+	json_object_set_new(o, "detail", str_or_null(l->detail));
+	if (l->action == PRUNE_ACTION_PRUNED) {
+		json_object_set_new(o, "update_freq", json_integer(l->update_freq));
+		if (l->mask_var) {
+			json_object_set_new(o, "mask_var", json_string(l->mask_var));
+			json_object_set_new(o, "step_var", str_or_null(l->step_var));
+			json_object_set_new(o, "update_op", str_or_null(l->update_op));
+		}
+	}
+	return o;
+}
+
+json_t *api_json_result(const prune_result_t *r)
+{
+	json_t *doc = json_object();
+	json_t *model = json_object();
+	json_object_set_new(model, "format", json_string(prune_format_name(r->format)));
+	json_object_set_new(model, "format_source",
+			    json_string(r->format_stated ? "stated" : "detected"));
+	json_object_set_new(model, "nodes_in", json_integer((json_int_t)r->nodes_in));
+	json_object_set_new(model, "nodes_out", json_integer((json_int_t)r->nodes_out));
+	json_object_set_new(doc, "stage", json_string(r->stage));
+	json_object_set_new(doc, "model", model);
+
+	json_t *outs = json_array();
+	for (size_t i = 0; i < r->n_outputs; i++)
+		json_array_append_new(outs, json_string(r->outputs[i]));
+	json_object_set_new(doc, "outputs", outs);
+
+	json_t *layers = json_array();
+	for (size_t i = 0; i < r->n_layers; i++)
+		json_array_append_new(layers, layer_json(&r->layers[i]));
+	json_object_set_new(doc, "layers", layers);
+
+	json_t *tot = json_object(), *by = json_object();
+	for (int k = 0; k < PRUNE_SKIP__COUNT; k++)
+		if (r->by_reason[k])
+			json_object_set_new(by, prune_skip_name(k),
+					    json_integer((json_int_t)r->by_reason[k]));
+	json_object_set_new(tot, "layers", json_integer((json_int_t)r->n_layers));
+	json_object_set_new(tot, "pruned", json_integer((json_int_t)r->pruned));
+	json_object_set_new(tot, "skipped", json_integer((json_int_t)r->skipped));
+	json_object_set_new(tot, "weights", json_integer((json_int_t)r->weights));
+	json_object_set_new(tot, "weights_zeroed", json_integer((json_int_t)r->weights_zeroed));
+	json_object_set_new(tot, "skipped_by_reason", by);
+	json_object_set_new(doc, "totals", tot);
+	if (r->init_op)
+		json_object_set_new(doc, "init_op", json_string(r->init_op));
+	if (r->update_op)
+		json_object_set_new(doc, "update_op", json_string(r->update_op));
+	return doc;
+}
+
+json_t *api_json_problem(const sd_error_t *e)
+{
+	json_t *o = json_object();
+	char type[128];
+	snprintf(type, sizeof(type), "https://sparsityd.dev/problems/%s", sd_err_type(e->code));
+	json_object_set_new(o, "type", json_string(type));
+	json_object_set_new(o, "title", json_string(sd_err_title(e->code)));
+	json_object_set_new(o, "status", json_integer(sd_err_http(e->code)));
+	json_object_set_new(o, "code", json_string(sd_err_type(e->code)));
+	json_object_set_new(o, "detail", json_string(e->msg));
+	if (e->file[0])
+		json_object_set_new(o, "file", json_string(e->file));
+	if (e->line) {
+		json_object_set_new(o, "line", json_integer(e->line));
+		json_object_set_new(o, "column", json_integer(e->col));
+	}
+	if (e->node[0])
+		json_object_set_new(o, "node", json_string(e->node));
+	return o;
+}

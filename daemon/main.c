@@ -1,0 +1,34 @@
+/*
+ * sparsityd: entry point. Dispatches to a subcommand; the daemon itself (`serve`) and
+ * the offline stages share one binary so a CI job and the service run the same code.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+#ifndef SPARSITYD_VERSION
+#define SPARSITYD_VERSION "0.1.0"
+#endif
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		cli_usage(1);
+		return 2;
+	}
+	const char *cmd = argv[1];
+	if (strcmp(cmd, "insert") == 0)
+		return cli_insert(argc - 1, argv + 1);
+	if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+		printf("sparsityd %s\n", SPARSITYD_VERSION);
+		return 0;
+	}
+	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+		cli_usage(0);
+		return 0;
+	}
+	fprintf(stderr, "sparsityd: error: unknown command '%s'\n", cmd);
+	cli_usage(1);
+	return 2;
+}

@@ -1,0 +1,511 @@
+/*
+ * prune_graph: model loading, format detection, validation, the name index, and
+ * streaming save (see graph.h).
+ *
+ * Design: the model is unpacked once by protobuf-c into the stage's arena; a stage then
+ * edits the NodeDef structs in place and the save packs them straight to the output
+ * file through a small buffered sink, so the encoded output is never held in memory.
+ * The name index is an open-addressing hash table (FNV-1a, linear probing) rebuilt
+ * only when nodes are removed; appending a node inserts into it. Workload: graphs of
+ * up to a few hundred thousand nodes, loaded once per job.
+ *
+ * Format detection: text is recognised by the absence of NUL bytes and a first token
+ * that is an identifier or comment. GraphDef and MetaGraphDef share wire tags 1, 2
+ * and 4 at the top level, so the decision reads the top-level fields: a GraphDef
+ * repeats field 1 (nodes) and its field 4 (VersionDef) holds varints, while a
+ * MetaGraphDef has one field 1 (MetaInfoDef), its field 4 entries (collection_def map
+ * entries) start with a string key, and fields 3 (SaverDef) and 5..7 are
+ * length-delimited. If the guess unpacks to no nodes the other reading is tried.
+ */
+#include "graph.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pbtext.h"
+#include "tensor.h"
+
+struct prune_graph {
+	arena_t *arena;
+	prune_format_t format;
+	bool stated;
+	Tensorflow__MetaGraphDef *meta;
+	Tensorflow__GraphDef *gd;
+	size_t node_cap;   /* capacity of gd->node */
+	ptrdiff_t *slots;  /* hash slots: node index or -1 */
+	size_t nslots;     /* power of two, > 2 * node count */
+};
+
+const char *prune_format_name(prune_format_t f)
+{
+	switch (f) {
+	case PRUNE_FMT_GRAPHDEF: return "graphdef";
+	case PRUNE_FMT_METAGRAPH: return "metagraph";
+	case PRUNE_FMT_PBTXT: return "pbtxt";
+	default: return "auto";
+	}
+}
+
+int prune_format_parse(const char *s, prune_format_t *out, sd_error_t *e)
+{
+	static const struct { const char *name; prune_format_t f; } names[] = {
+		{"auto", PRUNE_FMT_AUTO}, {"graphdef", PRUNE_FMT_GRAPHDEF},
+		{"pb", PRUNE_FMT_GRAPHDEF}, {"metagraph", PRUNE_FMT_METAGRAPH},
+		{"meta", PRUNE_FMT_METAGRAPH}, {"pbtxt", PRUNE_FMT_PBTXT},
+		{"text", PRUNE_FMT_PBTXT},
+	};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (strcmp(s, names[i].name) == 0) {
+			*out = names[i].f;
+			return 0;
+		}
+	}
+	return sd_err(e, SD_EUSAGE,
+		      "unknown model format '%s' (expected graphdef, metagraph or pbtxt)", s);
+}
+
+/* ---- name index ---- */
+
+static uint64_t hash_name(const char *s, size_t len)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (size_t i = 0; i < len; i++) {
+		h ^= (unsigned char)s[i];
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+static bool name_eq(const char *node_name, const char *s, size_t len)
+{
+	return strncmp(node_name, s, len) == 0 && node_name[len] == '\0';
+}
+
+ptrdiff_t prune_graph_find(const prune_graph_t *g, const char *name, size_t len)
+{
+	size_t mask = g->nslots - 1;
+	for (size_t i = hash_name(name, len) & mask;; i = (i + 1) & mask) {
+		ptrdiff_t idx = g->slots[i];
+		if (idx < 0)
+			return -1;
+		if (name_eq(g->gd->node[idx]->name, name, len))
+			return idx;
+	}
+}
+
+/* Inserts node idx; returns the index already holding that name, or -1 if new. */
+static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
+{
+	const char *name = g->gd->node[idx]->name;
+	size_t len = strlen(name), mask = g->nslots - 1;
+	for (size_t i = hash_name(name, len) & mask;; i = (i + 1) & mask) {
+		ptrdiff_t cur = g->slots[i];
+		if (cur < 0) {
+			g->slots[i] = (ptrdiff_t)idx;
+			return -1;
+		}
+		if (strcmp(g->gd->node[cur]->name, name) == 0)
+			return cur;
+	}
+}
+
+static int index_build(prune_graph_t *g, size_t want, sd_error_t *e)
+{
+	size_t n = 16;
+	while (n < 2 * want + 2)
+		n <<= 1;
+	g->slots = arena_alloc(g->arena, n * sizeof(*g->slots));
+	if (!g->slots)
+		return sd_err(e, SD_ENOMEM, "out of memory indexing %zu nodes", want);
+	memset(g->slots, 0xff, n * sizeof(*g->slots)); /* all -1 */
+	g->nslots = n;
+	for (size_t i = 0; i < g->gd->n_node; i++) {
+		ptrdiff_t dup = index_put(g, i);
+		if (dup >= 0)
+			return sd_err_node(e, SD_EMODEL, g->gd->node[i]->name,
+					   "duplicate node name '%s' (nodes %td and %zu)",
+					   g->gd->node[i]->name, dup, i);
+	}
+	return 0;
+}
+
+/* ---- input strings ---- */
+
+int prune_input_parse(const char *s, prune_input_t *out, sd_error_t *e)
+{
+	memset(out, 0, sizeof(*out));
+	if (s[0] == '^') {
+		out->ctrl = true;
+		s++;
+	}
+	const char *colon = strchr(s, ':');
+	out->name = s;
+	out->len = colon ? (size_t)(colon - s) : strlen(s);
+	if (out->len == 0)
+		return sd_err(e, SD_EMODEL, "empty node name in input string");
+	if (colon) {
+		if (out->ctrl)
+			return sd_err(e, SD_EMODEL, "control input '^%s' has an output index", s);
+		char *end;
+		errno = 0;
+		long v = strtol(colon + 1, &end, 10);
+		if (colon[1] == '\0' || *end != '\0' || errno || v < 0 || v > INT32_MAX)
+			return sd_err(e, SD_EMODEL, "bad output index in input '%s'", s);
+		out->index = (int)v;
+	}
+	return 0;
+}
+
+ptrdiff_t prune_graph_find_input(const prune_graph_t *g, const char *input)
+{
+	prune_input_t in;
+	if (prune_input_parse(input, &in, NULL) != 0)
+		return -1;
+	return prune_graph_find(g, in.name, in.len);
+}
+
+/* ---- accessors ---- */
+
+prune_format_t prune_graph_format(const prune_graph_t *g) { return g->format; }
+bool prune_graph_format_stated(const prune_graph_t *g) { return g->stated; }
+Tensorflow__GraphDef *prune_graph_def(prune_graph_t *g) { return g->gd; }
+Tensorflow__MetaGraphDef *prune_graph_meta(prune_graph_t *g) { return g->meta; }
+arena_t *prune_graph_arena(prune_graph_t *g) { return g->arena; }
+size_t prune_graph_count(const prune_graph_t *g) { return g->gd->n_node; }
+Tensorflow__NodeDef *prune_graph_node(const prune_graph_t *g, size_t i) { return g->gd->node[i]; }
+
+Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char *key)
+{
+	for (size_t i = 0; i < n->n_attr; i++)
+		if (strcmp(n->attr[i]->key, key) == 0)
+			return n->attr[i]->value;
+	return NULL;
+}
+
+/* ---- format detection ---- */
+
+static bool read_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v)
+{
+	*v = 0;
+	for (int shift = 0; shift < 64 && *pos < len; shift += 7) {
+		uint8_t b = p[(*pos)++];
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return true;
+	}
+	return false;
+}
+
+static bool looks_textual(const uint8_t *buf, size_t len)
+{
+	if (len == 0 || memchr(buf, 0, len))
+		return false;
+	size_t i = 0;
+	while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n' || buf[i] == '\r'))
+		i++;
+	if (i == len)
+		return false;
+	unsigned char c = buf[i];
+	return c == '#' || c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/*
+ * Scores the top-level fields: > 0 leans MetaGraphDef, < 0 GraphDef. Stops at the first
+ * malformed field; the real unpack reports the error.
+ */
+static int meta_score(const uint8_t *buf, size_t len)
+{
+	size_t pos = 0;
+	int score = 0, ones = 0;
+	while (pos < len) {
+		uint64_t key, n;
+		if (!read_varint(buf, len, &pos, &key))
+			break;
+		unsigned field = (unsigned)(key >> 3), wire = key & 7;
+		if (wire == 0) {
+			if (!read_varint(buf, len, &pos, &n))
+				break;
+			if (field == 3)
+				score -= 4; /* GraphDef.version (deprecated int) */
+			continue;
+		}
+		if (wire != 2 || !read_varint(buf, len, &pos, &n) || n > len - pos)
+			break;
+		const uint8_t *payload = buf + pos;
+		if (field == 1 && ++ones > 1)
+			score -= 8;
+		if (field == 3 || (field >= 5 && field <= 7))
+			score += 4;
+		if (field == 4 && n > 0)
+			score += payload[0] == 0x0a ? 4 : -4;
+		pos += n;
+	}
+	return score;
+}
+
+/* ---- loading ---- */
+
+static int unpack_binary(prune_graph_t *g, const uint8_t *buf, size_t len, bool meta)
+{
+	if (meta) {
+		g->meta = tensorflow__meta_graph_def__unpack(&g->arena->pb, len, buf);
+		g->gd = g->meta ? g->meta->graph_def : NULL;
+		return g->meta ? 0 : -1;
+	}
+	g->gd = tensorflow__graph_def__unpack(&g->arena->pb, len, buf);
+	return g->gd ? 0 : -1;
+}
+
+static int validate_const(const prune_graph_t *g, const Tensorflow__NodeDef *n,
+			  size_t max_elems, sd_error_t *e)
+{
+	Tensorflow__AttrValue *v = prune_node_attr(n, "value");
+	if (!v || v->value_case != TENSORFLOW__ATTR_VALUE__VALUE_TENSOR)
+		return sd_err_node(e, SD_EMODEL, n->name, "Const node '%s' has no tensor 'value'",
+				   n->name);
+	const Tensorflow__TensorProto *t = v->tensor;
+	size_t count;
+	int rc = prune_shape_count(t->tensor_shape, max_elems, n->name, &count, e);
+	if (rc)
+		return rc;
+	size_t esz = prune_dtype_size(t->dtype);
+	(void)g;
+	if (!esz) {
+		static const struct { int dt; size_t sz; } fixed[] = {
+			{TENSORFLOW__DATA_TYPE__DT_INT32, 4}, {TENSORFLOW__DATA_TYPE__DT_INT64, 8},
+			{TENSORFLOW__DATA_TYPE__DT_INT8, 1}, {TENSORFLOW__DATA_TYPE__DT_UINT8, 1},
+			{TENSORFLOW__DATA_TYPE__DT_INT16, 2}, {TENSORFLOW__DATA_TYPE__DT_UINT16, 2},
+			{TENSORFLOW__DATA_TYPE__DT_BOOL, 1}, {TENSORFLOW__DATA_TYPE__DT_UINT32, 4},
+			{TENSORFLOW__DATA_TYPE__DT_UINT64, 8},
+		};
+		for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+			if (fixed[i].dt == (int)t->dtype)
+				esz = fixed[i].sz;
+	}
+	if (esz && t->tensor_content.len && t->tensor_content.len / esz != count)
+		return sd_err_node(e, SD_EMODEL, n->name,
+				   "node '%s': tensor_content has %zu bytes but its shape "
+				   "holds %zu elements of %s (%zu bytes)",
+				   n->name, t->tensor_content.len, count,
+				   prune_dtype_name(t->dtype), count * esz);
+	if (esz && t->tensor_content.len % esz)
+		return sd_err_node(e, SD_EMODEL, n->name,
+				   "node '%s': tensor_content length %zu is not a multiple of %zu",
+				   n->name, t->tensor_content.len, esz);
+	return 0;
+}
+
+static int validate(prune_graph_t *g, size_t max_elems, sd_error_t *e)
+{
+	int rc = index_build(g, g->gd->n_node, e);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < g->gd->n_node; i++) {
+		Tensorflow__NodeDef *n = g->gd->node[i];
+		if (!n->name || !n->name[0])
+			return sd_err(e, SD_EMODEL, "node %zu has no name", i);
+		if (!n->op || !n->op[0])
+			return sd_err_node(e, SD_EMODEL, n->name, "node '%s' has no op", n->name);
+		for (size_t k = 0; k < n->n_input; k++) {
+			prune_input_t in;
+			if (prune_input_parse(n->input[k], &in, e)) {
+				sd_err_prefix(e, "node '%s' input %zu", n->name, k);
+				snprintf(e->node, sizeof(e->node), "%s", n->name);
+				return SD_EMODEL;
+			}
+			if (prune_graph_find(g, in.name, in.len) < 0)
+				return sd_err_node(e, SD_EMODEL, n->name,
+						   "node '%s' input %zu names missing node '%.*s'",
+						   n->name, k, (int)in.len, in.name);
+		}
+		if (strcmp(n->op, "Const") == 0 && (rc = validate_const(g, n, max_elems, e)))
+			return rc;
+	}
+	return 0;
+}
+
+int prune_graph_load(const uint8_t *buf, size_t len, const char *file, prune_format_t fmt,
+		     size_t max_elems, arena_t *a, prune_graph_t **out, sd_error_t *e)
+{
+	if (len > PRUNE_MODEL_MAX)
+		return sd_err(e, SD_ETOOBIG,
+			      "%s: %zu bytes is over protobuf's 2 GiB message limit", file, len);
+	prune_graph_t *g = arena_calloc(a, 1, sizeof(*g));
+	if (!g)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	g->arena = a;
+	g->stated = fmt != PRUNE_FMT_AUTO;
+	if (fmt == PRUNE_FMT_AUTO) {
+		if (len == 0)
+			return sd_err(e, SD_EMODEL, "%s: empty file is not a model", file);
+		fmt = looks_textual(buf, len) ? PRUNE_FMT_PBTXT
+		      : meta_score(buf, len) > 0 ? PRUNE_FMT_METAGRAPH
+						 : PRUNE_FMT_GRAPHDEF;
+	}
+	g->format = fmt;
+	if (fmt == PRUNE_FMT_PBTXT) {
+		pbtext_opts_t o = {.filename = file, .err_code = SD_EMODEL};
+		ProtobufCMessage *m;
+		int rc = pbtext_parse(&tensorflow__graph_def__descriptor, (const char *)buf, len,
+				      a, &o, &m, e);
+		if (rc)
+			return rc;
+		g->gd = (Tensorflow__GraphDef *)m;
+	} else {
+		bool meta = fmt == PRUNE_FMT_METAGRAPH;
+		int rc = unpack_binary(g, buf, len, meta);
+		if (!g->stated && (rc || !g->gd || g->gd->n_node == 0)) {
+			/* The heuristic guessed wrong only if the other reading has nodes. */
+			prune_graph_t alt = *g;
+			if (unpack_binary(&alt, buf, len, !meta) == 0 && alt.gd && alt.gd->n_node) {
+				*g = alt;
+				g->format = meta ? PRUNE_FMT_GRAPHDEF : PRUNE_FMT_METAGRAPH;
+				rc = 0;
+			}
+		}
+		if (rc)
+			return sd_err(e, SD_EMODEL,
+				      "%s: not a valid binary %s (truncated or not a TensorFlow "
+				      "model)",
+				      file, meta ? "MetaGraphDef" : "GraphDef");
+		if (!g->gd)
+			return sd_err(e, SD_EMODEL, "%s: MetaGraphDef has no graph_def", file);
+	}
+	if (g->gd->n_node == 0)
+		return sd_err(e, SD_EMODEL, "%s: the %s has no nodes", file,
+			      prune_format_name(g->format));
+	g->node_cap = g->gd->n_node;
+	int rc = validate(g, max_elems, e);
+	if (rc) {
+		if (e && !strstr(e->msg, file))
+			sd_err_prefix(e, "%s", file);
+		return rc;
+	}
+	*out = g;
+	return 0;
+}
+
+/* ---- editing ---- */
+
+Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const char *name, const char *op,
+				     sd_error_t *e)
+{
+	if (prune_graph_find(g, name, strlen(name)) >= 0) {
+		sd_err_node(e, SD_EMODEL, name, "node name '%s' is already taken", name);
+		return NULL;
+	}
+	Tensorflow__GraphDef *gd = g->gd;
+	if (gd->n_node == g->node_cap) {
+		size_t cap = g->node_cap ? g->node_cap * 2 : 16;
+		Tensorflow__NodeDef **nn = arena_grow(g->arena, gd->node, gd->n_node, cap,
+						      sizeof(*nn));
+		if (!nn)
+			goto nomem;
+		gd->node = nn;
+		g->node_cap = cap;
+	}
+	if (2 * (gd->n_node + 1) + 2 > g->nslots && index_build(g, 2 * (gd->n_node + 1), e))
+		return NULL;
+	Tensorflow__NodeDef *n = arena_alloc(g->arena, sizeof(*n));
+	if (!n)
+		goto nomem;
+	tensorflow__node_def__init(n);
+	n->name = arena_strdup(g->arena, name);
+	n->op = arena_strdup(g->arena, op);
+	if (!n->name || !n->op)
+		goto nomem;
+	gd->node[gd->n_node] = n;
+	index_put(g, gd->n_node);
+	gd->n_node++;
+	return n;
+nomem:
+	sd_err(e, SD_ENOMEM, "out of memory adding node '%s'", name);
+	return NULL;
+}
+
+int prune_graph_remove(prune_graph_t *g, const bool *remove, sd_error_t *e)
+{
+	Tensorflow__GraphDef *gd = g->gd;
+	size_t w = 0;
+	for (size_t i = 0; i < gd->n_node; i++)
+		if (!remove[i])
+			gd->node[w++] = gd->node[i];
+	gd->n_node = w;
+	return index_build(g, w, e);
+}
+
+int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n, const char *key,
+			Tensorflow__AttrValue *v, sd_error_t *e)
+{
+	for (size_t i = 0; i < n->n_attr; i++) {
+		if (strcmp(n->attr[i]->key, key) == 0) {
+			n->attr[i]->value = v;
+			return 0;
+		}
+	}
+	Tensorflow__NodeDef__AttrEntry *ent = arena_alloc(g->arena, sizeof(*ent));
+	Tensorflow__NodeDef__AttrEntry **arr =
+		arena_grow(g->arena, n->attr, n->n_attr, n->n_attr + 1, sizeof(*arr));
+	if (!ent || !arr)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	tensorflow__node_def__attr_entry__init(ent);
+	ent->key = arena_strdup(g->arena, key);
+	if (!ent->key)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	ent->value = v;
+	arr[n->n_attr++] = ent;
+	n->attr = arr;
+	return 0;
+}
+
+int prune_node_add_input(prune_graph_t *g, Tensorflow__NodeDef *n, const char *input,
+			 sd_error_t *e)
+{
+	char **arr = arena_grow(g->arena, n->input, n->n_input, n->n_input + 1, sizeof(*arr));
+	char *s = arena_strdup(g->arena, input);
+	if (!arr || !s)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	arr[n->n_input++] = s;
+	n->input = arr;
+	return 0;
+}
+
+/* ---- saving ---- */
+
+/*
+ * protobuf-c packs through a ProtobufCBuffer; this one forwards to a FILE so the
+ * encoded model never exists in memory as a whole.
+ */
+typedef struct file_sink {
+	ProtobufCBuffer base;
+	FILE *f;
+	bool failed;
+} file_sink_t;
+
+static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
+{
+	file_sink_t *s = (file_sink_t *)b;
+	if (!s->failed && len && fwrite(data, 1, len, s->f) != len)
+		s->failed = true;
+}
+
+int prune_graph_save(const prune_graph_t *g, prune_format_t fmt, FILE *f, sd_error_t *e)
+{
+	if (fmt == PRUNE_FMT_AUTO)
+		fmt = g->format;
+	if (fmt == PRUNE_FMT_PBTXT)
+		return pbtext_write(&g->gd->base, f, e);
+	file_sink_t s = {.base = {.append = sink_append}, .f = f};
+	if (fmt == PRUNE_FMT_METAGRAPH) {
+		if (!g->meta)
+			return sd_err(e, SD_EUSAGE,
+				      "a GraphDef cannot be saved as a MetaGraphDef");
+		protobuf_c_message_pack_to_buffer(&g->meta->base, &s.base);
+	} else {
+		protobuf_c_message_pack_to_buffer(&g->gd->base, &s.base);
+	}
+	if (s.failed || ferror(f))
+		return sd_err(e, SD_EIO, "writing the model failed: %s", strerror(errno));
+	return 0;
+}

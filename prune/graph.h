@@ -1,0 +1,127 @@
+/*
+ * prune_graph: a TensorFlow model in memory, with the indexes the stages need.
+ *
+ * A model is a binary GraphDef (.pb), a binary MetaGraphDef (.meta) or a text GraphDef
+ * (.pbtxt). The format is detected from the content unless the caller states it, and
+ * the result says which was used and how. Everything a stage does not touch survives a
+ * load and save: fields our .proto files do not declare travel as protobuf-c unknown
+ * fields, MetaGraphDef parts other than graph_def and collection_def are carried whole.
+ *
+ * Glossary: an "input string" is a NodeDef input ("name", "name:1", "^ctrl"); a
+ * "consumer" of node N is a node with a data input naming N.
+ *
+ * Memory: the graph and everything hung on it lives in the caller's arena.
+ * Thread safety: one graph belongs to one thread.
+ */
+#ifndef PRUNE_GRAPH_H
+#define PRUNE_GRAPH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "arena.h"
+#include "sd_err.h"
+#include "tf_graph.pb-c.h"
+
+typedef enum prune_format {
+	PRUNE_FMT_AUTO = 0,
+	PRUNE_FMT_GRAPHDEF,
+	PRUNE_FMT_METAGRAPH,
+	PRUNE_FMT_PBTXT,
+} prune_format_t;
+
+/* Largest model accepted: protobuf's own 2 GiB message limit. */
+#define PRUNE_MODEL_MAX ((size_t)INT32_MAX)
+
+typedef struct prune_graph prune_graph_t;
+
+/* A parsed input string; name points into the original (not NUL-terminated). */
+typedef struct prune_input {
+	const char *name;
+	size_t len;
+	int index;  /* output index, 0 when absent */
+	bool ctrl;  /* "^name" */
+} prune_input_t;
+
+/* "graphdef", "metagraph", "pbtxt" or "auto". Never NULL. */
+const char *prune_format_name(prune_format_t f);
+
+/* Parses "graphdef"/"pb", "metagraph"/"meta", "pbtxt"/"text". Returns 0 or SD_EUSAGE. */
+SD_MUST_CHECK int prune_format_parse(const char *s, prune_format_t *out, sd_error_t *e);
+
+/*
+ * Builds a graph from len bytes of a model (the buffer must outlive the graph: bytes
+ * fields may point into it). `file` names the input in messages. `fmt` is
+ * PRUNE_FMT_AUTO to detect. Validates what SPEC section 2 lists (duplicate names,
+ * inputs naming missing nodes, constants whose content disagrees with their shape,
+ * shapes over max_elems) and fails naming the node. Returns 0 and *out, or SD_EMODEL,
+ * SD_ETOOBIG, SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_graph_load(const uint8_t *buf, size_t len, const char *file,
+				   prune_format_t fmt, size_t max_elems, arena_t *a,
+				   prune_graph_t **out, sd_error_t *e);
+
+/* Format used, and whether it was stated by the caller (else detected). */
+prune_format_t prune_graph_format(const prune_graph_t *g);
+bool prune_graph_format_stated(const prune_graph_t *g);
+
+/* The GraphDef (inside the MetaGraphDef for that format); NULL never. */
+Tensorflow__GraphDef *prune_graph_def(prune_graph_t *g);
+
+/* The MetaGraphDef, or NULL when the model is a plain GraphDef. */
+Tensorflow__MetaGraphDef *prune_graph_meta(prune_graph_t *g);
+
+/* The arena of the graph (for stages that add to it). */
+arena_t *prune_graph_arena(prune_graph_t *g);
+
+/* Number of nodes; node i (0 <= i < count). */
+size_t prune_graph_count(const prune_graph_t *g);
+Tensorflow__NodeDef *prune_graph_node(const prune_graph_t *g, size_t i);
+
+/* Index of the node called name[0..len), or -1. */
+ptrdiff_t prune_graph_find(const prune_graph_t *g, const char *name, size_t len);
+
+/* Parses an input string. Returns 0, or SD_EMODEL for an empty or malformed string. */
+SD_MUST_CHECK int prune_input_parse(const char *s, prune_input_t *out, sd_error_t *e);
+
+/* Index of the node an input string names, or -1 (also for malformed input). */
+ptrdiff_t prune_graph_find_input(const prune_graph_t *g, const char *input);
+
+/*
+ * Appends a new node with the given name and op (both copied) and returns it, or NULL
+ * on ENOMEM or when the name is taken (then *e says which). Node pointers stay valid;
+ * indexes returned earlier stay valid.
+ */
+Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const char *name, const char *op,
+				     sd_error_t *e);
+
+/*
+ * Marks nodes for removal and compacts the node list, rebuilding the index (for export).
+ * remove[i] true drops node i. Returns 0 or SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_graph_remove(prune_graph_t *g, const bool *remove, sd_error_t *e);
+
+/* Attribute lookup on a node: the AttrValue called key, or NULL. */
+Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char *key);
+
+/*
+ * Sets (adds or replaces) attribute key on n; value is stored by pointer (arena-owned).
+ * Returns 0 or SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n,
+				      const char *key, Tensorflow__AttrValue *v, sd_error_t *e);
+
+/* Appends an input string (copied) to n. Returns 0 or SD_ENOMEM. */
+SD_MUST_CHECK int prune_node_add_input(prune_graph_t *g, Tensorflow__NodeDef *n,
+				       const char *input, sd_error_t *e);
+
+/*
+ * Writes the model in format fmt (PRUNE_FMT_AUTO: the format it was loaded in) to f,
+ * streaming the binary encoding without building it in memory. Returns 0 or SD_EIO.
+ */
+SD_MUST_CHECK int prune_graph_save(const prune_graph_t *g, prune_format_t fmt, FILE *f,
+				   sd_error_t *e);
+
+#endif

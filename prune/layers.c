@@ -1,0 +1,297 @@
+/*
+ * prune_layers: finds the layers a stage may prune (see layers.h).
+ *
+ * Workload: one backward walk from the outputs over data inputs (control inputs do not
+ * carry weights into a layer), then one pass over the nodes in graph order so results
+ * are deterministic. Weight tracing follows at most graph-size hops, so a malformed
+ * Identity cycle cannot loop forever.
+ */
+#include "layers.h"
+
+#include <string.h>
+
+#include "tensor.h"
+
+static const char *const layer_types[] = {"MatMul", "Conv2D", "Conv2DBackpropInput"};
+
+const char *prune_skip_name(prune_skip_t r)
+{
+	static const char *const names[] = {
+#define PRUNE__SKIP_STR(name, str) str,
+		PRUNE_SKIP_MAP(PRUNE__SKIP_STR)
+#undef PRUNE__SKIP_STR
+	};
+	return (unsigned)r < PRUNE_SKIP__COUNT ? names[r] : "unknown";
+}
+
+bool prune_layer_type_known(const char *op)
+{
+	for (size_t i = 0; i < sizeof(layer_types) / sizeof(layer_types[0]); i++)
+		if (strcmp(op, layer_types[i]) == 0)
+			return true;
+	return false;
+}
+
+const char *prune_layer_types(void) { return "MatMul, Conv2D, Conv2DBackpropInput"; }
+
+int prune_outputs_parse(prune_graph_t *g, const char *csv, const char ***out, size_t *n,
+			sd_error_t *e)
+{
+	arena_t *a = prune_graph_arena(g);
+	size_t cap = 1;
+	for (const char *p = csv; *p; p++)
+		cap += *p == ',';
+	const char **names = arena_calloc(a, cap, sizeof(*names));
+	if (!names)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	size_t k = 0;
+	for (const char *p = csv; *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		while (len && (*p == ' '))
+			p++, len--;
+		while (len && p[len - 1] == ' ')
+			len--;
+		const char *colon = memchr(p, ':', len);
+		size_t nlen = colon ? (size_t)(colon - p) : len;
+		if (nlen) {
+			if (prune_graph_find(g, p, nlen) < 0)
+				return sd_err(e, SD_EUSAGE, "output '%.*s' is not a node of the graph",
+					      (int)nlen, p);
+			if (!(names[k++] = arena_strndup(a, p, nlen)))
+				return sd_err(e, SD_ENOMEM, "out of memory");
+		}
+		p = end ? end + 1 : p + len;
+	}
+	if (k == 0)
+		return sd_err(e, SD_EUSAGE, "no outputs given (--outputs a,b)");
+	*out = names;
+	*n = k;
+	return 0;
+}
+
+/* Marks every node the outputs depend on through data inputs. */
+static int mark_path(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
+		     bool *on_path, sd_error_t *e)
+{
+	size_t count = prune_graph_count(g);
+	size_t *stack = arena_alloc(prune_graph_arena(g), (count + 1) * sizeof(*stack));
+	if (!stack)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	size_t sp = 0;
+	for (size_t i = 0; i < n_outputs; i++) {
+		ptrdiff_t idx = prune_graph_find(g, outputs[i], strlen(outputs[i]));
+		if (idx >= 0 && !on_path[idx]) {
+			on_path[idx] = true;
+			stack[sp++] = (size_t)idx;
+		}
+	}
+	while (sp) {
+		const Tensorflow__NodeDef *n = prune_graph_node(g, stack[--sp]);
+		for (size_t k = 0; k < n->n_input; k++) {
+			if (n->input[k][0] == '^')
+				continue;
+			ptrdiff_t idx = prune_graph_find_input(g, n->input[k]);
+			if (idx >= 0 && !on_path[idx]) {
+				on_path[idx] = true;
+				stack[sp++] = (size_t)idx;
+			}
+		}
+	}
+	return 0;
+}
+
+static bool is_source_op(const char *op)
+{
+	return strcmp(op, "Const") == 0 || strcmp(op, "VariableV2") == 0 ||
+	       strcmp(op, "VarHandleOp") == 0 || strcmp(op, "Variable") == 0;
+}
+
+/* Follows Identity / ReadVariableOp from an input string to the weight's source. */
+static ptrdiff_t trace_weight(const prune_graph_t *g, const char *input)
+{
+	ptrdiff_t idx = prune_graph_find_input(g, input);
+	for (size_t hops = 0; idx >= 0 && hops <= prune_graph_count(g); hops++) {
+		const Tensorflow__NodeDef *n = prune_graph_node(g, (size_t)idx);
+		if (is_source_op(n->op))
+			return idx;
+		if ((strcmp(n->op, "Identity") && strcmp(n->op, "ReadVariableOp")) ||
+		    n->n_input == 0 || n->input[0][0] == '^')
+			return -1;
+		idx = prune_graph_find_input(g, n->input[0]);
+	}
+	return -1;
+}
+
+static const Tensorflow__TensorShapeProto *source_shape(const Tensorflow__NodeDef *src)
+{
+	if (strcmp(src->op, "Const") == 0) {
+		Tensorflow__AttrValue *v = prune_node_attr(src, "value");
+		return v && v->value_case == TENSORFLOW__ATTR_VALUE__VALUE_TENSOR
+			       ? v->tensor->tensor_shape
+			       : NULL;
+	}
+	Tensorflow__AttrValue *v = prune_node_attr(src, "shape");
+	return v && v->value_case == TENSORFLOW__ATTR_VALUE__VALUE_SHAPE ? v->shape : NULL;
+}
+
+static int source_dtype(const Tensorflow__NodeDef *src)
+{
+	Tensorflow__AttrValue *v = prune_node_attr(src, "dtype");
+	if (v && v->value_case == TENSORFLOW__ATTR_VALUE__VALUE_TYPE)
+		return v->type;
+	v = prune_node_attr(src, "value");
+	if (v && v->value_case == TENSORFLOW__ATTR_VALUE__VALUE_TENSOR)
+		return v->tensor->dtype;
+	return 0;
+}
+
+static bool attr_true(const Tensorflow__NodeDef *n, const char *key)
+{
+	Tensorflow__AttrValue *v = prune_node_attr(n, key);
+	return v && v->value_case == TENSORFLOW__ATTR_VALUE__VALUE_B && v->b;
+}
+
+static void skip(prune_layer_t *l, prune_skip_t why, const char *detail)
+{
+	l->action = PRUNE_ACTION_SKIPPED;
+	l->reason = why;
+	l->detail = detail;
+}
+
+/* Structural checks of one layer; fills weight, dtype, shape, axis. */
+static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDef *n,
+		    size_t max_elems, sd_error_t *e)
+{
+	arena_t *a = prune_graph_arena(g);
+	l->name = n->name;
+	l->type = n->op;
+	l->rank = -1;
+	l->axis = -1;
+	l->weight_input = n->n_input > 1 ? n->input[1] : "";
+	bool matmul = strcmp(n->op, "MatMul") == 0;
+	int want_rank = matmul ? 2 : 4;
+	l->axis = matmul ? (attr_true(n, "transpose_b") ? 1 : 0)
+			 : strcmp(n->op, "Conv2D") == 0 ? 2 : 3;
+	if (matmul && attr_true(n, "transpose_a")) {
+		skip(l, PRUNE_SKIP_TRANSPOSE_A, "MatMul with transpose_a=true");
+		return 0;
+	}
+	ptrdiff_t src = n->n_input > 1 ? trace_weight(g, n->input[1]) : -1;
+	if (src < 0) {
+		skip(l, PRUNE_SKIP_NOT_CONSTANT,
+		     "weight does not trace back to a Const, VariableV2 or VarHandleOp");
+		return 0;
+	}
+	const Tensorflow__NodeDef *s = prune_graph_node(g, (size_t)src);
+	l->weight = s->name;
+	l->dtype = source_dtype(s);
+	if (l->dtype > 100)
+		l->dtype -= 100; /* VariableV2 dtype may be written as a ref type */
+	if (!prune_dtype_size(l->dtype)) {
+		skip(l, PRUNE_SKIP_DTYPE,
+		     arena_sprintf(a, "weight dtype %s is not float32/float64/float16/bfloat16",
+				   prune_dtype_name(l->dtype)));
+		return 0;
+	}
+	const Tensorflow__TensorShapeProto *shp = source_shape(s);
+	if (!shp || shp->unknown_rank) {
+		skip(l, PRUNE_SKIP_BAD_SHAPE, "weight shape is unknown");
+		return 0;
+	}
+	if ((int)shp->n_dim != want_rank) {
+		skip(l, PRUNE_SKIP_BAD_SHAPE,
+		     arena_sprintf(a, "weight has rank %zu, %s needs rank %d", shp->n_dim,
+				   n->op, want_rank));
+		return 0;
+	}
+	l->rank = want_rank;
+	for (int d = 0; d < want_rank; d++) {
+		l->shape[d] = shp->dim[d]->size;
+		if (l->shape[d] < 0) {
+			skip(l, PRUNE_SKIP_BAD_SHAPE, "weight shape has an unknown dimension");
+			return 0;
+		}
+	}
+	size_t count;
+	int rc = prune_shape_count(shp, max_elems, s->name, &count, e);
+	if (rc)
+		return rc;
+	if (l->shape[l->axis] <= 2)
+		skip(l, PRUNE_SKIP_AXIS_TOO_SHORT,
+		     arena_sprintf(a, "prune axis %d has length %lld (<= 2), left dense",
+				   l->axis, (long long)l->shape[l->axis]));
+	return 0;
+}
+
+int prune_layers_find(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
+		      size_t max_elems, prune_layer_t **layers, size_t *n_layers, sd_error_t *e)
+{
+	arena_t *a = prune_graph_arena(g);
+	size_t count = prune_graph_count(g);
+	bool *on_path = arena_calloc(a, count, sizeof(bool));
+	if (!on_path)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	int rc = mark_path(g, outputs, n_outputs, on_path, e);
+	if (rc)
+		return rc;
+	size_t n = 0;
+	for (size_t i = 0; i < count; i++)
+		n += on_path[i] && prune_layer_type_known(prune_graph_node(g, i)->op);
+	prune_layer_t *ls = arena_calloc(a, n ? n : 1, sizeof(*ls));
+	if (!ls)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	size_t k = 0;
+	for (size_t i = 0; i < count; i++) {
+		const Tensorflow__NodeDef *nd = prune_graph_node(g, i);
+		if (!on_path[i] || !prune_layer_type_known(nd->op))
+			continue;
+		ls[k].node = i;
+		if ((rc = classify(g, &ls[k], nd, max_elems, e)))
+			return rc;
+		k++;
+	}
+	/* A weight feeding two layers cannot carry two different masks. */
+	for (size_t i = 0; i < n; i++) {
+		for (size_t j = i + 1; j < n; j++) {
+			if (!ls[i].weight || !ls[j].weight || strcmp(ls[i].weight, ls[j].weight))
+				continue;
+			const char *why = arena_sprintf(a, "weight '%s' feeds more than one layer",
+							ls[i].weight);
+			if (ls[i].reason == PRUNE_SKIP_NONE || ls[i].reason == PRUNE_SKIP_AXIS_TOO_SHORT)
+				skip(&ls[i], PRUNE_SKIP_SHARED_WEIGHT, why);
+			if (ls[j].reason == PRUNE_SKIP_NONE || ls[j].reason == PRUNE_SKIP_AXIS_TOO_SHORT)
+				skip(&ls[j], PRUNE_SKIP_SHARED_WEIGHT, why);
+		}
+	}
+	*layers = ls;
+	*n_layers = n;
+	return 0;
+}
+
+int prune_layer_weight_const(prune_graph_t *g, const prune_layer_t *l, size_t max_elems,
+			     prune_tensor_t *out, sd_error_t *e)
+{
+	ptrdiff_t idx = l->weight ? prune_graph_find(g, l->weight, strlen(l->weight)) : -1;
+	const Tensorflow__NodeDef *s = idx >= 0 ? prune_graph_node(g, (size_t)idx) : NULL;
+	if (!s || strcmp(s->op, "Const"))
+		return sd_err_node(e, SD_EMODEL, l->name,
+				   "layer '%s': weight is not a constant (freeze the graph first)",
+				   l->name);
+	Tensorflow__AttrValue *v = prune_node_attr(s, "value");
+	return prune_tensor_read(v->tensor, max_elems, s->name, prune_graph_arena(g), out, e);
+}
+
+void prune_result_count(prune_result_t *r)
+{
+	r->pruned = r->skipped = 0;
+	memset(r->by_reason, 0, sizeof(r->by_reason));
+	for (size_t i = 0; i < r->n_layers; i++) {
+		if (r->layers[i].action == PRUNE_ACTION_PRUNED) {
+			r->pruned++;
+		} else {
+			r->skipped++;
+			r->by_reason[r->layers[i].reason]++;
+		}
+	}
+}

@@ -1,0 +1,51 @@
+/*
+ * prune_layers: layer discovery and structural eligibility (SPEC section 3).
+ *
+ * A layer is a MatMul, Conv2D or Conv2DBackpropInput node on the data path to the
+ * requested outputs. Its weight is input 1 traced back through Identity and
+ * ReadVariableOp to a Const, VariableV2 or VarHandleOp. This module decides everything
+ * that depends only on the graph (transpose_a, dtype, traceability, shape, sharing,
+ * axis length); the config's skip lists and prune configs are applied by prune_config.
+ *
+ * Memory: the layer array and its strings live in the graph's arena.
+ */
+#ifndef PRUNE_LAYERS_H
+#define PRUNE_LAYERS_H
+
+#include "graph.h"
+#include "result.h"
+
+/*
+ * Parses a comma-separated list of output node names ("a,b", a ":N" suffix is
+ * accepted and ignored) and checks each names a node. Returns 0 with the names in
+ * *out (arena), or SD_EUSAGE naming the missing output.
+ */
+SD_MUST_CHECK int prune_outputs_parse(prune_graph_t *g, const char *csv, const char ***out,
+				      size_t *n, sd_error_t *e);
+
+/*
+ * Finds the layers on the path to outputs, in graph order, with their weight, shape,
+ * prune axis and structural skip reason (PRUNE_SKIP_NONE if eligible so far).
+ * Returns 0, or SD_ETOOBIG when a weight claims more than max_elems elements, SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_layers_find(prune_graph_t *g, const char *const *outputs,
+				    size_t n_outputs, size_t max_elems, prune_layer_t **layers,
+				    size_t *n_layers, sd_error_t *e);
+
+/* Whether op is a layer type, and the list of them for messages ("MatMul, ..."). */
+bool prune_layer_type_known(const char *op);
+const char *prune_layer_types(void);
+
+/*
+ * The weight tensor of a Const-backed layer, decoded (see prune_tensor_read). Returns
+ * SD_EMODEL if the layer's weight is not a Const.
+ */
+struct prune_tensor;
+SD_MUST_CHECK int prune_layer_weight_const(prune_graph_t *g, const prune_layer_t *l,
+					   size_t max_elems, struct prune_tensor *out,
+					   sd_error_t *e);
+
+/* Sums up actions and reasons of layers[] into r (pruned, skipped, by_reason). */
+void prune_result_count(prune_result_t *r);
+
+#endif

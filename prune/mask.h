@@ -1,0 +1,49 @@
+/*
+ * prune_mask: the 2:4 rule of SPEC section 4, bit-exact, for the four float types.
+ *
+ * Glossary: the prune axis has C elements; it is split into groups of 4 from index 0,
+ * the last group padded with zeros. In a group the 2 elements of largest |w| are kept;
+ * on equal |w| the lower index wins (so a real element beats padding). A tensor of
+ * shape dims is viewed as [outer, C, inner] around the axis; a group is 4 elements
+ * `inner` apart.
+ *
+ * Magnitudes are compared on the IEEE bit pattern with the sign cleared, which orders
+ * exactly like |w| for every non-NaN value of every float type and makes the kernel
+ * dtype-agnostic. Reentrant; no allocation.
+ */
+#ifndef PRUNE_MASK_H
+#define PRUNE_MASK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sd_err.h"
+#include "tensor.h"
+
+/*
+ * Computes keep[i] = 1 for kept elements, 0 for pruned ones, along `axis` of w.
+ * Returns 0, SD_EUSAGE for a bad axis, or SD_EMODEL naming `layer` when w holds a NaN
+ * (the message gives the flat index of the first one).
+ */
+SD_MUST_CHECK int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep,
+				  const char *layer, sd_error_t *e);
+
+/*
+ * w := w * keep, elementwise in w's own type (a pruned element becomes a zero with the
+ * sign of w, exactly what TensorFlow's Mul by a 0/1 mask gives for finite w).
+ */
+void prune_mask_apply(prune_tensor_t *w, const uint8_t *keep);
+
+/*
+ * Writes the mask as 0/1 values of w's dtype into out (n elements of w's type).
+ */
+void prune_mask_to_values(const prune_tensor_t *w, const uint8_t *keep, void *out);
+
+/*
+ * Reports whether t is 2:4 along axis: every group of 4 holds at most 2 non-zeros
+ * (-0 counts as zero). *zeros (may be NULL) gets the number of zero elements.
+ * Returns 1 or 0; a bad axis returns 0.
+ */
+int prune_mask_is_2of4(const prune_tensor_t *t, int axis, size_t *zeros);
+
+#endif

@@ -1,0 +1,24 @@
+/*
+ * prune_record: the AMCT-compatible record file (SPEC section 7).
+ *
+ * One `prune_record { selective_prune { name: L attr {...} ... } }` per pruned layer.
+ * Attributes: mask_shape (INTS, the weight shape, as AMCT writes it), prune_axis (INT),
+ * update_freq (INT), n_out_of_m_type (STRING "M4N2"), layer_type, dtype, weight_input
+ * (the layer's original input 1), weight (the Const/variable it traces to), scope (the
+ * "L/sparsityd" prefix of every inserted node), mask_var, step_var, update_op (STRINGs).
+ * Export reads these back to find and undo the insertion.
+ */
+#ifndef PRUNE_RECORD_H
+#define PRUNE_RECORD_H
+
+#include <stdio.h>
+
+#include "arena.h"
+#include "result.h"
+#include "sd_err.h"
+
+/* Writes the record of the pruned layers of res to f. Returns 0, SD_EIO or SD_ENOMEM. */
+SD_MUST_CHECK int prune_record_write(const prune_result_t *res, arena_t *a, FILE *f,
+				     sd_error_t *e);
+
+#endif

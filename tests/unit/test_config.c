@@ -1,0 +1,164 @@
+/*
+ * Unit tests for prune_config: every config error of SPEC section 5 with its
+ * file:line:col message, and the priority of overrides over the global config.
+ */
+#include <check.h>
+#include <string.h>
+
+#include "config.h"
+#include "layers.h"
+#include "testutil.h"
+
+static arena_t A;
+static void setup(void) { arena_init(&A, 0); }
+static void teardown(void) { arena_deinit(&A); }
+
+static int parse(const char *text, prune_config_t **c, sd_error_t *e)
+{
+	sd_err_clear(e);
+	return prune_config_parse(text, strlen(text), "t.cfg", &A, c, e);
+}
+
+static void expect(const char *text, const char *needle, int line, int col)
+{
+	prune_config_t *c;
+	sd_error_t e;
+	ck_assert_int_eq(parse(text, &c, &e), SD_ECONFIG);
+	ck_assert_msg_has(e, needle);
+	ck_assert_msg(e.line == line && e.col == col, "'%s': expected %d:%d", e.msg, line, col);
+	ck_assert_msg(strncmp(e.msg, "t.cfg:", 6) == 0, "no file in '%s'", e.msg);
+}
+
+#define NM "n_out_of_m_pruner { l1_selective_prune { update_freq: 2 } }"
+
+START_TEST(static_errors)
+{
+	expect("prune_config {\n  filter_pruner { }\n}", "filter_pruner is not supported", 2, 3);
+	expect("prune_config { " NM "\n filter_pruner {} }", "both filter_pruner and", 2, 2);
+	expect("prune_config { n_out_of_m_pruner { l1_selective_prune {\n"
+	       "  n_out_of_m_type: M4N1 } } }",
+	       "n_out_of_m_type M4N1 is not supported", 2, 3);
+	expect("retrain_data_quant_config { }", "quantization field", 1, 1);
+	expect("# quant\nbatch_num: 3", "'batch_num' is a quantization field", 2, 1);
+	expect("prune_config { " NM " }\nquant_skip_layers: \"a\"", "quantization", 2, 1);
+	expect("prune_config { " NM " }\n  bogus: 1", "unknown field", 2, 3);
+	expect("override_layer_configs { layer_name: \"a\" prune_config { " NM " } }\n"
+	       "override_layer_configs { layer_name: \"a\" prune_config { " NM " } }",
+	       "more than one override_layer_configs", 2, 26);
+	expect("override_layer_types { layer_type: \"Conv2D\" prune_config { " NM " } }\n"
+	       "override_layer_types { layer_type: \"Conv2D\" prune_config { " NM " } }",
+	       "more than one override_layer_types", 2, 25);
+	expect("skip_layer_types: \"Conv3D\"", "'Conv3D' in skip_layer_types", 1, 1);
+	expect("override_layer_types {\n layer_type: \"Dense\" prune_config { " NM " } }",
+	       "not a layer type", 2, 2);
+	expect("override_layer_configs { layer_name: \"x\" }", "has no prune_config", 1, 26);
+	expect("prune_config { }", "needs n_out_of_m_pruner", 1, 1);
+}
+END_TEST
+
+static prune_layer_t *small_layers(size_t *n)
+{
+	prune_graph_t *g = tu_graph(&A, "graphs/small.pbtxt");
+	const char *outs[] = {"out"};
+	prune_layer_t *l;
+	sd_error_t e;
+	ck_assert_int_eq(prune_layers_find(g, outs, 1, 1u << 20, &l, n, &e), 0);
+	return l;
+}
+
+static int apply(const char *text, prune_layer_t *l, size_t n, sd_error_t *e)
+{
+	prune_config_t *c;
+	ck_assert_int_eq(parse(text, &c, e), 0);
+	return prune_config_apply(c, l, n, e);
+}
+
+START_TEST(names_must_be_layers)
+{
+	size_t n;
+	prune_layer_t *l = small_layers(&n);
+	sd_error_t e;
+	ck_assert_int_eq(apply("prune_config { " NM " }\nskip_layers: \"nope\"", l, n, &e),
+			 SD_ECONFIG);
+	ck_assert_msg_has(e, "'nope' in skip_layers is not a layer of this graph");
+	ck_assert_msg_has(e, "mm1, mm2, mm3");
+	ck_assert_int_eq(e.line, 2);
+	ck_assert_int_eq(apply("override_layer_configs {\n layer_name: \"unused\" prune_config {"
+			       " " NM " } }",
+			       l, n, &e),
+			 SD_ECONFIG);
+	ck_assert_msg_has(e, "'unused' in layer_name is not a layer");
+	ck_assert_int_eq(e.line, 2);
+	ck_assert_int_eq(apply("regular_prune_skip_layers: [\"mm1\", \"zz\"]", l, n, &e),
+			 SD_ECONFIG);
+	ck_assert_msg_has(e, "'zz' in regular_prune_skip_layers");
+}
+END_TEST
+
+START_TEST(priority_and_skips)
+{
+	size_t n;
+	prune_layer_t *l = small_layers(&n);
+	sd_error_t e;
+	ck_assert_int_eq(
+		apply("prune_config { n_out_of_m_pruner { l1_selective_prune { update_freq: 1 } } }\n"
+		      "override_layer_types { layer_type: \"MatMul\" prune_config {"
+		      " n_out_of_m_pruner { l1_selective_prune { update_freq: 5 } } } }\n"
+		      "override_layer_configs { layer_name: \"mm2\" prune_config {"
+		      " n_out_of_m_pruner { l1_selective_prune { update_freq: 9 } } } }\n"
+		      "regular_prune_skip_layers: \"mm3\"\n",
+		      l, n, &e),
+		0);
+	ck_assert_str_eq(l[0].name, "mm1");
+	ck_assert_int_eq(l[0].action, PRUNE_ACTION_PRUNED);
+	ck_assert_uint_eq(l[0].update_freq, 5);
+	ck_assert_uint_eq(l[1].update_freq, 9);
+	ck_assert_int_eq(l[2].reason, PRUNE_SKIP_REGULAR_SKIP_LAYERS);
+	/* structural reasons stay */
+	ck_assert_int_eq(l[3].reason, PRUNE_SKIP_AXIS_TOO_SHORT);
+}
+END_TEST
+
+START_TEST(no_layer_to_prune)
+{
+	size_t n;
+	prune_layer_t *l = small_layers(&n);
+	sd_error_t e;
+	ck_assert_int_eq(apply("prune_config { " NM " }\nskip_layer_types: \"MatMul\"", l, n, &e),
+			 SD_ENOLAYER);
+	ck_assert_msg_has(e, "no layer to prune");
+	ck_assert_int_eq(apply("skip_layers: \"mm1\"", l, n, &e), SD_ENOLAYER);
+}
+END_TEST
+
+START_TEST(defaults)
+{
+	size_t n;
+	prune_layer_t *l = small_layers(&n);
+	sd_error_t e;
+	ck_assert_int_eq(apply("# sample\nprune_config { n_out_of_m_pruner {"
+			       " l1_selective_prune { } } }",
+			       l, n, &e),
+			 0);
+	ck_assert_uint_eq(l[0].update_freq, 0);
+	ck_assert_int_eq(l[0].action, PRUNE_ACTION_PRUNED);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("config");
+	TCase *tc = tcase_create("config");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, static_errors);
+	tcase_add_test(tc, names_must_be_layers);
+	tcase_add_test(tc, priority_and_skips);
+	tcase_add_test(tc, no_layer_to_prune);
+	tcase_add_test(tc, defaults);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

@@ -1,0 +1,232 @@
+/*
+ * Unit tests for layer discovery and the insert rewrite: reasons and axes for each
+ * layer, the inserted node set and wiring, MetaGraphDef collections, the record, and
+ * refusal to insert twice.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "insert.h"
+#include "layers.h"
+#include "record.h"
+#include "testutil.h"
+
+static arena_t A;
+static void setup(void) { arena_init(&A, 0); }
+static void teardown(void) { arena_deinit(&A); }
+
+static prune_config_t *cfg(const char *text)
+{
+	prune_config_t *c;
+	sd_error_t e;
+	int rc = prune_config_parse(text, strlen(text), "t.cfg", &A, &c, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	return c;
+}
+
+#define SAMPLE "prune_config { n_out_of_m_pruner { l1_selective_prune { update_freq: 0 } } }"
+
+static const Tensorflow__NodeDef *node(prune_graph_t *g, const char *name)
+{
+	ptrdiff_t i = prune_graph_find(g, name, strlen(name));
+	ck_assert_msg(i >= 0, "node %s missing", name);
+	return prune_graph_node(g, (size_t)i);
+}
+
+START_TEST(small_graph)
+{
+	prune_graph_t *g = tu_graph(&A, "graphs/small.pbtxt");
+	const char *outs[] = {"out"};
+	prune_result_t r = {0};
+	sd_error_t e;
+	int rc = prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, &r, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	ck_assert_uint_eq(r.n_layers, 7);
+	static const struct {
+		const char *name;
+		int action, reason, axis;
+	} want[] = {
+		{"mm1", PRUNE_ACTION_PRUNED, PRUNE_SKIP_NONE, 0},
+		{"mm2", PRUNE_ACTION_PRUNED, PRUNE_SKIP_NONE, 0},
+		{"mm3", PRUNE_ACTION_PRUNED, PRUNE_SKIP_NONE, 1},
+		{"mm_short", PRUNE_ACTION_SKIPPED, PRUNE_SKIP_AXIS_TOO_SHORT, 0},
+		{"mm_ta", PRUNE_ACTION_SKIPPED, PRUNE_SKIP_TRANSPOSE_A, 0},
+		{"mm_ph", PRUNE_ACTION_SKIPPED, PRUNE_SKIP_NOT_CONSTANT, 0},
+		{"mm_int", PRUNE_ACTION_SKIPPED, PRUNE_SKIP_DTYPE, 0},
+	};
+	for (size_t i = 0; i < 7; i++) {
+		ck_assert_str_eq(r.layers[i].name, want[i].name);
+		ck_assert_int_eq(r.layers[i].action, want[i].action);
+		ck_assert_int_eq(r.layers[i].reason, want[i].reason);
+		ck_assert_int_eq(r.layers[i].axis, want[i].axis);
+	}
+	ck_assert_uint_eq(r.pruned, 3);
+	ck_assert_uint_eq(r.by_reason[PRUNE_SKIP_DTYPE], 1);
+	ck_assert_uint_eq(r.weights, 8 * 6 + 6 * 5 + 7 * 5);
+	ck_assert_str_eq(r.layers[1].weight, "w2");
+	ck_assert_str_eq(r.layers[2].weight, "w3");
+
+	/* Wiring: the layer reads the masked weight, which reads the original input. */
+	ck_assert_str_eq(node(g, "mm2")->input[1], "mm2/sparsityd/masked_weight");
+	const Tensorflow__NodeDef *mw = node(g, "mm2/sparsityd/masked_weight");
+	ck_assert_str_eq(mw->op, "Mul");
+	ck_assert_str_eq(mw->input[0], "w2/read");
+	ck_assert_str_eq(node(g, "mm2/sparsityd/mask")->op, "VarHandleOp");
+	ck_assert_str_eq(node(g, "mm2/sparsityd/mask_value")->op, "SelectV2");
+	/* C=6 pads to 8, axis 0 of a rank-2 weight is transposed last */
+	ck_assert_str_eq(node(g, "mm2/sparsityd/fresh/pad")->op, "Pad");
+	ck_assert_str_eq(node(g, "mm2/sparsityd/fresh/untranspose")->op, "Transpose");
+	/* C=8: no padding; axis 1 of mm3 (transpose_b) is already last */
+	ck_assert_int_lt(prune_graph_find(g, "mm1/sparsityd/fresh/pad", 23), 0);
+	ck_assert_int_lt(prune_graph_find(g, "mm3/sparsityd/fresh/transpose", 29), 0);
+	ck_assert_int_lt(prune_graph_find(g, "mm1/sparsityd/step_mod", 22), 0);
+	const Tensorflow__NodeDef *init = node(g, PRUNE_INIT_OP);
+	ck_assert_uint_eq(init->n_input, 6);
+	ck_assert_str_eq(init->input[0], "^mm1/sparsityd/mask/Assign");
+	const Tensorflow__NodeDef *upd = node(g, PRUNE_UPDATE_OP);
+	ck_assert_uint_eq(upd->n_input, 3);
+	ck_assert_str_eq(upd->input[2], "^mm3/sparsityd/update_step");
+	ck_assert_str_eq(node(g, "mm3/sparsityd/update_step")->input[2],
+			 "^mm3/sparsityd/update_mask");
+	/* Untouched layers keep their inputs. */
+	ck_assert_str_eq(node(g, "mm_short")->input[1], "w4");
+	ck_assert_uint_eq(r.nodes_out, prune_graph_count(g));
+
+	/* The result saves, reloads and validates (every input names a node). */
+	size_t len;
+	char *txt = tu_save(g, PRUNE_FMT_AUTO, &len);
+	prune_graph_t *g2;
+	ck_assert_int_eq(prune_graph_load((uint8_t *)txt, len, "o", PRUNE_FMT_AUTO, 1u << 20, &A,
+					  &g2, &e),
+			 0);
+	free(txt);
+
+	/* The record lists the three pruned layers with their shapes. */
+	char *rec = NULL;
+	size_t rlen;
+	FILE *f = open_memstream(&rec, &rlen);
+	ck_assert_int_eq(prune_record_write(&r, &A, f, &e), 0);
+	fclose(f);
+	ck_assert_ptr_nonnull(strstr(rec, "name: \"mm3\""));
+	ck_assert_ptr_nonnull(strstr(rec, "name: \"mask_shape\"\n      type: INTS\n      ints: 7\n"
+					  "      ints: 5\n"));
+	ck_assert_ptr_null(strstr(rec, "mm_short"));
+	free(rec);
+
+	/* Inserting into the output again is refused with a clear message. */
+	prune_result_t r2 = {0};
+	ck_assert_int_eq(prune_insert(g2, cfg(SAMPLE), outs, 1, 1u << 20, &r2, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "already carries sparsityd nodes");
+}
+END_TEST
+
+START_TEST(update_freq_and_conv)
+{
+	prune_graph_t *g = tu_graph(&A, "graphs/conv.pbtxt");
+	const char *outs[] = {"deconv"};
+	prune_result_t r = {0};
+	sd_error_t e;
+	int rc = prune_insert(g,
+			      cfg("prune_config { n_out_of_m_pruner { l1_selective_prune {"
+				  " update_freq: 3 } } }"),
+			      outs, 1, 1u << 20, &r, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	ck_assert_uint_eq(r.pruned, 2);
+	ck_assert_int_eq(r.layers[0].axis, 2);
+	ck_assert_int_eq(r.layers[1].axis, 3);
+	ck_assert_int_eq(r.layers[1].dtype, TENSORFLOW__DATA_TYPE__DT_DOUBLE);
+	ck_assert_str_eq(node(g, "conv/sparsityd/step_mod")->op, "FloorMod");
+	ck_assert_str_eq(node(g, "conv/sparsityd/refresh")->input[0], "conv/sparsityd/step_mod");
+	ck_assert_str_eq(node(g, "conv/sparsityd/fresh/abs")->device, "/device:CPU:0");
+	/* deconv's axis is last (3), Cin_fwd = 6 pads to 8 */
+	ck_assert_str_eq(node(g, "deconv/sparsityd/fresh/pad")->op, "Pad");
+	ck_assert_int_lt(prune_graph_find(g, "deconv/sparsityd/fresh/transpose", 32), 0);
+}
+END_TEST
+
+START_TEST(shared_weight)
+{
+	const char *text =
+		"node { name: \"x\" op: \"Placeholder\" }\n"
+		"node { name: \"w\" op: \"Const\" attr { key: \"value\" value { tensor {"
+		" dtype: DT_FLOAT tensor_shape { dim { size: 4 } dim { size: 4 } } float_val: 1 } } }"
+		" attr { key: \"dtype\" value { type: DT_FLOAT } } }\n"
+		"node { name: \"a\" op: \"MatMul\" input: \"x\" input: \"w\" }\n"
+		"node { name: \"b\" op: \"MatMul\" input: \"a\" input: \"w\" }\n";
+	prune_graph_t *g;
+	sd_error_t e;
+	ck_assert_int_eq(prune_graph_load((const uint8_t *)text, strlen(text), "s",
+					  PRUNE_FMT_AUTO, 1u << 20, &A, &g, &e),
+			 0);
+	const char *outs[] = {"b"};
+	prune_layer_t *l;
+	size_t n;
+	ck_assert_int_eq(prune_layers_find(g, outs, 1, 1u << 20, &l, &n, &e), 0);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_int_eq(l[0].reason, PRUNE_SKIP_SHARED_WEIGHT);
+	ck_assert_int_eq(l[1].reason, PRUNE_SKIP_SHARED_WEIGHT);
+	/* Only b on the path: not shared any more. */
+	const char *outs_a[] = {"a"};
+	ck_assert_int_eq(prune_layers_find(g, outs_a, 1, 1u << 20, &l, &n, &e), 0);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(l[0].reason, PRUNE_SKIP_NONE);
+
+	const char **o;
+	size_t no;
+	ck_assert_int_eq(prune_outputs_parse(g, " a:0 ,b", &o, &no, &e), 0);
+	ck_assert_uint_eq(no, 2);
+	ck_assert_str_eq(o[0], "a");
+	ck_assert_int_eq(prune_outputs_parse(g, "a,zz", &o, &no, &e), SD_EUSAGE);
+	ck_assert_msg_has(e, "output 'zz' is not a node");
+}
+END_TEST
+
+START_TEST(metagraph_collections)
+{
+	prune_graph_t *g0 = tu_graph(&A, "graphs/small.pbtxt");
+	Tensorflow__MetaGraphDef meta = TENSORFLOW__META_GRAPH_DEF__INIT;
+	meta.graph_def = prune_graph_def(g0);
+	size_t len;
+	uint8_t *mb = tu_pack(&A, &meta.base, &len);
+	prune_graph_t *g;
+	sd_error_t e;
+	ck_assert_int_eq(prune_graph_load(mb, len, "m", PRUNE_FMT_METAGRAPH, 1u << 20, &A, &g, &e),
+			 0);
+	const char *outs[] = {"out"};
+	prune_result_t r = {0};
+	ck_assert_int_eq(prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, &r, &e), 0);
+	Tensorflow__MetaGraphDef *m = prune_graph_meta(g);
+	ck_assert_uint_eq(m->n_collection_def, 2);
+	ck_assert_str_eq(m->collection_def[0]->key, "variables");
+	Tensorflow__CollectionDef__BytesList *bl = m->collection_def[0]->value->bytes_list;
+	ck_assert_uint_eq(bl->n_value, 6);
+	Tensorflow__VariableDef *vd =
+		tensorflow__variable_def__unpack(&A.pb, bl->value[0].len, bl->value[0].data);
+	ck_assert_str_eq(vd->variable_name, "mm1/sparsityd/mask:0");
+	ck_assert_str_eq(vd->initializer_name, "mm1/sparsityd/mask/Assign");
+	ck_assert_str_eq(vd->snapshot_name, "mm1/sparsityd/mask/Read/ReadVariableOp:0");
+	ck_assert(vd->is_resource);
+	ck_assert(!vd->trainable);
+	ck_assert_str_eq(m->collection_def[1]->key, "update_ops");
+	ck_assert_str_eq(m->collection_def[1]->value->node_list->value[0], PRUNE_UPDATE_OP);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("insert");
+	TCase *tc = tcase_create("insert");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, small_graph);
+	tcase_add_test(tc, update_freq_and_conv);
+	tcase_add_test(tc, shared_weight);
+	tcase_add_test(tc, metagraph_collections);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
