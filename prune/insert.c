@@ -401,6 +401,14 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 	res->nodes_in = prune_graph_count(g);
 	res->outputs = (const char **)outputs;
 	res->n_outputs = n_outputs;
+	/* Checked first: on its own output every masked layer would look "not constant"
+	 * and the user would get a puzzling "no layer to prune". */
+	if (prune_graph_find(g, PRUNE_INIT_OP, strlen(PRUNE_INIT_OP)) >= 0 ||
+	    prune_graph_find(g, PRUNE_UPDATE_OP, strlen(PRUNE_UPDATE_OP)) >= 0)
+		return sd_err_node(e, SD_EMODEL, PRUNE_INIT_OP,
+				   "the graph already carries sparsityd nodes ('%s'): insert runs "
+				   "on the original graph, not on its own output",
+				   PRUNE_INIT_OP);
 	int rc = prune_layers_find(g, outputs, n_outputs, max_elems, &res->layers,
 				   &res->n_layers, e);
 	if (rc || (rc = prune_config_apply(cfg, res->layers, res->n_layers, e)))
@@ -426,12 +434,6 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 				(l->rank == 4 ? (uint64_t)l->shape[2] * (uint64_t)l->shape[3] : 1);
 		k++;
 	}
-	if (prune_graph_find(g, PRUNE_INIT_OP, strlen(PRUNE_INIT_OP)) >= 0 ||
-	    prune_graph_find(g, PRUNE_UPDATE_OP, strlen(PRUNE_UPDATE_OP)) >= 0)
-		return sd_err_node(e, SD_EMODEL, PRUNE_INIT_OP,
-				   "the graph already has '%s' or '%s': insert runs on the "
-				   "original graph, not on its own output",
-				   PRUNE_INIT_OP, PRUNE_UPDATE_OP);
 	if ((rc = group_op(g, PRUNE_INIT_OP, inits, 2 * k, e)) ||
 	    (rc = group_op(g, PRUNE_UPDATE_OP, updates, k, e)))
 		return rc;

@@ -23,7 +23,7 @@
 /*
  * Computes keep[i] = 1 for kept elements, 0 for pruned ones, along `axis` of w.
  * Returns 0, SD_EUSAGE for a bad axis, or SD_EMODEL naming `layer` when w holds a NaN
- * (the message gives the flat index of the first one).
+ * (the message gives the flat index of the first one). On error keep[] is unspecified.
  */
 SD_MUST_CHECK int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep,
 				  const char *layer, sd_error_t *e);

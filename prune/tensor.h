@@ -58,7 +58,8 @@ SD_MUST_CHECK int prune_tensor_read(const Tensorflow__TensorProto *tp, size_t ma
 
 /*
  * Stores t into tp as tensor_content (referencing t->data, which must outlive tp),
- * sets dtype and shape, clears typed value fields. Returns 0 or SD_ENOMEM.
+ * sets dtype and shape (allocated from a), clears typed value fields. Returns 0,
+ * SD_ENOMEM, or SD_EINTERNAL for a rank outside 0..PRUNE_MAX_RANK (a caller bug).
  */
 SD_MUST_CHECK int prune_tensor_write(Tensorflow__TensorProto *tp, const prune_tensor_t *t,
 				     arena_t *a, sd_error_t *e);

@@ -47,7 +47,7 @@ START_TEST(static_errors)
 	       "more than one override_layer_configs", 2, 26);
 	expect("override_layer_types { layer_type: \"Conv2D\" prune_config { " NM " } }\n"
 	       "override_layer_types { layer_type: \"Conv2D\" prune_config { " NM " } }",
-	       "more than one override_layer_types", 2, 25);
+	       "more than one override_layer_types", 2, 24);
 	expect("skip_layer_types: \"Conv3D\"", "'Conv3D' in skip_layer_types", 1, 1);
 	expect("override_layer_types {\n layer_type: \"Dense\" prune_config { " NM " } }",
 	       "not a layer type", 2, 2);

@@ -80,7 +80,7 @@ static uint8_t *with_unknown(const uint8_t *buf, size_t len, size_t *out)
 {
 	uint8_t *p = arena_alloc(&A, len + 3);
 	memcpy(p, buf, len);
-	p[len] = (99 << 3) & 0xff | 0x80; /* tag 99, wire type 0, two-byte varint key */
+	p[len] = ((99 << 3) & 0x7f) | 0x80; /* tag 99, wire type 0, two-byte varint key */
 	p[len + 1] = 99 >> 4;
 	p[len + 2] = 42;
 	*out = len + 3;

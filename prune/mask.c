@@ -1,0 +1,497 @@
+/*
+ * prune_mask: the 2:4 kernel (SPEC section 4), bit-exact, for float32, float64, float16
+ * and bfloat16 weights (see mask.h for the rule and the glossary).
+ *
+ * Design.
+ * - Magnitudes are compared as integers: the IEEE pattern with the sign bit cleared
+ *   orders exactly like |w| for every non-NaN value of all four types (subnormals and
+ *   inf included, +0 == -0). The kernel therefore only knows element widths (16, 32,
+ *   64 bits), never float semantics, and cannot differ from the reference by a rounding
+ *   or a flush-to-zero setting. With the sign cleared the patterns also fit the signed
+ *   type of the same width, so the compares map onto SSE2's signed pcmpgt.
+ * - The rule "keep i iff fewer than 2 group members beat it" is evaluated with the six
+ *   pairwise compares b_ij = (|w_i| >= |w_j|) for i < j: for a pair exactly one beats
+ *   the other (the lower index wins ties), so i is beaten by b_ji for j < i and by !b_ij
+ *   for j > i. No sort, no branch, no data-dependent control flow.
+ * - The tensor is viewed as [outer, C, inner]; a group is 4 rows of `inner` contiguous
+ *   elements. For inner > 1 four rows are walked side by side, 16 elements at a time,
+ *   with GCC/Clang vector extensions (explicit, so -O2 builds vectorise too, and
+ *   portable to any target with 16-byte vectors). For
+ *   inner == 1 (MatMul with transpose_b, the prune axis last) a group is 4 adjacent
+ *   elements and the same compares run on each group's rotations.
+ * - A last group with r < 4 real elements is padded with zeros of higher index, which
+ *   never beat a real element: r <= 2 keeps everything, r == 3 keeps the top 2 of 3
+ *   (the kernel runs with a zero fourth row).
+ * - NaN is detected on the fly (abs pattern above the inf pattern, folded into a
+ *   flag); only when the flag is raised is the tensor rescanned for the first NaN's
+ *   flat index, so the common path pays one compare per element.
+ *
+ * Workload: every weight of every pruned layer passes through prune_mask_2of4 and
+ * prune_mask_apply once per export/prune (tens of MB to a few GB per model), and through
+ * prune_mask_is_2of4 on check. Throughput target: several GB/s of float32 per core.
+ * Reentrant, no allocation; keep[] has one byte per element (0 or 1).
+ */
+#include "mask.h"
+
+#include <string.h>
+
+/* Abs and inf patterns per element width (float16: 0x7C00; bfloat16: 0x7F80). */
+#define ABS16 0x7FFF
+#define ABS32 0x7FFFFFFF
+#define ABS64 INT64_C(0x7FFFFFFFFFFFFFFF)
+#define INF32 0x7F800000
+#define INF64 INT64_C(0x7FF0000000000000)
+#define INF_HALF 0x7C00
+#define INF_BF16 0x7F80
+
+/* A shape viewed around the prune axis. */
+typedef struct {
+	size_t outer, c, inner;
+} view_t;
+
+static int view_of(const prune_tensor_t *t, int axis, view_t *v)
+{
+	if (!t || !prune_dtype_size(t->dtype) || t->rank < 1 || t->rank > PRUNE_MAX_RANK ||
+	    axis < 0 || axis >= t->rank)
+		return -1;
+	size_t outer = 1, inner = 1;
+	for (int i = 0; i < t->rank; i++) {
+		if (t->dims[i] < 0)
+			return -1;
+		if (i == axis)
+			continue;
+		size_t *p = i < axis ? &outer : &inner;
+		if (__builtin_mul_overflow(*p, (size_t)t->dims[i], p))
+			return -1;
+	}
+	size_t c = (size_t)t->dims[axis], total;
+	if (__builtin_mul_overflow(outer, c, &total) || __builtin_mul_overflow(total, inner, &total))
+		return -1;
+	if (total != t->n) /* the dims and n disagree: a caller bug, never trust either */
+		return -1;
+	v->outer = outer;
+	v->c = c;
+	v->inner = inner;
+	return 0;
+}
+
+/*
+ * The keep rule on four abs patterns, scalar form (float64, and the tails of the vector
+ * loops). Element 0 is beaten !b01 + !b02 + !b03 times, 1: b01 + !b12 + !b13,
+ * 2: b02 + b12 + !b23, 3: b03 + b13 + b23; it is kept iff beaten fewer than 2 times.
+ */
+#define KEEP4_SCALAR(a0, a1, a2, a3, k0, k1, k2, k3)                                  \
+	do {                                                                           \
+		int b01_ = (a0) >= (a1), b02_ = (a0) >= (a2), b03_ = (a0) >= (a3);     \
+		int b12_ = (a1) >= (a2), b13_ = (a1) >= (a3), b23_ = (a2) >= (a3);     \
+		(k0) = (uint8_t)(b01_ + b02_ + b03_ >= 2);                             \
+		(k1) = (uint8_t)(b12_ + b13_ > b01_);                                  \
+		(k2) = (uint8_t)(b02_ + b12_ <= b23_);                                 \
+		(k3) = (uint8_t)(b03_ + b13_ + b23_ < 2);                              \
+	} while (0)
+
+/*
+ * Vectors are the native 16 bytes (SSE2 on x86-64, NEON on arm64) so every operation maps
+ * to one instruction; wider generic vectors get split by GCC into scalar code for
+ * compares. One step handles BLOCK = 16 elements of a row, i.e. 16 keep bytes, built
+ * from 4 (32-bit) or 2 (16-bit) compare results by even-lane shuffles that compile to
+ * pand + packuswb. 64-bit elements have no SSE2 compare, so float64 runs the same rule
+ * in scalar branchless form; it is the rare type and moves twice the bytes per compare.
+ */
+#define BLOCK 16
+
+typedef int8_t v16qi_t __attribute__((vector_size(16)));
+typedef int16_t v8hi_t __attribute__((vector_size(16)));
+typedef int32_t v4si_t __attribute__((vector_size(16)));
+
+/* 16 keep bytes from 4 vectors of -1/0 int32 lanes: the low byte of each lane, & 1. */
+static inline __attribute__((always_inline)) void narrow32(const v4si_t *q, uint8_t *out)
+{
+	v8hi_t lo = __builtin_shufflevector((v8hi_t)q[0], (v8hi_t)q[1], 0, 2, 4, 6, 8, 10, 12, 14);
+	v8hi_t hi = __builtin_shufflevector((v8hi_t)q[2], (v8hi_t)q[3], 0, 2, 4, 6, 8, 10, 12, 14);
+	v16qi_t r = __builtin_shufflevector((v16qi_t)lo, (v16qi_t)hi, 0, 2, 4, 6, 8, 10, 12, 14,
+					    16, 18, 20, 22, 24, 26, 28, 30);
+	r &= 1;
+	memcpy(out, &r, sizeof(r));
+}
+
+/* 16 keep bytes from 2 vectors of -1/0 int16 lanes. */
+static inline __attribute__((always_inline)) void narrow16(const v8hi_t *q, uint8_t *out)
+{
+	v16qi_t r = __builtin_shufflevector((v16qi_t)q[0], (v16qi_t)q[1], 0, 2, 4, 6, 8, 10, 12,
+					    14, 16, 18, 20, 22, 24, 26, 28, 30);
+	r &= 1;
+	memcpy(out, &r, sizeof(r));
+}
+
+/*
+ * Vector row kernel for one element width: S is the signed element type, V its native
+ * vector (NV of them make a BLOCK), NARROW packs compare results into keep bytes.
+ * Vector compares yield -1/0, so the rule of KEEP4_SCALAR is rewritten with t = -b:
+ * "b12 + b13 > b01" becomes "t12 + t13 < t01" and so on. p3 == NULL is the padded group
+ * of 3 (a zero fourth row whose keep bytes are not written). Returns non-zero when some
+ * element's abs pattern exceeds inf (a NaN).
+ */
+#define DEFINE_ROWS_VEC(NAME, S, V, NV, NARROW)                                        \
+	static inline __attribute__((always_inline)) S NAME(                           \
+		const S *p0, const S *p1, const S *p2, const S *p3, uint8_t *k0,        \
+		uint8_t *k1, uint8_t *k2, uint8_t *k3, size_t len, S absm, S inf)       \
+	{                                                                              \
+		size_t j = 0;                                                          \
+		V vbad = {0};                                                          \
+		for (; j + BLOCK <= len; j += BLOCK) {                                 \
+			V q0[NV], q1[NV], q2[NV], q3[NV];                              \
+			for (int v = 0; v < NV; v++) {                                 \
+				size_t off = j + (size_t)v * (BLOCK / NV);             \
+				V a0, a1, a2, a3 = {0};                                \
+				memcpy(&a0, p0 + off, sizeof(a0));                     \
+				memcpy(&a1, p1 + off, sizeof(a1));                     \
+				memcpy(&a2, p2 + off, sizeof(a2));                     \
+				if (p3)                                                \
+					memcpy(&a3, p3 + off, sizeof(a3));             \
+				a0 &= absm;                                            \
+				a1 &= absm;                                            \
+				a2 &= absm;                                            \
+				a3 &= absm;                                            \
+				vbad |= (V)(a0 > inf) | (V)(a1 > inf) | (V)(a2 > inf) | \
+					(V)(a3 > inf);                                 \
+				V t01 = (V)(a0 >= a1), t02 = (V)(a0 >= a2);            \
+				V t03 = (V)(a0 >= a3), t12 = (V)(a1 >= a2);            \
+				V t13 = (V)(a1 >= a3), t23 = (V)(a2 >= a3);            \
+				q0[v] = (V)(t01 + t02 + t03 <= -2);                    \
+				q1[v] = (V)(t12 + t13 < t01);                          \
+				q2[v] = (V)(t02 + t12 >= t23);                         \
+				q3[v] = (V)(t03 + t13 + t23 > -2);                     \
+			}                                                              \
+			NARROW(q0, k0 + j);                                            \
+			NARROW(q1, k1 + j);                                            \
+			NARROW(q2, k2 + j);                                            \
+			if (p3)                                                        \
+				NARROW(q3, k3 + j);                                    \
+		}                                                                      \
+		S bad = 0;                                                             \
+		for (int l = 0; l < BLOCK / NV; l++)                                   \
+			bad |= vbad[l];                                                \
+		for (; j < len; j++) {                                                 \
+			S a0 = p0[j] & absm, a1 = p1[j] & absm, a2 = p2[j] & absm;     \
+			S a3 = p3 ? p3[j] & absm : 0;                                  \
+			uint8_t q3;                                                    \
+			bad |= (S)((a0 > inf) | (a1 > inf) | (a2 > inf) | (a3 > inf)); \
+			KEEP4_SCALAR(a0, a1, a2, a3, k0[j], k1[j], k2[j], q3);         \
+			if (p3)                                                        \
+				k3[j] = q3;                                            \
+		}                                                                      \
+		return bad;                                                            \
+	}
+
+DEFINE_ROWS_VEC(rows16, int16_t, v8hi_t, 2, narrow16)
+DEFINE_ROWS_VEC(rows32, int32_t, v4si_t, 4, narrow32)
+
+/* Scalar row kernel (float64): the same rule, one element of each row at a time. */
+static inline __attribute__((always_inline)) int64_t rows64(
+	const int64_t *p0, const int64_t *p1, const int64_t *p2, const int64_t *p3, uint8_t *k0,
+	uint8_t *k1, uint8_t *k2, uint8_t *k3, size_t len, int64_t absm, int64_t inf)
+{
+	int64_t bad = 0;
+	for (size_t j = 0; j < len; j++) {
+		int64_t a0 = p0[j] & absm, a1 = p1[j] & absm, a2 = p2[j] & absm;
+		int64_t a3 = p3 ? p3[j] & absm : 0;
+		uint8_t q3;
+		bad |= (int64_t)((a0 > inf) | (a1 > inf) | (a2 > inf) | (a3 > inf));
+		KEEP4_SCALAR(a0, a1, a2, a3, k0[j], k1[j], k2[j], q3);
+		if (p3)
+			k3[j] = q3;
+	}
+	return bad;
+}
+
+/*
+ * inner == 1: each group is 4 adjacent elements, so a vector holds whole groups.
+ * Rotating each group by r = 1..3 lanes puts element (i + r) % 4 beside element i; it
+ * beats i if larger, or equal with a lower index, which for a rotation by r is exactly
+ * lanes i >= 4 - r (the LOW masks). Kept iff beaten fewer than 2 times.
+ */
+#define ROT4(r) (r) % 4, (1 + (r)) % 4, (2 + (r)) % 4, (3 + (r)) % 4
+#define ROT8(r) ROT4(r), 4 + (r) % 4, 4 + (1 + (r)) % 4, 4 + (2 + (r)) % 4, 4 + (3 + (r)) % 4
+#define LOW4(r) -(0 >= 4 - (r)), -(1 >= 4 - (r)), -(2 >= 4 - (r)), -(3 >= 4 - (r))
+#define LOW8(r) LOW4(r), LOW4(r)
+
+#define DEFINE_GROUPS_VEC(NAME, S, V, NV, NARROW, ROT, LOW)                            \
+	static inline __attribute__((always_inline)) S NAME(const S *p, uint8_t *k,    \
+							     size_t ngroups, S absm,   \
+							     S inf)                    \
+	{                                                                              \
+		size_t i = 0, n = 4 * ngroups;                                         \
+		V vbad = {0};                                                          \
+		const V low1 = {LOW(1)}, low2 = {LOW(2)}, low3 = {LOW(3)};             \
+		for (; i + BLOCK <= n; i += BLOCK) {                                   \
+			V q[NV];                                                       \
+			for (int v = 0; v < NV; v++) {                                 \
+				V a;                                                   \
+				memcpy(&a, p + i + (size_t)v * (BLOCK / NV), sizeof(a)); \
+				a &= absm;                                             \
+				vbad |= (V)(a > inf);                                  \
+				V r1 = __builtin_shufflevector(a, a, ROT(1));          \
+				V r2 = __builtin_shufflevector(a, a, ROT(2));          \
+				V r3 = __builtin_shufflevector(a, a, ROT(3));          \
+				V beaten = ((V)(r1 > a) | ((V)(r1 == a) & low1)) +     \
+					   ((V)(r2 > a) | ((V)(r2 == a) & low2)) +     \
+					   ((V)(r3 > a) | ((V)(r3 == a) & low3));      \
+				q[v] = (V)(beaten > -2);                               \
+			}                                                              \
+			NARROW(q, k + i);                                              \
+		}                                                                      \
+		S bad = 0;                                                             \
+		for (int l = 0; l < BLOCK / NV; l++)                                   \
+			bad |= vbad[l];                                                \
+		for (; i < n; i += 4) {                                                \
+			S a0 = p[i] & absm, a1 = p[i + 1] & absm;                      \
+			S a2 = p[i + 2] & absm, a3 = p[i + 3] & absm;                  \
+			bad |= (S)((a0 > inf) | (a1 > inf) | (a2 > inf) | (a3 > inf)); \
+			KEEP4_SCALAR(a0, a1, a2, a3, k[i], k[i + 1], k[i + 2], k[i + 3]); \
+		}                                                                      \
+		return bad;                                                            \
+	}
+
+DEFINE_GROUPS_VEC(groups16, int16_t, v8hi_t, 2, narrow16, ROT8, LOW8)
+DEFINE_GROUPS_VEC(groups32, int32_t, v4si_t, 4, narrow32, ROT4, LOW4)
+
+static inline __attribute__((always_inline)) int64_t groups64(const int64_t *p, uint8_t *k,
+							       size_t ngroups, int64_t absm,
+							       int64_t inf)
+{
+	int64_t bad = 0;
+	for (size_t i = 0; i < 4 * ngroups; i += 4) {
+		int64_t a0 = p[i] & absm, a1 = p[i + 1] & absm;
+		int64_t a2 = p[i + 2] & absm, a3 = p[i + 3] & absm;
+		bad |= (int64_t)((a0 > inf) | (a1 > inf) | (a2 > inf) | (a3 > inf));
+		KEEP4_SCALAR(a0, a1, a2, a3, k[i], k[i + 1], k[i + 2], k[i + 3]);
+	}
+	return bad;
+}
+
+/*
+ * Whole-tensor driver for one width: loops outer, then the groups along C, each group
+ * handing 4 rows of `inner` elements to the row kernel (or, for inner == 1, a run of
+ * whole groups to the group kernel). The partial last group is handled here.
+ */
+#define DEFINE_MASK(NAME, S, ROWS, GROUPS)                                             \
+	static S NAME(const S *w, const view_t *v, uint8_t *keep, S absm, S inf)       \
+	{                                                                              \
+		size_t c = v->c, inner = v->inner, full = c / 4, r = c % 4;            \
+		S bad = 0;                                                             \
+		for (size_t o = 0; o < v->outer; o++) {                                \
+			const S *wo = w + o * c * inner;                               \
+			uint8_t *ko = keep + o * c * inner;                            \
+			if (inner == 1) {                                              \
+				bad |= GROUPS(wo, ko, full, absm, inf);                \
+			} else {                                                       \
+				for (size_t g = 0; g < full; g++) {                    \
+					const S *p = wo + 4 * g * inner;               \
+					uint8_t *k = ko + 4 * g * inner;               \
+					bad |= ROWS(p, p + inner, p + 2 * inner,       \
+						    p + 3 * inner, k, k + inner,       \
+						    k + 2 * inner, k + 3 * inner,      \
+						    inner, absm, inf);                 \
+				}                                                      \
+			}                                                              \
+			const S *p = wo + 4 * full * inner;                            \
+			uint8_t *k = ko + 4 * full * inner;                            \
+			if (r == 3) {                                                  \
+				bad |= ROWS(p, p + inner, p + 2 * inner, NULL, k,      \
+					    k + inner, k + 2 * inner, NULL, inner,     \
+					    absm, inf);                                \
+			} else if (r) {                                                \
+				/* 1 or 2 real elements: both kept; NaN still checked. */ \
+				memset(k, 1, r * inner);                               \
+				for (size_t j = 0; j < r * inner; j++)                 \
+					bad |= (S)((p[j] & absm) > inf);               \
+			}                                                              \
+		}                                                                      \
+		return bad;                                                            \
+	}
+
+DEFINE_MASK(mask16, int16_t, rows16, groups16)
+DEFINE_MASK(mask32, int32_t, rows32, groups32)
+DEFINE_MASK(mask64, int64_t, rows64, groups64)
+
+/* Flat index of the first NaN, for the error message; only called once one is known. */
+static size_t first_nan(const prune_tensor_t *w)
+{
+	size_t n = w->n;
+	switch (w->dtype) {
+	case TENSORFLOW__DATA_TYPE__DT_FLOAT: {
+		const int32_t *p = w->data;
+		for (size_t i = 0; i < n; i++)
+			if ((p[i] & ABS32) > INF32)
+				return i;
+		break;
+	}
+	case TENSORFLOW__DATA_TYPE__DT_DOUBLE: {
+		const int64_t *p = w->data;
+		for (size_t i = 0; i < n; i++)
+			if ((p[i] & ABS64) > INF64)
+				return i;
+		break;
+	}
+	default: {
+		const int16_t *p = w->data;
+		int16_t inf = w->dtype == TENSORFLOW__DATA_TYPE__DT_HALF ? INF_HALF : INF_BF16;
+		for (size_t i = 0; i < n; i++)
+			if ((int16_t)(p[i] & ABS16) > inf)
+				return i;
+		break;
+	}
+	}
+	return n;
+}
+
+int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep, const char *layer,
+		    sd_error_t *e)
+{
+	view_t v;
+	if (!layer)
+		layer = "";
+	if (view_of(w, axis, &v))
+		return sd_err_node(e, SD_EUSAGE, layer,
+				   "layer '%s': prune axis %d is not valid for a %s tensor of rank %d",
+				   layer, axis, w ? prune_dtype_name(w->dtype) : "missing",
+				   w ? w->rank : 0);
+	if (!w->n)
+		return 0;
+	int bad;
+	switch (w->dtype) {
+	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
+		bad = mask32(w->data, &v, keep, ABS32, INF32) != 0;
+		break;
+	case TENSORFLOW__DATA_TYPE__DT_DOUBLE:
+		bad = mask64(w->data, &v, keep, ABS64, INF64) != 0;
+		break;
+	case TENSORFLOW__DATA_TYPE__DT_HALF:
+		bad = mask16(w->data, &v, keep, ABS16, INF_HALF) != 0;
+		break;
+	default: /* DT_BFLOAT16; view_of() rejected every other dtype */
+		bad = mask16(w->data, &v, keep, ABS16, INF_BF16) != 0;
+		break;
+	}
+	if (bad)
+		return sd_err_node(e, SD_EMODEL, layer,
+				   "layer '%s': weight holds NaN at flat index %zu (of %zu %s elements)",
+				   layer, first_nan(w), w->n, prune_dtype_name(w->dtype));
+	return 0;
+}
+
+/*
+ * Apply: w &= keep ? all-ones : sign-bit. A pruned element keeps only its sign, which is
+ * the signed zero that w * 0.0 gives for finite w in every float type; kept elements are
+ * untouched bit for bit (no float multiply, so no NaN quieting or denormal flushing).
+ */
+#define DEFINE_APPLY(NAME, U, SIGN)                                                    \
+	static void NAME(U *p, const uint8_t *keep, size_t n)                          \
+	{                                                                              \
+		for (size_t i = 0; i < n; i++)                                         \
+			p[i] &= (U)(-(U)(keep[i] != 0)) | (U)(SIGN);                   \
+	}
+
+DEFINE_APPLY(apply16, uint16_t, 0x8000u)
+DEFINE_APPLY(apply32, uint32_t, 0x80000000u)
+DEFINE_APPLY(apply64, uint64_t, UINT64_C(0x8000000000000000))
+
+void prune_mask_apply(prune_tensor_t *w, const uint8_t *keep)
+{
+	switch (prune_dtype_size(w->dtype)) {
+	case 2:
+		apply16(w->data, keep, w->n);
+		break;
+	case 4:
+		apply32(w->data, keep, w->n);
+		break;
+	case 8:
+		apply64(w->data, keep, w->n);
+		break;
+	default:
+		break;
+	}
+}
+
+#define DEFINE_TO_VALUES(NAME, U)                                                      \
+	static void NAME(U *out, const uint8_t *keep, size_t n, U one)                 \
+	{                                                                              \
+		for (size_t i = 0; i < n; i++)                                         \
+			out[i] = one & (U)(-(U)(keep[i] != 0));                        \
+	}
+
+DEFINE_TO_VALUES(values16, uint16_t)
+DEFINE_TO_VALUES(values32, uint32_t)
+DEFINE_TO_VALUES(values64, uint64_t)
+
+void prune_mask_to_values(const prune_tensor_t *w, const uint8_t *keep, void *out)
+{
+	/* 1.0 in each format. */
+	switch (w->dtype) {
+	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
+		values32(out, keep, w->n, 0x3F800000u);
+		break;
+	case TENSORFLOW__DATA_TYPE__DT_DOUBLE:
+		values64(out, keep, w->n, UINT64_C(0x3FF0000000000000));
+		break;
+	case TENSORFLOW__DATA_TYPE__DT_HALF:
+		values16(out, keep, w->n, 0x3C00u);
+		break;
+	case TENSORFLOW__DATA_TYPE__DT_BFLOAT16:
+		values16(out, keep, w->n, 0x3F80u);
+		break;
+	default:
+		break;
+	}
+}
+
+/*
+ * is_2of4: counts non-zeros per group (abs pattern != 0, so -0 is zero and NaN is not);
+ * a group of the partial tail simply has fewer rows. Branchless per element; the
+ * verdict and the zero count are both needed by check, so there is no early exit.
+ */
+#define DEFINE_IS2OF4(NAME, U, ABSM)                                                   \
+	static int NAME(const U *w, const view_t *v, size_t *zeros)                    \
+	{                                                                              \
+		size_t c = v->c, inner = v->inner, nz_total = 0;                       \
+		unsigned over = 0;                                                     \
+		for (size_t o = 0; o < v->outer; o++) {                                \
+			const U *wo = w + o * c * inner;                               \
+			for (size_t g = 0; g < c; g += 4) {                            \
+				size_t rows = c - g < 4 ? c - g : 4;                   \
+				const U *p = wo + g * inner;                           \
+				for (size_t j = 0; j < inner; j++) {                   \
+					unsigned nz = 0;                               \
+					for (size_t r = 0; r < rows; r++)              \
+						nz += (p[r * inner + j] & (ABSM)) != 0; \
+					over |= nz > 2;                                \
+					nz_total += nz;                                \
+				}                                                      \
+			}                                                              \
+		}                                                                      \
+		if (zeros)                                                             \
+			*zeros = v->outer * c * inner - nz_total;                      \
+		return !over;                                                          \
+	}
+
+DEFINE_IS2OF4(is16, uint16_t, 0x7FFFu)
+DEFINE_IS2OF4(is32, uint32_t, 0x7FFFFFFFu)
+DEFINE_IS2OF4(is64, uint64_t, UINT64_C(0x7FFFFFFFFFFFFFFF))
+
+int prune_mask_is_2of4(const prune_tensor_t *t, int axis, size_t *zeros)
+{
+	view_t v;
+	if (zeros)
+		*zeros = 0;
+	if (view_of(t, axis, &v))
+		return 0;
+	switch (prune_dtype_size(t->dtype)) {
+	case 2:
+		return is16(t->data, &v, zeros);
+	case 4:
+		return is32(t->data, &v, zeros);
+	default:
+		return is64(t->data, &v, zeros);
+	}
+}

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Installs what sparsityd needs and is missing: Debian packages for the build (and,
+# with --test, for the tests), plus a Python venv with TensorFlow for the real-TF tests.
+# Safe to run again: it only installs what is absent.
+set -eu
+cd "$(dirname "$0")/.."
+
+build_pkgs="meson ninja-build pkg-config gcc libc6-dev protobuf-c-compiler libprotobuf-c-dev
+libmicrohttpd-dev libjansson-dev libsqlite3-dev libuv1-dev libssl-dev"
+test_pkgs="check protobuf-compiler valgrind python3 python3-venv python3-pip"
+
+want="$build_pkgs"
+[ "${1:-}" = "--test" ] && want="$want $test_pkgs"
+
+missing=""
+for p in $want; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "deps: installing$missing"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ "${1:-}" = "--test" ]; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import tensorflow, tf_keras, pytest" 2>/dev/null; then
+    echo "deps: creating .venv with tests/py/requirements.txt (TensorFlow is a test dependency only)"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -r tests/py/requirements.txt
+  fi
+fi

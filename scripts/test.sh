@@ -1,0 +1,25 @@
+#!/bin/sh
+# The whole test suite, from a fresh Debian 12 machine: installs what is missing,
+# builds twice (plain, and with AddressSanitizer + UndefinedBehaviorSanitizer), runs the
+# unit suites under the sanitizers and under valgrind, then the real-TensorFlow tests.
+set -eu
+cd "$(dirname "$0")/.."
+./scripts/deps.sh --test
+
+[ -f build/build.ninja ] || meson setup build >/dev/null
+ninja -C build
+
+[ -f build-san/build.ninja ] || meson setup build-san -Db_sanitize=address,undefined \
+  -Db_lundef=false -Dbuildtype=debug >/dev/null
+ninja -C build-san
+echo "== unit tests under ASan + UBSan"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  meson test -C build-san --suite unit --print-errorlogs
+
+echo "== unit tests under valgrind"
+meson test -C build --suite unit --print-errorlogs \
+  --wrapper "valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect" \
+  --timeout-multiplier 10
+
+echo "== real-TensorFlow tests"
+SPARSITYD_BIN="$PWD/build/daemon/sparsityd" .venv/bin/python -m pytest tests/py -q -p no:cacheprovider "$@"

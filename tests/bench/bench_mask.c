@@ -1,0 +1,158 @@
+/*
+ * bench_mask: throughput of the 2:4 kernel (prune_mask_2of4 + prune_mask_apply), the
+ * hot path of export and prune.
+ *
+ * Design: a standalone program, never run by `meson test` (timings on shared CI runners
+ * are noise). For each layout it fills a weight tensor with random values once, then
+ * times mask + apply best-of-5 with CLOCK_MONOTONIC and reports GB/s of weights (input
+ * bytes, not bytes moved: that is the figure a user relates to model size). apply runs
+ * on a fresh copy of the weights each time so every run prunes a dense tensor, and the
+ * copy is outside the timed region. Layouts cover the three paths of the kernel: rows
+ * (Conv2D axis 2, MatMul axis 0), adjacent groups (MatMul transpose_b, axis 1) and a
+ * tensor far larger than any cache.
+ *
+ * Workload: a few hundred MB of memory, a few seconds. Usage: bench_mask [--quick]
+ * (--quick skips the 256 MiB layout).
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mask.h"
+#include "tensor.h"
+
+#define RUNS 5
+#define TARGET_GBS 1.0
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15u;
+
+static uint64_t rng(void)
+{
+	/* xorshift64*: fast, deterministic, good enough for benchmark data. */
+	rng_state ^= rng_state >> 12;
+	rng_state ^= rng_state << 25;
+	rng_state ^= rng_state >> 27;
+	return rng_state * 0x2545F4914F6CDD1Du;
+}
+
+static float rand_weight(void)
+{
+	/* Roughly a trained weight: uniform in (-0.5, 0.5). */
+	return (float)((double)(rng() >> 11) / 9007199254740992.0 - 0.5);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Returns GB/s of weights for mask + apply on the given tensor, best of RUNS. */
+static double bench_one(int dtype, int rank, const int64_t *dims, int axis, int *failed)
+{
+	prune_tensor_t t = {.dtype = dtype, .rank = rank, .n = 1};
+	for (int i = 0; i < rank; i++) {
+		t.dims[i] = dims[i];
+		t.n *= (size_t)dims[i];
+	}
+	size_t es = prune_dtype_size(dtype), bytes = t.n * es;
+	void *orig = malloc(bytes), *work = malloc(bytes);
+	uint8_t *keep = malloc(t.n);
+	if (!orig || !work || !keep) {
+		fprintf(stderr, "bench_mask: out of memory for %zu bytes\n", bytes);
+		exit(3);
+	}
+	for (size_t i = 0; i < t.n; i++) {
+		float f = rand_weight();
+		if (dtype == TENSORFLOW__DATA_TYPE__DT_FLOAT) {
+			((float *)orig)[i] = f;
+		} else if (dtype == TENSORFLOW__DATA_TYPE__DT_DOUBLE) {
+			((double *)orig)[i] = f;
+		} else if (dtype == TENSORFLOW__DATA_TYPE__DT_HALF) {
+			((uint16_t *)orig)[i] = prune_float_to_half(f);
+		} else {
+			((uint16_t *)orig)[i] = prune_float_to_bf16(f);
+		}
+	}
+	t.data = work;
+	double best = 1e30;
+	for (int r = 0; r < RUNS; r++) {
+		memcpy(work, orig, bytes);
+		sd_error_t e;
+		sd_err_clear(&e);
+		double t0 = now();
+		int rc = prune_mask_2of4(&t, axis, keep, "bench", &e);
+		prune_mask_apply(&t, keep);
+		double dt = now() - t0;
+		if (rc) {
+			fprintf(stderr, "bench_mask: %s\n", e.msg);
+			*failed = 1;
+		}
+		if (dt < best)
+			best = dt;
+	}
+	if (!prune_mask_is_2of4(&t, axis, NULL)) {
+		fprintf(stderr, "bench_mask: result is not 2:4\n");
+		*failed = 1;
+	}
+	free(orig);
+	free(work);
+	free(keep);
+	return (double)bytes / best / 1e9;
+}
+
+static void shape_str(int rank, const int64_t *dims, char *buf, size_t cap)
+{
+	size_t len = (size_t)snprintf(buf, cap, "[");
+	for (int i = 0; i < rank && len < cap; i++)
+		len += (size_t)snprintf(buf + len, cap - len, "%s%lld", i ? "," : "",
+					(long long)dims[i]);
+	if (len < cap)
+		snprintf(buf + len, cap - len, "]");
+}
+
+int main(int argc, char **argv)
+{
+	int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+	struct layout {
+		const char *what;
+		int dtype;
+		int rank;
+		int64_t dims[4];
+		int axis;
+		int big;
+	} layouts[] = {
+		{"Conv2D", TENSORFLOW__DATA_TYPE__DT_FLOAT, 4, {3, 3, 512, 512}, 2, 0},
+		{"MatMul", TENSORFLOW__DATA_TYPE__DT_FLOAT, 2, {2048, 1000}, 0, 0},
+		{"MatMul transpose_b", TENSORFLOW__DATA_TYPE__DT_FLOAT, 2, {1000, 2048}, 1, 0},
+		{"Conv2DBackpropInput", TENSORFLOW__DATA_TYPE__DT_FLOAT, 4, {4, 4, 256, 128}, 3, 0},
+		{"256 MiB MatMul", TENSORFLOW__DATA_TYPE__DT_FLOAT, 2, {8192, 8192}, 0, 1},
+		{"256 MiB MatMul transpose_b", TENSORFLOW__DATA_TYPE__DT_FLOAT, 2, {8192, 8192}, 1, 1},
+		{"Conv2D", TENSORFLOW__DATA_TYPE__DT_DOUBLE, 4, {3, 3, 512, 512}, 2, 0},
+		{"MatMul transpose_b", TENSORFLOW__DATA_TYPE__DT_DOUBLE, 2, {1000, 2048}, 1, 0},
+		{"Conv2D", TENSORFLOW__DATA_TYPE__DT_HALF, 4, {3, 3, 512, 512}, 2, 0},
+		{"MatMul transpose_b", TENSORFLOW__DATA_TYPE__DT_HALF, 2, {1000, 2048}, 1, 0},
+		{"Conv2D", TENSORFLOW__DATA_TYPE__DT_BFLOAT16, 4, {3, 3, 512, 512}, 2, 0},
+	};
+	int failed = 0, below = 0;
+	printf("%-28s %-9s %-16s %4s %10s\n", "layout", "dtype", "shape", "axis", "GB/s");
+	for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++) {
+		const struct layout *l = &layouts[i];
+		if (quick && l->big)
+			continue;
+		double gbs = bench_one(l->dtype, l->rank, l->dims, l->axis, &failed);
+		char sh[64];
+		shape_str(l->rank, l->dims, sh, sizeof(sh));
+		printf("%-28s %-9s %-16s %4d %10.2f\n", l->what, prune_dtype_name(l->dtype), sh,
+		       l->axis, gbs);
+		if (l->dtype == TENSORFLOW__DATA_TYPE__DT_FLOAT) {
+			printf("  target >= %.2f GB/s float32: %s\n", TARGET_GBS,
+			       gbs >= TARGET_GBS ? "PASS" : "FAIL");
+			below |= gbs < TARGET_GBS;
+		}
+	}
+	return failed ? 2 : below ? 1 : 0;
+}

@@ -1,0 +1,594 @@
+/*
+ * test_mask: the 2:4 kernel against a naive reference written independently here.
+ *
+ * The reference follows SPEC section 4 literally: per group of 4 along the axis it pads
+ * with zeros, sorts (|w| as a double, index) pairs by magnitude descending then index
+ * ascending with an explicit insertion sort, and keeps the first two. It shares no code
+ * with prune/mask.c (no bit tricks, no pairwise rule) and decodes float16 with ldexp, so
+ * an error in either the kernel's integer view of magnitudes or its keep formula shows
+ * up as a mismatch. Inputs: every assignment of {0,1,2,3} to a group with every sign
+ * pattern, C = 1..9 with many inner sizes (vector body and scalar tails), every axis of
+ * random rank-2 and rank-4 shapes, all four dtypes, inf, subnormals, NaN.
+ *
+ * Workload: a few million elements, well under a second without sanitizers.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mask.h"
+#include "tensor.h"
+
+#define DT_F32 TENSORFLOW__DATA_TYPE__DT_FLOAT
+#define DT_F64 TENSORFLOW__DATA_TYPE__DT_DOUBLE
+#define DT_F16 TENSORFLOW__DATA_TYPE__DT_HALF
+#define DT_BF16 TENSORFLOW__DATA_TYPE__DT_BFLOAT16
+
+static const int all_dtypes[] = {DT_F32, DT_F64, DT_F16, DT_BF16};
+
+static uint64_t rng_state;
+
+static uint64_t rng(void)
+{
+	/* xorshift64*, fixed seed per test so a failure reproduces. */
+	rng_state ^= rng_state >> 12;
+	rng_state ^= rng_state << 25;
+	rng_state ^= rng_state >> 27;
+	return rng_state * 0x2545F4914F6CDD1Du;
+}
+
+static size_t rnd(size_t n) { return (size_t)(rng() % n); }
+
+/* Reference float16 decoder (independent of prune_half_to_float). */
+static double ref_half(uint16_t h)
+{
+	int s = h >> 15, ex = (h >> 10) & 31, m = h & 1023;
+	double v;
+	if (ex == 31)
+		v = m ? NAN : INFINITY;
+	else if (ex == 0)
+		v = ldexp(m, -24);
+	else
+		v = ldexp(1024 + m, ex - 25);
+	return s ? -v : v;
+}
+
+static double ref_bf16(uint16_t h)
+{
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+static size_t esize(int dt) { return dt == DT_F64 ? 8 : dt == DT_F32 ? 4 : 2; }
+
+static double get(int dt, const void *data, size_t i)
+{
+	switch (dt) {
+	case DT_F32:
+		return ((const float *)data)[i];
+	case DT_F64:
+		return ((const double *)data)[i];
+	case DT_F16:
+		return ref_half(((const uint16_t *)data)[i]);
+	default:
+		return ref_bf16(((const uint16_t *)data)[i]);
+	}
+}
+
+/* Stores v (rounded into the type by the conversions under test elsewhere). */
+static void put(int dt, void *data, size_t i, double v)
+{
+	switch (dt) {
+	case DT_F32:
+		((float *)data)[i] = (float)v;
+		break;
+	case DT_F64:
+		((double *)data)[i] = v;
+		break;
+	case DT_F16:
+		((uint16_t *)data)[i] = prune_float_to_half((float)v);
+		break;
+	default:
+		((uint16_t *)data)[i] = prune_float_to_bf16((float)v);
+		break;
+	}
+}
+
+static uint64_t bits(int dt, const void *data, size_t i)
+{
+	switch (esize(dt)) {
+	case 8:
+		return ((const uint64_t *)data)[i];
+	case 4:
+		return ((const uint32_t *)data)[i];
+	default:
+		return ((const uint16_t *)data)[i];
+	}
+}
+
+static uint64_t sign_bit(int dt) { return (uint64_t)1 << (8 * esize(dt) - 1); }
+
+typedef struct {
+	prune_tensor_t t;
+	uint8_t *keep;
+	uint8_t *ref;
+} case_t;
+
+static void case_new(case_t *c, int dt, int rank, const int64_t *dims)
+{
+	memset(c, 0, sizeof(*c));
+	c->t.dtype = dt;
+	c->t.rank = rank;
+	c->t.n = 1;
+	for (int i = 0; i < rank; i++) {
+		c->t.dims[i] = dims[i];
+		c->t.n *= (size_t)dims[i];
+	}
+	c->t.data = calloc(c->t.n ? c->t.n : 1, esize(dt));
+	c->keep = calloc(c->t.n ? c->t.n : 1, 1);
+	c->ref = calloc(c->t.n ? c->t.n : 1, 1);
+	ck_assert(c->t.data && c->keep && c->ref);
+}
+
+static void case_free(case_t *c)
+{
+	free(c->t.data);
+	free(c->keep);
+	free(c->ref);
+}
+
+/* The naive reference: SPEC section 4 read literally. */
+static void ref_mask(const prune_tensor_t *t, int axis, uint8_t *keep)
+{
+	size_t outer = 1, inner = 1, C = (size_t)t->dims[axis];
+	for (int i = 0; i < axis; i++)
+		outer *= (size_t)t->dims[i];
+	for (int i = axis + 1; i < t->rank; i++)
+		inner *= (size_t)t->dims[i];
+	for (size_t o = 0; o < outer; o++)
+		for (size_t j = 0; j < inner; j++)
+			for (size_t g = 0; g < C; g += 4) {
+				double mag[4];
+				size_t idx[4];
+				for (size_t k = 0; k < 4; k++) {
+					idx[k] = g + k;
+					mag[k] = g + k < C ? fabs(get(t->dtype, t->data,
+								     (o * C + g + k) * inner + j))
+							   : 0.0; /* padding */
+				}
+				/* Insertion sort: larger magnitude first, then lower index. */
+				for (int a = 1; a < 4; a++)
+					for (int b = a; b > 0; b--) {
+						int swap = mag[b] > mag[b - 1] ||
+							   (mag[b] == mag[b - 1] && idx[b] < idx[b - 1]);
+						if (!swap)
+							break;
+						double tm = mag[b];
+						mag[b] = mag[b - 1];
+						mag[b - 1] = tm;
+						size_t ti = idx[b];
+						idx[b] = idx[b - 1];
+						idx[b - 1] = ti;
+					}
+				for (size_t k = 0; k < 4; k++) {
+					size_t pos = idx[k];
+					if (pos < C)
+						keep[(o * C + pos) * inner + j] = k < 2;
+				}
+			}
+}
+
+/* Runs kernel and reference and compares every byte; returns the kernel's rc. */
+static void check_against_ref(case_t *c, int axis)
+{
+	sd_error_t e;
+	sd_err_clear(&e);
+	memset(c->keep, 0xAA, c->t.n);
+	int rc = prune_mask_2of4(&c->t, axis, c->keep, "layer", &e);
+	ck_assert_msg(rc == 0, "rc %d: %s", rc, e.msg);
+	ref_mask(&c->t, axis, c->ref);
+	for (size_t i = 0; i < c->t.n; i++)
+		ck_assert_msg(c->keep[i] == c->ref[i],
+			      "%s rank %d axis %d dims [%lld,%lld,%lld,%lld] element %zu (%g): "
+			      "kernel %d, reference %d",
+			      prune_dtype_name(c->t.dtype), c->t.rank, axis,
+			      (long long)c->t.dims[0], (long long)c->t.dims[1],
+			      (long long)(c->t.rank > 2 ? c->t.dims[2] : 0),
+			      (long long)(c->t.rank > 3 ? c->t.dims[3] : 0), i,
+			      get(c->t.dtype, c->t.data, i), c->keep[i], c->ref[i]);
+}
+
+/* A value distribution with many ties, subnormals, infs and both zeros. */
+static double rand_value(int mode)
+{
+	double s = (rng() & 1) ? -1.0 : 1.0;
+	switch (mode) {
+	case 0: /* small integers: ties everywhere */
+		return s * (double)rnd(4);
+	case 1: /* general */
+		return s * ldexp((double)(rng() >> 11) / 9007199254740992.0, (int)rnd(20) - 10);
+	case 2: /* float32/float16 subnormals and their neighbours */
+		return s * ldexp((double)rnd(8), (int)rnd(6) - 150 + (int)rnd(2) * 126);
+	default: { /* a mix including inf and zeros */
+		size_t k = rnd(6);
+		return k == 0 ? s * INFINITY : k == 1 ? s * 0.0 : s * (double)rnd(3);
+	}
+	}
+}
+
+/* f16 subnormals are far above f32 ones: give the 16-bit types their own. */
+static void fill(case_t *c, int mode)
+{
+	for (size_t i = 0; i < c->t.n; i++) {
+		double v = rand_value(mode);
+		if (mode == 2 && c->t.dtype == DT_F16)
+			v = ldexp((double)rnd(8), -24 - (int)rnd(2)) * ((rng() & 1) ? -1 : 1);
+		put(c->t.dtype, c->t.data, i, v);
+	}
+}
+
+START_TEST(every_group_of_four)
+{
+	/* 256 assignments x 16 sign patterns, laid out both ways the kernel walks. */
+	for (size_t d = 0; d < 4; d++) {
+		int dt = all_dtypes[d];
+		case_t flat, cols;
+		int64_t dflat[1] = {4096 * 4}, dcols[2] = {4, 4096};
+		case_new(&flat, dt, 1, dflat);
+		case_new(&cols, dt, 2, dcols);
+		for (size_t g = 0; g < 4096; g++) {
+			size_t vals = g % 256, signs = g / 256;
+			for (size_t k = 0; k < 4; k++) {
+				double v = (double)((vals >> (2 * k)) & 3);
+				if ((signs >> k) & 1)
+					v = -v; /* includes -0 against +0 */
+				put(dt, flat.t.data, g * 4 + k, v);
+				put(dt, cols.t.data, k * 4096 + g, v);
+			}
+		}
+		check_against_ref(&flat, 0);
+		check_against_ref(&cols, 0);
+		/* A sanity anchor independent of the reference. */
+		ck_assert_int_eq(flat.keep[0] + flat.keep[1] + flat.keep[2] + flat.keep[3], 2);
+		ck_assert(flat.keep[0] && flat.keep[1]); /* all zeros: lowest indices win */
+		case_free(&flat);
+		case_free(&cols);
+	}
+}
+END_TEST
+
+START_TEST(known_groups)
+{
+	/* Hand-worked examples of SPEC section 4, float32 along a rank-1 tensor. */
+	struct {
+		int c;
+		float w[9];
+		uint8_t keep[9];
+	} ex[] = {
+		{4, {1, 2, 3, 4}, {0, 0, 1, 1}},
+		{4, {-4, 3, -2, 1}, {1, 1, 0, 0}},
+		{4, {2, 2, 2, 2}, {1, 1, 0, 0}},
+		{4, {1, 3, 3, 3}, {0, 1, 1, 0}},
+		{4, {-0.0f, 0.0f, 0.0f, -0.0f}, {1, 1, 0, 0}},
+		{3, {1, 2, 3}, {0, 1, 1}},
+		{3, {0, 0, 0}, {1, 1, 0}},
+		{5, {1, 2, 3, 4, 0}, {0, 0, 1, 1, 1}},
+		{2, {0, 7}, {1, 1}},
+		{1, {5}, {1}},
+		{7, {9, 1, 9, 1, 1, 5, 5}, {1, 0, 1, 0, 0, 1, 1}},
+		{4, {INFINITY, -INFINITY, 3e38f, 1}, {1, 1, 0, 0}},
+		{4, {1.4e-45f, 2.8e-45f, 0, -4.2e-45f}, {0, 1, 0, 1}}, /* subnormal patterns 1, 2, 0, 3 */
+	};
+	for (size_t x = 0; x < sizeof(ex) / sizeof(ex[0]); x++) {
+		prune_tensor_t t = {.dtype = DT_F32, .rank = 1, .dims = {ex[x].c},
+				    .n = (size_t)ex[x].c, .data = ex[x].w};
+		uint8_t keep[9];
+		ck_assert_int_eq(prune_mask_2of4(&t, 0, keep, "l", NULL), 0);
+		ck_assert_msg(memcmp(keep, ex[x].keep, (size_t)ex[x].c) == 0, "example %zu", x);
+	}
+}
+END_TEST
+
+START_TEST(c_from_1_to_9)
+{
+	static const int64_t inners[] = {1, 2, 3, 5, 15, 16, 17, 31, 33, 64, 100};
+	rng_state = 0x1234567u;
+	for (size_t d = 0; d < 4; d++)
+		for (int64_t C = 1; C <= 9; C++)
+			for (size_t ii = 0; ii < sizeof(inners) / sizeof(inners[0]); ii++)
+				for (int mode = 0; mode < 4; mode++) {
+					int64_t dims[3] = {(int64_t)rnd(3) + 1, C, inners[ii]};
+					case_t c;
+					case_new(&c, all_dtypes[d], 3, dims);
+					fill(&c, mode);
+					check_against_ref(&c, 1);
+					case_free(&c);
+				}
+}
+END_TEST
+
+START_TEST(every_axis_random_shapes)
+{
+	rng_state = 0xC0FFEEu;
+	for (int iter = 0; iter < 60; iter++)
+		for (size_t d = 0; d < 4; d++) {
+			int rank = iter % 2 ? 4 : 2;
+			int64_t dims[4];
+			for (int i = 0; i < rank; i++)
+				dims[i] = rank == 2 ? (int64_t)rnd(70) + 1 : (int64_t)rnd(12) + 1;
+			if (iter % 7 == 0)
+				dims[rnd((size_t)rank)] = 0; /* empty tensors too */
+			case_t c;
+			case_new(&c, all_dtypes[d], rank, dims);
+			fill(&c, iter % 4);
+			for (int axis = 0; axis < rank; axis++)
+				check_against_ref(&c, axis);
+			case_free(&c);
+		}
+}
+END_TEST
+
+START_TEST(subnormals_and_inf)
+{
+	rng_state = 0xABCDEFu;
+	for (size_t d = 0; d < 4; d++)
+		for (int mode = 2; mode <= 3; mode++) {
+			int64_t dims[4] = {2, 3, 13, 37};
+			case_t c;
+			case_new(&c, all_dtypes[d], 4, dims);
+			fill(&c, mode);
+			for (int axis = 0; axis < 4; axis++)
+				check_against_ref(&c, axis);
+			case_free(&c);
+		}
+	/* The smallest subnormal beats +0 and -0 in every type. */
+	for (size_t d = 0; d < 4; d++) {
+		int64_t dims[1] = {4};
+		case_t c;
+		case_new(&c, all_dtypes[d], 1, dims);
+		put(c.t.dtype, c.t.data, 0, 0.0);
+		put(c.t.dtype, c.t.data, 1, -0.0);
+		put(c.t.dtype, c.t.data, 2, 0.0);
+		/* set element 3 to the smallest positive pattern: 1 */
+		switch (esize(c.t.dtype)) {
+		case 8:
+			((uint64_t *)c.t.data)[3] = 1;
+			break;
+		case 4:
+			((uint32_t *)c.t.data)[3] = 1;
+			break;
+		default:
+			((uint16_t *)c.t.data)[3] = 0x8001; /* negative smallest */
+			break;
+		}
+		ck_assert_int_eq(prune_mask_2of4(&c.t, 0, c.keep, "l", NULL), 0);
+		ck_assert(c.keep[0] && !c.keep[1] && !c.keep[2] && c.keep[3]);
+		case_free(&c);
+	}
+}
+END_TEST
+
+static void set_nan(int dt, void *data, size_t i, int variant)
+{
+	switch (esize(dt)) {
+	case 8:
+		((uint64_t *)data)[i] = variant ? UINT64_C(0xFFF8000000000000) : UINT64_C(0x7FF0000000000001);
+		break;
+	case 4:
+		((uint32_t *)data)[i] = variant ? 0xFFC00000u : 0x7F800001u;
+		break;
+	default:
+		if (dt == DT_F16)
+			((uint16_t *)data)[i] = variant ? 0xFE00u : 0x7C01u;
+		else
+			((uint16_t *)data)[i] = variant ? 0xFFC0u : 0x7F81u;
+		break;
+	}
+}
+
+START_TEST(nan_is_an_error)
+{
+	rng_state = 0x5EEDu;
+	/* Shapes that route the NaN through every path: rows, groups, tails, padding. */
+	static const int64_t shapes[][3] = {{2, 8, 40}, {3, 64, 1}, {1, 5, 1},  {1, 6, 20},
+					    {2, 7, 19}, {1, 3, 1},  {4, 9, 17}, {1, 1, 1}};
+	for (size_t d = 0; d < 4; d++)
+		for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
+			for (int rep = 0; rep < 6; rep++) {
+				case_t c;
+				case_new(&c, all_dtypes[d], 3, shapes[s]);
+				fill(&c, 1);
+				size_t at = rnd(c.t.n);
+				set_nan(c.t.dtype, c.t.data, at, rep & 1);
+				if (rep >= 4 && at + 1 < c.t.n) /* a second NaN later: first reported */
+					set_nan(c.t.dtype, c.t.data, at + 1 + rnd(c.t.n - at - 1), 0);
+				sd_error_t e;
+				sd_err_clear(&e);
+				int rc = prune_mask_2of4(&c.t, 1, c.keep, "conv1/Conv2D", &e);
+				ck_assert_int_eq(rc, SD_EMODEL);
+				ck_assert_int_eq(e.code, SD_EMODEL);
+				ck_assert_str_eq(e.node, "conv1/Conv2D");
+				char want[64];
+				snprintf(want, sizeof(want), "flat index %zu ", at);
+				ck_assert_msg(strstr(e.msg, want) && strstr(e.msg, "conv1/Conv2D") &&
+						      strstr(e.msg, "NaN"),
+					      "message: %s (want '%s')", e.msg, want);
+				case_free(&c);
+			}
+}
+END_TEST
+
+START_TEST(bad_axis)
+{
+	float w[8] = {0};
+	prune_tensor_t t = {.dtype = DT_F32, .rank = 2, .dims = {2, 4}, .n = 8, .data = w};
+	uint8_t keep[8];
+	sd_error_t e;
+	sd_err_clear(&e);
+	ck_assert_int_eq(prune_mask_2of4(&t, 2, keep, "l", &e), SD_EUSAGE);
+	ck_assert_int_eq(prune_mask_2of4(&t, -1, keep, "l", &e), SD_EUSAGE);
+	ck_assert_ptr_nonnull(strstr(e.msg, "axis -1"));
+	ck_assert_int_eq(prune_mask_is_2of4(&t, 2, NULL), 0);
+	t.n = 9; /* dims and n disagree */
+	ck_assert_int_eq(prune_mask_2of4(&t, 0, keep, "l", &e), SD_EUSAGE);
+	t.n = 8;
+	t.dtype = TENSORFLOW__DATA_TYPE__DT_INT32;
+	ck_assert_int_eq(prune_mask_2of4(&t, 0, keep, "l", &e), SD_EUSAGE);
+	ck_assert_int_eq(prune_mask_is_2of4(&t, 0, NULL), 0);
+}
+END_TEST
+
+START_TEST(apply_gives_signed_zeros)
+{
+	rng_state = 0xA99u;
+	for (size_t d = 0; d < 4; d++) {
+		int64_t dims[4] = {3, 3, 10, 21};
+		case_t c;
+		case_new(&c, all_dtypes[d], 4, dims);
+		fill(&c, 1);
+		((uint8_t *)c.t.data)[esize(c.t.dtype) - 1] |= 0x80; /* element 0 negative */
+		size_t bytes = c.t.n * esize(c.t.dtype);
+		void *orig = malloc(bytes);
+		ck_assert_ptr_nonnull(orig);
+		memcpy(orig, c.t.data, bytes);
+		ck_assert_int_eq(prune_mask_2of4(&c.t, 2, c.keep, "l", NULL), 0);
+		prune_mask_apply(&c.t, c.keep);
+		size_t pruned = 0, negzero = 0;
+		for (size_t i = 0; i < c.t.n; i++) {
+			uint64_t was = bits(c.t.dtype, orig, i), now = bits(c.t.dtype, c.t.data, i);
+			if (c.keep[i]) {
+				ck_assert(now == was);
+			} else {
+				ck_assert(now == (was & sign_bit(c.t.dtype)));
+				pruned++;
+				negzero += now != 0;
+			}
+		}
+		ck_assert(pruned > c.t.n / 3);
+		ck_assert(negzero > 0); /* some pruned values were negative */
+		size_t zeros = 0;
+		ck_assert_int_eq(prune_mask_is_2of4(&c.t, 2, &zeros), 1);
+		size_t want = 0;
+		for (size_t i = 0; i < c.t.n; i++)
+			want += get(c.t.dtype, c.t.data, i) == 0.0;
+		ck_assert_uint_eq(zeros, want);
+		ck_assert(zeros >= pruned);
+		/* Pruning along the axis is generally not 2:4 along another. */
+		memcpy(c.t.data, orig, bytes);
+		ck_assert_int_eq(prune_mask_is_2of4(&c.t, 2, &zeros), 0);
+		ck_assert_uint_eq(zeros, 0);
+		free(orig);
+		case_free(&c);
+	}
+}
+END_TEST
+
+START_TEST(to_values)
+{
+	static const uint64_t one[4] = {0x3F800000u, UINT64_C(0x3FF0000000000000), 0x3C00u,
+					0x3F80u};
+	for (size_t d = 0; d < 4; d++) {
+		int64_t dims[2] = {7, 5};
+		case_t c;
+		case_new(&c, all_dtypes[d], 2, dims);
+		for (size_t i = 0; i < c.t.n; i++)
+			c.keep[i] = (uint8_t)(i % 3 == 0);
+		void *out = malloc(c.t.n * esize(c.t.dtype));
+		ck_assert_ptr_nonnull(out);
+		prune_mask_to_values(&c.t, c.keep, out);
+		for (size_t i = 0; i < c.t.n; i++) {
+			ck_assert(bits(c.t.dtype, out, i) == (c.keep[i] ? one[d] : 0));
+			ck_assert(get(c.t.dtype, out, i) == (c.keep[i] ? 1.0 : 0.0));
+		}
+		free(out);
+		case_free(&c);
+	}
+}
+END_TEST
+
+START_TEST(is_2of4_cases)
+{
+	struct {
+		int c;
+		float w[8];
+		int want;
+		size_t zeros;
+	} ex[] = {
+		{4, {1, 2, 3, 4}, 0, 0},
+		{4, {1, 0, 3, 0}, 1, 2},
+		{4, {-0.0f, -0.0f, 1, 1}, 1, 2},
+		{4, {NAN, NAN, 1, 0}, 0, 1},
+		{4, {NAN, 0, 0, 0}, 1, 3},
+		{3, {1, 2, 3}, 0, 0},
+		{3, {1, 0, 3}, 1, 1},
+		{2, {1, 2}, 1, 0},
+		{6, {1, 0, 0, 1, 5, 6}, 1, 2},
+		{7, {1, 0, 0, 1, 5, 6, 7}, 0, 2},
+		{8, {0, 0, 0, 0, 0, 0, 0, 0}, 1, 8},
+	};
+	for (size_t x = 0; x < sizeof(ex) / sizeof(ex[0]); x++) {
+		prune_tensor_t t = {.dtype = DT_F32, .rank = 1, .dims = {ex[x].c},
+				    .n = (size_t)ex[x].c, .data = ex[x].w};
+		size_t zeros = 99;
+		ck_assert_msg(prune_mask_is_2of4(&t, 0, &zeros) == ex[x].want, "example %zu", x);
+		ck_assert_uint_eq(zeros, ex[x].zeros);
+	}
+	/* Dense random tensors in every type and along every axis: never 2:4. */
+	rng_state = 0xD15Eu;
+	for (size_t d = 0; d < 4; d++) {
+		int64_t dims[4] = {3, 5, 6, 7};
+		case_t c;
+		case_new(&c, all_dtypes[d], 4, dims);
+		for (size_t i = 0; i < c.t.n; i++)
+			put(c.t.dtype, c.t.data, i, 1.0 + (double)rnd(100));
+		for (int axis = 0; axis < 4; axis++) {
+			size_t zeros = 99;
+			ck_assert_int_eq(prune_mask_is_2of4(&c.t, axis, &zeros), 0);
+			ck_assert_uint_eq(zeros, 0);
+		}
+		ck_assert_int_eq(prune_mask_2of4(&c.t, 1, c.keep, "l", NULL), 0);
+		prune_mask_apply(&c.t, c.keep);
+		size_t zeros = 0;
+		ck_assert_int_eq(prune_mask_is_2of4(&c.t, 1, &zeros), 1);
+		/* C = 5: groups of 4 and 1, so per (outer, inner) 2 of the 5 are zeroed. */
+		ck_assert_uint_eq(zeros, (size_t)3 * 6 * 7 * 2);
+		ck_assert_int_eq(prune_mask_is_2of4(&c.t, 1, NULL), 1);
+		case_free(&c);
+	}
+}
+END_TEST
+
+static Suite *mask_suite(void)
+{
+	Suite *s = suite_create("mask");
+	TCase *tc = tcase_create("kernel");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, every_group_of_four);
+	tcase_add_test(tc, known_groups);
+	tcase_add_test(tc, c_from_1_to_9);
+	tcase_add_test(tc, every_axis_random_shapes);
+	tcase_add_test(tc, subnormals_and_inf);
+	tcase_add_test(tc, nan_is_an_error);
+	tcase_add_test(tc, bad_axis);
+	suite_add_tcase(s, tc);
+	TCase *tu = tcase_create("apply");
+	tcase_add_test(tu, apply_gives_signed_zeros);
+	tcase_add_test(tu, to_values);
+	tcase_add_test(tu, is_2of4_cases);
+	suite_add_tcase(s, tu);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(mask_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
