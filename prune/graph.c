@@ -26,6 +26,12 @@
 #include "pbtext.h"
 #include "tensor.h"
 
+/* A hash slot keeps the name's hash so probing rarely touches the name itself. */
+typedef struct slot {
+	uint32_t hash;
+	int32_t idx; /* node index, -1 when empty */
+} slot_t;
+
 struct prune_graph {
 	arena_t *arena;
 	prune_format_t format;
@@ -33,7 +39,7 @@ struct prune_graph {
 	Tensorflow__MetaGraphDef *meta;
 	Tensorflow__GraphDef *gd;
 	size_t node_cap;   /* capacity of gd->node */
-	ptrdiff_t *slots;  /* hash slots: node index or -1 */
+	slot_t *slots;     /* open addressing, load factor <= 1/2 */
 	size_t nslots;     /* power of two, > 2 * node count */
 };
 
@@ -84,13 +90,14 @@ static bool name_eq(const char *node_name, const char *s, size_t len)
 
 ptrdiff_t prune_graph_find(const prune_graph_t *g, const char *name, size_t len)
 {
+	uint32_t h = (uint32_t)hash_name(name, len);
 	size_t mask = g->nslots - 1;
-	for (size_t i = hash_name(name, len) & mask;; i = (i + 1) & mask) {
-		ptrdiff_t idx = g->slots[i];
-		if (idx < 0)
+	for (size_t i = h & mask;; i = (i + 1) & mask) {
+		const slot_t *s = &g->slots[i];
+		if (s->idx < 0)
 			return -1;
-		if (name_eq(g->gd->node[idx]->name, name, len))
-			return idx;
+		if (s->hash == h && name_eq(g->gd->node[s->idx]->name, name, len))
+			return s->idx;
 	}
 }
 
@@ -99,14 +106,15 @@ static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
 {
 	const char *name = g->gd->node[idx]->name;
 	size_t len = strlen(name), mask = g->nslots - 1;
-	for (size_t i = hash_name(name, len) & mask;; i = (i + 1) & mask) {
-		ptrdiff_t cur = g->slots[i];
-		if (cur < 0) {
-			g->slots[i] = (ptrdiff_t)idx;
+	uint32_t h = (uint32_t)hash_name(name, len);
+	for (size_t i = h & mask;; i = (i + 1) & mask) {
+		slot_t *s = &g->slots[i];
+		if (s->idx < 0) {
+			*s = (slot_t){h, (int32_t)idx};
 			return -1;
 		}
-		if (strcmp(g->gd->node[cur]->name, name) == 0)
-			return cur;
+		if (s->hash == h && strcmp(g->gd->node[s->idx]->name, name) == 0)
+			return s->idx;
 	}
 }
 
@@ -115,10 +123,12 @@ static int index_build(prune_graph_t *g, size_t want, sd_error_t *e)
 	size_t n = 16;
 	while (n < 2 * want + 2)
 		n <<= 1;
+	if (want > INT32_MAX)
+		return sd_err(e, SD_ETOOBIG, "%zu nodes is more than a graph can hold", want);
 	g->slots = arena_alloc(g->arena, n * sizeof(*g->slots));
 	if (!g->slots)
 		return sd_err(e, SD_ENOMEM, "out of memory indexing %zu nodes", want);
-	memset(g->slots, 0xff, n * sizeof(*g->slots)); /* all -1 */
+	memset(g->slots, 0xff, n * sizeof(*g->slots)); /* all idx -1 */
 	g->nslots = n;
 	for (size_t i = 0; i < g->gd->n_node; i++) {
 		ptrdiff_t dup = index_put(g, i);
@@ -388,6 +398,21 @@ int prune_graph_load(const uint8_t *buf, size_t len, const char *file, prune_for
 
 /* ---- editing ---- */
 
+int prune_graph_reserve(prune_graph_t *g, size_t extra, sd_error_t *e)
+{
+	Tensorflow__GraphDef *gd = g->gd;
+	size_t want = gd->n_node + extra;
+	if (want > g->node_cap) {
+		Tensorflow__NodeDef **nn = arena_grow(g->arena, gd->node, gd->n_node, want,
+						      sizeof(*nn));
+		if (!nn)
+			return sd_err(e, SD_ENOMEM, "out of memory growing the graph");
+		gd->node = nn;
+		g->node_cap = want;
+	}
+	return 2 * want + 2 > g->nslots ? index_build(g, want, e) : 0;
+}
+
 Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const char *name, const char *op,
 				     sd_error_t *e)
 {
@@ -459,14 +484,14 @@ int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n, const char *ke
 	return 0;
 }
 
-int prune_node_add_input(prune_graph_t *g, Tensorflow__NodeDef *n, const char *input,
-			 sd_error_t *e)
+int prune_node_add_inputs(prune_graph_t *g, Tensorflow__NodeDef *n, char *const *inputs,
+			  size_t k, sd_error_t *e)
 {
-	char **arr = arena_grow(g->arena, n->input, n->n_input, n->n_input + 1, sizeof(*arr));
-	char *s = arena_strdup(g->arena, input);
-	if (!arr || !s)
+	char **arr = arena_grow(g->arena, n->input, n->n_input, n->n_input + k, sizeof(*arr));
+	if (!arr)
 		return sd_err(e, SD_ENOMEM, "out of memory");
-	arr[n->n_input++] = s;
+	memcpy(arr + n->n_input, inputs, k * sizeof(*arr));
+	n->n_input += k;
 	n->input = arr;
 	return 0;
 }
@@ -474,20 +499,41 @@ int prune_node_add_input(prune_graph_t *g, Tensorflow__NodeDef *n, const char *i
 /* ---- saving ---- */
 
 /*
- * protobuf-c packs through a ProtobufCBuffer; this one forwards to a FILE so the
- * encoded model never exists in memory as a whole.
+ * protobuf-c packs through a ProtobufCBuffer in many small appends (every tag and
+ * length); this sink gathers them in a 1 MiB block and hands the FILE whole blocks,
+ * so the encoded model never exists in memory as a whole and stdio's per-call locking
+ * is paid once per block. Large appends (tensor bytes) go straight through.
  */
+#define SINK_BLOCK ((size_t)1 << 20)
+
 typedef struct file_sink {
 	ProtobufCBuffer base;
 	FILE *f;
 	bool failed;
+	size_t used;
+	uint8_t *block;
 } file_sink_t;
+
+static void sink_flush(file_sink_t *s)
+{
+	if (!s->failed && s->used && fwrite(s->block, 1, s->used, s->f) != s->used)
+		s->failed = true;
+	s->used = 0;
+}
 
 static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
 {
 	file_sink_t *s = (file_sink_t *)b;
-	if (!s->failed && len && fwrite(data, 1, len, s->f) != len)
-		s->failed = true;
+	if (len > SINK_BLOCK - s->used) {
+		sink_flush(s);
+		if (len >= SINK_BLOCK) {
+			if (!s->failed && fwrite(data, 1, len, s->f) != len)
+				s->failed = true;
+			return;
+		}
+	}
+	memcpy(s->block + s->used, data, len);
+	s->used += len;
 }
 
 int prune_graph_save(const prune_graph_t *g, prune_format_t fmt, FILE *f, sd_error_t *e)
@@ -496,15 +542,18 @@ int prune_graph_save(const prune_graph_t *g, prune_format_t fmt, FILE *f, sd_err
 		fmt = g->format;
 	if (fmt == PRUNE_FMT_PBTXT)
 		return pbtext_write(&g->gd->base, f, e);
-	file_sink_t s = {.base = {.append = sink_append}, .f = f};
-	if (fmt == PRUNE_FMT_METAGRAPH) {
-		if (!g->meta)
-			return sd_err(e, SD_EUSAGE,
-				      "a GraphDef cannot be saved as a MetaGraphDef");
-		protobuf_c_message_pack_to_buffer(&g->meta->base, &s.base);
-	} else {
-		protobuf_c_message_pack_to_buffer(&g->gd->base, &s.base);
+	file_sink_t s = {.base = {.append = sink_append}, .f = f, .block = malloc(SINK_BLOCK)};
+	if (!s.block)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	if (fmt == PRUNE_FMT_METAGRAPH && !g->meta) {
+		free(s.block);
+		return sd_err(e, SD_EUSAGE, "a GraphDef cannot be saved as a MetaGraphDef");
 	}
+	protobuf_c_message_pack_to_buffer(fmt == PRUNE_FMT_METAGRAPH ? &g->meta->base
+								   : &g->gd->base,
+					  &s.base);
+	sink_flush(&s);
+	free(s.block);
 	if (s.failed || ferror(f))
 		return sd_err(e, SD_EIO, "writing the model failed: %s", strerror(errno));
 	return 0;

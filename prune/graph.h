@@ -98,6 +98,13 @@ Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const char *name, const c
 				     sd_error_t *e);
 
 /*
+ * Makes room for `extra` more nodes (node array and index) in one step, so a stage
+ * that knows roughly how much it adds does not rehash the index repeatedly.
+ * Returns 0 or SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_graph_reserve(prune_graph_t *g, size_t extra, sd_error_t *e);
+
+/*
  * Marks nodes for removal and compacts the node list, rebuilding the index (for export).
  * remove[i] true drops node i. Returns 0 or SD_ENOMEM.
  */
@@ -113,9 +120,12 @@ Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char 
 SD_MUST_CHECK int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n,
 				      const char *key, Tensorflow__AttrValue *v, sd_error_t *e);
 
-/* Appends an input string (copied) to n. Returns 0 or SD_ENOMEM. */
-SD_MUST_CHECK int prune_node_add_input(prune_graph_t *g, Tensorflow__NodeDef *n,
-				       const char *input, sd_error_t *e);
+/*
+ * Appends k input strings to n, growing its input array once (strings are referenced,
+ * so they must live in the graph's arena or longer). Returns 0 or SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_node_add_inputs(prune_graph_t *g, Tensorflow__NodeDef *n,
+					char *const *inputs, size_t k, sd_error_t *e);
 
 /*
  * Writes the model in format fmt (PRUNE_FMT_AUTO: the format it was loaded in) to f,

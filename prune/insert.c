@@ -27,8 +27,21 @@
 #include "layers.h"
 #include "tensor.h"
 
+/*
+ * Constants every layer's mask math needs, created once under "sparsityd/const/":
+ * a graph with thousands of layers would otherwise carry thousands of identical
+ * scalars, and insert's cost is mostly the nodes it adds.
+ */
+typedef struct shared {
+	const char *group_shape, *k, *depth, *k_axis, *zero, *one;
+	const char *on[4], *off[4]; /* per float dtype, see dtype_slot() */
+	/* created on first use, per weight rank (2 or 4) and prune axis */
+	const char *perm[5][4], *inv_perm[5][4], *begin[5];
+} shared_t;
+
 typedef struct bld {
 	prune_graph_t *g;
+	shared_t *sh;
 	arena_t *a;
 	const char *scope;   /* "L/sparsityd" */
 	const char *device;  /* the layer's device, so the mask math sits beside it */
@@ -55,11 +68,15 @@ static Tensorflow__NodeDef *mk(bld_t *b, const char *suffix, const char *op, ...
 	}
 	if (b->device && b->device[0] && !(n->device = arena_strdup(b->a, b->device)))
 		b->rc = sd_err(b->e, SD_ENOMEM, "out of memory");
+	char *ins[8];
+	size_t k = 0;
 	va_list ap;
 	va_start(ap, op);
-	for (const char *in; !b->rc && (in = va_arg(ap, const char *));)
-		b->rc = prune_node_add_input(b->g, n, in, b->e);
+	for (const char *in; k < 8 && (in = va_arg(ap, const char *));)
+		ins[k++] = (char *)in;
 	va_end(ap);
+	if (!b->rc)
+		b->rc = prune_node_add_inputs(b->g, n, ins, k, b->e);
 	return b->rc ? NULL : n;
 }
 
@@ -90,13 +107,28 @@ static const char *i32_const(bld_t *b, const char *suffix, const int32_t *v, int
 		    prune_attr_i32(b->a, v, &n, n ? 1 : 0));
 }
 
+/* A shared int32 vector Const under sparsityd/const, made once and then reused. */
+static const char *shared_i32(bld_t *b, const char **slot, const char *name,
+			      const int32_t *v, int64_t n)
+{
+	if (*slot || b->rc)
+		return *slot;
+	bld_t sb = *b;
+	sb.scope = PRUNE_SCOPE "/const";
+	sb.device = NULL;
+	*slot = i32_const(&sb, name, v, n);
+	b->rc = sb.rc;
+	return *slot;
+}
+
 /* A resource variable: handle, initial value, initializer, read (VariableDef parts). */
 typedef struct var {
 	const char *handle, *initial, *assign, *read;
 } var_t;
 
+/* init is either a tensor for a new Const (init_node NULL) or ignored for init_node. */
 static var_t variable(bld_t *b, const char *suffix, int dt, const int64_t *dims, int rank,
-		      Tensorflow__AttrValue *init)
+		      Tensorflow__AttrValue *init, const char *init_node)
 {
 	var_t v = {0};
 	Tensorflow__NodeDef *h = mk(b, suffix, "VarHandleOp", NULL);
@@ -108,8 +140,9 @@ static var_t variable(bld_t *b, const char *suffix, int dt, const int64_t *dims,
 	if (b->rc)
 		return v;
 	v.handle = h->name;
-	const char *init_suffix = arena_sprintf(b->a, "%s/Initializer/value", suffix);
-	v.initial = cnst(b, init_suffix, dt, init);
+	v.initial = init_node ? init_node
+			      : cnst(b, arena_sprintf(b->a, "%s/Initializer/value", suffix), dt,
+				     init);
 	Tensorflow__NodeDef *as = mk(b, arena_sprintf(b->a, "%s/Assign", suffix),
 				     "AssignVariableOp", v.handle, v.initial, NULL);
 	set(b, as, "dtype", prune_attr_type(b->a, dt));
@@ -119,6 +152,16 @@ static var_t variable(bld_t *b, const char *suffix, int dt, const int64_t *dims,
 	v.assign = as ? as->name : NULL;
 	v.read = rd ? rd->name : NULL;
 	return v;
+}
+
+static int dtype_slot(int dt)
+{
+	switch (dt) {
+	case TENSORFLOW__DATA_TYPE__DT_DOUBLE: return 1;
+	case TENSORFLOW__DATA_TYPE__DT_HALF: return 2;
+	case TENSORFLOW__DATA_TYPE__DT_BFLOAT16: return 3;
+	default: return 0;
+	}
 }
 
 /* The fresh 2:4 mask of tensor `w` (see the file comment); returns its node name. */
@@ -139,8 +182,10 @@ static const char *fresh_mask(bld_t *b, const prune_layer_t *l, const char *w)
 	Tensorflow__NodeDef *n = mk(b, "fresh/abs", "Abs", w, NULL);
 	set(b, n, "T", prune_attr_type(a, dt));
 	const char *x = n ? n->name : NULL;
+	shared_t *sh = b->sh;
 	if (ax != r - 1) {
-		const char *p = i32_const(b, "fresh/perm", perm, r);
+		const char *p = shared_i32(b, &sh->perm[r][ax],
+					   arena_sprintf(a, "perm_r%d_a%d", r, ax), perm, r);
 		n = mk(b, "fresh/transpose", "Transpose", x, p, NULL);
 		set(b, n, "T", prune_attr_type(a, dt));
 		set(b, n, "Tperm", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
@@ -157,31 +202,24 @@ static const char *fresh_mask(bld_t *b, const prune_layer_t *l, const char *w)
 		set(b, n, "Tpaddings", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
 		x = n ? n->name : NULL;
 	}
-	const int32_t gshape[2] = {-1, 4};
-	const char *gs = i32_const(b, "fresh/group_shape", gshape, 2);
-	n = mk(b, "fresh/groups", "Reshape", x, gs, NULL);
+	n = mk(b, "fresh/groups", "Reshape", x, sh->group_shape, NULL);
 	set(b, n, "T", prune_attr_type(a, dt));
 	set(b, n, "Tshape", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
 	x = n ? n->name : NULL;
 
-	const int32_t two = 2, four = 4, one = 1;
-	const char *k = i32_const(b, "fresh/k", &two, 0);
-	n = mk(b, "fresh/top2", "TopKV2", x, k, NULL);
+	n = mk(b, "fresh/top2", "TopKV2", x, sh->k, NULL);
 	set(b, n, "T", prune_attr_type(a, dt));
 	set(b, n, "sorted", prune_attr_bool(a, true));
 	const char *idx = n ? arena_sprintf(a, "%s:1", n->name) : NULL;
 
-	const char *depth = i32_const(b, "fresh/depth", &four, 0);
-	const char *on = cnst(b, "fresh/on", dt, prune_attr_splat(a, dt, 1.0, NULL, 0));
-	const char *off = cnst(b, "fresh/off", dt, prune_attr_splat(a, dt, 0.0, NULL, 0));
-	n = mk(b, "fresh/onehot", "OneHot", idx, depth, on, off, NULL);
+	n = mk(b, "fresh/onehot", "OneHot", idx, sh->depth, sh->on[dtype_slot(dt)],
+	       sh->off[dtype_slot(dt)], NULL);
 	set(b, n, "T", prune_attr_type(a, dt));
 	set(b, n, "TI", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
 	set(b, n, "axis", prune_attr_int(a, -1));
 	x = n ? n->name : NULL;
 
-	const char *ra = i32_const(b, "fresh/k_axis", &one, 0);
-	n = mk(b, "fresh/group_mask", "Sum", x, ra, NULL);
+	n = mk(b, "fresh/group_mask", "Sum", x, sh->k_axis, NULL);
 	set(b, n, "T", prune_attr_type(a, dt));
 	set(b, n, "Tidx", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
 	set(b, n, "keep_dims", prune_attr_bool(a, false));
@@ -199,7 +237,8 @@ static const char *fresh_mask(bld_t *b, const prune_layer_t *l, const char *w)
 	if (Cp != C) {
 		int32_t begin[4] = {0}, size[4] = {-1, -1, -1, -1};
 		size[r - 1] = (int32_t)C;
-		const char *bg = i32_const(b, "fresh/begin", begin, r);
+		const char *bg = shared_i32(b, &sh->begin[r], arena_sprintf(a, "begin_r%d", r),
+					    begin, r);
 		const char *sz = i32_const(b, "fresh/size", size, r);
 		n = mk(b, "fresh/unpad", "Slice", x, bg, sz, NULL);
 		set(b, n, "T", prune_attr_type(a, dt));
@@ -207,7 +246,8 @@ static const char *fresh_mask(bld_t *b, const prune_layer_t *l, const char *w)
 		x = n ? n->name : NULL;
 	}
 	if (ax != r - 1) {
-		const char *p = i32_const(b, "fresh/inverse_perm", inv, r);
+		const char *p = shared_i32(b, &sh->inv_perm[r][ax],
+					   arena_sprintf(a, "inverse_perm_r%d_a%d", r, ax), inv, r);
 		n = mk(b, "fresh/untranspose", "Transpose", x, p, NULL);
 		set(b, n, "T", prune_attr_type(a, dt));
 		set(b, n, "Tperm", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
@@ -224,11 +264,12 @@ typedef struct layer_vars {
 	var_t mask, step;
 } layer_vars_t;
 
-static int insert_layer(prune_graph_t *g, prune_layer_t *l, layer_vars_t *lv, sd_error_t *e)
+static int insert_layer(prune_graph_t *g, shared_t *sh, prune_layer_t *l,
+			layer_vars_t *lv, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
 	Tensorflow__NodeDef *layer = prune_graph_node(g, l->node);
-	bld_t b = {.g = g, .a = a, .device = layer->device, .e = e};
+	bld_t b = {.g = g, .sh = sh, .a = a, .device = layer->device, .e = e};
 	b.scope = arena_sprintf(a, "%s/%s", l->name, PRUNE_SCOPE);
 	if (!b.scope)
 		return sd_err(e, SD_ENOMEM, "out of memory");
@@ -242,13 +283,10 @@ static int insert_layer(prune_graph_t *g, prune_layer_t *l, layer_vars_t *lv, sd
 	const char *w = l->weight_input;
 
 	lv->mask = variable(&b, "mask", dt, l->shape, l->rank,
-			    prune_attr_splat(a, dt, 1.0, l->shape, l->rank));
-	lv->step = variable(&b, "step", TENSORFLOW__DATA_TYPE__DT_INT64, NULL, 0,
-			    prune_attr_i64_scalar(a, 0));
+			    prune_attr_splat(a, dt, 1.0, l->shape, l->rank), NULL);
+	lv->step = variable(&b, "step", TENSORFLOW__DATA_TYPE__DT_INT64, NULL, 0, NULL, sh->zero);
 	const char *fresh = fresh_mask(&b, l, w);
 
-	const char *zero = cnst(&b, "zero", TENSORFLOW__DATA_TYPE__DT_INT64,
-				prune_attr_i64_scalar(a, 0));
 	const char *phase = lv->step.read;
 	if (l->update_freq) {
 		const char *freq = cnst(&b, "update_freq", TENSORFLOW__DATA_TYPE__DT_INT64,
@@ -257,7 +295,7 @@ static int insert_layer(prune_graph_t *g, prune_layer_t *l, layer_vars_t *lv, sd
 		set(&b, m, "T", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT64));
 		phase = m ? m->name : NULL;
 	}
-	Tensorflow__NodeDef *rf = mk(&b, "refresh", "Equal", phase, zero, NULL);
+	Tensorflow__NodeDef *rf = mk(&b, "refresh", "Equal", phase, sh->zero, NULL);
 	set(&b, rf, "T", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT64));
 	set(&b, rf, "incompatible_shape_error", prune_attr_bool(a, true));
 
@@ -270,11 +308,9 @@ static int insert_layer(prune_graph_t *g, prune_layer_t *l, layer_vars_t *lv, sd
 	Tensorflow__NodeDef *um = mk(&b, "update_mask", "AssignVariableOp", lv->mask.handle,
 				     mv ? mv->name : NULL, NULL);
 	set(&b, um, "dtype", prune_attr_type(a, dt));
-	const char *one = cnst(&b, "one", TENSORFLOW__DATA_TYPE__DT_INT64,
-			       prune_attr_i64_scalar(a, 1));
 	const char *after = um ? arena_sprintf(a, "^%s", um->name) : NULL;
 	Tensorflow__NodeDef *us = mk(&b, "update_step", "AssignAddVariableOp", lv->step.handle,
-				     one, after, NULL);
+				     sh->one, after, NULL);
 	set(&b, us, "dtype", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT64));
 	if (b.rc)
 		return b.rc;
@@ -285,6 +321,31 @@ static int insert_layer(prune_graph_t *g, prune_layer_t *l, layer_vars_t *lv, sd
 	l->step_var = lv->step.handle;
 	l->update_op = us->name;
 	return 0;
+}
+
+static int make_shared(prune_graph_t *g, const prune_result_t *res, shared_t *sh,
+		       sd_error_t *e)
+{
+	arena_t *a = prune_graph_arena(g);
+	bld_t b = {.g = g, .sh = sh, .a = a, .scope = PRUNE_SCOPE "/const", .e = e};
+	const int32_t gshape[2] = {-1, 4}, two = 2, four = 4, one = 1;
+	sh->group_shape = i32_const(&b, "group_shape", gshape, 2);
+	sh->k = i32_const(&b, "k", &two, 0);
+	sh->depth = i32_const(&b, "depth", &four, 0);
+	sh->k_axis = i32_const(&b, "k_axis", &one, 0);
+	sh->zero = cnst(&b, "zero", TENSORFLOW__DATA_TYPE__DT_INT64, prune_attr_i64_scalar(a, 0));
+	sh->one = cnst(&b, "one", TENSORFLOW__DATA_TYPE__DT_INT64, prune_attr_i64_scalar(a, 1));
+	for (size_t i = 0; i < res->n_layers && !b.rc; i++) {
+		int dt = res->layers[i].dtype, slot = dtype_slot(dt);
+		if (res->layers[i].action != PRUNE_ACTION_PRUNED || sh->on[slot])
+			continue;
+		const char *tn = prune_dtype_name(dt);
+		sh->on[slot] = cnst(&b, arena_sprintf(a, "one_%s", tn), dt,
+				    prune_attr_splat(a, dt, 1.0, NULL, 0));
+		sh->off[slot] = cnst(&b, arena_sprintf(a, "zero_%s", tn), dt,
+				     prune_attr_splat(a, dt, 0.0, NULL, 0));
+	}
+	return b.rc;
 }
 
 /* ---- MetaGraphDef collections ---- */
@@ -375,20 +436,21 @@ static int add_node_name(prune_graph_t *g, Tensorflow__CollectionDef *c, const c
 
 /* ---- the stage ---- */
 
+/* A NoOp that depends on every op in deps (control inputs). */
 static int group_op(prune_graph_t *g, const char *name, const char *const *deps, size_t n,
 		    sd_error_t *e)
 {
+	arena_t *a = prune_graph_arena(g);
 	Tensorflow__NodeDef *op = prune_graph_add(g, name, "NoOp", e);
 	if (!op)
 		return e && e->code ? e->code : SD_EMODEL;
-	for (size_t i = 0; i < n; i++) {
-		const char *ctl = arena_sprintf(prune_graph_arena(g), "^%s", deps[i]);
-		int rc = ctl ? prune_node_add_input(g, op, ctl, e)
-			     : sd_err(e, SD_ENOMEM, "out of memory");
-		if (rc)
-			return rc;
-	}
-	return 0;
+	char **ctl = arena_calloc(a, n + 1, sizeof(*ctl));
+	if (!ctl)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		if (!(ctl[i] = arena_sprintf(a, "^%s", deps[i])))
+			return sd_err(e, SD_ENOMEM, "out of memory");
+	return prune_node_add_inputs(g, op, ctl, n, e);
 }
 
 int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
@@ -420,12 +482,18 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 	layer_vars_t *vars = arena_calloc(a, res->pruned + 1, sizeof(*vars));
 	if (!inits || !updates || !vars)
 		return sd_err(e, SD_ENOMEM, "out of memory");
+	/* Every pruned layer adds at most this many nodes (see insert_layer). */
+	enum { NODES_PER_LAYER = 32, SHARED_NODES = 16 };
+	shared_t sh = {0};
+	if ((rc = prune_graph_reserve(g, NODES_PER_LAYER * res->pruned + SHARED_NODES, e)) ||
+	    (rc = make_shared(g, res, &sh, e)))
+		return rc;
 	size_t k = 0;
 	for (size_t i = 0; i < res->n_layers; i++) {
 		prune_layer_t *l = &res->layers[i];
 		if (l->action != PRUNE_ACTION_PRUNED)
 			continue;
-		if ((rc = insert_layer(g, l, &vars[k], e)))
+		if ((rc = insert_layer(g, &sh, l, &vars[k], e)))
 			return rc;
 		inits[2 * k] = vars[k].mask.assign;
 		inits[2 * k + 1] = vars[k].step.assign;

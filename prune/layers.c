@@ -185,6 +185,7 @@ static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDe
 	}
 	const Tensorflow__NodeDef *s = prune_graph_node(g, (size_t)src);
 	l->weight = s->name;
+	l->weight_node = (size_t)src;
 	l->dtype = source_dtype(s);
 	if (l->dtype > 100)
 		l->dtype -= 100; /* VariableV2 dtype may be written as a ref type */
@@ -251,18 +252,22 @@ int prune_layers_find(prune_graph_t *g, const char *const *outputs, size_t n_out
 			return rc;
 		k++;
 	}
-	/* A weight feeding two layers cannot carry two different masks. */
+	/* A weight feeding two layers cannot carry two different masks. Layers share a
+	 * weight exactly when their weight names are the same pointer (the source node's
+	 * name), so counting uses per node is one pass. */
+	uint32_t *uses = arena_calloc(a, count, sizeof(*uses));
+	if (!uses)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		if (ls[i].weight)
+			uses[ls[i].weight_node]++;
 	for (size_t i = 0; i < n; i++) {
-		for (size_t j = i + 1; j < n; j++) {
-			if (!ls[i].weight || !ls[j].weight || strcmp(ls[i].weight, ls[j].weight))
-				continue;
-			const char *why = arena_sprintf(a, "weight '%s' feeds more than one layer",
-							ls[i].weight);
-			if (ls[i].reason == PRUNE_SKIP_NONE || ls[i].reason == PRUNE_SKIP_AXIS_TOO_SHORT)
-				skip(&ls[i], PRUNE_SKIP_SHARED_WEIGHT, why);
-			if (ls[j].reason == PRUNE_SKIP_NONE || ls[j].reason == PRUNE_SKIP_AXIS_TOO_SHORT)
-				skip(&ls[j], PRUNE_SKIP_SHARED_WEIGHT, why);
-		}
+		if (!ls[i].weight || uses[ls[i].weight_node] < 2 ||
+		    (ls[i].reason != PRUNE_SKIP_NONE && ls[i].reason != PRUNE_SKIP_AXIS_TOO_SHORT))
+			continue;
+		skip(&ls[i], PRUNE_SKIP_SHARED_WEIGHT,
+		     arena_sprintf(a, "weight '%s' feeds %u layers", ls[i].weight,
+				   uses[ls[i].weight_node]));
 	}
 	*layers = ls;
 	*n_layers = n;

@@ -50,6 +50,7 @@ typedef struct prune_layer {
 	size_t node;               /* index in the graph at discovery time */
 	const char *weight_input;  /* input 1 as written in the graph */
 	const char *weight;        /* the Const/VariableV2/VarHandleOp it traces to, or NULL */
+	size_t weight_node;        /* its index at discovery time (valid when weight is set) */
 	int dtype;                 /* DataType of the weight, 0 if unknown */
 	int rank;                  /* -1 if unknown */
 	int64_t shape[4];

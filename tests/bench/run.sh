@@ -1,0 +1,16 @@
+#!/bin/sh
+# Builds the benchmark models and runs the benchmarks (figures, not pass/fail tests).
+# usage: tests/bench/run.sh [WORKDIR]
+set -eu
+cd "$(dirname "$0")/../.."
+./scripts/deps.sh --test
+[ -f build/build.ninja ] || meson setup build >/dev/null
+ninja -C build >/dev/null
+work=${1:-build/bench-models}
+mkdir -p "$work"
+models=$(.venv/bin/python tests/bench/make_models.py "$work" | tail -n 1)
+echo "== bench_mask"
+./build/tests/bench/bench_mask
+echo "== bench_insert"
+# shellcheck disable=SC2086
+./build/tests/bench/bench_insert $models
