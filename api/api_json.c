@@ -7,11 +7,13 @@
  */
 #include "api_json.h"
 
+#include <string.h>
+
 #include "tensor.h"
 
 static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
 
-static json_t *layer_json(const prune_layer_t *l)
+static json_t *layer_json(const prune_layer_t *l, bool stats)
 {
 	json_t *o = json_object();
 	json_t *shape = json_array();
@@ -25,11 +27,12 @@ static json_t *layer_json(const prune_layer_t *l)
 						 : json_null());
 	json_object_set_new(o, "weight_shape", l->rank >= 0 ? shape : (json_decref(shape), json_null()));
 	json_object_set_new(o, "prune_axis", l->axis >= 0 ? json_integer(l->axis) : json_null());
-	json_object_set_new(o, "action",
-			    json_string(l->action == PRUNE_ACTION_PRUNED ? "pruned" : "skipped"));
-	json_object_set_new(o, "reason", l->action == PRUNE_ACTION_PRUNED
+	static const char *const actions[] = {"pruned", "skipped", "checked"};
+	json_object_set_new(o, "action", json_string(actions[l->action]));
+	json_object_set_new(o, "reason", l->reason == PRUNE_SKIP_NONE
 						 ? json_null()
 						 : json_string(prune_skip_name(l->reason)));
+	json_object_set_new(o, "masked", json_boolean(l->masked));
 	json_object_set_new(o, "detail", str_or_null(l->detail));
 	if (l->action == PRUNE_ACTION_PRUNED) {
 		json_object_set_new(o, "update_freq", json_integer(l->update_freq));
@@ -38,6 +41,17 @@ static json_t *layer_json(const prune_layer_t *l)
 			json_object_set_new(o, "step_var", str_or_null(l->step_var));
 			json_object_set_new(o, "update_op", str_or_null(l->update_op));
 		}
+	}
+	if (stats) {
+		json_object_set_new(o, "is_2of4", l->examined ? json_boolean(l->is_2of4) : json_null());
+		json_object_set_new(o, "zeros", l->examined ? json_integer((json_int_t)l->zeros)
+							   : json_null());
+		json_object_set_new(o, "zero_fraction",
+				    l->examined && l->elems
+					    ? json_real((double)l->zeros / (double)l->elems)
+					    : json_null());
+		if (l->action == PRUNE_ACTION_PRUNED)
+			json_object_set_new(o, "zeroed", json_integer((json_int_t)l->zeroed));
 	}
 	return o;
 }
@@ -59,9 +73,11 @@ json_t *api_json_result(const prune_result_t *r)
 		json_array_append_new(outs, json_string(r->outputs[i]));
 	json_object_set_new(doc, "outputs", outs);
 
+	/* Stages that read weight values report what they found; insert does not. */
+	bool stats = strcmp(r->stage, "insert") != 0;
 	json_t *layers = json_array();
 	for (size_t i = 0; i < r->n_layers; i++)
-		json_array_append_new(layers, layer_json(&r->layers[i]));
+		json_array_append_new(layers, layer_json(&r->layers[i], stats));
 	json_object_set_new(doc, "layers", layers);
 
 	json_t *tot = json_object(), *by = json_object();
@@ -75,6 +91,10 @@ json_t *api_json_result(const prune_result_t *r)
 	json_object_set_new(tot, "weights", json_integer((json_int_t)r->weights));
 	json_object_set_new(tot, "weights_zeroed", json_integer((json_int_t)r->weights_zeroed));
 	json_object_set_new(tot, "skipped_by_reason", by);
+	if (stats) {
+		json_object_set_new(tot, "checked", json_integer((json_int_t)r->checked));
+		json_object_set_new(tot, "layers_2of4", json_integer((json_int_t)r->layers_2of4));
+	}
 	json_object_set_new(doc, "totals", tot);
 	if (r->init_op)
 		json_object_set_new(doc, "init_op", json_string(r->init_op));

@@ -20,10 +20,13 @@
 
 #include "api_json.h"
 #include "arena.h"
+#include "checker.h"
 #include "config.h"
+#include "export.h"
 #include "graph.h"
 #include "insert.h"
 #include "layers.h"
+#include "oneshot.h"
 #include "record.h"
 #include "sd_err.h"
 
@@ -40,6 +43,12 @@ void cli_usage(int to_stderr)
 	      "  insert   --model M --config C --outputs a,b --record R -o OUT\n"
 	      "           [--format graphdef|metagraph|pbtxt] [--json]\n"
 	      "           insert trainable 2:4 mask ops in front of every eligible weight\n"
+	      "  export   --model MASKED_FROZEN.pb --record R --outputs a,b -o OUT.pb [--json]\n"
+	      "           bake weight*mask into the weights and remove the inserted ops\n"
+	      "  prune    --model FROZEN.pb --config C --outputs a,b -o OUT.pb [--record R]\n"
+	      "           [--json]   one-shot 2:4 on a frozen graph, no retraining\n"
+	      "  check    --model ANY.pb [--outputs a,b] [--json]\n"
+	      "           report each layer's 2:4 state\n"
 	      "  version  print the version\n"
 	      "\n"
 	      "exit status: 0 ok, 1 bad input, 2 usage error, 3 internal or I/O error\n",
@@ -151,17 +160,29 @@ static void print_table(const prune_result_t *r, const char *model)
 				off += (size_t)snprintf(shape + off, sizeof(shape) - off, "%s%lld",
 							d ? "x" : "", (long long)l->shape[d]);
 		}
-		const char *action = l->action == PRUNE_ACTION_PRUNED ? "pruned" : "skipped";
+		static const char *const actions[] = {"pruned", "skipped", "checked"};
+		bool why = l->action == PRUNE_ACTION_SKIPPED;
 		printf("%-40s %-20s %-20s %4d  %-8s %s%s%s\n", l->name, l->type, shape, l->axis,
-		       action, l->action == PRUNE_ACTION_PRUNED ? "" : prune_skip_name(l->reason),
-		       l->action == PRUNE_ACTION_PRUNED ? "" : ": ", l->detail ? l->detail : "");
+		       actions[l->action], why ? prune_skip_name(l->reason) : "", why ? ": " : "",
+		       l->detail ? l->detail : "");
 	}
-	printf("%zu layer%s: %zu pruned, %zu skipped", r->n_layers, r->n_layers == 1 ? "" : "s",
-	       r->pruned, r->skipped);
+	if (strcmp(r->stage, "check") == 0)
+		printf("%zu layer%s: %zu checked, %zu skipped", r->n_layers,
+		       r->n_layers == 1 ? "" : "s", r->checked, r->skipped);
+	else
+		printf("%zu layer%s: %zu pruned, %zu skipped", r->n_layers,
+		       r->n_layers == 1 ? "" : "s", r->pruned, r->skipped);
 	for (int k = 0; k < PRUNE_SKIP__COUNT; k++)
 		if (r->by_reason[k])
 			printf(" (%s: %zu)", prune_skip_name(k), r->by_reason[k]);
 	printf("\n");
+	if (strcmp(r->stage, "insert"))
+		printf("%zu layer%s exactly 2:4", r->layers_2of4, r->layers_2of4 == 1 ? "" : "s");
+	if (strcmp(r->stage, "insert") && strcmp(r->stage, "check"))
+		printf("; %llu of %llu weights zeroed by this stage",
+		       (unsigned long long)r->weights_zeroed, (unsigned long long)r->weights);
+	if (strcmp(r->stage, "insert"))
+		printf("\n");
 	if (r->init_op)
 		printf("init op: %s   update op: %s\n", r->init_op, r->update_op);
 }
@@ -190,7 +211,33 @@ static int usage_error(const char *cmd, const char *msg)
 	return 2;
 }
 
-int cli_insert(int argc, char **argv)
+/* Which options a subcommand takes (bits of `need` are required, of `allow` optional). */
+enum {
+	OPT_MODEL = 1 << 0,
+	OPT_CONFIG = 1 << 1,
+	OPT_OUTPUTS = 1 << 2,
+	OPT_RECORD = 1 << 3,
+	OPT_OUT = 1 << 4,
+	OPT_FORMAT = 1 << 5,
+	OPT_JSON = 1 << 6,
+};
+
+typedef struct args {
+	const char *model, *config, *outputs, *record, *out, *format;
+	int json;
+} args_t;
+
+static const struct {
+	unsigned bit;
+	const char *flag;
+} opt_names[] = {
+	{OPT_MODEL, "--model"}, {OPT_CONFIG, "--config"}, {OPT_OUTPUTS, "--outputs"},
+	{OPT_RECORD, "--record"}, {OPT_OUT, "-o"},
+};
+
+/* Returns -1 when parsed, else the exit status to return (0 for --help). */
+static int parse_args(const char *cmd, int argc, char **argv, unsigned need, unsigned allow,
+		      args_t *a)
 {
 	static const struct option opts[] = {
 		{"model", required_argument, NULL, 'm'},  {"config", required_argument, NULL, 'c'},
@@ -199,65 +246,175 @@ int cli_insert(int argc, char **argv)
 		{"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *model = NULL, *config = NULL, *outputs = NULL, *record = NULL, *out = NULL;
-	const char *format = NULL;
-	int json = 0, c;
+	unsigned seen = 0;
+	int c;
+	memset(a, 0, sizeof(*a));
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "m:c:O:r:o:f:jh", opts, NULL)) != -1) {
+		unsigned bit = 0;
 		switch (c) {
-		case 'm': model = optarg; break;
-		case 'c': config = optarg; break;
-		case 'O': outputs = optarg; break;
-		case 'r': record = optarg; break;
-		case 'o': out = optarg; break;
-		case 'f': format = optarg; break;
-		case 'j': json = 1; break;
+		case 'm': a->model = optarg; bit = OPT_MODEL; break;
+		case 'c': a->config = optarg; bit = OPT_CONFIG; break;
+		case 'O': a->outputs = optarg; bit = OPT_OUTPUTS; break;
+		case 'r': a->record = optarg; bit = OPT_RECORD; break;
+		case 'o': a->out = optarg; bit = OPT_OUT; break;
+		case 'f': a->format = optarg; bit = OPT_FORMAT; break;
+		case 'j': a->json = 1; bit = OPT_JSON; break;
 		case 'h': cli_usage(0); return 0;
-		default: return usage_error("insert", "bad option");
+		default: return usage_error(cmd, "bad option");
 		}
+		if (!(bit & (need | allow)))
+			return usage_error(cmd, "option not accepted by this command");
+		seen |= bit;
 	}
 	if (optind != argc)
-		return usage_error("insert", "unexpected argument");
-	if (!model || !config || !outputs || !record || !out)
-		return usage_error("insert",
-				   "--model, --config, --outputs, --record and -o are required");
+		return usage_error(cmd, "unexpected argument");
+	for (size_t i = 0; i < sizeof(opt_names) / sizeof(opt_names[0]); i++) {
+		if ((need & opt_names[i].bit) && !(seen & opt_names[i].bit)) {
+			char msg[64];
+			snprintf(msg, sizeof(msg), "%s is required", opt_names[i].flag);
+			return usage_error(cmd, msg);
+		}
+	}
+	return -1;
+}
 
-	sd_error_t e;
-	sd_err_clear(&e);
-	prune_format_t fmt = PRUNE_FMT_AUTO;
-	if (format && prune_format_parse(format, &fmt, &e))
-		return fail(&e);
-
+/* Everything one stage run holds; released by job_deinit whatever happened. */
+typedef struct job {
 	arena_t arena;
-	arena_init(&arena, 0);
-	mapped_t mm = {0}, cm = {0};
-	outfile_t om = {0}, orec = {0};
-	prune_config_t *cfg;
+	mapped_t model, config, record;
+	outfile_t out, rec_out;
 	prune_graph_t *g;
+	prune_config_t *cfg;
 	const char **outs;
 	size_t n_outs;
-	prune_result_t res = {0};
+	prune_result_t res;
+	sd_error_t e;
+} job_t;
+
+static void job_init(job_t *j)
+{
+	memset(j, 0, sizeof(*j));
+	arena_init(&j->arena, 0);
+}
+
+static void job_deinit(job_t *j)
+{
+	out_discard(&j->out);
+	out_discard(&j->rec_out);
+	unmap_file(&j->model);
+	unmap_file(&j->config);
+	unmap_file(&j->record);
+	arena_deinit(&j->arena);
+}
+
+/* Maps and loads the model, and resolves --outputs when given. */
+static int job_load(job_t *j, const args_t *a)
+{
+	prune_format_t fmt = PRUNE_FMT_AUTO;
 	int rc;
-	if ((rc = map_file(config, CLI_TEXT_MAX, &cm, &e)) ||
-	    (rc = prune_config_parse((const char *)cm.data, cm.len, config, &arena, &cfg, &e)) ||
-	    (rc = map_file(model, PRUNE_MODEL_MAX, &mm, &e)) ||
-	    (rc = prune_graph_load(mm.data, mm.len, model, fmt, CLI_MAX_ELEMS, &arena, &g, &e)) ||
-	    (rc = prune_outputs_parse(g, outputs, &outs, &n_outs, &e)) ||
-	    (rc = prune_insert(g, cfg, outs, n_outs, CLI_MAX_ELEMS, &res, &e)) ||
-	    (rc = out_open(&om, out, &e)) || (rc = prune_graph_save(g, PRUNE_FMT_AUTO, om.f, &e)) ||
-	    (rc = out_open(&orec, record, &e)) ||
-	    (rc = prune_record_write(&res, &arena, orec.f, &e)) ||
-	    (rc = out_commit(&om, &e)) || (rc = out_commit(&orec, &e)))
-		goto done;
-	if (json)
-		rc = print_json(&res, &e);
-	else
-		print_table(&res, model);
-done:
-	out_discard(&om);
-	out_discard(&orec);
-	unmap_file(&mm);
-	unmap_file(&cm);
-	arena_deinit(&arena);
-	return rc ? fail(&e) : 0;
+	if ((a->format && (rc = prune_format_parse(a->format, &fmt, &j->e))) ||
+	    (rc = map_file(a->model, PRUNE_MODEL_MAX, &j->model, &j->e)) ||
+	    (rc = prune_graph_load(j->model.data, j->model.len, a->model, fmt, CLI_MAX_ELEMS,
+				   &j->arena, &j->g, &j->e)))
+		return rc;
+	if (a->outputs)
+		return prune_outputs_parse(j->g, a->outputs, &j->outs, &j->n_outs, &j->e);
+	return 0;
+}
+
+static int job_config(job_t *j, const args_t *a)
+{
+	int rc = map_file(a->config, CLI_TEXT_MAX, &j->config, &j->e);
+	return rc ? rc
+		  : prune_config_parse((const char *)j->config.data, j->config.len, a->config,
+				       &j->arena, &j->cfg, &j->e);
+}
+
+/* Writes the model (and the record when rec is set), committing both only at the end. */
+static int job_save(job_t *j, const args_t *a, const char *rec)
+{
+	int rc;
+	if ((rc = out_open(&j->out, a->out, &j->e)) ||
+	    (rc = prune_graph_save(j->g, PRUNE_FMT_AUTO, j->out.f, &j->e)))
+		return rc;
+	if (rec && ((rc = out_open(&j->rec_out, rec, &j->e)) ||
+		    (rc = prune_record_write(&j->res, &j->arena, j->rec_out.f, &j->e)) ||
+		    (rc = out_commit(&j->rec_out, &j->e))))
+		return rc;
+	return out_commit(&j->out, &j->e);
+}
+
+static int job_finish(job_t *j, const args_t *a, int rc)
+{
+	if (!rc)
+		rc = a->json ? print_json(&j->res, &j->e) : (print_table(&j->res, a->model), 0);
+	int status = rc ? fail(&j->e) : 0;
+	job_deinit(j);
+	return status;
+}
+
+int cli_insert(int argc, char **argv)
+{
+	args_t a;
+	int rc = parse_args("insert", argc, argv,
+			    OPT_MODEL | OPT_CONFIG | OPT_OUTPUTS | OPT_RECORD | OPT_OUT,
+			    OPT_FORMAT | OPT_JSON, &a);
+	if (rc >= 0)
+		return rc;
+	job_t j;
+	job_init(&j);
+	if (!(rc = job_config(&j, &a)) && !(rc = job_load(&j, &a)) &&
+	    !(rc = prune_insert(j.g, j.cfg, j.outs, j.n_outs, CLI_MAX_ELEMS, &j.res, &j.e)))
+		rc = job_save(&j, &a, a.record);
+	return job_finish(&j, &a, rc);
+}
+
+int cli_export(int argc, char **argv)
+{
+	args_t a;
+	int rc = parse_args("export", argc, argv, OPT_MODEL | OPT_RECORD | OPT_OUTPUTS | OPT_OUT,
+			    OPT_FORMAT | OPT_JSON, &a);
+	if (rc >= 0)
+		return rc;
+	job_t j;
+	job_init(&j);
+	prune_record_entry_t *rec;
+	size_t n_rec;
+	if (!(rc = map_file(a.record, CLI_TEXT_MAX, &j.record, &j.e)) &&
+	    !(rc = prune_record_read((const char *)j.record.data, j.record.len, a.record,
+				     &j.arena, &rec, &n_rec, &j.e)) &&
+	    !(rc = job_load(&j, &a)) &&
+	    !(rc = prune_export(j.g, rec, n_rec, j.outs, j.n_outs, CLI_MAX_ELEMS, &j.res, &j.e)))
+		rc = job_save(&j, &a, NULL);
+	return job_finish(&j, &a, rc);
+}
+
+int cli_prune(int argc, char **argv)
+{
+	args_t a;
+	int rc = parse_args("prune", argc, argv, OPT_MODEL | OPT_CONFIG | OPT_OUTPUTS | OPT_OUT,
+			    OPT_RECORD | OPT_FORMAT | OPT_JSON, &a);
+	if (rc >= 0)
+		return rc;
+	job_t j;
+	job_init(&j);
+	if (!(rc = job_config(&j, &a)) && !(rc = job_load(&j, &a)) &&
+	    !(rc = prune_oneshot(j.g, j.cfg, j.outs, j.n_outs, CLI_MAX_ELEMS, &j.res, &j.e)))
+		rc = job_save(&j, &a, a.record);
+	return job_finish(&j, &a, rc);
+}
+
+int cli_check(int argc, char **argv)
+{
+	args_t a;
+	int rc = parse_args("check", argc, argv, OPT_MODEL, OPT_OUTPUTS | OPT_FORMAT | OPT_JSON,
+			    &a);
+	if (rc >= 0)
+		return rc;
+	job_t j;
+	job_init(&j);
+	if (!(rc = job_load(&j, &a)))
+		rc = prune_check(j.g, j.outs, j.n_outs, CLI_MAX_ELEMS, &j.res, &j.e);
+	return job_finish(&j, &a, rc);
 }

@@ -9,6 +9,9 @@
 #define CLI_H
 
 int cli_insert(int argc, char **argv);
+int cli_export(int argc, char **argv);
+int cli_prune(int argc, char **argv);
+int cli_check(int argc, char **argv);
 
 /* Prints the top-level usage to stdout (help) or stderr. */
 void cli_usage(int to_stderr);

@@ -193,6 +193,47 @@ Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char 
 	return NULL;
 }
 
+int prune_graph_consumers(prune_graph_t *g, prune_consumers_t *c, sd_error_t *e)
+{
+	size_t n = g->gd->n_node, edges = 0;
+	for (size_t i = 0; i < n; i++)
+		edges += g->gd->node[i]->n_input;
+	c->off = arena_calloc(g->arena, n + 1, sizeof(*c->off));
+	c->list = arena_calloc(g->arena, edges + 1, sizeof(*c->list));
+	c->ctrl = arena_calloc(g->arena, edges + 1, sizeof(*c->ctrl));
+	size_t *src = arena_calloc(g->arena, edges + 1, sizeof(*src));
+	if (!c->off || !c->list || !c->ctrl || !src)
+		return sd_err(e, SD_ENOMEM, "out of memory indexing consumers");
+	/* Resolve every input once, count per producer, then place (counting sort). */
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		const Tensorflow__NodeDef *nd = g->gd->node[i];
+		for (size_t j = 0; j < nd->n_input; j++, k++) {
+			ptrdiff_t p = prune_graph_find_input(g, nd->input[j]);
+			src[k] = p < 0 ? SIZE_MAX : (size_t)p;
+			if (p >= 0)
+				c->off[p + 1]++;
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		c->off[i + 1] += c->off[i];
+	size_t *fill = arena_calloc(g->arena, n + 1, sizeof(*fill));
+	if (!fill)
+		return sd_err(e, SD_ENOMEM, "out of memory indexing consumers");
+	k = 0;
+	for (size_t i = 0; i < n; i++) {
+		const Tensorflow__NodeDef *nd = g->gd->node[i];
+		for (size_t j = 0; j < nd->n_input; j++, k++) {
+			if (src[k] == SIZE_MAX)
+				continue;
+			size_t at = c->off[src[k]] + fill[src[k]]++;
+			c->list[at] = i;
+			c->ctrl[at] = nd->input[j][0] == '^';
+		}
+	}
+	return 0;
+}
+
 /* ---- format detection ---- */
 
 static bool read_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v)

@@ -110,6 +110,22 @@ SD_MUST_CHECK int prune_graph_reserve(prune_graph_t *g, size_t extra, sd_error_t
  */
 SD_MUST_CHECK int prune_graph_remove(prune_graph_t *g, const bool *remove, sd_error_t *e);
 
+/*
+ * Who reads each node: consumers of node i are list[off[i] .. off[i+1]), with ctrl[k]
+ * true when consumer k only has a control input (^name) on it. A node reading another
+ * twice appears twice. Built once per stage from the current graph; stale after edits
+ * that add or rewire nodes.
+ */
+typedef struct prune_consumers {
+	size_t *off;
+	size_t *list;
+	bool *ctrl;
+} prune_consumers_t;
+
+/* Builds the consumer index in the graph's arena. Returns 0 or SD_ENOMEM. */
+SD_MUST_CHECK int prune_graph_consumers(prune_graph_t *g, prune_consumers_t *c,
+					sd_error_t *e);
+
 /* Attribute lookup on a node: the AttrValue called key, or NULL. */
 Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char *key);
 

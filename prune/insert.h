@@ -24,9 +24,9 @@
 
 #include "config.h"
 #include "graph.h"
+#include "layers.h"
 #include "result.h"
 
-#define PRUNE_SCOPE "sparsityd"
 #define PRUNE_INIT_OP "sparsityd/init"
 #define PRUNE_UPDATE_OP "sparsityd/update"
 

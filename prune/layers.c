@@ -79,6 +79,10 @@ static int mark_path(prune_graph_t *g, const char *const *outputs, size_t n_outp
 	if (!stack)
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	size_t sp = 0;
+	if (n_outputs == 0) {
+		memset(on_path, 1, count * sizeof(*on_path));
+		return 0;
+	}
 	for (size_t i = 0; i < n_outputs; i++) {
 		ptrdiff_t idx = prune_graph_find(g, outputs[i], strlen(outputs[i]));
 		if (idx >= 0 && !on_path[idx]) {
@@ -169,6 +173,16 @@ static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDe
 	l->rank = -1;
 	l->axis = -1;
 	l->weight_input = n->n_input > 1 ? n->input[1] : "";
+	ptrdiff_t mw = n->n_input > 1 ? prune_graph_find_input(g, n->input[1]) : -1;
+	if (mw >= 0) {
+		const Tensorflow__NodeDef *m = prune_graph_node(g, (size_t)mw);
+		size_t len = strlen(m->name), sl = strlen(PRUNE_MASKED_SUFFIX);
+		if (strcmp(m->op, "Mul") == 0 && m->n_input == 2 && len > sl &&
+		    strcmp(m->name + len - sl, PRUNE_MASKED_SUFFIX) == 0) {
+			l->masked = true;
+			l->weight_input = m->input[0];
+		}
+	}
 	bool matmul = strcmp(n->op, "MatMul") == 0;
 	int want_rank = matmul ? 2 : 4;
 	l->axis = matmul ? (attr_true(n, "transpose_b") ? 1 : 0)
@@ -177,7 +191,7 @@ static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDe
 		skip(l, PRUNE_SKIP_TRANSPOSE_A, "MatMul with transpose_a=true");
 		return 0;
 	}
-	ptrdiff_t src = n->n_input > 1 ? trace_weight(g, n->input[1]) : -1;
+	ptrdiff_t src = n->n_input > 1 ? trace_weight(g, l->weight_input) : -1;
 	if (src < 0) {
 		skip(l, PRUNE_SKIP_NOT_CONSTANT,
 		     "weight does not trace back to a Const, VariableV2 or VarHandleOp");
@@ -289,11 +303,14 @@ int prune_layer_weight_const(prune_graph_t *g, const prune_layer_t *l, size_t ma
 
 void prune_result_count(prune_result_t *r)
 {
-	r->pruned = r->skipped = 0;
+	r->pruned = r->skipped = r->checked = r->layers_2of4 = 0;
 	memset(r->by_reason, 0, sizeof(r->by_reason));
 	for (size_t i = 0; i < r->n_layers; i++) {
+		r->layers_2of4 += r->layers[i].examined && r->layers[i].is_2of4;
 		if (r->layers[i].action == PRUNE_ACTION_PRUNED) {
 			r->pruned++;
+		} else if (r->layers[i].action == PRUNE_ACTION_CHECKED) {
+			r->checked++;
 		} else {
 			r->skipped++;
 			r->by_reason[r->layers[i].reason]++;

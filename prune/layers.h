@@ -15,6 +15,10 @@
 #include "graph.h"
 #include "result.h"
 
+/* Every node insert adds lives under "<layer>/" PRUNE_SCOPE "/" or PRUNE_SCOPE "/". */
+#define PRUNE_SCOPE "sparsityd"
+#define PRUNE_MASKED_SUFFIX "/" PRUNE_SCOPE "/masked_weight"
+
 /*
  * Parses a comma-separated list of output node names ("a,b", a ":N" suffix is
  * accepted and ignored) and checks each names a node. Returns 0 with the names in
@@ -24,8 +28,10 @@ SD_MUST_CHECK int prune_outputs_parse(prune_graph_t *g, const char *csv, const c
 				      size_t *n, sd_error_t *e);
 
 /*
- * Finds the layers on the path to outputs, in graph order, with their weight, shape,
- * prune axis and structural skip reason (PRUNE_SKIP_NONE if eligible so far).
+ * Finds the layers on the path to outputs (every layer of the graph when n_outputs is
+ * 0), in graph order, with their weight, shape, prune axis and structural skip reason
+ * (PRUNE_SKIP_NONE if eligible so far). A layer that reads a sparsityd masked weight is
+ * marked `masked` and its weight traced from the masked weight's own input.
  * Returns 0, or SD_ETOOBIG when a weight claims more than max_elems elements, SD_ENOMEM.
  */
 SD_MUST_CHECK int prune_layers_find(prune_graph_t *g, const char *const *outputs,

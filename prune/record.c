@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "amct.pb-c.h"
-#include "insert.h"
+#include "layers.h"
 #include "pbtext.h"
 #include "tensor.h"
 
@@ -42,10 +42,13 @@ static void attr_int(attrs_t *s, const char *name, int64_t i)
 	}
 }
 
+/* NULL values are left out: prune writes a record without insertion names. */
 static void attr_str(attrs_t *s, const char *name, const char *v)
 {
+	if (!v)
+		return;
 	Amct__AttrProto *p = attr_add(s, name, AMCT__ATTR_PROTO__ATTR_TYPE__STRING);
-	if (p && v) {
+	if (p) {
 		p->has_s = true;
 		p->s.data = (uint8_t *)v;
 		p->s.len = strlen(v);
@@ -89,7 +92,8 @@ int prune_record_write(const prune_result_t *res, arena_t *a, FILE *f, sd_error_
 		attr_str(&s, "dtype", prune_dtype_name(l->dtype));
 		attr_str(&s, "weight_input", l->weight_input);
 		attr_str(&s, "weight", l->weight);
-		attr_str(&s, "scope", arena_sprintf(a, "%s/%s", l->name, PRUNE_SCOPE));
+		if (l->mask_var)
+			attr_str(&s, "scope", arena_sprintf(a, "%s/%s", l->name, PRUNE_SCOPE));
 		attr_str(&s, "mask_var", l->mask_var);
 		attr_str(&s, "step_var", l->step_var);
 		attr_str(&s, "update_op", l->update_op);
@@ -101,4 +105,97 @@ int prune_record_write(const prune_result_t *res, arena_t *a, FILE *f, sd_error_
 		rec.prune_record[rec.n_prune_record++] = pr;
 	}
 	return pbtext_write(&rec.base, f, e);
+}
+
+static const Amct__AttrProto *find_attr(const Amct__PruneNode *pn, const char *name)
+{
+	for (size_t i = 0; i < pn->n_attr; i++)
+		if (pn->attr[i]->name && strcmp(pn->attr[i]->name, name) == 0)
+			return pn->attr[i];
+	return NULL;
+}
+
+static int need(const char *file, const Amct__PruneNode *pn, const char *name,
+		Amct__AttrProto__AttrType t, const Amct__AttrProto **out, sd_error_t *e)
+{
+	const Amct__AttrProto *p = find_attr(pn, name);
+	if (!p)
+		return sd_err_node(e, SD_ERECORD, pn->name,
+				   "%s: layer '%s' has no '%s' attr (was the record written by "
+				   "sparsityd insert?)",
+				   file, pn->name, name);
+	bool ok = t == AMCT__ATTR_PROTO__ATTR_TYPE__INT      ? p->has_i
+		  : t == AMCT__ATTR_PROTO__ATTR_TYPE__STRING ? p->has_s
+							     : p->n_ints > 0;
+	if (!ok)
+		return sd_err_node(e, SD_ERECORD, pn->name,
+				   "%s: layer '%s' attr '%s' has no value of the expected type",
+				   file, pn->name, name);
+	*out = p;
+	return 0;
+}
+
+static const char *bytes_str(arena_t *a, const ProtobufCBinaryData *b)
+{
+	return arena_strndup(a, (const char *)b->data, b->len);
+}
+
+int prune_record_read(const char *text, size_t len, const char *file, arena_t *a,
+		      prune_record_entry_t **out, size_t *n, sd_error_t *e)
+{
+	pbtext_opts_t o = {.filename = file, .err_code = SD_ERECORD};
+	ProtobufCMessage *m;
+	int rc = pbtext_parse(&amct__inner_scale_offset_record__descriptor, text, len, a, &o, &m,
+			      e);
+	if (rc)
+		return rc;
+	const Amct__InnerScaleOffsetRecord *rec = (const Amct__InnerScaleOffsetRecord *)m;
+	prune_record_entry_t *ents = arena_calloc(a, rec->n_prune_record + 1, sizeof(*ents));
+	if (!ents)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	size_t k = 0;
+	for (size_t i = 0; i < rec->n_prune_record; i++) {
+		const Amct__PruneNode *pn = rec->prune_record[i]->selective_prune;
+		if (!pn)
+			continue; /* other record kinds (AMCT quantization) are not ours */
+		if (!pn->name || !pn->name[0])
+			return sd_err(e, SD_ERECORD, "%s: prune_record %zu has no layer name", file,
+				      i);
+		for (size_t j = 0; j < k; j++)
+			if (strcmp(ents[j].name, pn->name) == 0)
+				return sd_err_node(e, SD_ERECORD, pn->name,
+						   "%s: layer '%s' is recorded twice", file, pn->name);
+		const Amct__AttrProto *shape, *axis, *freq, *type, *win, *scope;
+		if ((rc = need(file, pn, "mask_shape", AMCT__ATTR_PROTO__ATTR_TYPE__INTS, &shape, e)) ||
+		    (rc = need(file, pn, "prune_axis", AMCT__ATTR_PROTO__ATTR_TYPE__INT, &axis, e)) ||
+		    (rc = need(file, pn, "update_freq", AMCT__ATTR_PROTO__ATTR_TYPE__INT, &freq, e)) ||
+		    (rc = need(file, pn, "layer_type", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &type, e)) ||
+		    (rc = need(file, pn, "weight_input", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &win, e)))
+			return rc;
+		prune_record_entry_t *en = &ents[k++];
+		en->name = pn->name;
+		if (shape->n_ints > 4 || axis->i < 0 || axis->i >= (int64_t)shape->n_ints ||
+		    freq->i < 0 || freq->i > UINT32_MAX)
+			return sd_err_node(e, SD_ERECORD, pn->name,
+					   "%s: layer '%s' has an inconsistent mask_shape, prune_axis "
+					   "or update_freq",
+					   file, pn->name);
+		en->rank = (int)shape->n_ints;
+		for (int d = 0; d < en->rank; d++)
+			en->shape[d] = shape->ints[d];
+		en->axis = (int)axis->i;
+		en->update_freq = (uint32_t)freq->i;
+		en->layer_type = bytes_str(a, &type->s);
+		en->weight_input = bytes_str(a, &win->s);
+		scope = find_attr(pn, "scope");
+		en->scope = scope && scope->has_s ? bytes_str(a, &scope->s)
+						   : arena_sprintf(a, "%s/%s", pn->name, PRUNE_SCOPE);
+		if (!en->layer_type || !en->weight_input || !en->scope)
+			return sd_err(e, SD_ENOMEM, "out of memory");
+	}
+	if (k == 0)
+		return sd_err(e, SD_ERECORD, "%s: the record lists no pruned layer", file);
+	*out = ents;
+	*n = k;
+	return 0;
 }

@@ -17,6 +17,28 @@
 #include "result.h"
 #include "sd_err.h"
 
+/* What export needs from one record entry. Strings live in the arena. */
+typedef struct prune_record_entry {
+	const char *name;
+	const char *layer_type;
+	const char *weight_input;
+	const char *scope;
+	int rank;
+	int64_t shape[4];
+	int axis;
+	uint32_t update_freq;
+} prune_record_entry_t;
+
+/*
+ * Parses a record file and checks each entry carries what export needs (mask_shape,
+ * prune_axis, update_freq, layer_type, weight_input; scope defaults to
+ * "<name>/sparsityd"). Returns 0 with the entries, or SD_ERECORD naming the file and the
+ * layer (or line:col for syntax), SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_record_read(const char *text, size_t len, const char *file,
+				    arena_t *a, prune_record_entry_t **out, size_t *n,
+				    sd_error_t *e);
+
 /* Writes the record of the pruned layers of res to f. Returns 0, SD_EIO or SD_ENOMEM. */
 SD_MUST_CHECK int prune_record_write(const prune_result_t *res, arena_t *a, FILE *f,
 				     sd_error_t *e);

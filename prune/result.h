@@ -16,6 +16,7 @@
 typedef enum prune_action {
 	PRUNE_ACTION_PRUNED = 0,
 	PRUNE_ACTION_SKIPPED,
+	PRUNE_ACTION_CHECKED,      /* check: the weight's values were examined */
 } prune_action_t;
 
 /* Skip reasons (SPEC section 3); the string form is what users see. */
@@ -63,8 +64,11 @@ typedef struct prune_layer {
 	const char *mask_var;
 	const char *step_var;
 	const char *update_op;
-	/* check/export statistics */
+	bool masked;               /* reads a sparsityd masked weight (inserted, not exported) */
+	/* export/prune/check statistics, valid when `examined` */
+	bool examined;             /* the weight's values were read */
 	bool is_2of4;
+	uint64_t elems;
 	uint64_t zeros;
 	uint64_t zeroed;           /* weights newly set to zero by the stage */
 } prune_layer_t;
@@ -81,9 +85,11 @@ typedef struct prune_result {
 	size_t n_layers;
 	size_t pruned;
 	size_t skipped;
+	size_t checked;            /* check: layers whose weights were examined */
 	uint64_t weights;          /* elements in the pruned layers' weights */
 	uint64_t weights_zeroed;
 	size_t by_reason[PRUNE_SKIP__COUNT];
+	size_t layers_2of4;        /* export/prune/check: examined layers that are 2:4 */
 	const char *init_op;       /* insert only */
 	const char *update_op;     /* insert only */
 } prune_result_t;

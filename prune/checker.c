@@ -1,0 +1,62 @@
+/*
+ * prune_checker: reads every layer's weight and reports its 2:4 state (see check.h).
+ *
+ * Read-only: weights stored in tensor_content are examined where they lie, so checking
+ * a model costs one pass over its weights and no copy.
+ */
+#include "checker.h"
+
+#include <string.h>
+
+#include "layers.h"
+#include "sparsify.h"
+
+/* Reasons that leave the weight's values meaningful to examine. */
+static bool examinable(prune_skip_t r)
+{
+	return r == PRUNE_SKIP_NONE || r == PRUNE_SKIP_AXIS_TOO_SHORT ||
+	       r == PRUNE_SKIP_SHARED_WEIGHT;
+}
+
+int prune_check(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
+		size_t max_elems, prune_result_t *res, sd_error_t *e)
+{
+	res->stage = "check";
+	res->format = prune_graph_format(g);
+	res->format_stated = prune_graph_format_stated(g);
+	res->nodes_in = res->nodes_out = prune_graph_count(g);
+	res->outputs = (const char **)outputs;
+	res->n_outputs = n_outputs;
+	int rc = prune_layers_find(g, outputs, n_outputs, max_elems, &res->layers,
+				   &res->n_layers, e);
+	if (rc)
+		return rc;
+	arena_t *a = prune_graph_arena(g);
+	for (size_t i = 0; i < res->n_layers; i++) {
+		prune_layer_t *l = &res->layers[i];
+		const Tensorflow__NodeDef *wn =
+			l->weight ? prune_graph_node(g, l->weight_node) : NULL;
+		if (!examinable(l->reason)) {
+			l->action = PRUNE_ACTION_SKIPPED;
+			continue;
+		}
+		if (!wn || strcmp(wn->op, "Const")) {
+			l->action = PRUNE_ACTION_SKIPPED;
+			l->reason = PRUNE_SKIP_NOT_CONSTANT;
+			l->detail = "weight is a variable: its values are not in the graph";
+			continue;
+		}
+		prune_tensor_t w;
+		if ((rc = prune_tensor_read(prune_node_attr(wn, "value")->tensor, max_elems,
+					    wn->name, a, &w, e)))
+			return rc;
+		prune_sparsify_stats(l, &w);
+		l->action = PRUNE_ACTION_CHECKED;
+		l->detail = arena_sprintf(a, "%s along axis %d, %.1f%% zeros%s",
+					  l->is_2of4 ? "2:4" : "not 2:4", l->axis,
+					  w.n ? 100.0 * (double)l->zeros / (double)w.n : 0.0,
+					  l->masked ? " (masked by sparsityd)" : "");
+	}
+	prune_result_count(res);
+	return 0;
+}

@@ -1,0 +1,338 @@
+/*
+ * prune_export: undoes insert on a frozen graph, leaving weight * mask (see export.h).
+ *
+ * Workload: one pass over the record (each weight is read, masked in place and written
+ * back without a copy unless shared), then one sweep that deletes the inserted nodes
+ * and, transitively, nodes whose every reader was deleted. The mask is rebuilt from the
+ * frozen state exactly as the graph's own SelectV2 would pick it, so the exported model
+ * computes the same outputs as the masked one.
+ */
+#include "export.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers.h"
+#include "mask.h"
+#include "sparsify.h"
+
+/* Follows Identity / ReadVariableOp (frozen: Identity) from an input to its node. */
+static ptrdiff_t trace_const(const prune_graph_t *g, const char *input)
+{
+	ptrdiff_t idx = prune_graph_find_input(g, input);
+	for (size_t hops = 0; idx >= 0 && hops < 64; hops++) {
+		const Tensorflow__NodeDef *n = prune_graph_node(g, (size_t)idx);
+		if (strcmp(n->op, "Identity") && strcmp(n->op, "ReadVariableOp"))
+			return idx;
+		if (n->n_input == 0)
+			return -1;
+		idx = prune_graph_find_input(g, n->input[0]);
+	}
+	return -1;
+}
+
+static bool has_prefix(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+static bool in_scope(const char *name, const char *scope)
+{
+	size_t n = strlen(scope);
+	return strncmp(name, scope, n) == 0 && name[n] == '/';
+}
+
+/* True for nodes insert adds: "<layer>/sparsityd/..." and "sparsityd/...". */
+static bool is_inserted(const char *name)
+{
+	return has_prefix(name, PRUNE_SCOPE "/") || strstr(name, "/" PRUNE_SCOPE "/") != NULL;
+}
+
+static bool ignore_scope(void *ud, const Tensorflow__NodeDef *n)
+{
+	return in_scope(n->name, ud);
+}
+
+/* A Const node of the graph by name (after freezing every variable is one). */
+static const Tensorflow__NodeDef *frozen_const(const prune_graph_t *g, const char *input,
+					       const char *layer, const char *what,
+					       sd_error_t *e)
+{
+	ptrdiff_t idx = trace_const(g, input);
+	const Tensorflow__NodeDef *n = idx >= 0 ? prune_graph_node(g, (size_t)idx) : NULL;
+	if (!n || strcmp(n->op, "Const")) {
+		sd_err_node(e, SD_EMODEL, layer,
+			    "layer '%s': its %s ('%s') is not a constant; export takes the frozen "
+			    "graph (convert_variables_to_constants after restoring the checkpoint)",
+			    layer, what, input);
+		return NULL;
+	}
+	Tensorflow__AttrValue *v = prune_node_attr(n, "value");
+	if (!v || v->value_case != TENSORFLOW__ATTR_VALUE__VALUE_TENSOR) {
+		sd_err_node(e, SD_EMODEL, layer, "constant '%s' has no value", n->name);
+		return NULL;
+	}
+	return n;
+}
+
+static int read_step(const Tensorflow__NodeDef *n, const char *layer, int64_t *step,
+		     sd_error_t *e)
+{
+	const Tensorflow__TensorProto *t = prune_node_attr(n, "value")->tensor;
+	if (t->dtype == TENSORFLOW__DATA_TYPE__DT_INT64 && t->n_int64_val == 1)
+		*step = t->int64_val[0];
+	else if (t->dtype == TENSORFLOW__DATA_TYPE__DT_INT64 && t->tensor_content.len == 8)
+		memcpy(step, t->tensor_content.data, 8);
+	else if (t->dtype == TENSORFLOW__DATA_TYPE__DT_INT64 && !t->n_int64_val &&
+		 !t->tensor_content.len)
+		*step = 0;
+	else
+		return sd_err_node(e, SD_EMODEL, layer,
+				   "layer '%s': step constant '%s' is not an int64 scalar", layer,
+				   n->name);
+	return 0;
+}
+
+/* keep[i] = (m[i] != 0); fails unless every value is exactly 0 or 1. */
+static int keep_from_mask(const prune_tensor_t *m, uint8_t *keep)
+{
+	for (size_t i = 0; i < m->n; i++) {
+		double v;
+		switch (m->dtype) {
+		case TENSORFLOW__DATA_TYPE__DT_FLOAT: v = ((const float *)m->data)[i]; break;
+		case TENSORFLOW__DATA_TYPE__DT_DOUBLE: v = ((const double *)m->data)[i]; break;
+		case TENSORFLOW__DATA_TYPE__DT_HALF:
+			v = prune_half_to_float(((const uint16_t *)m->data)[i]);
+			break;
+		default: v = prune_bf16_to_float(((const uint16_t *)m->data)[i]); break;
+		}
+		if (v != 0.0 && v != 1.0)
+			return -1;
+		keep[i] = v != 0.0;
+	}
+	return 0;
+}
+
+static bool same_shape(const prune_tensor_t *t, const int64_t *shape, int rank)
+{
+	if (t->rank != rank)
+		return false;
+	for (int d = 0; d < rank; d++)
+		if (t->dims[d] != shape[d])
+			return false;
+	return true;
+}
+
+typedef struct ctx {
+	prune_graph_t *g;
+	prune_consumers_t cons;
+	size_t max_elems;
+	uint8_t *keep;
+	size_t keep_cap;
+	sd_error_t *e;
+} ctx_t;
+
+static int export_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *l)
+{
+	prune_graph_t *g = x->g;
+	sd_error_t *e = x->e;
+	arena_t *a = prune_graph_arena(g);
+	ptrdiff_t li = prune_graph_find(g, r->name, strlen(r->name));
+	if (li < 0)
+		return sd_err_node(e, SD_ERECORD, r->name,
+				   "the record lists layer '%s', which is not in the model",
+				   r->name);
+	Tensorflow__NodeDef *ln = prune_graph_node(g, (size_t)li);
+	if (strcmp(ln->op, r->layer_type))
+		return sd_err_node(e, SD_ERECORD, r->name,
+				   "layer '%s' is a %s in the model but a %s in the record", r->name,
+				   ln->op, r->layer_type);
+	l->name = ln->name;
+	l->type = ln->op;
+	l->node = (size_t)li;
+	l->axis = r->axis;
+	l->rank = r->rank;
+	memcpy(l->shape, r->shape, sizeof(l->shape));
+	l->update_freq = r->update_freq;
+	l->weight_input = r->weight_input;
+	l->action = PRUNE_ACTION_PRUNED;
+	l->masked = true;
+
+	const char *mw_name = arena_sprintf(a, "%s/masked_weight", r->scope);
+	const char *mv_name = arena_sprintf(a, "%s/mask_value", r->scope);
+	const char *step_name = arena_sprintf(a, "%s/step", r->scope);
+	if (!mw_name || !mv_name || !step_name)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	if (ln->n_input < 2 || strcmp(ln->input[1], mw_name))
+		return sd_err_node(e, SD_EMODEL, r->name,
+				   "layer '%s' does not read '%s': the model does not carry the "
+				   "insertion the record describes (export takes the frozen graph "
+				   "of an inserted model)",
+				   r->name, mw_name);
+	ptrdiff_t mwi = prune_graph_find(g, mw_name, strlen(mw_name));
+	ptrdiff_t mvi = prune_graph_find(g, mv_name, strlen(mv_name));
+	const Tensorflow__NodeDef *mw = mwi >= 0 ? prune_graph_node(g, (size_t)mwi) : NULL;
+	const Tensorflow__NodeDef *mv = mvi >= 0 ? prune_graph_node(g, (size_t)mvi) : NULL;
+	if (!mw || mw->n_input != 2 || !mv || mv->n_input != 3)
+		return sd_err_node(e, SD_EMODEL, r->name,
+				   "layer '%s': '%s' or '%s' is missing or malformed", r->name,
+				   mw_name, mv_name);
+	if (strcmp(mw->input[0], r->weight_input))
+		return sd_err_node(e, SD_ERECORD, r->name,
+				   "layer '%s': the masked weight reads '%s' but the record says "
+				   "'%s'",
+				   r->name, mw->input[0], r->weight_input);
+
+	const Tensorflow__NodeDef *wc = frozen_const(g, r->weight_input, r->name, "weight", e);
+	const Tensorflow__NodeDef *mc = wc ? frozen_const(g, mv->input[2], r->name, "mask", e)
+					   : NULL;
+	const Tensorflow__NodeDef *sc = mc ? frozen_const(g, step_name, r->name, "step", e) : NULL;
+	if (!sc)
+		return e->code;
+	l->weight = wc->name;
+	prune_tensor_t w, m;
+	int64_t step = 0;
+	int rc;
+	if ((rc = prune_tensor_read(prune_node_attr(wc, "value")->tensor, x->max_elems, wc->name,
+				    a, &w, e)) ||
+	    (rc = read_step(sc, r->name, &step, e)))
+		return rc;
+	l->dtype = w.dtype;
+	if (!same_shape(&w, r->shape, r->rank))
+		return sd_err_node(e, SD_ERECORD, r->name,
+				   "layer '%s': the weight '%s' has a different shape than the "
+				   "record's mask_shape",
+				   r->name, wc->name);
+	if ((rc = prune_scratch(&x->keep, &x->keep_cap, w.n, e)))
+		return rc;
+	/* The NaN check runs on every path: a NaN that survives the mask would poison
+	 * the exported model, and the mask itself is undefined for it. */
+	if ((rc = prune_mask_2of4(&w, r->axis, x->keep, r->name, e)))
+		return rc;
+	bool refresh = r->update_freq == 0 ? step == 0 : step % r->update_freq == 0;
+	if (!refresh) {
+		if ((rc = prune_tensor_read(prune_node_attr(mc, "value")->tensor, x->max_elems,
+					    mc->name, a, &m, e)))
+			return rc;
+		if (m.dtype != w.dtype || !same_shape(&m, r->shape, r->rank))
+			return sd_err_node(e, SD_EMODEL, r->name,
+					   "layer '%s': mask '%s' does not match its weight", r->name,
+					   mc->name);
+		if (keep_from_mask(&m, x->keep))
+			return sd_err_node(e, SD_EMODEL, r->name,
+					   "layer '%s': mask '%s' holds values other than 0 and 1",
+					   r->name, mc->name);
+	}
+	ptrdiff_t wci = prune_graph_find(g, wc->name, strlen(wc->name));
+	bool moved;
+	if ((rc = prune_sparsify(g, &x->cons, l, (size_t)li, (size_t)wci, &w, x->keep,
+				 ignore_scope, (void *)r->scope, &moved, e)))
+		return rc;
+	if (!moved)
+		ln->input[1] = (char *)r->weight_input;
+	l->detail = arena_sprintf(a, "step %lld, %s mask%s", (long long)step,
+				  refresh ? "fresh" : "stored", moved ? ", shared weight copied" : "");
+	return 0;
+}
+
+/* Deletes inserted nodes, then nodes all of whose readers were deleted. */
+static int sweep(prune_graph_t *g, const char *const *outputs, size_t n_outputs, sd_error_t *e)
+{
+	arena_t *a = prune_graph_arena(g);
+	size_t n = prune_graph_count(g);
+	prune_consumers_t c;
+	int rc = prune_graph_consumers(g, &c, e);
+	if (rc)
+		return rc;
+	bool *rm = arena_calloc(a, n, sizeof(*rm)), *keep = arena_calloc(a, n, sizeof(*keep));
+	size_t *live = arena_calloc(a, n, sizeof(*live)), *stack = arena_calloc(a, n + 1, sizeof(*stack));
+	if (!rm || !keep || !live || !stack)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	for (size_t i = 0; i < n_outputs; i++) {
+		ptrdiff_t o = prune_graph_find(g, outputs[i], strlen(outputs[i]));
+		if (o >= 0)
+			keep[o] = true;
+	}
+	size_t sp = 0;
+	for (size_t i = 0; i < n; i++) {
+		live[i] = c.off[i + 1] - c.off[i];
+		if (is_inserted(prune_graph_node(g, i)->name) && !keep[i]) {
+			rm[i] = true;
+			stack[sp++] = i;
+		}
+	}
+	while (sp) {
+		const Tensorflow__NodeDef *d = prune_graph_node(g, stack[--sp]);
+		for (size_t k = 0; k < d->n_input; k++) {
+			ptrdiff_t p = prune_graph_find_input(g, d->input[k]);
+			if (p < 0 || rm[p] || keep[p] || --live[p] > 0)
+				continue;
+			rm[p] = true;
+			stack[sp++] = (size_t)p;
+		}
+	}
+	/* Survivors may hold control edges to deleted nodes (e.g. a train op on update). */
+	for (size_t i = 0; i < n; i++) {
+		Tensorflow__NodeDef *d = prune_graph_node(g, i);
+		if (rm[i])
+			continue;
+		size_t w = 0;
+		for (size_t k = 0; k < d->n_input; k++) {
+			ptrdiff_t p = prune_graph_find_input(g, d->input[k]);
+			if (p >= 0 && rm[p]) {
+				if (d->input[k][0] != '^')
+					return sd_err_node(e, SD_EINTERNAL, d->name,
+							   "node '%s' still reads deleted node '%s'",
+							   d->name, d->input[k]);
+				continue;
+			}
+			d->input[w++] = d->input[k];
+		}
+		d->n_input = w;
+	}
+	return prune_graph_remove(g, rm, e);
+}
+
+int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec,
+		 const char *const *outputs, size_t n_outputs, size_t max_elems,
+		 prune_result_t *res, sd_error_t *e)
+{
+	arena_t *a = prune_graph_arena(g);
+	res->stage = "export";
+	res->format = prune_graph_format(g);
+	res->format_stated = prune_graph_format_stated(g);
+	res->nodes_in = prune_graph_count(g);
+	res->outputs = (const char **)outputs;
+	res->n_outputs = n_outputs;
+	res->layers = arena_calloc(a, n_rec + 1, sizeof(*res->layers));
+	if (!res->layers)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	ctx_t x = {.g = g, .max_elems = max_elems, .e = e};
+	int rc = prune_graph_consumers(g, &x.cons, e);
+	for (size_t i = 0; !rc && i < n_rec; i++) {
+		rc = export_layer(&x, &rec[i], &res->layers[i]);
+		res->n_layers = i + 1;
+		res->weights += res->layers[i].elems;
+		res->weights_zeroed += res->layers[i].zeroed;
+	}
+	free(x.keep);
+	if (rc)
+		return rc;
+	/* A layer still reading a masked weight was inserted but not recorded. */
+	for (size_t i = 0; i < prune_graph_count(g); i++) {
+		const Tensorflow__NodeDef *n = prune_graph_node(g, i);
+		if (!prune_layer_type_known(n->op) || n->n_input < 2)
+			continue;
+		size_t len = strlen(n->input[1]), sl = strlen(PRUNE_MASKED_SUFFIX);
+		if (len > sl && strcmp(n->input[1] + len - sl, PRUNE_MASKED_SUFFIX) == 0)
+			return sd_err_node(e, SD_ERECORD, n->name,
+					   "layer '%s' carries a sparsityd mask that the record does "
+					   "not list (use the record written with this model)",
+					   n->name);
+	}
+	if ((rc = sweep(g, outputs, n_outputs, e)))
+		return rc;
+	prune_result_count(res);
+	res->nodes_out = prune_graph_count(g);
+	return 0;
+}

@@ -1,0 +1,83 @@
+/*
+ * prune_oneshot: 2:4 on the constants of a frozen graph (see oneshot.h).
+ *
+ * Workload: per pruned layer one read of the weight in place, one mask pass into a
+ * scratch buffer reused across layers, one in-place write: the weights are never
+ * copied unless another node also reads them.
+ */
+#include "oneshot.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers.h"
+#include "mask.h"
+#include "sparsify.h"
+
+int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
+		  size_t n_outputs, size_t max_elems, prune_result_t *res, sd_error_t *e)
+{
+	res->stage = "prune";
+	res->format = prune_graph_format(g);
+	res->format_stated = prune_graph_format_stated(g);
+	res->nodes_in = prune_graph_count(g);
+	res->outputs = (const char **)outputs;
+	res->n_outputs = n_outputs;
+	int rc = prune_layers_find(g, outputs, n_outputs, max_elems, &res->layers,
+				   &res->n_layers, e);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < res->n_layers; i++) {
+		prune_layer_t *l = &res->layers[i];
+		if (l->masked)
+			return sd_err_node(e, SD_EMODEL, l->name,
+					   "layer '%s' carries a sparsityd mask: use export with the "
+					   "record for an inserted model, prune is for plain frozen "
+					   "graphs",
+					   l->name);
+		/* A variable has no values to prune in a graph file. */
+		ptrdiff_t wi = l->weight ? prune_graph_find(g, l->weight, strlen(l->weight)) : -1;
+		if (wi >= 0 && strcmp(prune_graph_node(g, (size_t)wi)->op, "Const") &&
+		    l->reason == PRUNE_SKIP_NONE) {
+			l->action = PRUNE_ACTION_SKIPPED;
+			l->reason = PRUNE_SKIP_NOT_CONSTANT;
+			l->detail = "weight is a variable; prune takes a frozen graph";
+		}
+	}
+	if ((rc = prune_config_apply(cfg, res->layers, res->n_layers, e)))
+		return rc;
+
+	prune_consumers_t cons;
+	if ((rc = prune_graph_consumers(g, &cons, e)))
+		return rc;
+	arena_t *a = prune_graph_arena(g);
+	uint8_t *keep = NULL;
+	size_t cap = 0;
+	for (size_t i = 0; !rc && i < res->n_layers; i++) {
+		prune_layer_t *l = &res->layers[i];
+		if (l->action != PRUNE_ACTION_PRUNED)
+			continue;
+		prune_tensor_t w;
+		bool moved;
+		size_t wi = l->weight_node;
+		rc = prune_tensor_read(prune_node_attr(prune_graph_node(g, wi), "value")->tensor,
+				       max_elems, l->weight, a, &w, e);
+		if (!rc)
+			rc = prune_scratch(&keep, &cap, w.n, e);
+		if (!rc)
+			rc = prune_mask_2of4(&w, l->axis, keep, l->name, e);
+		if (!rc)
+			rc = prune_sparsify(g, &cons, l, l->node, wi, &w, keep, NULL, NULL, &moved, e);
+		if (!rc && moved)
+			l->detail = arena_sprintf(a, "%s (shared weight copied to '%s')", l->detail,
+						  prune_graph_node(g, l->node)->input[1]);
+		res->weights += l->elems;
+		res->weights_zeroed += l->zeroed;
+	}
+	free(keep);
+	if (rc)
+		return rc;
+	prune_result_count(res);
+	res->nodes_out = prune_graph_count(g);
+	return 0;
+}

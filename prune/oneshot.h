@@ -1,0 +1,24 @@
+/*
+ * prune_oneshot: the prune stage, one-shot 2:4 without retraining.
+ *
+ * On a frozen graph, every layer the config selects gets weight * mask written into
+ * its weight constant, with the mask computed from the constant itself: the same
+ * result as insert + freeze + export at step 0, computed directly on the constants.
+ */
+#ifndef PRUNE_ONESHOT_H
+#define PRUNE_ONESHOT_H
+
+#include "config.h"
+#include "graph.h"
+#include "result.h"
+
+/*
+ * Runs the prune stage on g in place. Layers whose weight is not a constant are
+ * skipped (not_constant). Returns 0, SD_ECONFIG, SD_ENOLAYER, SD_EMODEL (NaN weight,
+ * a graph that already carries sparsityd masks), SD_ETOOBIG, SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg,
+				const char *const *outputs, size_t n_outputs, size_t max_elems,
+				prune_result_t *res, sd_error_t *e);
+
+#endif

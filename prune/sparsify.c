@@ -1,0 +1,97 @@
+/*
+ * prune_sparsify: weight * mask into the weight constant (see sparsify.h).
+ */
+#include "sparsify.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "attr.h"
+#include "mask.h"
+
+/* True when every reader of node idx is the layer, an ignored node, or an Identity
+ * whose readers pass the same test. Control edges read no value. */
+static bool exclusive(const prune_graph_t *g, const prune_consumers_t *c, size_t idx,
+		      size_t layer_idx, prune_ignore_cb ignore, void *ud, int depth)
+{
+	if (depth > 64)
+		return false;
+	for (size_t k = c->off[idx]; k < c->off[idx + 1]; k++) {
+		size_t q = c->list[k];
+		const Tensorflow__NodeDef *n = prune_graph_node(g, q);
+		if (c->ctrl[k] || q == layer_idx || (ignore && ignore(ud, n)))
+			continue;
+		if ((strcmp(n->op, "Identity") == 0 || strcmp(n->op, "ReadVariableOp") == 0) &&
+		    exclusive(g, c, q, layer_idx, ignore, ud, depth + 1))
+			continue;
+		return false;
+	}
+	return true;
+}
+
+void prune_sparsify_stats(prune_layer_t *l, const prune_tensor_t *w)
+{
+	size_t zeros = 0;
+	l->is_2of4 = prune_mask_is_2of4(w, l->axis, &zeros);
+	l->zeros = zeros;
+	l->elems = w->n;
+	l->examined = true;
+}
+
+int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *l,
+		   size_t layer_idx, size_t cidx, prune_tensor_t *w, const uint8_t *keep,
+		   prune_ignore_cb ignore, void *ud, bool *moved, sd_error_t *e)
+{
+	arena_t *a = prune_graph_arena(g);
+	size_t before = 0;
+	prune_mask_is_2of4(w, l->axis, &before);
+	Tensorflow__NodeDef *cn = prune_graph_node(g, cidx);
+	*moved = !exclusive(g, c, cidx, layer_idx, ignore, ud, 0);
+	if (!*moved) {
+		prune_mask_apply(w, keep);
+		Tensorflow__AttrValue *v = prune_node_attr(cn, "value");
+		int rc = prune_tensor_write(v->tensor, w, a, e);
+		if (rc)
+			return rc;
+	} else {
+		size_t bytes = w->n * prune_dtype_size(w->dtype);
+		void *copy = arena_alloc(a, bytes ? bytes : 1);
+		if (!copy)
+			return sd_err(e, SD_ENOMEM, "out of memory copying the weight of '%s'",
+				      l->name);
+		memcpy(copy, w->data, bytes);
+		w->data = copy;
+		prune_mask_apply(w, keep);
+		const char *name = arena_sprintf(a, "%s/weight_2of4", l->name);
+		Tensorflow__NodeDef *nn = name ? prune_graph_add(g, name, "Const", e) : NULL;
+		if (!nn)
+			return name ? (e ? e->code : SD_EMODEL) : sd_err(e, SD_ENOMEM, "out of memory");
+		Tensorflow__AttrValue *v = prune_attr_splat(a, w->dtype, 0.0, NULL, 0);
+		int rc = v ? prune_tensor_write(v->tensor, w, a, e)
+			   : sd_err(e, SD_ENOMEM, "out of memory");
+		if (!rc)
+			rc = prune_node_set_attr(g, nn, "dtype", prune_attr_type(a, w->dtype), e);
+		if (!rc)
+			rc = prune_node_set_attr(g, nn, "value", v, e);
+		if (rc)
+			return rc;
+		if (cn->device && cn->device[0])
+			nn->device = cn->device;
+		prune_graph_node(g, layer_idx)->input[1] = nn->name;
+	}
+	prune_sparsify_stats(l, w);
+	l->zeroed = l->zeros - before;
+	return 0;
+}
+
+int prune_scratch(uint8_t **buf, size_t *cap, size_t n, sd_error_t *e)
+{
+	if (n <= *cap)
+		return 0;
+	uint8_t *p = realloc(*buf, n);
+	if (!p)
+		return sd_err(e, SD_ENOMEM, "out of memory (%zu bytes for a mask)", n);
+	*buf = p;
+	*cap = n;
+	return 0;
+}

@@ -1,0 +1,43 @@
+/*
+ * prune_sparsify: writes weight * mask into the constant a layer reads (export, prune).
+ *
+ * The constant is changed in place only when nothing but the layer reads it (through
+ * Identity nodes; the caller may name consumers to disregard, e.g. the insert's own
+ * nodes that export deletes). Otherwise a new Const "<layer>/weight_2of4" holds the
+ * sparse copy and the layer is pointed at it, so other readers keep the dense weight.
+ */
+#ifndef PRUNE_SPARSIFY_H
+#define PRUNE_SPARSIFY_H
+
+#include <stdint.h>
+
+#include "graph.h"
+#include "result.h"
+#include "tensor.h"
+
+/* Consumers for which this returns true do not count as readers of the constant. */
+typedef bool (*prune_ignore_cb)(void *ud, const Tensorflow__NodeDef *consumer);
+
+/*
+ * Applies keep[] (1 = keep) to w, the decoded value of Const node cidx read by layer
+ * l (node layer_idx), and stores the result as described above. Fills l->zeros,
+ * l->zeroed, l->is_2of4, l->elems, l->examined. *moved is set when a new Const was
+ * made (the layer's input 1 then names it). Returns 0, SD_EMODEL (name taken),
+ * SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c,
+				 prune_layer_t *l, size_t layer_idx, size_t cidx,
+				 prune_tensor_t *w, const uint8_t *keep, prune_ignore_cb ignore,
+				 void *ud, bool *moved, sd_error_t *e);
+
+/* Records in l whether the decoded weight w is 2:4 along l->axis and its zero count. */
+void prune_sparsify_stats(prune_layer_t *l, const prune_tensor_t *w);
+
+/*
+ * Grows *buf (malloc'd, owned by the caller, freed with free()) to at least n bytes:
+ * one scratch mask reused for every layer keeps a stage's memory at one model copy.
+ * Returns 0 or SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_scratch(uint8_t **buf, size_t *cap, size_t n, sd_error_t *e);
+
+#endif
