@@ -55,8 +55,9 @@ void cli_usage(int to_stderr)
 	      to_stderr ? stderr : stdout);
 }
 
+/* A private writable mapping: stages may rewrite weights in place, the file never. */
 typedef struct mapped {
-	const uint8_t *data;
+	uint8_t *data;
 	size_t len;
 } mapped_t;
 
@@ -77,14 +78,16 @@ static int map_file(const char *path, size_t max, mapped_t *m, sd_error_t *e)
 			      (long long)st.st_size, max);
 	}
 	m->len = (size_t)st.st_size;
-	m->data = (const uint8_t *)"";
+	static uint8_t empty[1];
+	m->data = empty;
 	if (m->len) {
-		void *p = mmap(NULL, m->len, PROT_READ, MAP_PRIVATE, fd, 0);
+		void *p = mmap(NULL, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
 		if (p == MAP_FAILED) {
 			close(fd);
 			return sd_err(e, SD_EIO, "%s: mmap: %s", path, strerror(errno));
 		}
 		m->data = p;
+		madvise(p, m->len, MADV_SEQUENTIAL);
 	}
 	close(fd);
 	return 0;
@@ -93,7 +96,7 @@ static int map_file(const char *path, size_t max, mapped_t *m, sd_error_t *e)
 static void unmap_file(mapped_t *m)
 {
 	if (m->len)
-		munmap((void *)m->data, m->len);
+		munmap(m->data, m->len);
 	m->len = 0;
 }
 

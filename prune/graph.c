@@ -25,6 +25,7 @@
 
 #include "pbtext.h"
 #include "tensor.h"
+#include "wire.h"
 
 /* A hash slot keeps the name's hash so probing rarely touches the name itself. */
 typedef struct slot {
@@ -297,8 +298,9 @@ static int meta_score(const uint8_t *buf, size_t len)
 
 /* ---- loading ---- */
 
-static int unpack_binary(prune_graph_t *g, const uint8_t *buf, size_t len, bool meta)
+static int unpack_plain(prune_graph_t *g, const uint8_t *buf, size_t len, bool meta)
 {
+	g->meta = NULL;
 	if (meta) {
 		g->meta = tensorflow__meta_graph_def__unpack(&g->arena->pb, len, buf);
 		g->gd = g->meta ? g->meta->graph_def : NULL;
@@ -306,6 +308,42 @@ static int unpack_binary(prune_graph_t *g, const uint8_t *buf, size_t len, bool 
 	}
 	g->gd = tensorflow__graph_def__unpack(&g->arena->pb, len, buf);
 	return g->gd ? 0 : -1;
+}
+
+/* Points a stripped payload back into the input; false if the unpacked message does
+ * not have the place the walk saw (then the caller unpacks the plain way). */
+static bool patch(prune_graph_t *g, uint8_t *buf, const prune_wire_ref_t *r)
+{
+	if (r->node >= g->gd->n_node || r->attr >= g->gd->node[r->node]->n_attr)
+		return false;
+	Tensorflow__AttrValue *v = g->gd->node[r->node]->attr[r->attr]->value;
+	if (!v || v->value_case != TENSORFLOW__ATTR_VALUE__VALUE_TENSOR ||
+	    v->tensor->tensor_content.len)
+		return false;
+	v->tensor->tensor_content = (ProtobufCBinaryData){r->len, buf + r->off};
+	return true;
+}
+
+/*
+ * Unpacks without copying large weights: they stay where they are in buf (see
+ * prune_wire). Falls back to protobuf-c's copying unpack when the walk disagrees.
+ */
+static int unpack_binary(prune_graph_t *g, uint8_t *buf, size_t len, bool meta, sd_error_t *e)
+{
+	uint8_t *small;
+	size_t small_len, n_refs;
+	prune_wire_ref_t *refs;
+	int rc = prune_wire_strip(buf, len, meta, g->arena, &small, &small_len, &refs, &n_refs, e);
+	if (rc == SD_ENOMEM)
+		return rc;
+	if (rc == 0 && n_refs && unpack_plain(g, small, small_len, meta) == 0 && g->gd) {
+		size_t i = 0;
+		while (i < n_refs && patch(g, buf, &refs[i]))
+			i++;
+		if (i == n_refs)
+			return 0;
+	}
+	return unpack_plain(g, buf, len, meta);
 }
 
 static int validate_const(const prune_graph_t *g, const Tensorflow__NodeDef *n,
@@ -376,7 +414,7 @@ static int validate(prune_graph_t *g, size_t max_elems, sd_error_t *e)
 	return 0;
 }
 
-int prune_graph_load(const uint8_t *buf, size_t len, const char *file, prune_format_t fmt,
+int prune_graph_load(uint8_t *buf, size_t len, const char *file, prune_format_t fmt,
 		     size_t max_elems, arena_t *a, prune_graph_t **out, sd_error_t *e)
 {
 	if (len > PRUNE_MODEL_MAX)
@@ -405,11 +443,13 @@ int prune_graph_load(const uint8_t *buf, size_t len, const char *file, prune_for
 		g->gd = (Tensorflow__GraphDef *)m;
 	} else {
 		bool meta = fmt == PRUNE_FMT_METAGRAPH;
-		int rc = unpack_binary(g, buf, len, meta);
+		int rc = unpack_binary(g, buf, len, meta, e);
+		if (rc == SD_ENOMEM)
+			return rc;
 		if (!g->stated && (rc || !g->gd || g->gd->n_node == 0)) {
 			/* The heuristic guessed wrong only if the other reading has nodes. */
 			prune_graph_t alt = *g;
-			if (unpack_binary(&alt, buf, len, !meta) == 0 && alt.gd && alt.gd->n_node) {
+			if (unpack_binary(&alt, buf, len, !meta, e) == 0 && alt.gd && alt.gd->n_node) {
 				*g = alt;
 				g->format = meta ? PRUNE_FMT_GRAPHDEF : PRUNE_FMT_METAGRAPH;
 				rc = 0;

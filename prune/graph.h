@@ -52,14 +52,16 @@ const char *prune_format_name(prune_format_t f);
 SD_MUST_CHECK int prune_format_parse(const char *s, prune_format_t *out, sd_error_t *e);
 
 /*
- * Builds a graph from len bytes of a model (the buffer must outlive the graph: bytes
- * fields may point into it). `file` names the input in messages. `fmt` is
- * PRUNE_FMT_AUTO to detect. Validates what SPEC section 2 lists (duplicate names,
- * inputs naming missing nodes, constants whose content disagrees with their shape,
- * shapes over max_elems) and fails naming the node. Returns 0 and *out, or SD_EMODEL,
- * SD_ETOOBIG, SD_ENOMEM.
+ * Builds a graph from len bytes of a model. Large weights of a binary model are not
+ * copied: their tensor_content points into buf, so buf must outlive the graph, and the
+ * stages that rewrite weights (export, prune) write into it: give them a writable
+ * buffer (a MAP_PRIVATE mapping keeps the file itself unchanged). `file` names the
+ * input in messages. `fmt` is PRUNE_FMT_AUTO to detect. Validates what SPEC section 2
+ * lists (duplicate names, inputs naming missing nodes, constants whose content
+ * disagrees with their shape, shapes over max_elems) and fails naming the node.
+ * Returns 0 and *out, or SD_EMODEL, SD_ETOOBIG, SD_ENOMEM.
  */
-SD_MUST_CHECK int prune_graph_load(const uint8_t *buf, size_t len, const char *file,
+SD_MUST_CHECK int prune_graph_load(uint8_t *buf, size_t len, const char *file,
 				   prune_format_t fmt, size_t max_elems, arena_t *a,
 				   prune_graph_t **out, sd_error_t *e);
 

@@ -48,7 +48,7 @@ static int op(const char *path, const char *outputs, int do_insert)
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st))
 		return 3;
-	const uint8_t *buf = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	uint8_t *buf = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
 	if (buf == MAP_FAILED)
 		return 3;
 	arena_t a;

@@ -157,7 +157,7 @@ START_TEST(shared_weight)
 		"node { name: \"b\" op: \"MatMul\" input: \"a\" input: \"w\" }\n";
 	prune_graph_t *g;
 	sd_error_t e;
-	ck_assert_int_eq(prune_graph_load((const uint8_t *)text, strlen(text), "s",
+	ck_assert_int_eq(prune_graph_load((uint8_t *)text, strlen(text), "s",
 					  PRUNE_FMT_AUTO, 1u << 20, &A, &g, &e),
 			 0);
 	const char *outs[] = {"b"};

@@ -1,0 +1,192 @@
+/*
+ * prune_wire: strips large tensor payloads from a binary model (see wire.h).
+ *
+ * The walk knows only the path to the payloads: MetaGraphDef.graph_def (2) ->
+ * GraphDef.node (1) -> NodeDef.attr (5) -> entry.value (2) -> AttrValue.tensor (8) ->
+ * TensorProto.tensor_content (4). Every other field is copied verbatim. A message on
+ * the path is sized first (a walk that skips payloads without reading them) and then
+ * written with its new length, so the output is canonical protobuf that any decoder
+ * reads. Work is proportional to the model's non-weight bytes.
+ */
+#include "wire.h"
+
+#include <string.h>
+
+enum level { L_META, L_GRAPH, L_NODE, L_ENTRY, L_VALUE, L_TENSOR };
+
+/* The field number that leads one level down, per level. */
+static const unsigned down[] = {2, 1, 5, 2, 8, 4};
+
+typedef struct walk {
+	const uint8_t *base;
+	uint8_t *out;      /* NULL while sizing */
+	size_t pos;
+	prune_wire_ref_t *refs;
+	size_t n_refs, cap_refs;
+	size_t node, attr; /* ordinals of the current node and attr entry */
+	arena_t *a;
+	bool oom;
+} walk_t;
+
+static bool varint(const uint8_t *p, size_t len, size_t *at, uint64_t *v)
+{
+	*v = 0;
+	for (int shift = 0; shift < 64 && *at < len; shift += 7) {
+		uint8_t b = p[(*at)++];
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return true;
+	}
+	return false;
+}
+
+static size_t varint_size(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+static void put_varint(walk_t *w, uint64_t v)
+{
+	if (w->out) {
+		while (v >= 0x80) {
+			w->out[w->pos++] = (uint8_t)(v | 0x80);
+			v >>= 7;
+		}
+		w->out[w->pos++] = (uint8_t)v;
+	} else {
+		w->pos += varint_size(v);
+	}
+}
+
+static void put_bytes(walk_t *w, const uint8_t *p, size_t n)
+{
+	if (w->out)
+		memcpy(w->out + w->pos, p, n);
+	w->pos += n;
+}
+
+static void add_ref(walk_t *w, size_t off, size_t len)
+{
+	if (!w->out)
+		return; /* refs are recorded once, in the writing pass */
+	if (w->n_refs == w->cap_refs) {
+		size_t cap = w->cap_refs ? 2 * w->cap_refs : 64;
+		prune_wire_ref_t *r = arena_grow(w->a, w->refs, w->n_refs, cap, sizeof(*r));
+		if (!r) {
+			w->oom = true;
+			return;
+		}
+		w->refs = r;
+		w->cap_refs = cap;
+	}
+	w->refs[w->n_refs++] = (prune_wire_ref_t){w->node, w->attr, off, len};
+}
+
+static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len);
+
+/* Size of message p[0..len) at level lv once stripped. */
+static int stripped_size(walk_t *w, enum level lv, const uint8_t *p, size_t len, size_t *size)
+{
+	walk_t s = *w;
+	s.out = NULL;
+	s.pos = 0;
+	int rc = walk(&s, lv, p, len);
+	*size = s.pos;
+	return rc;
+}
+
+static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
+{
+	size_t at = 0;
+	while (at < len) {
+		size_t start = at;
+		uint64_t key, v;
+		if (!varint(p, len, &at, &key))
+			return -1;
+		unsigned field = (unsigned)(key >> 3), wire = key & 7;
+		switch (wire) {
+		case 0:
+			if (!varint(p, len, &at, &v))
+				return -1;
+			break;
+		case 1:
+			if (len - at < 8)
+				return -1;
+			at += 8;
+			break;
+		case 5:
+			if (len - at < 4)
+				return -1;
+			at += 4;
+			break;
+		case 2: {
+			if (!varint(p, len, &at, &v) || v > len - at)
+				return -1;
+			const uint8_t *payload = p + at;
+			at += v;
+			if (field != down[lv])
+				break;
+			if (lv == L_TENSOR) {
+				if (v >= PRUNE_WIRE_MIN_BYTES) {
+					add_ref(w, (size_t)(payload - w->base), v);
+					continue; /* dropped from the output */
+				}
+				break;
+			}
+			size_t sz;
+			if (stripped_size(w, lv + 1, payload, v, &sz))
+				return -1;
+			put_varint(w, key);
+			put_varint(w, sz);
+			if (!w->out)
+				w->pos += sz; /* sizing: the child was just walked */
+			else if (walk(w, lv + 1, payload, v))
+				return -1;
+			if (lv == L_GRAPH) {
+				w->node++;
+				w->attr = 0;
+			} else if (lv == L_NODE) {
+				w->attr++;
+			}
+			continue;
+		}
+		default:
+			return -1; /* groups are not used by TensorFlow's schema */
+		}
+		put_bytes(w, p + start, at - start);
+		if (lv == L_GRAPH && field == 1) {
+			w->node++;
+			w->attr = 0;
+		} else if (lv == L_NODE && field == 5) {
+			w->attr++;
+		}
+	}
+	return 0;
+}
+
+int prune_wire_strip(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,
+		     size_t *out_len, prune_wire_ref_t **refs, size_t *n_refs, sd_error_t *e)
+{
+	walk_t w = {.base = buf, .a = a};
+	enum level top = meta ? L_META : L_GRAPH;
+	size_t size;
+	if (stripped_size(&w, top, buf, len, &size))
+		return -1;
+	w.out = arena_alloc(a, size ? size : 1);
+	if (!w.out)
+		return sd_err(e, SD_ENOMEM, "out of memory reading the model");
+	if (walk(&w, top, buf, len) || w.pos != size)
+		return -1;
+	if (w.oom)
+		return sd_err(e, SD_ENOMEM, "out of memory reading the model");
+	*out = w.out;
+	*out_len = size;
+	*refs = w.refs;
+	*n_refs = w.n_refs;
+	return 0;
+}

@@ -1,0 +1,40 @@
+/*
+ * prune_wire: zero-copy loading of large weights.
+ *
+ * protobuf-c copies every bytes field when it unpacks, which would hold each weight
+ * twice (the input and the copy). This module rewrites the binary model without the
+ * large NodeDef.attr[].value.tensor.tensor_content payloads and records where each one
+ * lies in the input, so the loader unpacks a small message and points those
+ * tensor_content fields straight into the input buffer.
+ */
+#ifndef PRUNE_WIRE_H
+#define PRUNE_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "sd_err.h"
+
+/* Payloads smaller than this are left in place: the bookkeeping would cost more. */
+#define PRUNE_WIRE_MIN_BYTES 4096
+
+/* One stripped payload: node ordinal, attr ordinal within it, and the bytes. */
+typedef struct prune_wire_ref {
+	size_t node;
+	size_t attr;
+	size_t off;
+	size_t len;
+} prune_wire_ref_t;
+
+/*
+ * Copies the binary GraphDef (meta = false) or MetaGraphDef (meta = true) in buf into
+ * *out without the large tensor_content payloads, listing them in *refs (both in the
+ * arena). Returns 0, -1 when the wire format is malformed (the caller falls back to a
+ * plain unpack, which reports the error), or SD_ENOMEM.
+ */
+int prune_wire_strip(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,
+		     size_t *out_len, prune_wire_ref_t **refs, size_t *n_refs, sd_error_t *e);
+
+#endif
