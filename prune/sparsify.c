@@ -10,7 +10,8 @@
 #include "mask.h"
 
 /* True when every reader of node idx is the layer, an ignored node, or an Identity
- * whose readers pass the same test. Control edges read no value. */
+ * whose readers pass the same test. Control edges read no value. An Identity nobody
+ * reads is an endpoint a session may fetch, so it counts as a reader. */
 static bool exclusive(const prune_graph_t *g, const prune_consumers_t *c, size_t idx,
 		      size_t layer_idx, prune_ignore_cb ignore, void *ud, int depth)
 {
@@ -22,7 +23,7 @@ static bool exclusive(const prune_graph_t *g, const prune_consumers_t *c, size_t
 		if (c->ctrl[k] || q == layer_idx || (ignore && ignore(ud, n)))
 			continue;
 		if ((strcmp(n->op, "Identity") == 0 || strcmp(n->op, "ReadVariableOp") == 0) &&
-		    exclusive(g, c, q, layer_idx, ignore, ud, depth + 1))
+		    c->off[q + 1] > c->off[q] && exclusive(g, c, q, layer_idx, ignore, ud, depth + 1))
 			continue;
 		return false;
 	}

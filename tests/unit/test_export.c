@@ -1,0 +1,330 @@
+/*
+ * Unit tests for export's graph surgery, the one-shot prune stage and check: insert,
+ * "freeze" the way convert_variables_to_constants does (variables become Consts, reads
+ * become Identity), export, and compare with the 2:4 kernel applied directly.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attr.h"
+#include "checker.h"
+#include "config.h"
+#include "export.h"
+#include "insert.h"
+#include "layers.h"
+#include "mask.h"
+#include "oneshot.h"
+#include "record.h"
+#include "testutil.h"
+
+static arena_t A;
+static void setup(void) { arena_init(&A, 0); }
+static void teardown(void) { arena_deinit(&A); }
+
+static prune_config_t *cfg(const char *text)
+{
+	prune_config_t *c;
+	sd_error_t e;
+	ck_assert_int_eq(prune_config_parse(text, strlen(text), "t.cfg", &A, &c, &e), 0);
+	return c;
+}
+
+#define FREQ(n) "prune_config { n_out_of_m_pruner { l1_selective_prune { update_freq: " #n " } } }"
+
+static Tensorflow__NodeDef *node(prune_graph_t *g, const char *name)
+{
+	ptrdiff_t i = prune_graph_find(g, name, strlen(name));
+	return i >= 0 ? prune_graph_node(g, (size_t)i) : NULL;
+}
+
+/* Decoded copy of a Const's value. */
+static prune_tensor_t value(prune_graph_t *g, const char *name)
+{
+	Tensorflow__NodeDef *n = node(g, name);
+	ck_assert_msg(n != NULL, "no node %s", name);
+	prune_tensor_t t;
+	sd_error_t e;
+	ck_assert_int_eq(prune_tensor_read(prune_node_attr(n, "value")->tensor, 1u << 20, name, &A,
+					   &t, &e),
+			 0);
+	void *copy = arena_alloc(&A, t.n * prune_dtype_size(t.dtype) + 1);
+	memcpy(copy, t.data, t.n * prune_dtype_size(t.dtype));
+	t.data = copy;
+	return t;
+}
+
+/* What convert_variables_to_constants does to insert's variables: mask -> Const
+ * (all ones unless mask_vals), step -> int64 Const, ReadVariableOp -> Identity. */
+static void freeze(prune_graph_t *g, int64_t step, const float *mask_vals)
+{
+	for (size_t i = 0; i < prune_graph_count(g); i++) {
+		Tensorflow__NodeDef *n = prune_graph_node(g, i);
+		sd_error_t e;
+		if (strcmp(n->op, "ReadVariableOp") == 0) {
+			n->op = "Identity";
+			ck_assert_int_eq(prune_node_set_attr(g, n, "T", prune_node_attr(n, "dtype"), &e), 0);
+		} else if (strcmp(n->op, "VarHandleOp") == 0) {
+			Tensorflow__AttrValue *dt = prune_node_attr(n, "dtype");
+			Tensorflow__TensorShapeProto *shp = prune_node_attr(n, "shape")->shape;
+			int64_t dims[4];
+			for (size_t d = 0; d < shp->n_dim; d++)
+				dims[d] = shp->dim[d]->size;
+			Tensorflow__AttrValue *v;
+			if (dt->type == TENSORFLOW__DATA_TYPE__DT_INT64) {
+				v = prune_attr_i64_scalar(&A, step);
+			} else {
+				v = prune_attr_splat(&A, dt->type, 1.0, dims, (int)shp->n_dim);
+				if (mask_vals) {
+					Tensorflow__TensorProto *t = v->tensor;
+					size_t cnt = 1;
+					for (size_t d = 0; d < shp->n_dim; d++)
+						cnt *= (size_t)dims[d];
+					t->float_val = arena_alloc(&A, cnt * sizeof(float));
+					memcpy(t->float_val, mask_vals, cnt * sizeof(float));
+					t->n_float_val = cnt;
+				}
+			}
+			n->op = "Const";
+			n->n_attr = 0;
+			ck_assert_int_eq(prune_node_set_attr(g, n, "dtype", dt, &e), 0);
+			ck_assert_int_eq(prune_node_set_attr(g, n, "value", v, &e), 0);
+		}
+	}
+}
+
+/* Inserts into chain.pbtxt, returns the record entries (through a real record file). */
+static prune_graph_t *inserted(const char *config, prune_record_entry_t **rec, size_t *n)
+{
+	prune_graph_t *g = tu_graph(&A, "graphs/chain.pbtxt");
+	const char *outs[] = {"out"};
+	prune_result_t r = {0};
+	sd_error_t e;
+	int rc = prune_insert(g, cfg(config), outs, 1, 1u << 20, &r, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	char *text = NULL;
+	size_t len;
+	FILE *f = open_memstream(&text, &len);
+	ck_assert_int_eq(prune_record_write(&r, &A, f, &e), 0);
+	fclose(f);
+	char *copy = arena_strndup(&A, text, len);
+	free(text);
+	ck_assert_int_eq(prune_record_read(copy, len, "r.txt", &A, rec, n, &e), 0);
+	return g;
+}
+
+static int export(prune_graph_t *g, prune_record_entry_t *rec, size_t n, prune_result_t *r,
+		  sd_error_t *e)
+{
+	const char *outs[] = {"out", "peek"};
+	memset(r, 0, sizeof(*r));
+	sd_err_clear(e);
+	return prune_export(g, rec, n, outs, 2, 1u << 20, r, e);
+}
+
+/* The weight w with the kernel's 2:4 mask applied along axis. */
+static prune_tensor_t expected(prune_tensor_t w, int axis)
+{
+	uint8_t *keep = arena_alloc(&A, w.n);
+	sd_error_t e;
+	ck_assert_int_eq(prune_mask_2of4(&w, axis, keep, "t", &e), 0);
+	prune_mask_apply(&w, keep);
+	return w;
+}
+
+static void assert_same(prune_tensor_t a, prune_tensor_t b)
+{
+	ck_assert_uint_eq(a.n, b.n);
+	ck_assert(memcmp(a.data, b.data, a.n * prune_dtype_size(a.dtype)) == 0);
+}
+
+START_TEST(export_fresh_mask_restores_the_original_graph)
+{
+	prune_graph_t *orig = tu_graph(&A, "graphs/chain.pbtxt");
+	prune_tensor_t wa = value(orig, "wa"), wb = value(orig, "wb");
+	prune_record_entry_t *rec;
+	size_t n;
+	prune_graph_t *g = inserted(FREQ(0), &rec, &n);
+	ck_assert_uint_eq(n, 2);
+	/* Record order differs from graph order: export must not care. */
+	prune_record_entry_t swapped[2] = {rec[1], rec[0]};
+	prune_result_t r;
+	sd_error_t e;
+	freeze(g, 0, NULL);
+	int rc = export(g, swapped, 2, &r, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	/* Node set: the original graph's plus the copy of the shared weight. */
+	ck_assert_uint_eq(prune_graph_count(g), prune_graph_count(orig) + 1);
+	for (size_t i = 0; i < prune_graph_count(orig); i++)
+		ck_assert_ptr_nonnull(node(g, prune_graph_node(orig, i)->name));
+	/* mm_a: Identity chain, exclusive -> modified in place, input restored. */
+	ck_assert_str_eq(node(g, "mm_a")->input[1], "wa/id2");
+	assert_same(value(g, "wa"), expected(wa, 0));
+	/* mm_b: wb is shared with "peek" -> untouched; the layer reads a sparse copy. */
+	ck_assert_str_eq(node(g, "mm_b")->input[1], "mm_b/weight_2of4");
+	assert_same(value(g, "wb"), wb);
+	assert_same(value(g, "mm_b/weight_2of4"), expected(wb, 1));
+	ck_assert_str_eq(r.layers[0].name, "mm_b");
+	ck_assert(r.layers[0].is_2of4 && r.layers[1].is_2of4);
+	ck_assert_uint_eq(r.weights, 30 + 20);
+	ck_assert_uint_gt(r.weights_zeroed, 0);
+}
+END_TEST
+
+START_TEST(export_stored_mask)
+{
+	prune_record_entry_t *rec;
+	size_t n;
+	prune_graph_t *g = inserted(FREQ(3), &rec, &n);
+	/* step 5 % 3 != 0: the frozen mask variable is what the graph uses. */
+	float mask[30];
+	for (int i = 0; i < 30; i++)
+		mask[i] = (i % 3) == 0;
+	prune_tensor_t wa = value(g, "wa");
+	freeze(g, 5, mask);
+	prune_result_t r;
+	sd_error_t e;
+	ck_assert_int_eq(export(g, rec, n, &r, &e), 0);
+	prune_tensor_t got = value(g, "wa");
+	for (int i = 0; i < 30; i++)
+		ck_assert_float_eq(((float *)got.data)[i], ((float *)wa.data)[i] * mask[i]);
+	ck_assert_ptr_nonnull(strstr(r.layers[0].detail, "stored mask"));
+}
+END_TEST
+
+START_TEST(export_errors)
+{
+	prune_record_entry_t *rec;
+	size_t n;
+	prune_result_t r;
+	sd_error_t e;
+
+	/* A model without the insertion. */
+	prune_graph_t *plain = tu_graph(&A, "graphs/chain.pbtxt");
+	inserted(FREQ(0), &rec, &n);
+	ck_assert_int_eq(export(plain, rec, n, &r, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "does not carry the insertion");
+
+	/* A recorded layer the model does not have. */
+	prune_graph_t *g = inserted(FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	rec[0].name = "ghost";
+	ck_assert_int_eq(export(g, rec, n, &r, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "'ghost', which is not in the model");
+
+	/* A layer carrying a mask the record leaves out. */
+	g = inserted(FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	ck_assert_int_eq(export(g, rec, 1, &r, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "does not list");
+	ck_assert_str_eq(e.node, "mm_b");
+
+	/* A record whose shape disagrees. */
+	g = inserted(FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	rec[0].shape[0] = 7;
+	ck_assert_int_eq(export(g, rec, n, &r, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "different shape");
+
+	/* Not frozen: the mask is still a variable. */
+	g = inserted(FREQ(0), &rec, &n);
+	ck_assert_int_eq(export(g, rec, n, &r, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "not a constant");
+
+	/* NaN in a weight. */
+	g = inserted(FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	Tensorflow__TensorProto *t = prune_node_attr(node(g, "wa"), "value")->tensor;
+	t->float_val[3] = NAN;
+	ck_assert_int_eq(export(g, rec, n, &r, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "NaN");
+	ck_assert_str_eq(e.node, "mm_a");
+
+	/* A mask that is not 0/1. */
+	float half[30];
+	for (int i = 0; i < 30; i++)
+		half[i] = 0.5f;
+	g = inserted(FREQ(3), &rec, &n);
+	freeze(g, 1, half);
+	ck_assert_int_eq(export(g, rec, n, &r, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "other than 0 and 1");
+}
+END_TEST
+
+START_TEST(prune_equals_export_at_step_0)
+{
+	prune_record_entry_t *rec;
+	size_t n;
+	prune_graph_t *g = inserted(FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	prune_result_t r;
+	sd_error_t e;
+	ck_assert_int_eq(export(g, rec, n, &r, &e), 0);
+
+	prune_graph_t *p = tu_graph(&A, "graphs/chain.pbtxt");
+	const char *outs[] = {"out", "peek"};
+	prune_result_t pr = {0};
+	int rc = prune_oneshot(p, cfg(FREQ(0)), outs, 2, 1u << 20, &pr, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	ck_assert_uint_eq(pr.pruned, 2);
+	assert_same(value(p, "wa"), value(g, "wa"));
+	assert_same(value(p, "mm_b/weight_2of4"), value(g, "mm_b/weight_2of4"));
+	ck_assert_uint_eq(pr.weights_zeroed, r.weights_zeroed);
+
+	/* check agrees: both layers now 2:4; the original graph's are not. */
+	prune_result_t cr = {0};
+	ck_assert_int_eq(prune_check(p, NULL, 0, 1u << 20, &cr, &e), 0);
+	ck_assert_uint_eq(cr.checked, 2);
+	ck_assert_uint_eq(cr.layers_2of4, 2);
+	prune_graph_t *o = tu_graph(&A, "graphs/chain.pbtxt");
+	ck_assert_int_eq(prune_check(o, NULL, 0, 1u << 20, &cr, &e), 0);
+	ck_assert_uint_eq(cr.layers_2of4, 0);
+	ck_assert_int_eq(cr.layers[1].reason, PRUNE_SKIP_NONE);
+
+	/* prune refuses an inserted graph, check reports it as masked. */
+	prune_graph_t *m = inserted(FREQ(0), &rec, &n);
+	ck_assert_int_eq(prune_check(m, NULL, 0, 1u << 20, &cr, &e), 0);
+	ck_assert(cr.layers[0].masked);
+	ck_assert_int_eq(cr.layers[0].action, PRUNE_ACTION_CHECKED);
+	memset(&pr, 0, sizeof(pr));
+	ck_assert_int_eq(prune_oneshot(m, cfg(FREQ(0)), outs, 2, 1u << 20, &pr, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "use export");
+}
+END_TEST
+
+START_TEST(record_errors)
+{
+	prune_record_entry_t *rec;
+	size_t n;
+	sd_error_t e;
+	const char *no_axis = "prune_record { selective_prune { name: \"a\" attr { name: "
+			      "\"mask_shape\" type: INTS ints: 4 ints: 4 } } }";
+	ck_assert_int_eq(prune_record_read(no_axis, strlen(no_axis), "r", &A, &rec, &n, &e),
+			 SD_ERECORD);
+	ck_assert_msg_has(e, "has no 'prune_axis' attr");
+	ck_assert_int_eq(prune_record_read("", 0, "r", &A, &rec, &n, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "no pruned layer");
+	const char *bad = "prune_record { selective_prune { name: 3 } }";
+	ck_assert_int_eq(prune_record_read(bad, strlen(bad), "r", &A, &rec, &n, &e), SD_ERECORD);
+	ck_assert_int_eq(e.line, 1);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("export");
+	TCase *tc = tcase_create("export");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, export_fresh_mask_restores_the_original_graph);
+	tcase_add_test(tc, export_stored_mask);
+	tcase_add_test(tc, export_errors);
+	tcase_add_test(tc, prune_equals_export_at_step_0);
+	tcase_add_test(tc, record_errors);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
