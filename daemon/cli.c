@@ -1,10 +1,10 @@
 /*
  * cli: offline subcommands (see cli.h).
  *
- * Inputs are mapped read-only (a model can be up to 2 GiB; mapping costs no copy and
- * no heap), outputs are written to a temporary file beside the target and renamed
- * into place only when complete, so an interrupted run never leaves a half model or
- * record where a training script would pick it up.
+ * The stage itself runs through run.c (as in the daemon); this file parses options,
+ * prints results, and writes outputs to a temporary file beside the target that is
+ * renamed into place only when complete, so an interrupted run never leaves a half
+ * model or record where a training script would pick it up.
  */
 #include "cli.h"
 
@@ -14,26 +14,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "api_json.h"
 #include "arena.h"
-#include "checker.h"
-#include "config.h"
-#include "export.h"
-#include "graph.h"
-#include "insert.h"
-#include "layers.h"
-#include "oneshot.h"
-#include "record.h"
+#include "run.h"
 #include "sd_err.h"
 
-/* Largest weight a stage accepts, in elements (16 GiB of float32 would not fit anyway). */
-#define CLI_MAX_ELEMS ((size_t)1 << 32)
-/* Config and record files are small text; anything larger is a mistake. */
-#define CLI_TEXT_MAX ((size_t)64 << 20)
 
 void cli_usage(int to_stderr)
 {
@@ -56,50 +43,6 @@ void cli_usage(int to_stderr)
 }
 
 /* A private writable mapping: stages may rewrite weights in place, the file never. */
-typedef struct mapped {
-	uint8_t *data;
-	size_t len;
-} mapped_t;
-
-static int map_file(const char *path, size_t max, mapped_t *m, sd_error_t *e)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return sd_err(e, errno == ENOENT ? SD_EUSAGE : SD_EIO, "%s: %s", path,
-			      strerror(errno));
-	struct stat st;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return sd_err(e, SD_EUSAGE, "%s: not a regular file", path);
-	}
-	if ((uint64_t)st.st_size > max) {
-		close(fd);
-		return sd_err(e, SD_ETOOBIG, "%s: %lld bytes is over the limit of %zu bytes", path,
-			      (long long)st.st_size, max);
-	}
-	m->len = (size_t)st.st_size;
-	static uint8_t empty[1];
-	m->data = empty;
-	if (m->len) {
-		void *p = mmap(NULL, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-		if (p == MAP_FAILED) {
-			close(fd);
-			return sd_err(e, SD_EIO, "%s: mmap: %s", path, strerror(errno));
-		}
-		m->data = p;
-		madvise(p, m->len, MADV_SEQUENTIAL);
-	}
-	close(fd);
-	return 0;
-}
-
-static void unmap_file(mapped_t *m)
-{
-	if (m->len)
-		munmap(m->data, m->len);
-	m->len = 0;
-}
-
 /* An output file that appears under its name only once fully written. */
 typedef struct outfile {
 	char *path;
@@ -282,79 +225,39 @@ static int parse_args(const char *cmd, int argc, char **argv, unsigned need, uns
 	return -1;
 }
 
-/* Everything one stage run holds; released by job_deinit whatever happened. */
-typedef struct job {
+/*
+ * Runs a stage with its outputs in temporary files that are renamed into place only
+ * when everything succeeded.
+ */
+static int run_cli(const char *stage, const args_t *a, const char *rec_out)
+{
 	arena_t arena;
-	mapped_t model, config, record;
-	outfile_t out, rec_out;
-	prune_graph_t *g;
-	prune_config_t *cfg;
-	const char **outs;
-	size_t n_outs;
-	prune_result_t res;
+	arena_init(&arena, 0);
+	outfile_t om = {0}, orec = {0};
+	prune_result_t res = {0};
 	sd_error_t e;
-} job_t;
-
-static void job_init(job_t *j)
-{
-	memset(j, 0, sizeof(*j));
-	arena_init(&j->arena, 0);
-}
-
-static void job_deinit(job_t *j)
-{
-	out_discard(&j->out);
-	out_discard(&j->rec_out);
-	unmap_file(&j->model);
-	unmap_file(&j->config);
-	unmap_file(&j->record);
-	arena_deinit(&j->arena);
-}
-
-/* Maps and loads the model, and resolves --outputs when given. */
-static int job_load(job_t *j, const args_t *a)
-{
-	prune_format_t fmt = PRUNE_FMT_AUTO;
-	int rc;
-	if ((a->format && (rc = prune_format_parse(a->format, &fmt, &j->e))) ||
-	    (rc = map_file(a->model, PRUNE_MODEL_MAX, &j->model, &j->e)) ||
-	    (rc = prune_graph_load(j->model.data, j->model.len, a->model, fmt, CLI_MAX_ELEMS,
-				   &j->arena, &j->g, &j->e)))
-		return rc;
-	if (a->outputs)
-		return prune_outputs_parse(j->g, a->outputs, &j->outs, &j->n_outs, &j->e);
-	return 0;
-}
-
-static int job_config(job_t *j, const args_t *a)
-{
-	int rc = map_file(a->config, CLI_TEXT_MAX, &j->config, &j->e);
-	return rc ? rc
-		  : prune_config_parse((const char *)j->config.data, j->config.len, a->config,
-				       &j->arena, &j->cfg, &j->e);
-}
-
-/* Writes the model (and the record when rec is set), committing both only at the end. */
-static int job_save(job_t *j, const args_t *a, const char *rec)
-{
-	int rc;
-	if ((rc = out_open(&j->out, a->out, &j->e)) ||
-	    (rc = prune_graph_save(j->g, PRUNE_FMT_AUTO, j->out.f, &j->e)))
-		return rc;
-	if (rec && ((rc = out_open(&j->rec_out, rec, &j->e)) ||
-		    (rc = prune_record_write(&j->res, &j->arena, j->rec_out.f, &j->e)) ||
-		    (rc = out_commit(&j->rec_out, &j->e))))
-		return rc;
-	return out_commit(&j->out, &j->e);
-}
-
-static int job_finish(job_t *j, const args_t *a, int rc)
-{
+	sd_err_clear(&e);
+	run_req_t r = {
+		.stage = stage, .model = a->model, .config = a->config, .record = a->record,
+		.outputs = a->outputs, .format = a->format,
+	};
+	int rc = 0;
+	if (a->out && !(rc = out_open(&om, a->out, &e)))
+		r.out_model = om.f;
+	if (!rc && rec_out && !(rc = out_open(&orec, rec_out, &e)))
+		r.out_record = orec.f;
 	if (!rc)
-		rc = a->json ? print_json(&j->res, &j->e) : (print_table(&j->res, a->model), 0);
-	int status = rc ? fail(&j->e) : 0;
-	job_deinit(j);
-	return status;
+		rc = run_stage(&r, &arena, &res, &e);
+	if (!rc && rec_out)
+		rc = out_commit(&orec, &e);
+	if (!rc && a->out)
+		rc = out_commit(&om, &e);
+	if (!rc)
+		rc = a->json ? print_json(&res, &e) : (print_table(&res, a->model), 0);
+	out_discard(&om);
+	out_discard(&orec);
+	arena_deinit(&arena);
+	return rc ? fail(&e) : 0;
 }
 
 int cli_insert(int argc, char **argv)
@@ -363,14 +266,7 @@ int cli_insert(int argc, char **argv)
 	int rc = parse_args("insert", argc, argv,
 			    OPT_MODEL | OPT_CONFIG | OPT_OUTPUTS | OPT_RECORD | OPT_OUT,
 			    OPT_FORMAT | OPT_JSON, &a);
-	if (rc >= 0)
-		return rc;
-	job_t j;
-	job_init(&j);
-	if (!(rc = job_config(&j, &a)) && !(rc = job_load(&j, &a)) &&
-	    !(rc = prune_insert(j.g, j.cfg, j.outs, j.n_outs, CLI_MAX_ELEMS, &j.res, &j.e)))
-		rc = job_save(&j, &a, a.record);
-	return job_finish(&j, &a, rc);
+	return rc >= 0 ? rc : run_cli("insert", &a, a.record);
 }
 
 int cli_export(int argc, char **argv)
@@ -378,19 +274,7 @@ int cli_export(int argc, char **argv)
 	args_t a;
 	int rc = parse_args("export", argc, argv, OPT_MODEL | OPT_RECORD | OPT_OUTPUTS | OPT_OUT,
 			    OPT_FORMAT | OPT_JSON, &a);
-	if (rc >= 0)
-		return rc;
-	job_t j;
-	job_init(&j);
-	prune_record_entry_t *rec;
-	size_t n_rec;
-	if (!(rc = map_file(a.record, CLI_TEXT_MAX, &j.record, &j.e)) &&
-	    !(rc = prune_record_read((const char *)j.record.data, j.record.len, a.record,
-				     &j.arena, &rec, &n_rec, &j.e)) &&
-	    !(rc = job_load(&j, &a)) &&
-	    !(rc = prune_export(j.g, rec, n_rec, j.outs, j.n_outs, CLI_MAX_ELEMS, &j.res, &j.e)))
-		rc = job_save(&j, &a, NULL);
-	return job_finish(&j, &a, rc);
+	return rc >= 0 ? rc : run_cli("export", &a, NULL);
 }
 
 int cli_prune(int argc, char **argv)
@@ -398,14 +282,7 @@ int cli_prune(int argc, char **argv)
 	args_t a;
 	int rc = parse_args("prune", argc, argv, OPT_MODEL | OPT_CONFIG | OPT_OUTPUTS | OPT_OUT,
 			    OPT_RECORD | OPT_FORMAT | OPT_JSON, &a);
-	if (rc >= 0)
-		return rc;
-	job_t j;
-	job_init(&j);
-	if (!(rc = job_config(&j, &a)) && !(rc = job_load(&j, &a)) &&
-	    !(rc = prune_oneshot(j.g, j.cfg, j.outs, j.n_outs, CLI_MAX_ELEMS, &j.res, &j.e)))
-		rc = job_save(&j, &a, a.record);
-	return job_finish(&j, &a, rc);
+	return rc >= 0 ? rc : run_cli("prune", &a, a.record);
 }
 
 int cli_check(int argc, char **argv)
@@ -413,11 +290,5 @@ int cli_check(int argc, char **argv)
 	args_t a;
 	int rc = parse_args("check", argc, argv, OPT_MODEL, OPT_OUTPUTS | OPT_FORMAT | OPT_JSON,
 			    &a);
-	if (rc >= 0)
-		return rc;
-	job_t j;
-	job_init(&j);
-	if (!(rc = job_load(&j, &a)))
-		rc = prune_check(j.g, j.outs, j.n_outs, CLI_MAX_ELEMS, &j.res, &j.e);
-	return job_finish(&j, &a, rc);
+	return rc >= 0 ? rc : run_cli("check", &a, NULL);
 }

@@ -1,0 +1,153 @@
+/*
+ * run: loads inputs, runs one stage, writes outputs (see run.h).
+ */
+#include "run.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checker.h"
+#include "config.h"
+#include "export.h"
+#include "graph.h"
+#include "insert.h"
+#include "layers.h"
+#include "oneshot.h"
+#include "record.h"
+
+typedef struct mapped {
+	uint8_t *data;
+	size_t len;
+} mapped_t;
+
+static int map_file(const char *path, const char *name, size_t max, mapped_t *m,
+		    sd_error_t *e)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return sd_err(e, errno == ENOENT ? SD_EUSAGE : SD_EIO, "%s: %s", name,
+			      strerror(errno));
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return sd_err(e, SD_EUSAGE, "%s: not a regular file", name);
+	}
+	if ((uint64_t)st.st_size > max) {
+		close(fd);
+		return sd_err(e, SD_ETOOBIG, "%s: %lld bytes is over the limit of %zu bytes", name,
+			      (long long)st.st_size, max);
+	}
+	static uint8_t empty[1];
+	m->len = (size_t)st.st_size;
+	m->data = empty;
+	if (m->len) {
+		void *p = mmap(NULL, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+		if (p == MAP_FAILED) {
+			close(fd);
+			return sd_err(e, SD_EIO, "%s: mmap: %s", name, strerror(errno));
+		}
+		m->data = p;
+		madvise(p, m->len, MADV_SEQUENTIAL);
+	}
+	close(fd);
+	return 0;
+}
+
+static void unmap_file(mapped_t *m)
+{
+	if (m->len)
+		munmap(m->data, m->len);
+	m->len = 0;
+}
+
+bool run_stage_known(const char *stage)
+{
+	return stage && (strcmp(stage, "insert") == 0 || strcmp(stage, "export") == 0 ||
+			 strcmp(stage, "prune") == 0 || strcmp(stage, "check") == 0);
+}
+
+static const char *name_of(const char *name, const char *path)
+{
+	return name ? name : path;
+}
+
+/* The stage proper, once every input is mapped. */
+static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm,
+		      mapped_t *mm, arena_t *a, prune_result_t *res, sd_error_t *e)
+{
+	prune_format_t fmt = PRUNE_FMT_AUTO;
+	prune_config_t *cfg = NULL;
+	prune_record_entry_t *rec = NULL;
+	size_t n_rec = 0, n_outs = 0;
+	const char **outs = NULL;
+	prune_graph_t *g;
+	int rc;
+	if (r->format && (rc = prune_format_parse(r->format, &fmt, e)))
+		return rc;
+	if (cm->data && (rc = prune_config_parse((const char *)cm->data, cm->len,
+						  name_of(r->config_name, r->config), a, &cfg, e)))
+		return rc;
+	if (rm->data && (rc = prune_record_read((const char *)rm->data, rm->len,
+						 name_of(r->record_name, r->record), a, &rec,
+						 &n_rec, e)))
+		return rc;
+	if ((rc = prune_graph_load(mm->data, mm->len, name_of(r->model_name, r->model), fmt,
+				   RUN_MAX_ELEMS, a, &g, e)))
+		return rc;
+	if (r->outputs && r->outputs[0] &&
+	    (rc = prune_outputs_parse(g, r->outputs, &outs, &n_outs, e)))
+		return rc;
+	if (strcmp(r->stage, "check") == 0)
+		return prune_check(g, outs, n_outs, RUN_MAX_ELEMS, res, e);
+	if (!n_outs)
+		return sd_err(e, SD_EUSAGE, "%s needs the model's outputs (--outputs a,b)",
+			      r->stage);
+	if (strcmp(r->stage, "insert") == 0)
+		rc = prune_insert(g, cfg, outs, n_outs, RUN_MAX_ELEMS, res, e);
+	else if (strcmp(r->stage, "prune") == 0)
+		rc = prune_oneshot(g, cfg, outs, n_outs, RUN_MAX_ELEMS, res, e);
+	else
+		rc = prune_export(g, rec, n_rec, outs, n_outs, RUN_MAX_ELEMS, res, e);
+	if (rc)
+		return rc;
+	if ((rc = prune_graph_save(g, PRUNE_FMT_AUTO, r->out_model, e)))
+		return rc;
+	if (r->out_record)
+		rc = prune_record_write(res, a, r->out_record, e);
+	return rc;
+}
+
+int run_stage(const run_req_t *r, arena_t *a, prune_result_t *res, sd_error_t *e)
+{
+	if (!run_stage_known(r->stage))
+		return sd_err(e, SD_EUSAGE, "unknown stage '%s' (insert, export, prune, check)",
+			      r->stage ? r->stage : "");
+	bool needs_config = !strcmp(r->stage, "insert") || !strcmp(r->stage, "prune");
+	bool needs_record = !strcmp(r->stage, "export");
+	if (needs_config && !r->config)
+		return sd_err(e, SD_EUSAGE, "%s needs a config", r->stage);
+	if (needs_record && !r->record)
+		return sd_err(e, SD_EUSAGE, "export needs a record");
+	if (strcmp(r->stage, "check") && !r->out_model)
+		return sd_err(e, SD_EUSAGE, "%s needs an output model", r->stage);
+	if (!strcmp(r->stage, "insert") && !r->out_record)
+		return sd_err(e, SD_EUSAGE, "insert needs an output record");
+	mapped_t mm = {0}, cm = {0}, rm = {0};
+	int rc = 0;
+	if ((needs_config &&
+	     (rc = map_file(r->config, name_of(r->config_name, r->config), RUN_TEXT_MAX, &cm, e))) ||
+	    (needs_record &&
+	     (rc = map_file(r->record, name_of(r->record_name, r->record), RUN_TEXT_MAX, &rm, e))) ||
+	    (rc = map_file(r->model, name_of(r->model_name, r->model), PRUNE_MODEL_MAX, &mm, e)))
+		goto done;
+	rc = run_mapped(r, &cm, &rm, &mm, a, res, e);
+done:
+	unmap_file(&mm);
+	unmap_file(&cm);
+	unmap_file(&rm);
+	return rc;
+}

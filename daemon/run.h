@@ -1,0 +1,49 @@
+/*
+ * run: one engine stage over files, shared by the CLI and the daemon's workers.
+ *
+ * Inputs are mapped privately (large weights are used in place, never copied; stages
+ * that rewrite weights write into the private mapping, not the file). Outputs go to
+ * caller-supplied FILE streams, so the CLI can write temporary files it renames and
+ * the daemon can stream into content-addressed blobs.
+ *
+ * Thread safety: reentrant; a worker thread may run a stage while others run theirs.
+ */
+#ifndef RUN_H
+#define RUN_H
+
+#include <stdio.h>
+
+#include "arena.h"
+#include "result.h"
+#include "sd_err.h"
+
+/* Largest weight a stage accepts, in elements. */
+#define RUN_MAX_ELEMS ((size_t)1 << 32)
+/* Config and record files are small text; anything larger is a mistake. */
+#define RUN_TEXT_MAX ((size_t)64 << 20)
+
+typedef struct run_req {
+	const char *stage;        /* "insert", "export", "prune", "check" */
+	const char *model;        /* path */
+	const char *model_name;   /* how messages name it (NULL: the path) */
+	const char *config;       /* insert, prune */
+	const char *config_name;
+	const char *record;       /* export */
+	const char *record_name;
+	const char *outputs;      /* comma-separated; NULL allowed for check */
+	const char *format;       /* stated model format, or NULL to detect */
+	FILE *out_model;          /* insert, export, prune */
+	FILE *out_record;         /* insert (required), prune (optional) */
+} run_req_t;
+
+/* Whether stage names one of the four stages. */
+bool run_stage_known(const char *stage);
+
+/*
+ * Runs the stage. The result lives in arena a. Returns 0 or the SD_E* code of the
+ * failure with e filled (the engine's message, naming file:line:col or node/layer).
+ */
+SD_MUST_CHECK int run_stage(const run_req_t *r, arena_t *a, prune_result_t *res,
+			    sd_error_t *e);
+
+#endif
