@@ -56,7 +56,7 @@ int prune_outputs_parse(prune_graph_t *g, const char *csv, const char ***out, si
 		size_t nlen = colon ? (size_t)(colon - p) : len;
 		if (nlen) {
 			if (prune_graph_find(g, p, nlen) < 0)
-				return sd_err(e, SD_EUSAGE, "output '%.*s' is not a node of the graph",
+				return sd_err(e, SD_EMODEL, "output '%.*s' is not a node of the graph",
 					      (int)nlen, p);
 			if (!(names[k++] = arena_strndup(a, p, nlen)))
 				return sd_err(e, SD_ENOMEM, "out of memory");

@@ -22,7 +22,7 @@
 /*
  * Parses a comma-separated list of output node names ("a,b", a ":N" suffix is
  * accepted and ignored) and checks each names a node. Returns 0 with the names in
- * *out (arena), or SD_EUSAGE naming the missing output.
+ * *out (arena), or SD_EMODEL naming the missing output.
  */
 SD_MUST_CHECK int prune_outputs_parse(prune_graph_t *g, const char *csv, const char ***out,
 				      size_t *n, sd_error_t *e);

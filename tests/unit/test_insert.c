@@ -178,7 +178,7 @@ START_TEST(shared_weight)
 	ck_assert_int_eq(prune_outputs_parse(g, " a:0 ,b", &o, &no, &e), 0);
 	ck_assert_uint_eq(no, 2);
 	ck_assert_str_eq(o[0], "a");
-	ck_assert_int_eq(prune_outputs_parse(g, "a,zz", &o, &no, &e), SD_EUSAGE);
+	ck_assert_int_eq(prune_outputs_parse(g, "a,zz", &o, &no, &e), SD_EMODEL);
 	ck_assert_msg_has(e, "output 'zz' is not a node");
 }
 END_TEST

@@ -1,0 +1,655 @@
+"""Black-box helpers for the sparsityd HTTP daemon tests.
+
+Starts a real `sparsityd serve` on a free loopback port with a fresh data directory, waits
+for /readyz, talks to it with http.client only (no third-party HTTP library), builds
+multipart bodies, checks responses against openapi.yaml, and makes models without
+TensorFlow (a raw protobuf writer for big synthetic GraphDefs, so a job can take seconds).
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+GRAPHS = os.path.join(REPO, "tests", "unit", "data", "graphs")
+OPENAPI = os.path.join(REPO, "openapi.yaml")
+PROBLEM_PREFIX = "https://sparsityd.dev/problems/"
+SAMPLE_CONFIG = "prune_config { n_out_of_m_pruner { l1_selective_prune { update_freq: 0 } } }\n"
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def binary_path():
+    return os.environ.get("SPARSITYD_BIN") or os.path.join(REPO, "build", "daemon", "sparsityd")
+
+
+def serve_available(binary=None):
+    """Whether `sparsityd serve --help` works (the daemon is built)."""
+    try:
+        p = subprocess.run([binary or binary_path(), "serve", "--help"], capture_output=True,
+                           text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def token_create(binary, data_dir, tenant):
+    p = subprocess.run([binary, "token", "create", "--tenant", tenant, "--data-dir", data_dir],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, "token create failed: rc %d\n%s\n%s" % (p.returncode, p.stdout,
+                                                                    p.stderr)
+    lines = [l for l in p.stdout.splitlines() if l.strip()]
+    assert len(lines) == 1, "token create must print exactly one line, got %r" % p.stdout
+    tok = lines[0].strip()
+    assert re.fullmatch(r"sdt_[0-9a-f]{64}", tok), "token %r is not sdt_<64 hex>" % tok
+    return tok
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP
+
+
+class Response:
+    def __init__(self, method, path, status, headers, body, elapsed):
+        self.method = method
+        self.path = path
+        self.status = status
+        self.headers = headers  # lower-case name -> value
+        self.body = body
+        self.elapsed = elapsed
+        self._json = None
+
+    def header(self, name, default=None):
+        return self.headers.get(name.lower(), default)
+
+    @property
+    def content_type(self):
+        return (self.header("content-type") or "").split(";")[0].strip().lower()
+
+    def json(self):
+        if self._json is None:
+            try:
+                self._json = json.loads(self.body.decode("utf-8"))
+            except ValueError as e:
+                raise AssertionError("%s: body is not JSON (%s): %r" % (self, e, self.body[:500]))
+        return self._json
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8", "replace")
+
+    def __str__(self):
+        return "%s %s -> %d" % (self.method, self.path, self.status)
+
+    def describe(self):
+        return "%s\nheaders: %s\nbody: %s" % (self, self.headers, self.body[:2000])
+
+
+class Daemon:
+    """One `sparsityd serve` process."""
+
+    def __init__(self, binary, data_dir, args=(), token=None, port=None, log_dir=None):
+        self.binary = binary
+        self.data_dir = str(data_dir)
+        self.args = list(args)
+        self.token = token
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.proc = None
+        self.log_dir = str(log_dir or data_dir + "-logs")
+        self.starts = 0
+
+    @property
+    def url(self):
+        return "http://%s:%d" % (self.host, self.port)
+
+    def argv(self):
+        return [self.binary, "serve", "--listen", "127.0.0.1:%d" % self.port,
+                "--data-dir", self.data_dir, "--log-level", "debug"] + self.args
+
+    def start(self, timeout=30):
+        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.starts += 1
+        self.stdout_path = os.path.join(self.log_dir, "stdout.%d" % self.starts)
+        self.stderr_path = os.path.join(self.log_dir, "stderr.%d" % self.starts)
+        self._out = open(self.stdout_path, "wb")
+        self._err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(self.argv(), stdout=self._out, stderr=self._err,
+                                     stdin=subprocess.DEVNULL)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("sparsityd serve exited with %s before ready\n%s" % (
+                    self.proc.returncode, self.logs()))
+            try:
+                r = self.request("GET", "/readyz", auth=False, timeout=2)
+                if r.status == 200:
+                    return
+                last = r.status
+            except OSError as e:
+                last = e
+            time.sleep(0.05)
+        raise AssertionError("daemon not ready within %ss (last: %s)\n%s" % (timeout, last,
+                                                                           self.logs()))
+
+    def logs(self):
+        out = []
+        for p in (getattr(self, "stdout_path", None), getattr(self, "stderr_path", None)):
+            if p and os.path.exists(p):
+                with open(p, "rb") as f:
+                    data = f.read()
+                out.append("--- %s (last 4000 bytes)\n%s" % (p, data[-4000:].decode("utf-8",
+                                                                                   "replace")))
+        return "\n".join(out)
+
+    def _close_logs(self):
+        for f in (getattr(self, "_out", None), getattr(self, "_err", None)):
+            if f:
+                f.close()
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=30):
+        """SIGTERM and wait; returns the exit status (SIGKILL after timeout: AssertionError)."""
+        if self.proc is None or self.proc.poll() is not None:
+            rc = None if self.proc is None else self.proc.returncode
+            self._close_logs()
+            return rc
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._close_logs()
+            raise AssertionError("daemon did not exit within %ss of SIGTERM\n%s" % (
+                timeout, self.logs()))
+        self._close_logs()
+        return rc
+
+    def kill(self):
+        """kill -9."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._close_logs()
+
+    # -- requests --
+
+    def connection(self, timeout=70):
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def auth_headers(self, auth=True, token=None):
+        tok = token if token is not None else (self.token if auth else None)
+        return {"Authorization": "Bearer " + tok} if tok else {}
+
+    def request(self, method, path, body=None, headers=None, auth=True, token=None, timeout=70):
+        h = dict(self.auth_headers(auth, token))
+        h.update(headers or {})
+        conn = self.connection(timeout)
+        t0 = time.time()
+        try:
+            conn.request(method, path, body=body, headers=h)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        return Response(method, path, resp.status,
+                        {k.lower(): v for k, v in resp.getheaders()}, data, time.time() - t0)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post_job(self, fields, files, headers=None, **kw):
+        ctype, body = multipart(fields, files)
+        h = {"Content-Type": ctype}
+        h.update(headers or {})
+        return self.request("POST", "/v1/jobs", body=body, headers=h, **kw)
+
+    def submit(self, stage, model=None, config=None, record=None, record_from=None,
+               outputs=None, fmt=None, name=None, extra_fields=None, **kw):
+        """POST /v1/jobs. model/config/record: bytes, str (text) or a path (existing file)."""
+        fields = [("stage", stage)]
+        files = []
+        if outputs is not None:
+            fields.append(("outputs", outputs if isinstance(outputs, str) else ",".join(outputs)))
+        if fmt is not None:
+            fields.append(("format", fmt))
+        if name is not None:
+            fields.append(("name", name))
+        if record_from is not None:
+            fields.append(("record_from", record_from))
+        fields += list(extra_fields or [])
+        for part, value in (("model", model), ("config", config), ("record", record)):
+            if value is None:
+                continue
+            files.append((part, part + ".bin", read_input(value)))
+        return self.post_job(fields, files, **kw)
+
+    def open_stream(self, fields, small_files, file_part, file_path, chunk=1 << 20,
+                    timeout=120):
+        """Starts POST /v1/jobs whose last part (file_part) is streamed from file_path.
+        fields: [(name, text)], small_files: [(name, filename, bytes)] sent first.
+        Returns (conn, chunks): the caller sends each chunk with conn.send, then reads
+        conn.getresponse()."""
+        boundary = "sdtest-" + uuid.uuid4().hex
+        ctype, head = multipart(fields, small_files, boundary=boundary, close=False)
+        head += ("--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
+                 "Content-Type: application/octet-stream\r\n\r\n" % (
+                     boundary, file_part, os.path.basename(file_path))).encode()
+        tail = ("\r\n--%s--\r\n" % boundary).encode()
+        size = os.path.getsize(file_path)
+        conn = self.connection(timeout)
+        conn.putrequest("POST", "/v1/jobs")
+        for k, v in self.auth_headers().items():
+            conn.putheader(k, v)
+        conn.putheader("Content-Type", ctype)
+        conn.putheader("Content-Length", str(len(head) + size + len(tail)))
+        conn.endheaders()
+
+        def chunks():
+            yield head
+            with open(file_path, "rb") as f:
+                while True:
+                    b = f.read(chunk)
+                    if not b:
+                        break
+                    yield b
+            yield tail
+        return conn, chunks()
+
+    def submit_file(self, stage, model_path, config=None, outputs=None, timeout=300):
+        """POST /v1/jobs streaming a (big) model file from disk; returns a Response."""
+        fields = [("stage", stage)]
+        if outputs:
+            fields.append(("outputs", outputs))
+        small = [("config", "config.txt", read_input(config))] if config is not None else []
+        conn, it = self.open_stream(fields, small, "model", model_path, timeout=timeout)
+        t0 = time.time()
+        try:
+            for b in it:
+                conn.send(b)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        return Response("POST", "/v1/jobs", resp.status,
+                        {k.lower(): v for k, v in resp.getheaders()}, data, time.time() - t0)
+
+    def job(self, job_id, **kw):
+        return self.get("/v1/jobs/" + job_id, **kw)
+
+    def wait_job(self, job_id, states=TERMINAL, timeout=120, **kw):
+        """Long-polls until the job is in one of states; returns the job JSON."""
+        deadline = time.time() + timeout
+        etag = None
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                break
+            w = max(1, min(10, int(left)))
+            hdr = {"If-None-Match": etag} if etag else {}
+            r = self.get("/v1/jobs/%s?wait=%d" % (job_id, w), headers=hdr, **kw)
+            if r.status == 304:
+                continue
+            assert r.status == 200, r.describe()
+            etag = r.header("etag")
+            j = r.json()
+            if j["state"] in states:
+                return j
+        r = self.job(job_id, **kw)
+        raise AssertionError("job %s not in %s within %ss: %s\n%s" % (
+            job_id, states, timeout, r.body[:2000], self.logs()))
+
+    def artifact(self, job_id, name, **kw):
+        return self.get("/v1/jobs/%s/artifacts/%s" % (job_id, name), **kw)
+
+    def run_job(self, stage, timeout=120, **kw):
+        """Submit, expect 202, wait for a terminal state; returns the job JSON."""
+        r = self.submit(stage, **kw)
+        assert r.status == 202, r.describe()
+        return self.wait_job(r.json()["id"], timeout=timeout)
+
+
+def read_input(value):
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str) and os.path.isfile(value):
+        with open(value, "rb") as f:
+            return f.read()
+    return value.encode("utf-8")
+
+
+def multipart(fields, files, boundary=None, close=True):
+    """(content type, body) of a multipart/form-data body.
+    fields: [(name, text)], files: [(name, filename, bytes)]; close=False leaves out the
+    closing delimiter (more parts follow)."""
+    boundary = boundary or "sdtest-" + uuid.uuid4().hex
+    out = []
+    for name, value in fields:
+        out.append(("--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n" % (
+            boundary, name)).encode() + value.encode("utf-8") + b"\r\n")
+    for name, filename, data in files:
+        out.append(("--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n" % (
+                        boundary, name, filename)).encode() + data + b"\r\n")
+    if close:
+        out.append(("--%s--\r\n" % boundary).encode())
+    return "multipart/form-data; boundary=" + boundary, b"".join(out)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_problem(r, status, code=None):
+    """r is an application/problem+json error with this status (and code when given)."""
+    assert r.status == status, "expected %d\n%s" % (status, r.describe())
+    assert r.content_type == "application/problem+json", (
+        "error without application/problem+json\n" + r.describe())
+    p = r.json()
+    for k in ("type", "title", "status", "detail", "code"):
+        assert k in p, "problem lacks %r: %s" % (k, p)
+    assert p["status"] == status, p
+    assert p["type"] == PROBLEM_PREFIX + p["code"], p
+    assert isinstance(p["detail"], str) and p["detail"].strip(), p
+    if code is not None:
+        assert p["code"] == code, "expected problem code %r, got %r\n%s" % (code, p["code"],
+                                                                          r.describe())
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+# The OpenAPI document as a response checker
+
+
+class Contract:
+    """Checks a response against openapi.yaml: status documented, content type, schema."""
+
+    def __init__(self, path=OPENAPI):
+        import yaml
+        from jsonschema import Draft202012Validator
+        from referencing import Registry, Resource
+        from referencing.jsonschema import DRAFT202012
+
+        with open(path) as f:
+            self.doc = yaml.safe_load(f)
+        self.uri = "urn:sparsityd:openapi"
+        res = Resource.from_contents(self.doc, default_specification=DRAFT202012)
+        self.registry = Registry().with_resource(self.uri, res)
+        self._validator_cls = Draft202012Validator
+        self._routes = []
+        for template, item in self.doc["paths"].items():
+            rx = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+            self._routes.append((re.compile(rx), template, item))
+
+    def validator(self, schema):
+        return self._validator_cls(schema, registry=self.registry,
+                                   format_checker=self._validator_cls.FORMAT_CHECKER)
+
+    def schema_ref(self, name):
+        return {"$ref": self.uri + "#/components/schemas/" + name}
+
+    def validate(self, instance, schema_name):
+        errs = sorted(self.validator(self.schema_ref(schema_name)).iter_errors(instance),
+                      key=lambda e: list(e.path))
+        assert not errs, "does not match schema %s:\n%s\ninstance: %s" % (
+            schema_name, "\n".join("- at %s: %s" % (list(e.path), e.message) for e in errs[:10]),
+            json.dumps(instance)[:2000])
+
+    def _resolve(self, obj):
+        while isinstance(obj, dict) and "$ref" in obj and len(obj) == 1:
+            ref = obj["$ref"]
+            assert ref.startswith("#/"), ref
+            node = self.doc
+            for part in ref[2:].split("/"):
+                node = node[part]
+            obj = node
+        return obj
+
+    def operation(self, method, path):
+        p = urllib.parse.urlsplit(path).path
+        for rx, template, item in self._routes:
+            if rx.match(p):
+                op = item.get(method.lower())
+                assert op is not None, "%s %s: method not in openapi.yaml" % (method, template)
+                return template, op
+        raise AssertionError("%s: path not in openapi.yaml" % p)
+
+    def check(self, r):
+        """Validates a Response; returns the parsed JSON body (or None)."""
+        template, op = self.operation(r.method, r.path)
+        responses = op["responses"]
+        spec = responses.get(str(r.status)) or responses.get("default")
+        assert spec is not None, "%s: status %d not documented for %s %s" % (
+            r, r.status, r.method, template)
+        spec = self._resolve(spec)
+        content = spec.get("content")
+        if not content:
+            return None
+        ctype = r.content_type
+        full_ctype = (r.header("content-type") or "").replace(" ", "").lower()
+        match = None
+        for k, v in content.items():
+            kk = k.replace(" ", "").lower()
+            if kk == full_ctype or kk.split(";")[0] == ctype:
+                match = v
+                break
+        assert match is not None, "%s: content type %r not documented (%s)" % (
+            r, r.header("content-type"), list(content))
+        if ctype in ("application/json", "application/problem+json"):
+            body = r.json()
+            schema = dict(match.get("schema", {}))
+            if "$ref" in schema:
+                schema = {"$ref": self.uri + schema["$ref"]}
+            else:
+                schema = {"$ref": self.uri + "#/paths/" + _json_pointer_escape(template) + "/" +
+                          r.method.lower() + "/responses/" + _resp_key(responses, r.status) +
+                          "/content/" + _json_pointer_escape(_content_key(content, match)) +
+                          "/schema"}
+            errs = list(self.validator(schema).iter_errors(body))
+            assert not errs, "%s: body does not match openapi.yaml:\n%s\nbody: %s" % (
+                r, "\n".join("- at %s: %s" % (list(e.path), e.message) for e in errs[:10]),
+                json.dumps(body)[:2000])
+            return body
+        return None
+
+
+def _json_pointer_escape(s):
+    return s.replace("~", "~0").replace("/", "~1")
+
+
+def _resp_key(responses, status):
+    return str(status) if str(status) in responses else "default"
+
+
+def _content_key(content, match):
+    for k, v in content.items():
+        if v is match:
+            return k
+    raise KeyError
+
+
+# ---------------------------------------------------------------------------------------
+# Models without TensorFlow: a raw protobuf GraphDef writer
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _fld(num, wt, payload):
+    key = _varint((num << 3) | wt)
+    if wt == 2:
+        return key + _varint(len(payload)) + payload
+    return key + payload
+
+
+def _s(num, text):
+    return _fld(num, 2, text.encode() if isinstance(text, str) else text)
+
+
+def _attr(key, value_bytes):
+    return _fld(5, 2, _s(1, key) + _fld(2, 2, value_bytes))
+
+
+_DT_FLOAT = 1
+
+
+def _type_attr(key):
+    return _attr(key, _fld(6, 0, _varint(_DT_FLOAT)))
+
+
+def _node(name, op, inputs=(), attrs=b""):
+    return _fld(1, 2, _s(1, name) + _s(2, op) + b"".join(_s(3, i) for i in inputs) + attrs)
+
+
+def _const_header(name, dims, nbytes):
+    """Bytes of a Const node (float32, tensor_content) up to its content, which follows."""
+    shape = b"".join(_fld(2, 2, _fld(1, 0, _varint(d))) for d in dims)
+    tensor_prefix = _fld(1, 0, _varint(_DT_FLOAT)) + _fld(2, 2, shape)
+    content_key = _varint((4 << 3) | 2) + _varint(nbytes)
+    tensor_len = len(tensor_prefix) + len(content_key) + nbytes
+    av_prefix = _varint((8 << 3) | 2) + _varint(tensor_len)
+    av_len = len(av_prefix) + tensor_len
+    entry_prefix = _s(1, "value") + _varint((2 << 3) | 2) + _varint(av_len)
+    entry_len = len(entry_prefix) + av_len
+    attr_prefix = _varint((5 << 3) | 2) + _varint(entry_len)
+    body_prefix = (_s(1, name) + _s(2, "Const") + _type_attr("dtype") + attr_prefix +
+                   entry_prefix + av_prefix + tensor_prefix + content_key)
+    return _varint((1 << 3) | 2) + _varint(len(body_prefix) + nbytes) + body_prefix
+
+
+def write_mlp(path, layers, k, seed=0):
+    """A binary GraphDef: x -> MatMul(w0 [k,k]) -> ... -> out (Identity), float32 Const
+    weights in tensor_content (4*k*k bytes each). Output node "out". Returns path."""
+    import random
+    rnd = random.Random(seed)
+    import struct
+    row = struct.pack("<%df" % k, *[rnd.uniform(-1, 1) for _ in range(k)])
+    with open(path, "wb") as f:
+        f.write(_node("x", "Placeholder", attrs=_type_attr("dtype")))
+        prev = "x"
+        for i in range(layers):
+            f.write(_const_header("w%d" % i, [k, k], 4 * k * k))
+            # rows rotated so the weight is not periodic with period k
+            for r in range(k):
+                s = (r * 4) % len(row)
+                f.write(row[s:] + row[:s])
+            f.write(_node("mm%d" % i, "MatMul", [prev, "w%d" % i], _type_attr("T")))
+            prev = "mm%d" % i
+        f.write(_node("out", "Identity", [prev], _type_attr("T")))
+    return path
+
+
+def graph(name):
+    """Path of a test graph in tests/unit/data/graphs (chain.pbtxt: output "out")."""
+    return os.path.join(GRAPHS, name)
+
+
+# ---------------------------------------------------------------------------------------
+# pytest fixtures (import them into a test module with `from daemon import ...`)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def serve_bin():
+    """The sparsityd binary, which must have `serve` (the HTTP daemon)."""
+    path = binary_path()
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.fail("sparsityd binary not found at %s (build it, or set SPARSITYD_BIN)" % path)
+    if not serve_available(path):
+        pytest.fail("`%s serve --help` fails: the HTTP daemon is not built" % path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def contract():
+    return Contract()
+
+
+class DaemonFactory:
+    def __init__(self, binary, root):
+        self.binary = binary
+        self.root = str(root)
+        self.all = []
+        self.n = 0
+
+    def data_dir(self):
+        self.n += 1
+        d = os.path.join(self.root, "data%d" % self.n)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def new(self, args=(), data_dir=None, token=None, start=True):
+        d = Daemon(self.binary, data_dir or self.data_dir(), args=args, token=token,
+                   log_dir=os.path.join(self.root, "logs%d" % (len(self.all) + 1)))
+        self.all.append(d)
+        if start:
+            d.start()
+        return d
+
+    def close(self):
+        for d in self.all:
+            if d.proc is not None and d.proc.poll() is None:
+                try:
+                    d.stop(timeout=20)
+                except AssertionError:
+                    pass
+            d._close_logs()
+
+
+@pytest.fixture
+def daemons(serve_bin, tmp_path):
+    f = DaemonFactory(serve_bin, tmp_path)
+    yield f
+    f.close()
+
+
+@pytest.fixture(scope="module")
+def module_daemons(serve_bin, tmp_path_factory):
+    f = DaemonFactory(serve_bin, tmp_path_factory.mktemp("daemon"))
+    yield f
+    f.close()
+
+
+BIG_LAYERS = int(os.environ.get("SPARSITYD_TEST_BIG_LAYERS", "4"))
+BIG_K = int(os.environ.get("SPARSITYD_TEST_BIG_K", "4096"))
+
+
+@pytest.fixture(scope="session")
+def big_model(tmp_path_factory):
+    """A big binary GraphDef (default 4 MatMul layers of 4096x4096 float32, 256 MiB) so a
+    prune job takes a few seconds. Output node "out"."""
+    d = tmp_path_factory.mktemp("bigmodel")
+    return write_mlp(os.path.join(str(d), "big.pb"), BIG_LAYERS, BIG_K)

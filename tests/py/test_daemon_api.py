@@ -1,0 +1,673 @@
+"""Black-box tests of the sparsityd HTTP API (openapi.yaml) against a real `sparsityd serve`.
+
+Every response is checked against openapi.yaml (documented status, content type, JSON
+schema). Small models (tests/unit/data/graphs) keep most jobs at a few milliseconds; a big
+synthetic GraphDef (daemon.big_model, 256 MiB) makes a prune job run for seconds where a
+test needs a job to be running or queued.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import yaml
+
+import daemon as D
+from daemon import assert_problem, big_model, contract, daemons, module_daemons, serve_bin  # noqa: F401
+
+CHAIN = D.graph("chain.pbtxt")  # const weights, 2 prunable MatMul layers, output "out"
+CFG = D.SAMPLE_CONFIG
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+@pytest.fixture(scope="module")
+def d(module_daemons):
+    """One shared daemon for the tests that need no special option."""
+    return module_daemons.new()
+
+
+def submit_ok(dmn, contract, stage, **kw):
+    r = dmn.submit(stage, **kw)
+    assert r.status == 202, r.describe()
+    j = contract.check(r)
+    assert r.header("location") == "/v1/jobs/" + j["id"], r.describe()
+    return j
+
+
+def run_ok(dmn, contract, stage, **kw):
+    j = submit_ok(dmn, contract, stage, **kw)
+    j = dmn.wait_job(j["id"])
+    assert j["state"] == "succeeded", json.dumps(j, indent=1)
+    r = dmn.job(j["id"])
+    return contract.check(r)
+
+
+def cli(binary, *args):
+    p = subprocess.run([binary] + [str(a) for a in args], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, "%s\n%s\n%s" % (args, p.stdout, p.stderr)
+    return p
+
+
+def wait_state(dmn, job_id, states, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        j = dmn.job(job_id).json()
+        if j["state"] in states:
+            return j
+        time.sleep(0.02)
+    raise AssertionError("job %s never reached %s" % (job_id, states))
+
+
+def start_big(dmn, contract, big_model):
+    """Submits a prune job on the big model and waits until it is running."""
+    r = dmn.submit_file("prune", big_model, config=CFG, outputs="out")
+    assert r.status == 202, r.describe()
+    j = contract.check(r)
+    wait_state(dmn, j["id"], ("running", "succeeded", "failed"))
+    j = dmn.job(j["id"]).json()
+    assert j["state"] == "running", (
+        "the big job finished before the test could use it running; make it bigger with "
+        "SPARSITYD_TEST_BIG_LAYERS: %s" % json.dumps(j)[:500])
+    return j
+
+
+# ---------------------------------------------------------------------------------------
+# operations endpoints
+
+
+def test_healthz_readyz(d, contract):
+    r = d.get("/healthz", auth=False)
+    assert r.status == 200 and contract.check(r) == {"status": "ok"}, r.describe()
+    r = d.get("/readyz", auth=False)
+    assert r.status == 200 and contract.check(r) == {"status": "ready"}, r.describe()
+
+
+def test_openapi_served(d, contract):
+    r = d.get("/openapi.yaml", auth=False)
+    assert r.status == 200, r.describe()
+    contract.check(r)
+    served = yaml.safe_load(r.body)
+    assert served == contract.doc, "GET /openapi.yaml differs from the repository's openapi.yaml"
+    assert served["openapi"].startswith("3.1")
+
+
+def test_unknown_route_404(d, contract):
+    for path in ("/nope", "/v1/nope", "/v1/jobs/x/y/z/w"):
+        r = d.get(path)
+        assert_problem(r, 404)
+
+
+def test_wrong_method_405(d):
+    for method, path, must in (("DELETE", "/v1/jobs", {"GET", "POST"}),
+                               ("PUT", "/healthz", {"GET"}),
+                               ("GET", "/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/cancel", {"POST"}),
+                               ("POST", "/metrics", {"GET"})):
+        r = d.request(method, path)
+        assert_problem(r, 405)
+        allow = {m.strip().upper() for m in (r.header("allow") or "").split(",") if m.strip()}
+        assert must <= allow, "%s %s: Allow %r lacks %s" % (method, path, r.header("allow"), must)
+
+
+# ---------------------------------------------------------------------------------------
+# a job, end to end
+
+
+def test_insert_job(d, contract, serve_bin, tmp_path):
+    with open(CHAIN, "rb") as f:
+        model = f.read()
+    j = submit_ok(d, contract, "insert", model=model, config=CFG, outputs="out", name="first")
+    assert j["stage"] == "insert" and j["name"] == "first" and j["outputs"] == ["out"]
+    assert j["state"] in ("queued", "running", "succeeded"), j
+    assert j["format"] is None and j["record_from"] is None
+    assert TS.match(j["created_at"]), j
+    d.wait_job(j["id"])
+    job = contract.check(d.job(j["id"]))
+    assert job["state"] == "succeeded", job
+    # the CLI on the same inputs
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(CFG)
+    out, rec = tmp_path / "o.pbtxt", tmp_path / "r.txt"
+    p = cli(serve_bin, "insert", "--model", CHAIN, "--config", cfg, "--outputs", "out",
+            "--record", rec, "-o", out, "--json")
+    want = json.loads(p.stdout)
+    res = job["result"]
+    assert res["stage"] == "insert"
+    assert res["layers"] == want["layers"] and res["totals"] == want["totals"], res
+    assert job["error"] is None and job["progress"] == 100 and job["attempts"] == 1
+    for k in ("started_at", "finished_at", "updated_at"):
+        assert job[k] and TS.match(job[k]), job
+    assert job["created_at"] <= job["started_at"] <= job["finished_at"]
+    arts = {a["name"]: a for a in job["artifacts"]}
+    assert set(arts) == {"input_model", "input_config", "model", "record", "report"}, arts
+    assert {n for n, a in arts.items() if a["kind"] == "input"} == {"input_model", "input_config"}
+    expect = {"input_model": model, "input_config": CFG.encode(), "model": out.read_bytes(),
+              "record": rec.read_bytes()}
+    for name, a in arts.items():
+        assert a["href"] == "/v1/jobs/%s/artifacts/%s" % (job["id"], name), a
+        r = d.get(a["href"])
+        assert r.status == 200, r.describe()
+        contract.check(r)
+        assert len(r.body) == a["size"] == int(r.header("content-length")), (a, r.headers)
+        assert D.sha256(r.body) == a["sha256"], a
+        assert r.header("etag") == '"%s"' % a["sha256"], r.headers
+        assert (r.header("accept-ranges") or "").lower() == "bytes", r.headers
+        if name in expect:
+            assert r.body == expect[name], "artifact %s differs from the CLI's / the upload" % name
+        if name == "report":
+            assert json.loads(r.body) == job["result"], "report artifact != job result"
+
+
+def test_artifact_ranges(d, contract):
+    job = run_ok(d, contract, "insert", model=CHAIN, config=CFG, outputs="out")
+    a = [x for x in job["artifacts"] if x["name"] == "model"][0]
+    full = d.get(a["href"]).body
+    n = len(full)
+    assert n > 20
+    for rng, lo, hi in (("bytes=0-9", 0, 9), ("bytes=5-", 5, n - 1), ("bytes=-7", n - 7, n - 1),
+                        ("bytes=3-%d" % (n + 100), 3, n - 1)):
+        r = d.get(a["href"], headers={"Range": rng})
+        assert r.status == 206, "%s\n%s" % (rng, r.describe())
+        contract.check(r)
+        assert r.header("content-range") == "bytes %d-%d/%d" % (lo, hi, n), (rng, r.headers)
+        assert r.body == full[lo:hi + 1], rng
+        assert int(r.header("content-length")) == hi - lo + 1
+    for rng in ("bytes=%d-" % n, "bytes=%d-%d" % (n + 5, n + 9)):
+        r = d.get(a["href"], headers={"Range": rng})
+        assert_problem(r, 416)
+        contract.check(r)
+        assert r.header("content-range") == "bytes */%d" % n, r.headers
+    r = d.get(a["href"], headers={"If-None-Match": '"%s"' % a["sha256"]})
+    assert r.status == 304 and r.body == b"", r.describe()
+    r = d.get(a["href"], headers={"If-None-Match": '"%s"' % ("0" * 64)})
+    assert r.status == 200 and r.body == full
+    assert_problem(d.get("/v1/jobs/%s/artifacts/nope" % job["id"]), 404, "not-found")
+    assert_problem(d.get("/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/artifacts/model"), 404, "not-found")
+
+
+def test_job_log(d, contract):
+    job = run_ok(d, contract, "check", model=CHAIN)
+    r = d.get("/v1/jobs/%s/log" % job["id"])
+    assert r.status == 200, r.describe()
+    contract.check(r)
+    assert r.content_type == "text/plain", r.headers
+    lines = r.text.splitlines()
+    assert len(lines) >= 2, r.text
+    for line in lines:
+        m = re.match(r"^(\S+) (.+)$", line)
+        assert m and TS.match(m.group(1)), "log line %r is not '<RFC3339 UTC> <text>'" % line
+    assert [l.split(" ", 1)[0] for l in lines] == sorted(l.split(" ", 1)[0] for l in lines)
+    assert_problem(d.get("/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/log"), 404, "not-found")
+
+
+def test_job_etag_304(d, contract):
+    job = run_ok(d, contract, "check", model=CHAIN)
+    r = d.job(job["id"])
+    etag = r.header("etag")
+    assert etag and re.match(r'^(W/)?"[^"]*"$', etag), r.headers
+    r2 = d.job(job["id"], headers={"If-None-Match": etag})
+    assert r2.status == 304 and r2.body == b"", r2.describe()
+    contract.check(r2)
+    r3 = d.job(job["id"], headers={"If-None-Match": '"something-else"'})
+    assert r3.status == 200 and r3.header("etag") == etag
+
+
+def test_check_and_prune_jobs(d, contract):
+    job = run_ok(d, contract, "check", model=CHAIN)
+    assert job["outputs"] == [] and job["result"]["stage"] == "check"
+    assert {a["name"] for a in job["artifacts"]} == {"input_model", "report"}, job["artifacts"]
+    job = run_ok(d, contract, "prune", model=CHAIN, config=CFG, outputs="out", fmt="pbtxt")
+    assert job["format"] == "pbtxt" and job["result"]["model"]["format"] == "pbtxt"
+    assert {a["name"] for a in job["artifacts"]} == {"input_model", "input_config", "model",
+                                                     "report"}, job["artifacts"]
+    pruned = d.artifact(job["id"], "model").body
+    # check of the pruned model: every layer 2:4
+    job = run_ok(d, contract, "check", model=pruned, outputs="out")
+    assert job["result"]["layers"] and all(l["is_2of4"] for l in job["result"]["layers"]), job
+
+
+def test_engine_rejections_fail_the_job(d, contract):
+    cases = [
+        (dict(stage="insert", model=CHAIN, config="prune_config { bogus: 1 }\n", outputs="out"),
+         "bad-config", r":1:\d+"),
+        (dict(stage="insert", model=b"\x08\x96\x01garbage\xff\xff\xff", config=CFG,
+              outputs="out"), "bad-model", None),
+        (dict(stage="prune", model=CHAIN, config=CFG + 'skip_layer_types: "MatMul"\n',
+              outputs="out"), "no-layer-to-prune", None),
+        (dict(stage="export", model=CHAIN, record="prune_record { selective_prune { name: "
+              "\"nope\" } }\n", outputs="out"), "bad-record", None),
+    ]
+    for kw, code, pattern in cases:
+        stage = kw.pop("stage")
+        r = d.submit(stage, **kw)
+        assert r.status == 202, "%s: the POST must answer 202 even for bad inputs\n%s" % (
+            code, r.describe())
+        j = d.wait_job(r.json()["id"])
+        contract.check(d.job(j["id"]))
+        assert j["state"] == "failed", (code, j)
+        assert j["error"] and j["error"]["code"] == code, (code, j["error"])
+        assert j["error"]["message"], j
+        if pattern:
+            assert re.search(pattern, j["error"]["message"]), j["error"]
+        assert j["result"] is None, j
+        assert any(a["name"] == "input_model" for a in j["artifacts"]), j
+
+
+# ---------------------------------------------------------------------------------------
+# POST /v1/jobs errors
+
+
+def test_post_errors_400(d, contract):
+    def post_raw(body, ctype):
+        return d.request("POST", "/v1/jobs", body=body, headers={"Content-Type": ctype})
+
+    bad = []
+    bad.append(("json body", post_raw(b'{"stage": "check"}', "application/json")))
+    bad.append(("no boundary", post_raw(b"x", "multipart/form-data")))
+    bad.append(("truncated multipart", post_raw(
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"stage\"\r\n\r\ncheck\r\n--XyZ\r\n"
+        b"Content-Disposition: form-data; name=\"model\"; filename=\"m\"\r\n\r\nabc",
+        "multipart/form-data; boundary=XyZ")))
+    bad.append(("garbage multipart", post_raw(b"hello world, not multipart at all",
+                                              "multipart/form-data; boundary=XyZ")))
+    bad.append(("missing stage", d.post_job([("outputs", "out")],
+                                            [("model", "m", b"node {}")])))
+    bad.append(("missing model", d.submit("check")))
+    bad.append(("unknown stage", d.submit("compress", model=CHAIN, outputs="out")))
+    bad.append(("insert without config", d.submit("insert", model=CHAIN, outputs="out")))
+    bad.append(("prune without config", d.submit("prune", model=CHAIN, outputs="out")))
+    bad.append(("insert without outputs", d.submit("insert", model=CHAIN, config=CFG)))
+    bad.append(("export without record", d.submit("export", model=CHAIN, outputs="out")))
+    bad.append(("bad format", d.submit("check", model=CHAIN, fmt="onnx")))
+    bad.append(("empty outputs", d.submit("insert", model=CHAIN, config=CFG, outputs="")))
+    for what, r in bad:
+        assert r.status == 400, "%s: expected 400\n%s" % (what, r.describe())
+        assert_problem(r, 400, "bad-request")
+        contract.check(r)
+    # nothing of this created a job
+    r = d.get("/v1/jobs?limit=200")
+    assert not [j for j in r.json()["jobs"] if j["stage"] == "compress"]
+
+
+def test_record_from_errors(d, contract):
+    r = d.submit("export", model=CHAIN, record_from="01ARZ3NDEKTSV4RRFFQ69G5FAV", outputs="out")
+    assert_problem(r, 404, "not-found")
+    contract.check(r)
+    chk = run_ok(d, contract, "check", model=CHAIN)
+    r = d.submit("export", model=CHAIN, record_from=chk["id"], outputs="out")
+    assert_problem(r, 409, "conflict")
+    contract.check(r)
+    bad = d.run_job("insert", model=CHAIN, config="bogus\n", outputs="out")
+    assert bad["state"] == "failed"
+    r = d.submit("export", model=CHAIN, record_from=bad["id"], outputs="out")
+    assert_problem(r, 409, "conflict")
+    # a succeeded insert is accepted (the export itself fails here: the model is not frozen)
+    ins = run_ok(d, contract, "insert", model=CHAIN, config=CFG, outputs="out")
+    j = submit_ok(d, contract, "export", model=CHAIN, record_from=ins["id"], outputs="out")
+    assert j["record_from"] == ins["id"], j
+
+
+# ---------------------------------------------------------------------------------------
+# list
+
+
+def test_list_filters_etag(d, contract):
+    run_ok(d, contract, "check", model=CHAIN)
+    run_ok(d, contract, "insert", model=CHAIN, config=CFG, outputs="out")
+    r = d.get("/v1/jobs")
+    assert r.status == 200, r.describe()
+    body = contract.check(r)
+    assert body["jobs"], body
+    ids = [j["id"] for j in body["jobs"]]
+    assert len(ids) == len(set(ids))
+    created = [j["created_at"] for j in body["jobs"]]
+    assert created == sorted(created, reverse=True), "list is not newest first"
+    etag = r.header("etag")
+    assert etag, r.headers
+    r2 = d.get("/v1/jobs", headers={"If-None-Match": etag})
+    assert r2.status == 304, r2.describe()
+    contract.check(r2)
+    for q, key, val in (("state=succeeded", "state", "succeeded"), ("stage=check", "stage", "check"),
+                        ("state=failed&stage=insert", "state", "failed")):
+        r = d.get("/v1/jobs?" + q)
+        b = contract.check(r)
+        assert all(j[key] == val for j in b["jobs"]), (q, b)
+    b = contract.check(d.get("/v1/jobs?stage=check&state=succeeded"))
+    assert b["jobs"] and all(j["stage"] == "check" and j["state"] == "succeeded" for j in b["jobs"])
+    # a new job changes the list's ETag
+    run_ok(d, contract, "check", model=CHAIN)
+    r3 = d.get("/v1/jobs", headers={"If-None-Match": etag})
+    assert r3.status == 200 and r3.header("etag") != etag, r3.describe()
+    for q in ("limit=0", "limit=201", "limit=abc", "state=bogus", "stage=bogus"):
+        r = d.get("/v1/jobs?" + q)
+        assert_problem(r, 400, "bad-request")
+        contract.check(r)
+
+
+def test_pagination(daemons, contract):
+    dmn = daemons.new()
+    made = []
+    for i in range(7):
+        made.append(submit_ok(dmn, contract, "check", model=CHAIN, name="p%d" % i)["id"])
+    for limit in (1, 3, 7, 50):
+        seen, cursor, pages = [], None, 0
+        while True:
+            q = "/v1/jobs?limit=%d" % limit + ("&cursor=" + cursor if cursor else "")
+            b = contract.check(dmn.get(q))
+            assert len(b["jobs"]) <= limit
+            seen += [j["id"] for j in b["jobs"]]
+            pages += 1
+            cursor = b["next_cursor"]
+            if cursor is None:
+                break
+            assert pages <= 10, "pagination does not end"
+        assert len(seen) == len(set(seen)), "duplicates across pages (limit %d): %s" % (limit, seen)
+        assert seen == made[::-1], "limit %d: pages give %s, expected newest first %s" % (
+            limit, seen, made[::-1])
+        assert pages in (-(-7 // limit), -(-7 // limit) + 1), (limit, pages)
+    # default limit 50
+    b = contract.check(dmn.get("/v1/jobs"))
+    assert len(b["jobs"]) == 7 and b["next_cursor"] is None
+
+
+# ---------------------------------------------------------------------------------------
+# a daemon with one worker and a queue of one: running / queued jobs
+
+
+@pytest.fixture(scope="module")
+def slow(module_daemons):
+    return module_daemons.new(args=["--workers", "1", "--queue-max", "1", "--max-attempts", "3"])
+
+
+def test_queue_full_long_poll_cancel_delete(slow, contract, big_model):
+    dmn = slow
+    a = start_big(dmn, contract, big_model)
+    b = submit_ok(dmn, contract, "check", model=CHAIN, name="queued")
+    assert dmn.job(b["id"]).json()["state"] == "queued"
+    # queue full: queue-max 1 and one job queued
+    r = dmn.submit("check", model=CHAIN)
+    assert_problem(r, 429, "queue-full")
+    contract.check(r)
+    ra = r.header("retry-after")
+    assert ra and ra.isdigit() and int(ra) >= 1, "429 without a Retry-After in seconds: %s" % (
+        r.headers,)
+
+    # delete of a queued or running job: 409
+    for jid in (a["id"], b["id"]):
+        r = dmn.request("DELETE", "/v1/jobs/" + jid)
+        assert_problem(r, 409, "conflict")
+        contract.check(r)
+
+    # cancel the queued job: canceled at once, then 409 on a second cancel
+    r = dmn.request("POST", "/v1/jobs/%s/cancel" % b["id"])
+    assert r.status == 200, r.describe()
+    assert contract.check(r)["state"] == "canceled"
+    r = dmn.request("POST", "/v1/jobs/%s/cancel" % b["id"])
+    assert_problem(r, 409, "conflict")
+    contract.check(r)
+    assert_problem(dmn.request("POST", "/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/cancel"), 404)
+
+    # long-poll on the running job: every answer comes as soon as the job changes; the one
+    # that shows it terminal comes within a second of a 50 ms poller seeing it terminal
+    seen = {}
+
+    def poller():
+        while "t" not in seen:
+            j = dmn.job(a["id"]).json()
+            if j["state"] in D.TERMINAL:
+                seen["t"] = time.time()
+                return
+            time.sleep(0.05)
+    t = threading.Thread(target=poller, daemon=True)
+    t.start()
+    etag = dmn.job(a["id"]).header("etag")
+    t_end = None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        r = dmn.job(a["id"] + "?wait=30", headers={"If-None-Match": etag})
+        assert r.status in (200, 304), r.describe()
+        contract.check(r)
+        if r.status == 200:
+            assert r.header("etag") != etag, "200 to a long-poll with an unchanged ETag"
+            etag = r.header("etag")
+            if r.json()["state"] in D.TERMINAL:
+                t_end = time.time()
+                break
+    t.join(10)
+    assert t_end is not None and "t" in seen, "the big job never finished"
+    lag = t_end - seen["t"]
+    print("long-poll answered %.3f s after the poller saw the job finish" % lag)
+    assert lag < 1.0, "long-poll woke %.2f s after the job finished (limit 1 s)" % lag
+    assert dmn.job(a["id"]).json()["state"] == "succeeded"
+
+    # long-poll timeouts: 304 when If-None-Match still matches, 200 without it
+    etag = dmn.job(a["id"]).header("etag")
+    r = dmn.job(a["id"] + "?wait=1", headers={"If-None-Match": etag})
+    assert r.status == 304 and 0.8 <= r.elapsed < 3, (r.status, r.elapsed)
+    r = dmn.job(a["id"] + "?wait=1")
+    assert r.status == 200 and 0.8 <= r.elapsed < 3, (r.status, r.elapsed)
+    contract.check(r)
+    for bad in ("wait=abc", "wait=-1"):
+        assert_problem(dmn.job(a["id"] + "?" + bad), 400, "bad-request")
+
+    # cancel a running job: it ends canceled, without outputs
+    c = start_big(dmn, contract, big_model)
+    r = dmn.request("POST", "/v1/jobs/%s/cancel" % c["id"])
+    assert r.status == 200, r.describe()
+    assert contract.check(r)["state"] in ("running", "canceled")
+    j = dmn.wait_job(c["id"])
+    assert j["state"] == "canceled", j
+    assert not [x for x in j["artifacts"] if x["kind"] == "output"], (
+        "a canceled job lists outputs: %s" % j["artifacts"])
+    r = dmn.request("POST", "/v1/jobs/%s/cancel" % c["id"])
+    assert_problem(r, 409, "conflict")
+
+    # delete terminal jobs: 204, then 404 everywhere
+    for jid in (a["id"], b["id"], c["id"]):
+        r = dmn.request("DELETE", "/v1/jobs/" + jid)
+        assert r.status == 204 and r.body == b"", r.describe()
+        contract.check(r)
+        for path in ("/v1/jobs/" + jid, "/v1/jobs/%s/log" % jid,
+                     "/v1/jobs/%s/artifacts/input_model" % jid):
+            assert_problem(dmn.get(path), 404, "not-found")
+        assert_problem(dmn.request("DELETE", "/v1/jobs/" + jid), 404, "not-found")
+    ids = [j["id"] for j in dmn.get("/v1/jobs?limit=200").json()["jobs"]]
+    assert not {a["id"], b["id"], c["id"]} & set(ids)
+
+
+# ---------------------------------------------------------------------------------------
+# limits
+
+
+def test_upload_too_large(daemons, contract):
+    dmn = daemons.new(args=["--max-upload", "20000"])
+    r = dmn.submit("check", model=b"\x00" * 65536)
+    assert_problem(r, 413, "too-large")
+    contract.check(r)
+    assert dmn.get("/healthz").status == 200
+    assert dmn.get("/v1/jobs").json()["jobs"] == [], "a refused upload left a job"
+    j = dmn.run_job("check", model=CHAIN)
+    assert j["state"] == "succeeded"
+
+
+def test_disk_full_507(daemons, contract, tmp_path):
+    data = str(tmp_path / "tiny")
+    os.makedirs(data)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", data],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip("cannot mount a 2 MiB tmpfs for a full disk (needs root / CAP_SYS_ADMIN): "
+                    + p.stderr.strip())
+    try:
+        dmn = daemons.new(data_dir=data)
+        r = dmn.submit("check", model=os.urandom(3 << 20))
+        assert_problem(r, 507, "insufficient-storage")
+        contract.check(r)
+        assert dmn.get("/healthz").status == 200
+        j = dmn.run_job("check", model=CHAIN)
+        assert j["state"] == "succeeded", "after a 507 the space must be free again: %s" % j
+        dmn.stop()
+    finally:
+        for dd in daemons.all:
+            dd.kill()
+        subprocess.run(["umount", "-l", data], capture_output=True)
+
+
+# ---------------------------------------------------------------------------------------
+# tenants
+
+
+def test_tenants(daemons, contract, serve_bin):
+    data = daemons.data_dir()
+    ta = D.token_create(serve_bin, data, "alice")
+    tb = D.token_create(serve_bin, data, "bob")
+    assert ta != tb
+    dmn = daemons.new(data_dir=data, token=ta)
+    # no token / a wrong token: 401
+    for tok in ("", "sdt_" + "0" * 64):
+        hdr = {"Authorization": "Bearer " + tok} if tok else {}
+        for method, path in (("GET", "/v1/jobs"), ("GET", "/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV")):
+            r = dmn.request(method, path, auth=False, headers=hdr)
+            assert_problem(r, 401)
+            contract.check(r)
+        r = dmn.submit("check", model=CHAIN, auth=False, headers=hdr)
+        assert_problem(r, 401)
+    assert dmn.get("/healthz", auth=False).status == 200
+    # alice's jobs
+    ja = run_ok(dmn, contract, "insert", model=CHAIN, config=CFG, outputs="out")
+    jb = dmn.run_job("check", model=CHAIN, token=tb)
+    assert jb["state"] == "succeeded"
+    # bob cannot see alice's job: 404 (not 403) everywhere
+    for method, path in (("GET", "/v1/jobs/" + ja["id"]), ("GET", "/v1/jobs/%s/log" % ja["id"]),
+                         ("GET", "/v1/jobs/%s/artifacts/model" % ja["id"]),
+                         ("POST", "/v1/jobs/%s/cancel" % ja["id"]),
+                         ("DELETE", "/v1/jobs/" + ja["id"])):
+        r = dmn.request(method, path, token=tb)
+        assert_problem(r, 404, "not-found")
+    r = dmn.submit("export", model=CHAIN, record_from=ja["id"], outputs="out", token=tb)
+    assert_problem(r, 404, "not-found")
+    ids_b = [j["id"] for j in dmn.get("/v1/jobs", token=tb).json()["jobs"]]
+    ids_a = [j["id"] for j in dmn.get("/v1/jobs", token=ta).json()["jobs"]]
+    assert ids_b == [jb["id"]] and ids_a == [ja["id"]], (ids_a, ids_b)
+    # alice still has her job
+    assert dmn.get("/v1/jobs/" + ja["id"]).status == 200
+
+
+def test_non_loopback_refused_without_insecure(serve_bin, tmp_path):
+    port = D.free_port()
+    data = str(tmp_path / "d")
+    p = subprocess.run([serve_bin, "serve", "--listen", "0.0.0.0:%d" % port, "--data-dir", data],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode != 0, "serve --listen 0.0.0.0 without tokens or --insecure must refuse"
+    assert p.stderr.strip(), "refusal without a message"
+    assert re.search(r"insecure|loopback|token", p.stderr, re.I), p.stderr
+    # with --insecure it starts
+    dmn = D.Daemon(serve_bin, data, args=["--insecure"], port=port)
+    dmn.argv = lambda: [serve_bin, "serve", "--listen", "0.0.0.0:%d" % port, "--data-dir",
+                        data, "--insecure"]
+    try:
+        dmn.start()
+        assert dmn.get("/healthz").status == 200
+    finally:
+        assert dmn.stop() == 0
+    # with a token, a non-loopback address needs no --insecure
+    D.token_create(serve_bin, data, "t")
+    dmn = D.Daemon(serve_bin, data, port=port)
+    dmn.argv = lambda: [serve_bin, "serve", "--listen", "0.0.0.0:%d" % port, "--data-dir", data]
+    try:
+        dmn.start()
+    finally:
+        assert dmn.stop() == 0
+
+
+def test_serve_help_and_print_config(serve_bin, tmp_path):
+    p = subprocess.run([serve_bin, "serve", "--help"], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 0
+    text = p.stdout + p.stderr
+    for opt in ("--listen", "--data-dir", "--workers", "--max-upload", "--queue-max",
+                "--max-attempts", "--retention-hours", "--log-level", "--log-file", "--config",
+                "--insecure", "--print-config"):
+        assert opt in text, "serve --help lacks %s" % opt
+    p = subprocess.run([serve_bin, "serve", "--print-config", "--workers", "3",
+                        "--data-dir", str(tmp_path / "pc")], capture_output=True, text=True,
+                       timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"workers\W+3\b", p.stdout), p.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# metrics
+
+
+def parse_metrics(text):
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)(\s+\d+)?$", line)
+        assert m, "bad metrics line %r" % line
+        labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        samples.append((m.group(1), labels, float(m.group(4))))
+    return samples
+
+
+def test_metrics(daemons, contract):
+    dmn = daemons.new()
+    before = parse_metrics(dmn.get("/metrics").text)
+    up0 = sum(v for n, l, v in before if n == "sparsityd_upload_bytes_total")
+    body_model = open(CHAIN, "rb").read()
+    for _ in range(2):
+        dmn.run_job("check", model=CHAIN)
+    dmn.run_job("insert", model=CHAIN, config="bogus\n", outputs="out")
+    dmn.get("/nope")
+    r = dmn.get("/metrics")
+    assert r.status == 200
+    contract.check(r)
+    assert r.header("content-type").replace(" ", "").startswith("text/plain;version=0.0.4"), \
+        r.headers
+    s = parse_metrics(r.text)
+    jobs = {l.get("state"): v for n, l, v in s if n == "sparsityd_jobs"}
+    assert set(jobs) >= {"queued", "running", "succeeded", "failed", "canceled"}, jobs
+    assert jobs["succeeded"] == 2 and jobs["failed"] == 1, jobs
+    assert re.search(r"^# TYPE sparsityd_jobs gauge$", r.text, re.M)
+    dur = [(n, l) for n, l, v in s if n.startswith("sparsityd_stage_duration_seconds")]
+    assert any(l.get("stage") == "check" for n, l in dur), dur
+    assert re.search(r"^# TYPE sparsityd_stage_duration_seconds (histogram|summary)$", r.text, re.M)
+    st = {l.get("status") for n, l, v in s if n == "sparsityd_http_requests_total"}
+    assert {"200", "202", "404"} <= st, st
+    assert re.search(r"^# TYPE sparsityd_http_requests_total counter$", r.text, re.M)
+    up = sum(v for n, l, v in s if n == "sparsityd_upload_bytes_total")
+    assert up - up0 >= 3 * len(body_model), (up0, up)
+    assert re.search(r"^# TYPE sparsityd_upload_bytes_total counter$", r.text, re.M)
+
+
+# ---------------------------------------------------------------------------------------
+# drain
+
+
+def test_sigterm_drains(daemons, contract, big_model):
+    dmn = daemons.new(args=["--workers", "1", "--max-attempts", "3"])
+    a = start_big(dmn, contract, big_model)
+    b = submit_ok(dmn, contract, "check", model=CHAIN)
+    dmn.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    assert dmn.proc.poll() is None, "exited before the running job finished"
+    r = dmn.submit("check", model=CHAIN)
+    assert_problem(r, 503)
+    contract.check(r)
+    r = dmn.get("/readyz", auth=False)
+    assert r.status == 503, r.describe()
+    contract.check(r)
+    rc = dmn.proc.wait(120)
+    assert rc == 0, "exit status %s after SIGTERM\n%s" % (rc, dmn.logs())
+    dmn.start()
+    ja = dmn.job(a["id"]).json()
+    assert ja["state"] == "succeeded" and ja["attempts"] == 1, (
+        "the running job must finish during the drain: %s" % ja)
+    jb = dmn.wait_job(b["id"])
+    assert jb["state"] == "succeeded", jb

@@ -1,0 +1,1221 @@
+/*
+ * test_store: the durable state, against a fresh data directory per test.
+ *
+ * Covers: schema creation and migration (empty directory, reopen, a version-0 file
+ * with a foreign table, a newer or conflicting file refused), the transition table
+ * (every pair, through the store), versions, progress, the event log, artifacts,
+ * records, delete and blob release, restart recovery, retention sweep, tokens, blob
+ * streaming (SHA-256 known answers, dedup, abort, limit) and the two crash points
+ * around the blob rename. Crashes are simulated by leaving on disk exactly what a
+ * killed process would leave, then reopening.
+ *
+ * Workload: a few hundred small transactions; well under a second without sanitizers.
+ * Run with CK_FORK=no (as meson does) so ASan and valgrind see one process.
+ */
+#include <check.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store.h"
+
+#define SHA_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+#define SHA_EMPTY "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+/* FIPS 180-2 two-block vector. */
+#define MSG_448 "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
+#define SHA_448 "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+
+static char g_dir[64];
+static store_t *g_s;
+static store_reader_t *g_r;
+static sd_error_t g_e;
+
+#define OK(call)                                                                        \
+	do {                                                                            \
+		sd_err_clear(&g_e);                                                     \
+		int rc_ = (call);                                                       \
+		ck_assert_msg(rc_ == 0, "%s -> %d: %s", #call, rc_, g_e.msg);           \
+	} while (0)
+
+#define FAILS(call, want_)                                                               \
+	do {                                                                            \
+		sd_err_clear(&g_e);                                                     \
+		int rc_ = (call);                                                       \
+		ck_assert_msg(rc_ == (want_), "%s -> %d (want %d): %s", #call, rc_, (want_), \
+			      g_e.msg);                                                 \
+		ck_assert_int_eq(g_e.code, (want_));                                     \
+	} while (0)
+
+#define MSG_HAS(needle)                                                                 \
+	ck_assert_msg(strstr(g_e.msg, (needle)) != NULL, "message '%s' lacks '%s'", g_e.msg, \
+		      (needle))
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+static void rm_rf(const char *dir)
+{
+	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static char *path_in(const char *rel)
+{
+	static char buf[512];
+	snprintf(buf, sizeof(buf), "%s/%s", g_dir, rel);
+	return buf;
+}
+
+static void open_all(void)
+{
+	OK(store_open(g_dir, &g_s, &g_e));
+	OK(store_reader_open(g_s, &g_r, &g_e));
+}
+
+static void close_all(void)
+{
+	store_reader_close(g_r);
+	store_close(g_s);
+	g_r = NULL;
+	g_s = NULL;
+}
+
+static void reopen(void)
+{
+	close_all();
+	open_all();
+}
+
+static void setup(void)
+{
+	snprintf(g_dir, sizeof(g_dir), "/tmp/store-test-XXXXXX");
+	ck_assert(mkdtemp(g_dir) != NULL);
+	open_all();
+}
+
+static void teardown(void)
+{
+	close_all();
+	rm_rf(g_dir);
+}
+
+/* An empty directory to run tests that set up the database file themselves. */
+static void setup_bare(void)
+{
+	snprintf(g_dir, sizeof(g_dir), "/tmp/store-test-XXXXXX");
+	ck_assert(mkdtemp(g_dir) != NULL);
+}
+
+static size_t count_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	ck_assert_msg(d != NULL, "opendir %s", dir);
+	size_t n = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			n++;
+	closedir(d);
+	return n;
+}
+
+static bool blob_file_exists(const char *sha)
+{
+	char *p = store_blob_path(g_s, sha);
+	ck_assert(p != NULL);
+	struct stat st;
+	bool ok = stat(p, &st) == 0;
+	free(p);
+	return ok;
+}
+
+static void put_blob(const char *data, char sha[STORE_SHA_HEX + 1])
+{
+	store_blob_t *b;
+	int64_t size;
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	OK(store_blob_append(b, data, strlen(data), &g_e));
+	OK(store_blob_commit(b, sha, &size, &g_e));
+	ck_assert_int_eq(size, (int64_t)strlen(data));
+}
+
+static store_artifact_t artifact(const char *name, const char *data, bool input)
+{
+	store_artifact_t a;
+	memset(&a, 0, sizeof(a));
+	snprintf(a.name, sizeof(a.name), "%s", name);
+	put_blob(data, a.sha256);
+	a.size = (int64_t)strlen(data);
+	a.input = input;
+	return a;
+}
+
+static void new_job(const char *stage, const char *tenant, char id[STORE_ID_LEN + 1])
+{
+	store_artifact_t in = artifact("model", "model bytes", true);
+	store_job_new_t n = {.stage = stage, .tenant = tenant, .name = "label",
+			     .inputs = &in, .n_inputs = 1};
+	OK(store_job_create(g_s, &n, id, &g_e));
+}
+
+static store_job_t get_job(const char *id)
+{
+	store_job_t j;
+	OK(store_job_get(g_r, id, NULL, &j, &g_e));
+	return j;
+}
+
+static int64_t version_of(const char *id)
+{
+	int64_t v;
+	store_state_t st;
+	OK(store_job_version(g_r, id, NULL, &v, &st, &g_e));
+	return v;
+}
+
+static void to(const char *id, store_state_t st)
+{
+	OK(store_job_transition(g_s, id, st, NULL, NULL, &g_e));
+}
+
+/* Runs a query on a separate connection and returns the first column as int. */
+static long long db_int(const char *sql)
+{
+	sqlite3 *db;
+	ck_assert_int_eq(sqlite3_open(path_in("sparsityd.db"), &db), SQLITE_OK);
+	sqlite3_stmt *st;
+	ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
+		      sqlite3_errmsg(db));
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+	long long v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return v;
+}
+
+static void db_exec(const char *sql)
+{
+	sqlite3 *db;
+	ck_assert_int_eq(sqlite3_open(path_in("sparsityd.db"), &db), SQLITE_OK);
+	ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK, "%s: %s", sql,
+		      sqlite3_errmsg(db));
+	sqlite3_close(db);
+}
+
+/* ---- schema ---- */
+
+START_TEST(migrate_empty_and_reopen)
+{
+	ck_assert_int_eq(store_schema_version(g_s), 1);
+	struct stat st;
+	ck_assert_int_eq(stat(path_in("sparsityd.db"), &st), 0);
+	ck_assert_int_eq(stat(path_in("blobs"), &st), 0);
+	ck_assert_int_eq(stat(path_in("tmp"), &st), 0);
+	char id[STORE_ID_LEN + 1];
+	new_job("prune", "", id);
+	reopen();
+	ck_assert_int_eq(store_schema_version(g_s), 1);
+	ck_assert_int_eq(db_int("PRAGMA user_version"), 1);
+	store_job_t j = get_job(id);
+	ck_assert_str_eq(j.stage, "prune");
+	store_job_clear(&j);
+	sqlite3 *db;
+	ck_assert_int_eq(sqlite3_open(path_in("sparsityd.db"), &db), SQLITE_OK);
+	sqlite3_stmt *q;
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(q), SQLITE_ROW);
+	ck_assert_str_eq((const char *)sqlite3_column_text(q, 0), "wal");
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(migrate_v0_with_foreign_table)
+{
+	db_exec("CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('keep me');");
+	ck_assert_int_eq(db_int("PRAGMA user_version"), 0);
+	open_all();
+	ck_assert_int_eq(store_schema_version(g_s), 1);
+	char id[STORE_ID_LEN + 1];
+	new_job("insert", "", id);
+	close_all();
+	ck_assert_int_eq(db_int("PRAGMA user_version"), 1);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM notes WHERE x = 'keep me'"), 1);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM jobs"), 1);
+	open_all();
+}
+END_TEST
+
+START_TEST(migrate_refuses_conflicts)
+{
+	/* A foreign table with one of our names: reported, nothing half-created. */
+	db_exec("CREATE TABLE jobs (whatever INTEGER);");
+	store_t *s = NULL;
+	FAILS(store_open(g_dir, &s, &g_e), SD_EIO);
+	ck_assert_ptr_null(s);
+	MSG_HAS("migration 0 -> 1");
+	ck_assert_int_eq(db_int("PRAGMA user_version"), 0);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM sqlite_master WHERE name = 'events'"), 0);
+	/* A file from a newer sparsityd is left alone. */
+	db_exec("DROP TABLE jobs; PRAGMA user_version = 99;");
+	FAILS(store_open(g_dir, &s, &g_e), SD_EIO);
+	MSG_HAS("newer");
+	ck_assert_int_eq(db_int("PRAGMA user_version"), 99);
+	db_exec("PRAGMA user_version = 0;");
+	open_all();
+}
+END_TEST
+
+START_TEST(second_open_refused)
+{
+	store_t *s2 = NULL;
+	FAILS(store_open(g_dir, &s2, &g_e), SD_EIO);
+	MSG_HAS("in use");
+	ck_assert_ptr_null(s2);
+}
+END_TEST
+
+/* ---- states ---- */
+
+START_TEST(state_names)
+{
+	for (int i = 0; i < STORE_STATE__COUNT; i++) {
+		store_state_t st;
+		OK(store_state_parse(store_state_name((store_state_t)i), &st, &g_e));
+		ck_assert_int_eq(st, i);
+	}
+	ck_assert_ptr_null(store_state_name(STORE_STATE__COUNT));
+	store_state_t st;
+	FAILS(store_state_parse("done", &st, &g_e), SD_EUSAGE);
+	MSG_HAS("done");
+}
+END_TEST
+
+static const bool expected_ok[STORE_STATE__COUNT][STORE_STATE__COUNT] = {
+	[STORE_QUEUED] = {[STORE_RUNNING] = 1, [STORE_CANCELED] = 1},
+	[STORE_RUNNING] = {[STORE_SUCCEEDED] = 1, [STORE_FAILED] = 1, [STORE_QUEUED] = 1,
+			   [STORE_CANCELED] = 1},
+};
+
+/* Drives a new job into state `st` through allowed transitions. */
+static void job_in(store_state_t st, char id[STORE_ID_LEN + 1])
+{
+	new_job("prune", "", id);
+	if (st == STORE_QUEUED)
+		return;
+	if (st == STORE_CANCELED) {
+		to(id, STORE_CANCELED);
+		return;
+	}
+	to(id, STORE_RUNNING);
+	if (st != STORE_RUNNING)
+		to(id, st);
+}
+
+START_TEST(every_transition)
+{
+	for (int f = 0; f < STORE_STATE__COUNT; f++) {
+		for (int t = 0; t < STORE_STATE__COUNT; t++) {
+			ck_assert_int_eq(store_transition_ok((store_state_t)f, (store_state_t)t),
+					 expected_ok[f][t]);
+			char id[STORE_ID_LEN + 1];
+			job_in((store_state_t)f, id);
+			int64_t v0 = version_of(id);
+			sd_err_clear(&g_e);
+			int rc = store_job_transition(g_s, id, (store_state_t)t, NULL, "test", &g_e);
+			sd_error_t te = g_e;
+			store_job_t j = get_job(id);
+			g_e = te;
+			if (expected_ok[f][t]) {
+				ck_assert_msg(rc == 0, "%d -> %d: %s", f, t, g_e.msg);
+				ck_assert_int_eq(j.state, t);
+				ck_assert_int_gt(j.version, v0);
+			} else {
+				ck_assert_int_eq(rc, SD_ECONFLICT);
+				char want[96];
+				snprintf(want, sizeof(want), "from %s to %s",
+					 store_state_name((store_state_t)f),
+					 store_state_name((store_state_t)t));
+				MSG_HAS(want);
+				MSG_HAS(id);
+				ck_assert_int_eq(j.state, f);
+				ck_assert_int_eq(j.version, v0); /* refused: nothing written */
+			}
+			store_job_clear(&j);
+		}
+	}
+	ck_assert(!store_transition_ok(STORE_STATE__COUNT, STORE_QUEUED));
+	FAILS(store_job_transition(g_s, "01ARZ3NDEKTSV4RRFFQ69G5FAV", STORE_RUNNING, NULL, NULL,
+				   &g_e),
+	      SD_ENOTFOUND);
+}
+END_TEST
+
+START_TEST(transition_fields_and_versions)
+{
+	char id[STORE_ID_LEN + 1];
+	new_job("export", "", id);
+	store_job_t j = get_job(id);
+	ck_assert_int_eq(j.state, STORE_QUEUED);
+	ck_assert_int_eq(j.attempts, 0);
+	ck_assert_int_gt(j.created_ms, 0);
+	ck_assert_int_eq(j.started_ms, 0);
+	ck_assert_int_eq(j.finished_ms, 0);
+	ck_assert_ptr_null(j.result_json);
+	ck_assert_ptr_null(j.error_code);
+	int64_t v = j.version;
+	store_job_clear(&j);
+
+	to(id, STORE_RUNNING);
+	j = get_job(id);
+	ck_assert_int_eq(j.attempts, 1);
+	ck_assert_int_gt(j.started_ms, 0);
+	ck_assert_int_gt(j.version, v);
+	v = j.version;
+	store_job_clear(&j);
+
+	OK(store_job_progress(g_s, id, 40, &g_e));
+	ck_assert_int_gt(version_of(id), v);
+	v = version_of(id);
+	OK(store_job_progress(g_s, id, 40, &g_e)); /* unchanged: no new version */
+	ck_assert_int_eq(version_of(id), v);
+	OK(store_job_progress(g_s, id, 250, &g_e)); /* clamped */
+	j = get_job(id);
+	ck_assert_int_eq(j.progress, 100);
+	store_job_clear(&j);
+	v = version_of(id);
+	OK(store_event_add(g_s, id, "worker 2 started", &g_e));
+	ck_assert_int_gt(version_of(id), v);
+
+	/* A requeue counts the next start as a new attempt. */
+	to(id, STORE_QUEUED);
+	to(id, STORE_RUNNING);
+	store_job_update_t upd = {.result_json = "{\"ok\":true}"};
+	OK(store_job_transition(g_s, id, STORE_SUCCEEDED, &upd, "done", &g_e));
+	j = get_job(id);
+	ck_assert_int_eq(j.attempts, 2);
+	ck_assert_int_eq(j.progress, 100);
+	ck_assert_str_eq(j.result_json, "{\"ok\":true}");
+	ck_assert_ptr_null(j.error_code);
+	ck_assert_int_ge(j.finished_ms, j.started_ms);
+	ck_assert_int_gt(j.finished_ms, 0);
+	store_job_clear(&j);
+
+	/* Failure fields; a NULL upd field keeps the stored value. */
+	char id2[STORE_ID_LEN + 1];
+	job_in(STORE_RUNNING, id2);
+	store_job_update_t up2 = {.error_code = "bad-model", .error_msg = "no graph"};
+	OK(store_job_transition(g_s, id2, STORE_FAILED, &up2, NULL, &g_e));
+	j = get_job(id2);
+	ck_assert_str_eq(j.error_code, "bad-model");
+	ck_assert_str_eq(j.error_msg, "no graph");
+	ck_assert_ptr_null(j.result_json);
+	store_job_clear(&j);
+
+	/* Versions are global: every change yields a value above all earlier ones. */
+	ck_assert_int_gt(version_of(id2), version_of(id));
+}
+END_TEST
+
+START_TEST(progress_rules)
+{
+	char id[STORE_ID_LEN + 1];
+	new_job("prune", "", id);
+	int64_t v = version_of(id);
+	OK(store_job_progress(g_s, id, 50, &g_e)); /* queued: ignored */
+	ck_assert_int_eq(version_of(id), v);
+	to(id, STORE_RUNNING);
+	OK(store_job_progress(g_s, id, -5, &g_e));
+	OK(store_job_progress(g_s, id, 30, &g_e));
+	store_job_t j = get_job(id);
+	ck_assert_int_eq(j.progress, 30);
+	store_job_clear(&j);
+	to(id, STORE_CANCELED);
+	v = version_of(id);
+	OK(store_job_progress(g_s, id, 60, &g_e)); /* late report after cancel */
+	ck_assert_int_eq(version_of(id), v);
+	FAILS(store_job_progress(g_s, "01ARZ3NDEKTSV4RRFFQ69G5FAV", 1, &g_e), SD_ENOTFOUND);
+}
+END_TEST
+
+/* ---- jobs: create, get, list ---- */
+
+START_TEST(ids_are_time_ordered)
+{
+	char prev[STORE_ID_LEN + 1] = "";
+	for (int i = 0; i < 60; i++) {
+		char id[STORE_ID_LEN + 1];
+		store_job_new_t n = {.stage = "check"};
+		OK(store_job_create(g_s, &n, id, &g_e));
+		ck_assert_uint_eq(strlen(id), STORE_ID_LEN);
+		ck_assert_uint_eq(strspn(id, "0123456789ABCDEFGHJKMNPQRSTVWXYZ"), STORE_ID_LEN);
+		ck_assert_msg(strcmp(prev, id) < 0, "%s !< %s", prev, id);
+		memcpy(prev, id, sizeof(id));
+	}
+	/* After a reopen ids continue above the stored ones. */
+	reopen();
+	char id[STORE_ID_LEN + 1];
+	store_job_new_t n = {.stage = "check"};
+	OK(store_job_create(g_s, &n, id, &g_e));
+	ck_assert_msg(strcmp(prev, id) < 0, "%s !< %s", prev, id);
+}
+END_TEST
+
+START_TEST(create_and_get)
+{
+	store_artifact_t ins[2] = {artifact("model", "graph", true),
+				   artifact("config", "cfg", true)};
+	store_job_new_t n = {.stage = "export", .tenant = "acme", .name = "resnet",
+			     .outputs = "logits,probs", .format = "frozen",
+			     .record_from = "01ARZ3NDEKTSV4RRFFQ69G5FAV", .inputs = ins,
+			     .n_inputs = 2};
+	char id[STORE_ID_LEN + 1];
+	OK(store_job_create(g_s, &n, id, &g_e));
+	store_job_t j;
+	OK(store_job_get(g_r, id, "acme", &j, &g_e));
+	ck_assert_str_eq(j.id, id);
+	ck_assert_str_eq(j.stage, "export");
+	ck_assert_str_eq(j.tenant, "acme");
+	ck_assert_str_eq(j.name, "resnet");
+	ck_assert_str_eq(j.outputs, "logits,probs");
+	ck_assert_str_eq(j.format, "frozen");
+	ck_assert_str_eq(j.record_from, "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+	ck_assert_uint_eq(j.n_artifacts, 2);
+	/* inputs sorted by name */
+	ck_assert_str_eq(j.artifacts[0].name, "config");
+	ck_assert_str_eq(j.artifacts[1].name, "model");
+	ck_assert_str_eq(j.artifacts[1].sha256, ins[0].sha256);
+	ck_assert_int_eq(j.artifacts[1].size, 5);
+	ck_assert(j.artifacts[1].input);
+	store_job_clear(&j);
+	store_job_clear(&j); /* clearing twice is harmless */
+
+	/* Defaults for omitted strings. */
+	store_job_new_t m = {.stage = "check"};
+	OK(store_job_create(g_s, &m, id, &g_e));
+	OK(store_job_get(g_r, id, NULL, &j, &g_e));
+	ck_assert_str_eq(j.tenant, "");
+	ck_assert_str_eq(j.name, "");
+	ck_assert_uint_eq(j.n_artifacts, 0);
+	store_job_clear(&j);
+
+	/* Bad inputs: no stage, a blob that was never committed, a malformed digest. */
+	store_job_new_t bad = {.stage = NULL};
+	FAILS(store_job_create(g_s, &bad, id, &g_e), SD_EUSAGE);
+	store_artifact_t ghost = {.name = "model", .size = 1};
+	memcpy(ghost.sha256, SHA_448, sizeof(ghost.sha256));
+	store_job_new_t g = {.stage = "prune", .inputs = &ghost, .n_inputs = 1};
+	FAILS(store_job_create(g_s, &g, id, &g_e), SD_ENOTFOUND);
+	snprintf(ghost.sha256, sizeof(ghost.sha256), "../../etc/passwd");
+	FAILS(store_job_create(g_s, &g, id, &g_e), SD_EUSAGE);
+	/* Failed creates left no row behind. */
+	int64_t counts[STORE_STATE__COUNT];
+	OK(store_job_counts(g_r, counts, &g_e));
+	ck_assert_int_eq(counts[STORE_QUEUED], 2);
+
+	FAILS(store_job_get(g_r, "01ARZ3NDEKTSV4RRFFQ69G5FAV", NULL, &j, &g_e), SD_ENOTFOUND);
+}
+END_TEST
+
+START_TEST(tenant_isolation)
+{
+	char a[STORE_ID_LEN + 1], b[STORE_ID_LEN + 1];
+	new_job("prune", "alice", a);
+	new_job("prune", "bob", b);
+	store_job_t j;
+	FAILS(store_job_get(g_r, a, "bob", &j, &g_e), SD_ENOTFOUND);
+	OK(store_job_get(g_r, a, "alice", &j, &g_e));
+	store_job_clear(&j);
+	int64_t v;
+	store_state_t st;
+	FAILS(store_job_version(g_r, a, "bob", &v, &st, &g_e), SD_ENOTFOUND);
+	OK(store_job_version(g_r, a, "alice", &v, &st, &g_e));
+	ck_assert_int_eq(st, STORE_QUEUED);
+	char *log = NULL;
+	FAILS(store_event_log(g_r, a, "bob", &log, &g_e), SD_ENOTFOUND);
+	ck_assert_ptr_null(log);
+	store_filter_t f = {.tenant = "bob"};
+	store_job_t *jobs;
+	size_t n;
+	char *etag;
+	OK(store_job_list(g_r, &f, &jobs, &n, &etag, &g_e));
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(jobs[0].id, b);
+	store_job_clear(&jobs[0]);
+	free(jobs);
+	free(etag);
+}
+END_TEST
+
+static void list(const store_filter_t *f, size_t want, char ***ids_out, char **etag)
+{
+	store_job_t *jobs;
+	size_t n;
+	OK(store_job_list(g_r, f, &jobs, &n, etag, &g_e));
+	ck_assert_uint_eq(n, want);
+	char **ids = calloc(n + 1, sizeof(*ids));
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_uint_eq(jobs[i].n_artifacts, 0);
+		ids[i] = strdup(jobs[i].id);
+		store_job_clear(&jobs[i]);
+	}
+	free(jobs);
+	*ids_out = ids;
+}
+
+static void free_ids(char **ids)
+{
+	for (size_t i = 0; ids[i]; i++)
+		free(ids[i]);
+	free(ids);
+}
+
+START_TEST(list_filters_pagination_etag)
+{
+	char ids[7][STORE_ID_LEN + 1];
+	for (int i = 0; i < 7; i++)
+		new_job(i % 2 ? "insert" : "prune", i < 5 ? "t1" : "t2", ids[i]);
+	to(ids[0], STORE_RUNNING);
+	to(ids[1], STORE_CANCELED);
+
+	char **got, *tag;
+	store_filter_t all = {0};
+	list(&all, 7, &got, &tag);
+	for (int i = 0; i < 7; i++) /* newest first */
+		ck_assert_str_eq(got[i], ids[6 - i]);
+	free_ids(got);
+	char *tag_all = tag;
+
+	/* Pages of 3 by cursor: 6 5 4 | 3 2 1 | 0 */
+	store_filter_t p = {.limit = 3};
+	list(&p, 3, &got, &tag);
+	ck_assert_str_eq(got[2], ids[4]);
+	free_ids(got);
+	free(tag);
+	p.after = ids[4];
+	list(&p, 3, &got, &tag);
+	ck_assert_str_eq(got[0], ids[3]);
+	ck_assert_str_eq(got[2], ids[1]);
+	free_ids(got);
+	free(tag);
+	p.after = ids[1];
+	list(&p, 1, &got, &tag);
+	ck_assert_str_eq(got[0], ids[0]);
+	free_ids(got);
+	free(tag);
+	p.after = ids[0];
+	list(&p, 0, &got, &tag);
+	free_ids(got);
+	free(tag);
+
+	/* Filters, alone and combined. */
+	store_state_t queued = STORE_QUEUED, running = STORE_RUNNING;
+	store_filter_t fs = {.state = &queued};
+	list(&fs, 5, &got, &tag);
+	free_ids(got);
+	free(tag);
+	fs.state = &running;
+	list(&fs, 1, &got, &tag);
+	ck_assert_str_eq(got[0], ids[0]);
+	free_ids(got);
+	free(tag);
+	store_filter_t fst = {.stage = "insert"};
+	list(&fst, 3, &got, &tag);
+	free_ids(got);
+	free(tag);
+	store_filter_t combo = {.tenant = "t1", .stage = "prune", .state = &queued};
+	list(&combo, 2, &got, &tag); /* ids 2, 4 */
+	ck_assert_str_eq(got[0], ids[4]);
+	ck_assert_str_eq(got[1], ids[2]);
+	free_ids(got);
+	free(tag);
+	store_filter_t none = {.tenant = "nobody"};
+	list(&none, 0, &got, &tag);
+	ck_assert_str_eq(tag, "0-0");
+	free_ids(got);
+	free(tag);
+
+	/* The ETag changes on a change to any listed job, and on a delete. */
+	list(&all, 7, &got, &tag);
+	ck_assert_str_eq(tag, tag_all);
+	free_ids(got);
+	free(tag);
+	OK(store_job_progress(g_s, ids[0], 10, &g_e)); /* the oldest job, not on page 1 */
+	list(&all, 7, &got, &tag);
+	ck_assert_str_ne(tag, tag_all);
+	free_ids(got);
+	free(tag_all);
+	tag_all = tag;
+	OK(store_job_delete(g_s, ids[1], &g_e));
+	list(&all, 6, &got, &tag);
+	ck_assert_str_ne(tag, tag_all);
+	free_ids(got);
+	free(tag);
+	free(tag_all);
+
+	store_state_t bogus = STORE_STATE__COUNT;
+	store_filter_t bad = {.state = &bogus};
+	store_job_t *jobs;
+	size_t n;
+	FAILS(store_job_list(g_r, &bad, &jobs, &n, &tag, &g_e), SD_EUSAGE);
+}
+END_TEST
+
+START_TEST(job_counts)
+{
+	char id[STORE_ID_LEN + 1];
+	job_in(STORE_RUNNING, id);
+	job_in(STORE_RUNNING, id);
+	job_in(STORE_FAILED, id);
+	job_in(STORE_QUEUED, id);
+	int64_t c[STORE_STATE__COUNT];
+	OK(store_job_counts(g_r, c, &g_e));
+	ck_assert_int_eq(c[STORE_QUEUED], 1);
+	ck_assert_int_eq(c[STORE_RUNNING], 2);
+	ck_assert_int_eq(c[STORE_FAILED], 1);
+	ck_assert_int_eq(c[STORE_SUCCEEDED], 0);
+	ck_assert_int_eq(c[STORE_CANCELED], 0);
+}
+END_TEST
+
+/* ---- events ---- */
+
+START_TEST(event_log_text)
+{
+	char id[STORE_ID_LEN + 1];
+	new_job("insert", "", id);
+	OK(store_job_transition(g_s, id, STORE_RUNNING, NULL, "worker 1", &g_e));
+	OK(store_event_add(g_s, id, "line one\nforged line", &g_e));
+	OK(store_job_transition(g_s, id, STORE_SUCCEEDED, NULL, NULL, &g_e));
+	FAILS(store_event_add(g_s, "01ARZ3NDEKTSV4RRFFQ69G5FAV", "x", &g_e), SD_ENOTFOUND);
+	char *log;
+	OK(store_event_log(g_r, id, NULL, &log, &g_e));
+	/* Four lines, each "YYYY-MM-DDTHH:MM:SS.mmmZ text". */
+	const char *want[] = {"created (stage insert)", "queued -> running: worker 1",
+			      "line one forged line", "running -> succeeded"};
+	char *save = NULL, *line = strtok_r(log, "\n", &save);
+	for (int i = 0; i < 4; i++) {
+		ck_assert_msg(line != NULL, "line %d missing", i);
+		ck_assert_uint_gt(strlen(line), 25);
+		ck_assert_int_eq(line[4], '-');
+		ck_assert_int_eq(line[10], 'T');
+		ck_assert_int_eq(line[19], '.');
+		ck_assert_int_eq(line[23], 'Z');
+		ck_assert_int_eq(line[24], ' ');
+		ck_assert_str_eq(line + 25, want[i]);
+		line = strtok_r(NULL, "\n", &save);
+	}
+	ck_assert_ptr_null(line);
+	free(log);
+	FAILS(store_event_log(g_r, "01ARZ3NDEKTSV4RRFFQ69G5FAV", NULL, &log, &g_e), SD_ENOTFOUND);
+}
+END_TEST
+
+/* ---- artifacts and records ---- */
+
+START_TEST(artifacts_and_records)
+{
+	char id[STORE_ID_LEN + 1];
+	new_job("insert", "acme", id);
+	store_artifact_t out = artifact("result", "masked graph", false);
+	char rec[STORE_SHA_HEX + 1];
+	put_blob("record bytes", rec);
+
+	/* Outputs only while running. */
+	FAILS(store_artifact_add(g_s, id, &out, &g_e), SD_ECONFLICT);
+	MSG_HAS("queued");
+	FAILS(store_record_set(g_s, id, rec, &g_e), SD_ECONFLICT);
+	to(id, STORE_RUNNING);
+	int64_t v = version_of(id);
+	OK(store_artifact_add(g_s, id, &out, &g_e));
+	ck_assert_int_gt(version_of(id), v);
+	FAILS(store_artifact_add(g_s, id, &out, &g_e), SD_ECONFLICT); /* name taken */
+	MSG_HAS("result");
+	store_artifact_t ghost = out;
+	snprintf(ghost.name, sizeof(ghost.name), "other");
+	memcpy(ghost.sha256, SHA_448, sizeof(ghost.sha256));
+	FAILS(store_artifact_add(g_s, id, &ghost, &g_e), SD_ENOTFOUND);
+	memcpy(ghost.sha256, "ZZ", 3);
+	FAILS(store_artifact_add(g_s, id, &ghost, &g_e), SD_EUSAGE);
+	FAILS(store_artifact_add(g_s, "01ARZ3NDEKTSV4RRFFQ69G5FAV", &out, &g_e), SD_ENOTFOUND);
+
+	char sha[STORE_SHA_HEX + 1];
+	FAILS(store_record_get(g_r, id, NULL, sha, &g_e), SD_ENOTFOUND);
+	OK(store_record_set(g_s, id, rec, &g_e));
+	FAILS(store_record_set(g_s, id, rec, &g_e), SD_ECONFLICT);
+	FAILS(store_record_set(g_s, id, SHA_448, &g_e), SD_ENOTFOUND);
+	to(id, STORE_SUCCEEDED);
+	FAILS(store_artifact_add(g_s, id, &ghost, &g_e), SD_ECONFLICT);
+
+	OK(store_record_get(g_r, id, "acme", sha, &g_e));
+	ck_assert_str_eq(sha, rec);
+	OK(store_record_get(g_r, id, NULL, sha, &g_e));
+	FAILS(store_record_get(g_r, id, "other", sha, &g_e), SD_ENOTFOUND);
+
+	store_job_t j = get_job(id);
+	ck_assert_uint_eq(j.n_artifacts, 2);
+	ck_assert_str_eq(j.artifacts[0].name, "model"); /* inputs first */
+	ck_assert(j.artifacts[0].input);
+	ck_assert_str_eq(j.artifacts[1].name, "result");
+	ck_assert(!j.artifacts[1].input);
+	ck_assert_str_eq(j.artifacts[1].sha256, out.sha256);
+	ck_assert_int_eq(j.artifacts[1].size, (int64_t)strlen("masked graph"));
+	store_job_clear(&j);
+	/* The row also names the path, for operators. */
+	char q[256];
+	snprintf(q, sizeof(q),
+		 "SELECT count(*) FROM artifacts WHERE path = 'blobs/%.2s/%s' AND name = 'result'",
+		 out.sha256, out.sha256);
+	ck_assert_int_eq(db_int(q), 1);
+}
+END_TEST
+
+/* ---- delete ---- */
+
+START_TEST(delete_and_blob_release)
+{
+	/* Two jobs share the same input content; one has its own output. */
+	char a[STORE_ID_LEN + 1], b[STORE_ID_LEN + 1];
+	new_job("prune", "", a);
+	new_job("prune", "", b);
+	store_job_t ja = get_job(a);
+	char shared[STORE_SHA_HEX + 1];
+	memcpy(shared, ja.artifacts[0].sha256, sizeof(shared));
+	store_job_clear(&ja);
+	to(a, STORE_RUNNING);
+	store_artifact_t out = artifact("result", "only a has this", false);
+	OK(store_artifact_add(g_s, a, &out, &g_e));
+
+	FAILS(store_job_delete(g_s, a, &g_e), SD_ECONFLICT);
+	MSG_HAS("running");
+	FAILS(store_job_delete(g_s, b, &g_e), SD_ECONFLICT);
+	MSG_HAS("queued");
+	FAILS(store_job_delete(g_s, "01ARZ3NDEKTSV4RRFFQ69G5FAV", &g_e), SD_ENOTFOUND);
+
+	to(a, STORE_SUCCEEDED);
+	OK(store_job_delete(g_s, a, &g_e));
+	store_job_t j;
+	FAILS(store_job_get(g_r, a, NULL, &j, &g_e), SD_ENOTFOUND);
+	ck_assert(!blob_file_exists(out.sha256)); /* no other reference */
+	ck_assert(blob_file_exists(shared));      /* b still uses it */
+	char q[128];
+	snprintf(q, sizeof(q), "SELECT count(*) FROM events WHERE job_id = '%s'", a);
+	ck_assert_int_eq(db_int(q), 0);
+
+	to(b, STORE_CANCELED);
+	OK(store_job_delete(g_s, b, &g_e));
+	ck_assert(!blob_file_exists(shared));
+	ck_assert_int_eq(db_int("SELECT count(*) FROM artifacts"), 0);
+}
+END_TEST
+
+/* ---- recovery, queue, sweep ---- */
+
+START_TEST(recover_requeues_and_gives_up)
+{
+	char fresh[STORE_ID_LEN + 1], tired[STORE_ID_LEN + 1], q[STORE_ID_LEN + 1];
+	char done[STORE_ID_LEN + 1];
+	job_in(STORE_RUNNING, fresh); /* attempts 1 */
+	store_artifact_t partial = artifact("result", "half of a result", false);
+	OK(store_artifact_add(g_s, fresh, &partial, &g_e));
+	job_in(STORE_RUNNING, tired);
+	to(tired, STORE_QUEUED);
+	to(tired, STORE_RUNNING); /* attempts 2 */
+	job_in(STORE_QUEUED, q);
+	job_in(STORE_SUCCEEDED, done);
+
+	/* The process "dies" with two jobs running. */
+	reopen();
+	int rq, fl;
+	OK(store_recover(g_s, 2, &rq, &fl, &g_e));
+	ck_assert_int_eq(rq, 1);
+	ck_assert_int_eq(fl, 1);
+
+	store_job_t j = get_job(fresh);
+	ck_assert_int_eq(j.state, STORE_QUEUED);
+	ck_assert_int_eq(j.attempts, 1); /* kept */
+	ck_assert_uint_eq(j.n_artifacts, 1); /* the partial output is dropped */
+	ck_assert(j.artifacts[0].input);
+	store_job_clear(&j);
+	ck_assert(!blob_file_exists(partial.sha256));
+
+	j = get_job(tired);
+	ck_assert_int_eq(j.state, STORE_FAILED);
+	ck_assert_str_eq(j.error_code, "attempts-exhausted");
+	ck_assert_ptr_nonnull(strstr(j.error_msg, "2 times"));
+	store_job_clear(&j);
+
+	j = get_job(done);
+	ck_assert_int_eq(j.state, STORE_SUCCEEDED);
+	store_job_clear(&j);
+
+	char (*ids)[STORE_ID_LEN + 1];
+	size_t n;
+	OK(store_queued(g_s, 10, &ids, &n, &g_e));
+	ck_assert_uint_eq(n, 2); /* oldest first */
+	ck_assert_str_eq(ids[0], fresh);
+	ck_assert_str_eq(ids[1], q);
+	free(ids);
+	OK(store_queued(g_s, 1, &ids, &n, &g_e));
+	ck_assert_uint_eq(n, 1);
+	free(ids);
+
+	/* Nothing running now: a second recovery does nothing. */
+	OK(store_recover(g_s, 2, &rq, &fl, &g_e));
+	ck_assert_int_eq(rq + fl, 0);
+
+	char *log;
+	OK(store_event_log(g_r, tired, NULL, &log, &g_e));
+	ck_assert_ptr_nonnull(strstr(log, "running -> failed: interrupted; attempts exhausted"));
+	free(log);
+}
+END_TEST
+
+START_TEST(sweep_retention)
+{
+	char ok[STORE_ID_LEN + 1], bad[STORE_ID_LEN + 1], run[STORE_ID_LEN + 1];
+	char q[STORE_ID_LEN + 1];
+	job_in(STORE_SUCCEEDED, ok);
+	job_in(STORE_FAILED, bad);
+	job_in(STORE_RUNNING, run);
+	job_in(STORE_QUEUED, q);
+	int n;
+	OK(store_sweep(g_s, 1, &n, &g_e)); /* nothing finished before 1970 */
+	ck_assert_int_eq(n, 0);
+	OK(store_sweep(g_s, INT64_MAX, &n, &g_e));
+	ck_assert_int_eq(n, 2);
+	store_job_t j;
+	FAILS(store_job_get(g_r, ok, NULL, &j, &g_e), SD_ENOTFOUND);
+	FAILS(store_job_get(g_r, bad, NULL, &j, &g_e), SD_ENOTFOUND);
+	OK(store_job_get(g_r, run, NULL, &j, &g_e));
+	store_job_clear(&j);
+	OK(store_job_get(g_r, q, NULL, &j, &g_e));
+	store_job_clear(&j);
+}
+END_TEST
+
+/* ---- tokens ---- */
+
+START_TEST(tokens)
+{
+	bool exist = true;
+	OK(store_tokens_exist(g_r, &exist, &g_e));
+	ck_assert(!exist);
+	char tok[STORE_TOKEN_MAX], tok2[STORE_TOKEN_MAX];
+	OK(store_token_create(g_s, "acme", tok, sizeof(tok), &g_e));
+	OK(store_token_create(g_s, "", tok2, sizeof(tok2), &g_e));
+	ck_assert_uint_eq(strlen(tok), STORE_TOKEN_MAX - 1);
+	ck_assert(strncmp(tok, "sdt_", 4) == 0);
+	ck_assert_uint_eq(strspn(tok + 4, "0123456789abcdef"), 64);
+	ck_assert_str_ne(tok, tok2);
+	OK(store_tokens_exist(g_r, &exist, &g_e));
+	ck_assert(exist);
+
+	char *tenant;
+	OK(store_token_check(g_r, tok, &tenant, &g_e));
+	ck_assert_str_eq(tenant, "acme");
+	free(tenant);
+	OK(store_token_check(g_r, tok2, &tenant, &g_e));
+	ck_assert_str_eq(tenant, "");
+	free(tenant);
+	char wrong[STORE_TOKEN_MAX];
+	memcpy(wrong, tok, sizeof(wrong));
+	wrong[10] = wrong[10] == 'a' ? 'b' : 'a';
+	FAILS(store_token_check(g_r, wrong, &tenant, &g_e), SD_ENOTFOUND);
+	ck_assert_ptr_null(tenant);
+	FAILS(store_token_check(g_r, "sdt_short", &tenant, &g_e), SD_ENOTFOUND);
+	FAILS(store_token_check(g_r, "", &tenant, &g_e), SD_ENOTFOUND);
+
+	char small[65];
+	FAILS(store_token_create(g_s, "acme", small, sizeof(small), &g_e), SD_EUSAGE);
+
+	/* Only the hash is stored. */
+	char q[256];
+	snprintf(q, sizeof(q), "SELECT count(*) FROM tokens WHERE hash = '%s' OR tenant = '%s'",
+		 tok, tok);
+	ck_assert_int_eq(db_int(q), 0);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tokens WHERE length(hash) = 64"), 2);
+}
+END_TEST
+
+/* ---- blobs ---- */
+
+static void read_file(const char *path, char *buf, size_t cap)
+{
+	FILE *f = fopen(path, "rb");
+	ck_assert_msg(f != NULL, "open %s", path);
+	size_t n = fread(buf, 1, cap - 1, f);
+	buf[n] = 0;
+	fclose(f);
+}
+
+START_TEST(blob_sha_vectors)
+{
+	char sha[STORE_SHA_HEX + 1];
+	int64_t size;
+	store_blob_t *b;
+	/* "abc" written in pieces */
+	OK(store_blob_begin(g_s, 100, &b, &g_e));
+	OK(store_blob_append(b, "a", 1, &g_e));
+	OK(store_blob_append(b, "", 0, &g_e));
+	OK(store_blob_append(b, "bc", 2, &g_e));
+	OK(store_blob_commit(b, sha, &size, &g_e));
+	ck_assert_str_eq(sha, SHA_ABC);
+	ck_assert_int_eq(size, 3);
+	char *p = store_blob_path(g_s, sha);
+	char want[256];
+	snprintf(want, sizeof(want), "%s/blobs/ba/%s", g_dir, SHA_ABC);
+	ck_assert_str_eq(p, want);
+	char buf[16];
+	read_file(p, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "abc");
+	free(p);
+
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	OK(store_blob_commit(b, sha, &size, &g_e));
+	ck_assert_str_eq(sha, SHA_EMPTY);
+	ck_assert_int_eq(size, 0);
+
+	put_blob(MSG_448, sha);
+	ck_assert_str_eq(sha, SHA_448);
+
+	/* A large blob across many appends. */
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	char chunk[4096];
+	memset(chunk, 'x', sizeof(chunk));
+	for (int i = 0; i < 300; i++)
+		OK(store_blob_append(b, chunk, sizeof(chunk), &g_e));
+	OK(store_blob_commit(b, sha, &size, &g_e));
+	ck_assert_int_eq(size, 300 * 4096);
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
+
+	ck_assert_ptr_null(store_blob_path(g_s, "../../etc/passwd"));
+	ck_assert_ptr_null(store_blob_path(g_s, "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"));
+}
+END_TEST
+
+START_TEST(blob_dedup_abort_limit)
+{
+	char s1[STORE_SHA_HEX + 1], s2[STORE_SHA_HEX + 1];
+	put_blob("same bytes", s1);
+	put_blob("same bytes", s2);
+	ck_assert_str_eq(s1, s2);
+	char sub[128];
+	snprintf(sub, sizeof(sub), "blobs/%.2s", s1);
+	ck_assert_uint_eq(count_entries(path_in(sub)), 1);
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
+
+	/* Abort: the temporary file goes, nothing appears under blobs/. */
+	size_t before = count_entries(path_in("blobs"));
+	store_blob_t *b;
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	OK(store_blob_append(b, "abc", 3, &g_e));
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 1);
+	store_blob_abort(b);
+	store_blob_abort(NULL);
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
+	ck_assert_uint_eq(count_entries(path_in("blobs")), before);
+	ck_assert(!blob_file_exists(SHA_ABC));
+
+	/* Limit: exactly at it is fine, one byte past is refused and poisons the blob. */
+	char sha[STORE_SHA_HEX + 1];
+	int64_t size;
+	OK(store_blob_begin(g_s, 3, &b, &g_e));
+	OK(store_blob_append(b, "abc", 3, &g_e));
+	OK(store_blob_commit(b, sha, &size, &g_e));
+	ck_assert_str_eq(sha, SHA_ABC);
+	OK(store_blob_begin(g_s, 3, &b, &g_e));
+	OK(store_blob_append(b, "ab", 2, &g_e));
+	FAILS(store_blob_append(b, "cd", 2, &g_e), SD_ETOOBIG);
+	FAILS(store_blob_append(b, "c", 1, &g_e), SD_ETOOBIG);
+	FAILS(store_blob_commit(b, sha, &size, &g_e), SD_ETOOBIG); /* frees b */
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
+}
+END_TEST
+
+/* Finds the one file in tmp/ (a blob being written) and hard-links it under another
+ * name, so that after the writer cleans up, tmp/ holds exactly what a crash before
+ * the rename would have left. */
+static void keep_tmp_copy(void)
+{
+	DIR *d = opendir(path_in("tmp"));
+	ck_assert(d != NULL);
+	struct dirent *de;
+	char src[512] = "";
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			snprintf(src, sizeof(src), "%s/tmp/%s", g_dir, de->d_name);
+	closedir(d);
+	ck_assert(src[0]);
+	char dst[512];
+	snprintf(dst, sizeof(dst), "%s/tmp/crashed", g_dir);
+	ck_assert_int_eq(link(src, dst), 0);
+}
+
+START_TEST(crash_before_rename)
+{
+	char id[STORE_ID_LEN + 1];
+	new_job("prune", "", id);
+	store_blob_t *b;
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	OK(store_blob_append(b, "abc", 3, &g_e));
+	keep_tmp_copy();
+	store_blob_abort(b);
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 1); /* the "crashed" temp file */
+
+	reopen();
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
+	ck_assert(!blob_file_exists(SHA_ABC));
+	ck_assert_int_eq(db_int("SELECT count(*) FROM artifacts WHERE sha256 = '" SHA_ABC "'"), 0);
+	/* The job and its own input are untouched by the sweep. */
+	store_job_t j = get_job(id);
+	ck_assert_uint_eq(j.n_artifacts, 1);
+	ck_assert(blob_file_exists(j.artifacts[0].sha256));
+	store_job_clear(&j);
+}
+END_TEST
+
+START_TEST(crash_after_rename_before_row)
+{
+	char id[STORE_ID_LEN + 1];
+	job_in(STORE_RUNNING, id);
+	char sha[STORE_SHA_HEX + 1];
+	put_blob("an output nobody recorded", sha); /* renamed into place; no row follows */
+	ck_assert(blob_file_exists(sha));
+	store_job_t j = get_job(id);
+	for (size_t i = 0; i < j.n_artifacts; i++)
+		ck_assert_str_ne(j.artifacts[i].sha256, sha);
+	store_job_clear(&j);
+
+	reopen();
+	int rq, fl;
+	OK(store_recover(g_s, 3, &rq, &fl, &g_e));
+	ck_assert_int_eq(rq, 1);
+	j = get_job(id);
+	ck_assert_uint_eq(j.n_artifacts, 1); /* only its input */
+	ck_assert(j.artifacts[0].input);
+	ck_assert(blob_file_exists(j.artifacts[0].sha256));
+	store_job_clear(&j);
+	/* The unreferenced blob was swept at open; naming it now is refused. */
+	ck_assert(!blob_file_exists(sha));
+	to(id, STORE_RUNNING);
+	store_artifact_t a = {.name = "result", .size = 1};
+	memcpy(a.sha256, sha, sizeof(a.sha256));
+	FAILS(store_artifact_add(g_s, id, &a, &g_e), SD_ENOTFOUND);
+}
+END_TEST
+
+/* ---- threads ---- */
+
+struct poller {
+	store_t *s;
+	const char *dir;
+	int errors;
+	int rounds;
+};
+
+static void *poll_lists(void *arg)
+{
+	struct poller *p = arg;
+	store_reader_t *r;
+	sd_error_t e;
+	if (store_reader_open(p->s, &r, &e) != 0) {
+		p->errors++;
+		return NULL;
+	}
+	for (int i = 0; i < p->rounds; i++) {
+		store_filter_t f = {.limit = 10};
+		store_job_t *jobs;
+		size_t n;
+		char *etag;
+		if (store_job_list(r, &f, &jobs, &n, &etag, &e) != 0) {
+			p->errors++;
+			continue;
+		}
+		for (size_t k = 0; k < n; k++)
+			store_job_clear(&jobs[k]);
+		free(jobs);
+		free(etag);
+	}
+	store_reader_close(r);
+	return NULL;
+}
+
+START_TEST(readers_on_other_threads)
+{
+	struct poller p = {.s = g_s, .rounds = 100};
+	pthread_t t;
+	ck_assert_int_eq(pthread_create(&t, NULL, poll_lists, &p), 0);
+	for (int i = 0; i < 40; i++) {
+		char id[STORE_ID_LEN + 1];
+		store_job_new_t n = {.stage = "check"};
+		OK(store_job_create(g_s, &n, id, &g_e));
+		to(id, STORE_RUNNING);
+	}
+	pthread_join(t, NULL);
+	ck_assert_int_eq(p.errors, 0);
+}
+END_TEST
+
+static Suite *store_suite(void)
+{
+	Suite *s = suite_create("store");
+	TCase *schema = tcase_create("schema");
+	tcase_add_checked_fixture(schema, setup, teardown);
+	tcase_add_test(schema, migrate_empty_and_reopen);
+	tcase_add_test(schema, second_open_refused);
+	suite_add_tcase(s, schema);
+	TCase *bare = tcase_create("schema-bare");
+	tcase_add_checked_fixture(bare, setup_bare, teardown);
+	tcase_add_test(bare, migrate_v0_with_foreign_table);
+	tcase_add_test(bare, migrate_refuses_conflicts);
+	suite_add_tcase(s, bare);
+	TCase *jobs = tcase_create("jobs");
+	tcase_set_timeout(jobs, 120);
+	tcase_add_checked_fixture(jobs, setup, teardown);
+	tcase_add_test(jobs, state_names);
+	tcase_add_test(jobs, every_transition);
+	tcase_add_test(jobs, transition_fields_and_versions);
+	tcase_add_test(jobs, progress_rules);
+	tcase_add_test(jobs, ids_are_time_ordered);
+	tcase_add_test(jobs, create_and_get);
+	tcase_add_test(jobs, tenant_isolation);
+	tcase_add_test(jobs, list_filters_pagination_etag);
+	tcase_add_test(jobs, job_counts);
+	tcase_add_test(jobs, event_log_text);
+	tcase_add_test(jobs, artifacts_and_records);
+	tcase_add_test(jobs, delete_and_blob_release);
+	tcase_add_test(jobs, recover_requeues_and_gives_up);
+	tcase_add_test(jobs, sweep_retention);
+	tcase_add_test(jobs, tokens);
+	tcase_add_test(jobs, readers_on_other_threads);
+	suite_add_tcase(s, jobs);
+	TCase *blobs = tcase_create("blobs");
+	tcase_set_timeout(blobs, 120);
+	tcase_add_checked_fixture(blobs, setup, teardown);
+	tcase_add_test(blobs, blob_sha_vectors);
+	tcase_add_test(blobs, blob_dedup_abort_limit);
+	tcase_add_test(blobs, crash_before_rename);
+	tcase_add_test(blobs, crash_after_rename_before_row);
+	suite_add_tcase(s, blobs);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(store_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
