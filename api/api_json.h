@@ -12,9 +12,17 @@
 
 #include "result.h"
 #include "sd_err.h"
+#include "store.h"
 
 /* The result document of a stage (see README "Result JSON"). NULL on ENOMEM. */
 json_t *api_json_result(const prune_result_t *r);
+
+/* A job as the API shows it (see openapi.yaml Job); artifacts only when asked. NULL
+ * on ENOMEM. The stored result document is embedded as parsed JSON. */
+json_t *api_json_job(const store_job_t *j, bool with_artifacts);
+
+/* RFC 3339 UTC time with milliseconds for a unix-ms timestamp into buf (>= 32 bytes). */
+void api_json_time(int64_t ms, char *buf, size_t cap);
 
 /* An RFC 9457 problem object for e: type, title, status, detail (+ file/line/col/node). */
 json_t *api_json_problem(const sd_error_t *e);

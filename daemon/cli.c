@@ -36,6 +36,10 @@ void cli_usage(int to_stderr)
 	      "           [--json]   one-shot 2:4 on a frozen graph, no retraining\n"
 	      "  check    --model ANY.pb [--outputs a,b] [--json]\n"
 	      "           report each layer's 2:4 state\n"
+	      "  serve    [--listen 127.0.0.1:8080] [--data-dir ./var] [--workers N] ...\n"
+	      "           run the HTTP daemon (--print-config lists every setting)\n"
+	      "  token    create --tenant NAME [--data-dir DIR]\n"
+	      "           create an API token (printed once; only its hash is stored)\n"
 	      "  version  print the version\n"
 	      "\n"
 	      "exit status: 0 ok, 1 bad input, 2 usage error, 3 internal or I/O error\n",

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "serve.h"
 
 #ifndef SPARSITYD_VERSION
 #define SPARSITYD_VERSION "0.1.0"
@@ -24,6 +25,7 @@ int main(int argc, char **argv)
 	} cmds[] = {
 		{"insert", cli_insert}, {"export", cli_export},
 		{"prune", cli_prune},   {"check", cli_check},
+		{"serve", serve_main},  {"token", serve_token_main},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (strcmp(cmd, cmds[i].name) == 0)

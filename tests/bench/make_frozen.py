@@ -39,7 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tensorflow.core.framework import graph_pb2, node_def_pb2  # noqa: E402
+from tensorflow.core.framework import (  # noqa: E402
+    attr_value_pb2, graph_pb2, node_def_pb2, tensor_pb2)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -153,7 +154,7 @@ class GraphWriter:
 
 
 def type_attr(dt=tf.float32):
-    return tf.compat.v1.AttrValue(type=dt.as_datatype_enum)
+    return attr_value_pb2.AttrValue(type=dt.as_datatype_enum)
 
 
 def synthetic(path, layers, seed=0):
@@ -161,24 +162,24 @@ def synthetic(path, layers, seed=0):
     w = GraphWriter(path)
     shape = tf.TensorShape([None, DIM]).as_proto()
     w.node("x", "Placeholder", attrs={"dtype": type_attr(),
-                                      "shape": tf.compat.v1.AttrValue(shape=shape)})
+                                      "shape": attr_value_pb2.AttrValue(shape=shape)})
     prev = "x"
     rng = np.random.default_rng(seed)
     for i in range(layers):
         weight = rng.standard_normal((DIM, DIM), dtype=np.float32)
         weight *= np.float32(1.0 / 64)
-        tp = tf.compat.v1.TensorProto(dtype=tf.float32.as_datatype_enum,
+        tp = tensor_pb2.TensorProto(dtype=tf.float32.as_datatype_enum,
                                       tensor_shape=tf.TensorShape([DIM, DIM]).as_proto(),
                                       tensor_content=weight.tobytes())
         del weight
         w.node(f"dense_{i}/kernel", "Const",
-               attrs={"dtype": type_attr(), "value": tf.compat.v1.AttrValue(tensor=tp)})
+               attrs={"dtype": type_attr(), "value": attr_value_pb2.AttrValue(tensor=tp)})
         del tp
         w.node(f"dense_{i}/kernel/read", "Identity", [f"dense_{i}/kernel"],
                {"T": type_attr()})
         w.node(f"dense_{i}/MatMul", "MatMul", [prev, f"dense_{i}/kernel/read"],
-               {"T": type_attr(), "transpose_a": tf.compat.v1.AttrValue(b=False),
-                "transpose_b": tf.compat.v1.AttrValue(b=False)})
+               {"T": type_attr(), "transpose_a": attr_value_pb2.AttrValue(b=False),
+                "transpose_b": attr_value_pb2.AttrValue(b=False)})
         w.node(f"dense_{i}/Relu", "Relu", [f"dense_{i}/MatMul"], {"T": type_attr()})
         prev = f"dense_{i}/Relu"
     w.close()

@@ -14,3 +14,5 @@ echo "== bench_mask"
 echo "== bench_insert"
 # shellcheck disable=SC2086
 ./build/tests/bench/bench_insert $models
+echo "== bench_stages (prune/export vs cp and vs the TensorFlow way; BENCH_SKIP_LARGE=1 skips the 1.5 GB model)"
+.venv/bin/python tests/bench/bench_stages.py "$work" ${BENCH_SKIP_LARGE:+--skip-large}

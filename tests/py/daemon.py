@@ -329,7 +329,8 @@ class Daemon:
         """Submit, expect 202, wait for a terminal state; returns the job JSON."""
         r = self.submit(stage, **kw)
         assert r.status == 202, r.describe()
-        return self.wait_job(r.json()["id"], timeout=timeout)
+        auth = {k: kw[k] for k in ("auth", "token") if k in kw}
+        return self.wait_job(r.json()["id"], timeout=timeout, **auth)
 
 
 def read_input(value):
@@ -357,6 +358,15 @@ def multipart(fields, files, boundary=None, close=True):
     if close:
         out.append(("--%s--\r\n" % boundary).encode())
     return "multipart/form-data; boundary=" + boundary, b"".join(out)
+
+
+def ts(s):
+    """Seconds since the epoch of an RFC 3339 UTC timestamp ("...Z", any fraction)."""
+    import calendar
+    m = re.match(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?Z$", s)
+    assert m, "not an RFC 3339 UTC timestamp: %r" % s
+    whole = calendar.timegm(tuple(int(x) for x in m.groups()[:6]))
+    return whole + (float(m.group(7)) if m.group(7) else 0.0)
 
 
 def sha256(data):

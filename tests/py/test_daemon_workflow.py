@@ -176,3 +176,17 @@ def test_prune_and_check_over_http(wf_daemon, contract, model_cache, tmp_path):
     jc2 = run_ok(dmn, contract, "check", model=out, outputs=outputs)
     by = {l["name"]: l for l in jc2["result"]["layers"]}
     assert all(by[p]["is_2of4"] for p in pruned), by
+
+
+def test_curl_walkthrough(serve_bin):
+    """tests/daemon/curl_walkthrough.sh: the README's curl walkthrough, run verbatim."""
+    import subprocess
+    import sys
+    script = os.path.join(D.REPO, "tests", "daemon", "curl_walkthrough.sh")
+    env = dict(os.environ, SPARSITYD_BIN=serve_bin, PYTHON=sys.executable)
+    p = subprocess.run(["bash", script], capture_output=True, text=True, timeout=300, env=env)
+    print(p.stdout[-3000:])
+    print(p.stderr[-3000:])
+    assert p.returncode == 0, "curl_walkthrough.sh failed (exit %d)\n%s\n%s" % (
+        p.returncode, p.stdout[-4000:], p.stderr[-4000:])
+    assert "curl_walkthrough: ok" in p.stdout

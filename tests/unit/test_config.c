@@ -9,9 +9,6 @@
 #include "layers.h"
 #include "testutil.h"
 
-static arena_t A;
-static void setup(void) { arena_init(&A, 0); }
-static void teardown(void) { arena_deinit(&A); }
 
 static int parse(const char *text, prune_config_t **c, sd_error_t *e)
 {
@@ -147,18 +144,13 @@ END_TEST
 
 int main(void)
 {
-	Suite *s = suite_create("config");
-	TCase *tc = tcase_create("config");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, static_errors);
-	tcase_add_test(tc, names_must_be_layers);
-	tcase_add_test(tc, priority_and_skips);
-	tcase_add_test(tc, no_layer_to_prune);
-	tcase_add_test(tc, defaults);
-	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *const tests[] = {
+		static_errors,
+		names_must_be_layers,
+		priority_and_skips,
+		no_layer_to_prune,
+		defaults,
+		NULL,
+	};
+	return tu_main("config", tests);
 }

@@ -19,9 +19,6 @@
 #include "record.h"
 #include "testutil.h"
 
-static arena_t A;
-static void setup(void) { arena_init(&A, 0); }
-static void teardown(void) { arena_deinit(&A); }
 
 static prune_config_t *cfg(const char *text)
 {
@@ -313,18 +310,13 @@ END_TEST
 
 int main(void)
 {
-	Suite *s = suite_create("export");
-	TCase *tc = tcase_create("export");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, export_fresh_mask_restores_the_original_graph);
-	tcase_add_test(tc, export_stored_mask);
-	tcase_add_test(tc, export_errors);
-	tcase_add_test(tc, prune_equals_export_at_step_0);
-	tcase_add_test(tc, record_errors);
-	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *const tests[] = {
+		export_fresh_mask_restores_the_original_graph,
+		export_stored_mask,
+		export_errors,
+		prune_equals_export_at_step_0,
+		record_errors,
+		NULL,
+	};
+	return tu_main("export", tests);
 }

@@ -10,9 +10,6 @@
 #include "graph.h"
 #include "testutil.h"
 
-static arena_t A;
-static void setup(void) { arena_init(&A, 0); }
-static void teardown(void) { arena_deinit(&A); }
 
 static int load(const void *buf, size_t len, prune_format_t fmt, prune_graph_t **g,
 		sd_error_t *e)
@@ -237,20 +234,15 @@ END_TEST
 
 int main(void)
 {
-	Suite *s = suite_create("graph");
-	TCase *tc = tcase_create("graph");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, detect_formats);
-	tcase_add_test(tc, unknown_fields_survive);
-	tcase_add_test(tc, text_round_trip);
-	tcase_add_test(tc, bad_inputs);
-	tcase_add_test(tc, bad_binary);
-	tcase_add_test(tc, input_strings);
-	tcase_add_test(tc, add_and_remove);
-	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *const tests[] = {
+		detect_formats,
+		unknown_fields_survive,
+		text_round_trip,
+		bad_inputs,
+		bad_binary,
+		input_strings,
+		add_and_remove,
+		NULL,
+	};
+	return tu_main("graph", tests);
 }

@@ -13,9 +13,6 @@
 #include "record.h"
 #include "testutil.h"
 
-static arena_t A;
-static void setup(void) { arena_init(&A, 0); }
-static void teardown(void) { arena_deinit(&A); }
 
 static prune_config_t *cfg(const char *text)
 {
@@ -216,17 +213,12 @@ END_TEST
 
 int main(void)
 {
-	Suite *s = suite_create("insert");
-	TCase *tc = tcase_create("insert");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, small_graph);
-	tcase_add_test(tc, update_freq_and_conv);
-	tcase_add_test(tc, shared_weight);
-	tcase_add_test(tc, metagraph_collections);
-	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *const tests[] = {
+		small_graph,
+		update_freq_and_conv,
+		shared_weight,
+		metagraph_collections,
+		NULL,
+	};
+	return tu_main("insert", tests);
 }

@@ -68,6 +68,30 @@ static inline char *tu_save(const prune_graph_t *g, prune_format_t fmt, size_t *
 	return buf; /* caller frees */
 }
 
+/* Every engine suite gets a fresh arena per test. */
+static arena_t A __attribute__((unused));
+static void tu_setup(void) { arena_init(&A, 0); }
+static void tu_teardown(void) { arena_deinit(&A); }
+
+/*
+ * Runs the tests (NULL-terminated) as one suite with the arena fixture; returns the
+ * process exit status.
+ */
+static inline int tu_main(const char *name, const TTest *const *tests)
+{
+	Suite *s = suite_create(name);
+	TCase *tc = tcase_create(name);
+	tcase_add_checked_fixture(tc, tu_setup, tu_teardown);
+	for (size_t i = 0; tests[i]; i++)
+		tcase_add_test(tc, tests[i]);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
+
 #define ck_assert_msg_has(e, needle)                                                     \
 	ck_assert_msg(strstr((e).msg, (needle)) != NULL, "message '%s' lacks '%s'", (e).msg, \
 		      (needle))

@@ -1,0 +1,62 @@
+/*
+ * api: the HTTP face of the daemon (libmicrohttpd), described by openapi.yaml.
+ *
+ * Threading (written down once): libmicrohttpd runs a small pool of event-driven
+ * threads (MHD_USE_INTERNAL_POLLING_THREAD + epoll + a thread pool of http_threads).
+ * Handlers on those threads read the store through a per-thread store_reader_t,
+ * stream uploads into blobs (hashing and fsync happen here, never on the loop
+ * thread), and hand every state change (create, cancel, delete) to the loop thread
+ * through api_ops_t, which blocks the calling HTTP thread until the loop thread has
+ * done it. Long-polls (?wait=) suspend their connection and hold no thread; the loop
+ * thread resumes them through api_job_changed() and api_poll_expire().
+ */
+#ifndef API_H
+#define API_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "sd_err.h"
+#include "store.h"
+
+typedef struct api api_t;
+
+/* What the API needs from the daemon. Every callback may be called from any HTTP
+ * thread; create/cancel/remove block until the loop thread has acted. */
+typedef struct api_ops {
+	void *ud;
+	int (*create)(void *ud, const store_job_new_t *n, char id[STORE_ID_LEN + 1],
+		      sd_error_t *e);
+	int (*cancel)(void *ud, const char *id, const char *tenant, sd_error_t *e);
+	int (*remove)(void *ud, const char *id, const char *tenant, sd_error_t *e);
+	bool (*draining)(void *ud);
+	/* Appends daemon-side metrics (Prometheus text) to *buf (malloc'd, grown). */
+	void (*metrics)(void *ud, char **buf, size_t *len);
+} api_ops_t;
+
+typedef struct api_conf {
+	const char *host;        /* numeric address to bind */
+	int port;
+	int threads;             /* HTTP thread pool size */
+	int64_t max_upload;      /* bytes, whole request body */
+	const char *openapi;     /* path of openapi.yaml served at /openapi.yaml */
+} api_conf_t;
+
+/* Starts listening. Returns 0, SD_EIO (bind failed: e says why). Loop thread. */
+SD_MUST_CHECK int api_start(const api_conf_t *c, store_t *s, const api_ops_t *ops,
+			    api_t **out, sd_error_t *e);
+
+/* Stops accepting, closes connections, joins the HTTP threads, frees. Loop thread. */
+void api_stop(api_t *a);
+
+/* The job changed: wake long-polls waiting on it. Any thread. */
+void api_job_changed(api_t *a, const char *id);
+
+/* Resumes long-polls whose deadline passed. Loop thread, from a timer. */
+void api_poll_expire(api_t *a);
+
+/* Prints the route table ("METHOD PATH" lines) for the test that holds it against
+ * openapi.yaml. */
+void api_routes_print(void);
+
+#endif

@@ -1,0 +1,53 @@
+/*
+ * conf: the daemon's settings, from one table.
+ *
+ * The table (CONF_MAP in conf.c) lists each setting once with its type, default,
+ * range, whether SIGHUP reloads it, and its help text; it feeds the command-line
+ * flags (--data-dir for data_dir), the config file (`data_dir = ./var` lines, #
+ * comments), --print-config and the README's settings section.
+ */
+#ifndef CONF_H
+#define CONF_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "sd_err.h"
+
+typedef struct conf {
+	char listen[128];
+	char data_dir[1024];
+	int64_t workers;
+	int64_t http_threads;
+	int64_t max_upload;
+	int64_t queue_max;
+	int64_t max_attempts;
+	int64_t retention_hours;
+	char log_level[16];
+	char log_file[1024];
+	bool insecure;
+	char openapi[1024];
+	char config[1024];   /* the file the settings came from, "" if none */
+} conf_t;
+
+/* Fills c with the defaults. */
+void conf_defaults(conf_t *c);
+
+/*
+ * Applies argv (flags --name value / --name=value, and --insecure) over a config file
+ * given with --config, over the defaults. Sets *print when --print-config was given.
+ * Returns 0, or SD_EUSAGE naming the flag or file:line.
+ */
+SD_MUST_CHECK int conf_parse(conf_t *c, int argc, char **argv, bool *print, sd_error_t *e);
+
+/* Re-reads c->config for the settings marked reloadable (SIGHUP). */
+SD_MUST_CHECK int conf_reload(conf_t *c, sd_error_t *e);
+
+/* Writes the effective settings as a config file, each with its help (--print-config). */
+void conf_print(const conf_t *c);
+
+/* Splits "host:port" / "[v6]:port". Returns 0 or SD_EUSAGE. */
+SD_MUST_CHECK int conf_listen_split(const char *listen, char *host, size_t cap, int *port,
+				    sd_error_t *e);
+
+#endif

@@ -1,0 +1,717 @@
+/*
+ * serve: the daemon's loop, scheduler and workers (see serve.h).
+ *
+ * Job life: an HTTP thread streams the upload into blobs and asks the loop thread to
+ * create the job row (cmd_t, answered through a condition variable). The scheduler
+ * (loop thread) moves queued jobs to running while fewer than `workers` run, and
+ * queues the stage on libuv's thread pool; the worker maps the input blobs, runs the
+ * stage, and streams outputs into new blobs (hashing and fsync off the loop thread).
+ * Back on the loop thread the result, artifacts and final state are written in the
+ * store, long-polls on the job are woken, and the scheduler runs again.
+ *
+ * Restart safety: at start, jobs found running are requeued (stages are deterministic
+ * over stored inputs) until max_attempts, then failed. Drain: SIGTERM/SIGINT stop new
+ * jobs (POST answers 503), let running stages finish, then stop the HTTP server and
+ * close every handle; queued jobs stay queued for the next start.
+ */
+#include "serve.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "api.h"
+#include "api_json.h"
+#include "arena.h"
+#include "conf.h"
+#include "run.h"
+#include "sd_log.h"
+#include "sd_str.h"
+#include "store.h"
+
+#define SWEEP_EVERY_MS (10 * 60 * 1000)
+#define POLL_TICK_MS 250
+
+/* A state change asked for by an HTTP thread, done by the loop thread. */
+typedef enum { CMD_CREATE, CMD_CANCEL, CMD_DELETE } cmd_kind_t;
+
+typedef struct cmd {
+	struct cmd *next;
+	cmd_kind_t kind;
+	const store_job_new_t *job; /* CMD_CREATE */
+	const char *id;             /* CMD_CANCEL, CMD_DELETE */
+	const char *tenant;
+	char new_id[STORE_ID_LEN + 1];
+	int rc;
+	sd_error_t *e;
+	bool done;
+	pthread_cond_t cond;
+} cmd_t;
+
+/* A running stage: owned by the loop thread except while its work runs. */
+typedef struct worker {
+	uv_work_t req;
+	bool busy;
+	atomic_bool cancel;
+	char id[STORE_ID_LEN + 1];
+	store_job_t job;         /* snapshot taken when it started */
+	int64_t started_ms;
+	/* filled by the work callback */
+	int rc;
+	sd_error_t e;
+	char *result_json;
+	store_artifact_t out[3];
+	size_t n_out;
+	const char *record_sha; /* out[] entry of the produced record, if any */
+} worker_t;
+
+#define STAGES 4
+static const char *const stage_names[STAGES] = {"insert", "export", "prune", "check"};
+static const double buckets[] = {0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300};
+#define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
+
+static struct daemon {
+	conf_t conf;
+	uv_loop_t loop;
+	uv_signal_t sig_term, sig_int, sig_hup;
+	uv_timer_t sweep, poll;
+	uv_async_t wake;
+	store_t *store;
+	store_reader_t *reader; /* loop thread's own reads */
+	api_t *api;
+	pthread_mutex_t mu;     /* cmds, and the histogram */
+	cmd_t *cmds;
+	atomic_bool draining;
+	worker_t *workers;
+	int running;
+	/* stage durations, for /metrics */
+	uint64_t hist[STAGES][N_BUCKETS + 1];
+	double hist_sum[STAGES];
+	uint64_t hist_count[STAGES];
+} the_daemon;
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- HTTP-thread side: hand a command to the loop thread and wait ---- */
+
+static int submit(cmd_t *c)
+{
+	struct daemon *d = &the_daemon;
+	pthread_cond_init(&c->cond, NULL);
+	pthread_mutex_lock(&d->mu);
+	c->next = d->cmds;
+	d->cmds = c;
+	uv_async_send(&d->wake);
+	while (!c->done)
+		pthread_cond_wait(&c->cond, &d->mu);
+	pthread_mutex_unlock(&d->mu);
+	pthread_cond_destroy(&c->cond);
+	return c->rc;
+}
+
+static int op_create(void *ud, const store_job_new_t *n, char id[STORE_ID_LEN + 1],
+		     sd_error_t *e)
+{
+	(void)ud;
+	cmd_t c = {.kind = CMD_CREATE, .job = n, .e = e};
+	int rc = submit(&c);
+	if (!rc)
+		memcpy(id, c.new_id, sizeof(c.new_id));
+	return rc;
+}
+
+static int op_cancel(void *ud, const char *id, const char *tenant, sd_error_t *e)
+{
+	(void)ud;
+	cmd_t c = {.kind = CMD_CANCEL, .id = id, .tenant = tenant, .e = e};
+	return submit(&c);
+}
+
+static int op_remove(void *ud, const char *id, const char *tenant, sd_error_t *e)
+{
+	(void)ud;
+	cmd_t c = {.kind = CMD_DELETE, .id = id, .tenant = tenant, .e = e};
+	return submit(&c);
+}
+
+static bool op_draining(void *ud)
+{
+	(void)ud;
+	return atomic_load(&the_daemon.draining);
+}
+
+static void op_metrics(void *ud, char **buf, size_t *len)
+{
+	(void)ud;
+	struct daemon *d = &the_daemon;
+	sd_appendf(buf, len, "# HELP sparsityd_stage_duration_seconds Wall time of finished stages.\n"
+			  "# TYPE sparsityd_stage_duration_seconds histogram\n");
+	pthread_mutex_lock(&d->mu);
+	for (int s = 0; s < STAGES; s++) {
+		uint64_t cum = 0;
+		for (size_t b = 0; b < N_BUCKETS; b++) {
+			cum += d->hist[s][b];
+			sd_appendf(buf, len,
+				"sparsityd_stage_duration_seconds_bucket{stage=\"%s\",le=\"%g\"} %" PRIu64 "\n",
+				stage_names[s], buckets[b], cum);
+		}
+		sd_appendf(buf, len,
+			"sparsityd_stage_duration_seconds_bucket{stage=\"%s\",le=\"+Inf\"} %" PRIu64 "\n"
+			"sparsityd_stage_duration_seconds_sum{stage=\"%s\"} %.6f\n"
+			"sparsityd_stage_duration_seconds_count{stage=\"%s\"} %" PRIu64 "\n",
+			stage_names[s], d->hist_count[s], stage_names[s], d->hist_sum[s],
+			stage_names[s], d->hist_count[s]);
+	}
+	sd_appendf(buf, len, "# HELP sparsityd_workers_busy Stages running now.\n"
+			  "# TYPE sparsityd_workers_busy gauge\nsparsityd_workers_busy %d\n",
+		d->running);
+	pthread_mutex_unlock(&d->mu);
+}
+
+/* ---- workers (thread pool) ---- */
+
+/* A FILE that streams into a store blob (fopencookie), so the engine's writers work
+ * unchanged. */
+static ssize_t blob_write(void *cookie, const char *buf, size_t n)
+{
+	sd_error_t e;
+	return store_blob_append(cookie, buf, n, &e) ? -1 : (ssize_t)n;
+}
+
+static FILE *blob_file(store_blob_t *b)
+{
+	cookie_io_functions_t io = {.write = blob_write};
+	FILE *f = fopencookie(b, "w", io);
+	if (f)
+		setvbuf(f, NULL, _IOFBF, 1 << 20);
+	return f;
+}
+
+static const store_artifact_t *input(const store_job_t *j, const char *name)
+{
+	for (size_t i = 0; i < j->n_artifacts; i++)
+		if (j->artifacts[i].input && !strcmp(j->artifacts[i].name, name))
+			return &j->artifacts[i];
+	return NULL;
+}
+
+/* Commits an output blob written through f (closed here) as artifact `name`. */
+static int finish_output(worker_t *w, FILE *f, store_blob_t **b, const char *name)
+{
+	int rc = fclose(f) ? sd_err(&w->e, SD_EIO, "writing %s failed", name) : 0;
+	store_artifact_t *a = &w->out[w->n_out];
+	memset(a, 0, sizeof(*a));
+	store_blob_t *blob = *b;
+	*b = NULL;
+	if (rc) {
+		store_blob_abort(blob);
+		return rc;
+	}
+	if ((rc = store_blob_commit(blob, a->sha256, &a->size, &w->e)))
+		return rc;
+	snprintf(a->name, sizeof(a->name), "%s", name);
+	w->n_out++;
+	return 0;
+}
+
+static void work_cb(uv_work_t *req)
+{
+	worker_t *w = req->data;
+	store_t *s = the_daemon.store;
+	const store_job_t *j = &w->job;
+	const store_artifact_t *m = input(j, "input_model"), *c = input(j, "input_config"),
+			       *r = input(j, "input_record");
+	char *mp = m ? store_blob_path(s, m->sha256) : NULL;
+	char *cp = c ? store_blob_path(s, c->sha256) : NULL;
+	char *rp = r ? store_blob_path(s, r->sha256) : NULL;
+	bool has_model = strcmp(j->stage, "check") != 0;
+	bool has_record = !strcmp(j->stage, "insert");
+	store_blob_t *bm = NULL, *br = NULL;
+	FILE *fm = NULL, *fr = NULL;
+	arena_t arena;
+	arena_init(&arena, 0);
+	prune_result_t res = {0};
+	int rc = 0;
+	if (has_model && !(rc = store_blob_begin(s, INT64_MAX, &bm, &w->e)) && !(fm = blob_file(bm)))
+		rc = sd_err(&w->e, SD_ENOMEM, "out of memory");
+	if (!rc && has_record && !(rc = store_blob_begin(s, INT64_MAX, &br, &w->e)) &&
+	    !(fr = blob_file(br)))
+		rc = sd_err(&w->e, SD_ENOMEM, "out of memory");
+	if (!rc) {
+		run_req_t rq = {
+			.stage = j->stage, .model = mp, .model_name = "model", .config = cp,
+			.config_name = "config", .record = rp, .record_name = "record",
+			.outputs = j->outputs, .format = j->format && j->format[0] ? j->format : NULL,
+			.out_model = fm, .out_record = fr,
+		};
+		rc = run_stage(&rq, &arena, &res, &w->e);
+	}
+	if (!rc && fm)
+		rc = finish_output(w, fm, &bm, "model");
+	else if (fm)
+		fclose(fm);
+	fm = NULL;
+	if (!rc && fr) {
+		rc = finish_output(w, fr, &br, "record");
+		if (!rc)
+			w->record_sha = w->out[w->n_out - 1].sha256;
+	} else if (fr) {
+		fclose(fr);
+	}
+	if (!rc) {
+		json_t *doc = api_json_result(&res);
+		w->result_json = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+		json_decref(doc);
+		store_blob_t *b;
+		if (!w->result_json)
+			rc = sd_err(&w->e, SD_ENOMEM, "out of memory rendering the result");
+		else if (!(rc = store_blob_begin(s, INT64_MAX, &b, &w->e))) {
+			if (!(rc = store_blob_append(b, w->result_json, strlen(w->result_json), &w->e))) {
+				store_artifact_t *a = &w->out[w->n_out];
+				memset(a, 0, sizeof(*a));
+				if (!(rc = store_blob_commit(b, a->sha256, &a->size, &w->e))) {
+					snprintf(a->name, sizeof(a->name), "report");
+					w->n_out++;
+				}
+			} else {
+				store_blob_abort(b);
+			}
+		}
+	}
+	store_blob_abort(bm);
+	store_blob_abort(br);
+	arena_deinit(&arena);
+	free(mp);
+	free(cp);
+	free(rp);
+	w->rc = rc;
+}
+
+static void schedule(void);
+
+static void record_duration(const char *stage, double secs)
+{
+	struct daemon *d = &the_daemon;
+	for (int s = 0; s < STAGES; s++) {
+		if (strcmp(stage, stage_names[s]))
+			continue;
+		size_t b = 0;
+		while (b < N_BUCKETS && secs > buckets[b])
+			b++;
+		pthread_mutex_lock(&d->mu);
+		d->hist[s][b]++;
+		d->hist_sum[s] += secs;
+		d->hist_count[s]++;
+		pthread_mutex_unlock(&d->mu);
+	}
+}
+
+static void after_work_cb(uv_work_t *req, int status)
+{
+	struct daemon *d = &the_daemon;
+	worker_t *w = req->data;
+	sd_error_t e;
+	sd_err_clear(&e);
+	double secs = (double)(now_ms() - w->started_ms) / 1000.0;
+	record_duration(w->job.stage, secs);
+	int rc = w->rc;
+	if (status == UV_ECANCELED)
+		rc = sd_err(&w->e, SD_EINTERNAL, "the stage was not run (shutting down)");
+	if (atomic_load(&w->cancel)) {
+		if (store_job_transition(d->store, w->id, STORE_CANCELED, NULL, "canceled while running", &e))
+			jlog_error("sched", w->id, "cannot record cancel: %s", e.msg);
+		else
+			jlog_info("sched", w->id, "canceled after %.3f s", secs);
+	} else if (!rc) {
+		for (size_t i = 0; !rc && i < w->n_out; i++)
+			rc = store_artifact_add(d->store, w->id, &w->out[i], &e);
+		if (!rc && w->record_sha)
+			rc = store_record_set(d->store, w->id, w->record_sha, &e);
+		store_job_update_t u = {.result_json = w->result_json};
+		char note[64];
+		snprintf(note, sizeof(note), "succeeded in %.3f s", secs);
+		if (!rc)
+			rc = store_job_transition(d->store, w->id, STORE_SUCCEEDED, &u, note, &e);
+		if (rc)
+			jlog_error("sched", w->id, "cannot record success: %s", e.msg);
+		else
+			jlog_info("sched", w->id, "%s succeeded in %.3f s", w->job.stage, secs);
+	} else {
+		store_job_update_t u = {.error_code = sd_err_type(rc), .error_msg = w->e.msg};
+		char note[SD_ERR_MSG_MAX + 32];
+		snprintf(note, sizeof(note), "failed: %s", w->e.msg);
+		if (store_job_transition(d->store, w->id, STORE_FAILED, &u, note, &e))
+			jlog_error("sched", w->id, "cannot record failure: %s", e.msg);
+		/* Bad input is the client's business; anything else is the operator's. */
+		if (sd_err_exit(rc) == 1)
+			jlog_info("sched", w->id, "%s failed: %s", w->job.stage, w->e.msg);
+		else
+			jlog_error("sched", w->id, "%s failed: %s", w->job.stage, w->e.msg);
+	}
+	if (d->api)
+		api_job_changed(d->api, w->id);
+	free(w->result_json);
+	w->result_json = NULL;
+	store_job_clear(&w->job);
+	w->busy = false;
+	d->running--;
+	schedule();
+}
+
+/* ---- loop thread ---- */
+
+static void start_job(worker_t *w, const char *id)
+{
+	struct daemon *d = &the_daemon;
+	sd_error_t e;
+	sd_err_clear(&e);
+	memset(&w->job, 0, sizeof(w->job));
+	if (store_job_transition(d->store, id, STORE_RUNNING, NULL, "started", &e)) {
+		jlog_warn("sched", id, "not started: %s", e.msg);
+		return;
+	}
+	if (store_job_get(d->reader, id, NULL, &w->job, &e)) {
+		jlog_error("sched", id, "cannot load the started job: %s", e.msg);
+		return;
+	}
+	snprintf(w->id, sizeof(w->id), "%s", id);
+	w->busy = true;
+	atomic_store(&w->cancel, false);
+	w->n_out = 0;
+	w->record_sha = NULL;
+	w->rc = 0;
+	sd_err_clear(&w->e);
+	w->started_ms = now_ms();
+	w->req.data = w;
+	d->running++;
+	jlog_info("sched", id, "%s started (attempt %d)", w->job.stage, w->job.attempts);
+	if (d->api)
+		api_job_changed(d->api, id);
+	int rc = uv_queue_work(&d->loop, &w->req, work_cb, after_work_cb);
+	if (rc) {
+		jlog_error("sched", id, "cannot queue the stage: %s", uv_strerror(rc));
+		w->busy = false;
+		d->running--;
+	}
+}
+
+static void schedule(void)
+{
+	struct daemon *d = &the_daemon;
+	if (atomic_load(&d->draining)) {
+		if (d->running == 0)
+			uv_stop(&d->loop);
+		return;
+	}
+	int free_slots = (int)d->conf.workers - d->running;
+	if (free_slots <= 0)
+		return;
+	char(*ids)[STORE_ID_LEN + 1] = NULL;
+	size_t n = 0;
+	sd_error_t e;
+	if (store_queued(d->store, (size_t)free_slots, &ids, &n, &e)) {
+		log_error("sched", "cannot list queued jobs: %s", e.msg);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		for (int k = 0; k < d->conf.workers; k++) {
+			if (!d->workers[k].busy) {
+				start_job(&d->workers[k], ids[i]);
+				break;
+			}
+		}
+	}
+	free(ids);
+}
+
+static int do_create(cmd_t *c)
+{
+	struct daemon *d = &the_daemon;
+	if (atomic_load(&d->draining))
+		return sd_err(c->e, SD_EBUSY, "draining: the daemon is shutting down");
+	int64_t counts[STORE_STATE__COUNT] = {0};
+	int rc = store_job_counts(d->reader, counts, c->e);
+	if (rc)
+		return rc;
+	if (counts[STORE_QUEUED] >= d->conf.queue_max)
+		return sd_err(c->e, SD_EBUSY, "queue full: %" PRId64 " jobs are waiting (queue_max)",
+			      counts[STORE_QUEUED]);
+	if ((rc = store_job_create(d->store, c->job, c->new_id, c->e)))
+		return rc;
+	jlog_info("api", c->new_id, "%s job created%s%s", c->job->stage,
+		  c->job->tenant[0] ? " for tenant " : "", c->job->tenant);
+	return 0;
+}
+
+static int do_cancel(cmd_t *c)
+{
+	struct daemon *d = &the_daemon;
+	store_job_t j = {0};
+	int rc = store_job_get(d->reader, c->id, c->tenant, &j, c->e);
+	if (rc)
+		return rc;
+	store_state_t st = j.state;
+	store_job_clear(&j);
+	if (st == STORE_RUNNING) {
+		for (int k = 0; k < d->conf.workers; k++)
+			if (d->workers[k].busy && !strcmp(d->workers[k].id, c->id))
+				atomic_store(&d->workers[k].cancel, true);
+		jlog_info("api", c->id, "cancel requested while running");
+		return store_event_add(d->store, c->id, "cancel requested", c->e);
+	}
+	if ((rc = store_job_transition(d->store, c->id, STORE_CANCELED, NULL, "canceled", c->e)))
+		return rc;
+	jlog_info("api", c->id, "canceled");
+	return 0;
+}
+
+static int do_delete(cmd_t *c)
+{
+	struct daemon *d = &the_daemon;
+	store_job_t j = {0};
+	int rc = store_job_get(d->reader, c->id, c->tenant, &j, c->e);
+	store_job_clear(&j);
+	if (!rc && !(rc = store_job_delete(d->store, c->id, c->e)))
+		jlog_info("api", c->id, "deleted");
+	return rc;
+}
+
+static void on_wake(uv_async_t *h)
+{
+	struct daemon *d = h->data;
+	pthread_mutex_lock(&d->mu);
+	cmd_t *list = d->cmds;
+	d->cmds = NULL;
+	pthread_mutex_unlock(&d->mu);
+	bool changed = false;
+	while (list) {
+		cmd_t *c = list;
+		list = c->next;
+		c->rc = c->kind == CMD_CREATE ? do_create(c)
+			: c->kind == CMD_CANCEL ? do_cancel(c)
+						: do_delete(c);
+		changed |= c->rc == 0;
+		if (!c->rc && c->kind == CMD_CANCEL && d->api)
+			api_job_changed(d->api, c->id);
+		pthread_mutex_lock(&d->mu);
+		c->done = true;
+		pthread_cond_signal(&c->cond);
+		pthread_mutex_unlock(&d->mu);
+	}
+	if (changed)
+		schedule();
+}
+
+static void on_stop_signal(uv_signal_t *h, int sig)
+{
+	struct daemon *d = h->data;
+	if (atomic_exchange(&d->draining, true))
+		return;
+	log_info("main", "%s: draining (%d stage%s running; queued jobs stay queued)",
+		 sig == SIGTERM ? "SIGTERM" : "SIGINT", d->running, d->running == 1 ? "" : "s");
+	schedule();
+}
+
+static void on_hup(uv_signal_t *h, int sig)
+{
+	(void)sig;
+	struct daemon *d = h->data;
+	sd_error_t e;
+	if (sd_log_reopen())
+		log_error("main", "SIGHUP: cannot reopen the log file");
+	if (conf_reload(&d->conf, &e))
+		log_error("main", "SIGHUP: settings not reloaded: %s", e.msg);
+	else
+		log_info("main", "SIGHUP: log reopened, settings reloaded");
+	sd_log_level_t lvl;
+	if (!sd_log_level_parse(d->conf.log_level, &lvl))
+		sd_log_init(lvl, NULL), sd_log_reopen();
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+	struct daemon *d = t->data;
+	if (!d->conf.retention_hours)
+		return;
+	int n = 0;
+	sd_error_t e;
+	if (store_sweep(d->store, now_ms() - d->conf.retention_hours * 3600 * 1000, &n, &e))
+		log_warn("store", "retention sweep failed: %s", e.msg);
+	else if (n)
+		log_info("store", "retention sweep deleted %d job%s", n, n == 1 ? "" : "s");
+}
+
+static void on_poll(uv_timer_t *t)
+{
+	struct daemon *d = t->data;
+	if (d->api)
+		api_poll_expire(d->api);
+}
+
+static bool loopback(const char *host)
+{
+	return !strncmp(host, "127.", 4) || !strcmp(host, "::1");
+}
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+int serve_main(int argc, char **argv)
+{
+	struct daemon *d = &the_daemon;
+	sd_error_t e;
+	sd_err_clear(&e);
+	bool print;
+	conf_defaults(&d->conf);
+	if (conf_parse(&d->conf, argc, argv, &print, &e)) {
+		fprintf(stderr, "sparsityd serve: %s\n", e.msg);
+		return 2;
+	}
+	if (print) {
+		conf_print(&d->conf);
+		return 0;
+	}
+	sd_log_level_t lvl = SD_LOG_INFO;
+	int rc = sd_log_level_parse(d->conf.log_level, &lvl);
+	if (rc || sd_log_init(lvl, d->conf.log_file[0] ? d->conf.log_file : NULL)) {
+		fprintf(stderr, "sparsityd serve: cannot open log file %s\n", d->conf.log_file);
+		return 2;
+	}
+	char host[128];
+	int port;
+	if (conf_listen_split(d->conf.listen, host, sizeof(host), &port, &e)) {
+		fprintf(stderr, "sparsityd serve: %s\n", e.msg);
+		return 2;
+	}
+	/* libuv sizes its pool on first use: one thread per worker. */
+	char pool[16];
+	snprintf(pool, sizeof(pool), "%d", (int)d->conf.workers);
+	setenv("UV_THREADPOOL_SIZE", pool, 1);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (store_open(d->conf.data_dir, &d->store, &e) ||
+	    store_reader_open(d->store, &d->reader, &e)) {
+		log_error("main", "cannot open the data directory %s: %s", d->conf.data_dir, e.msg);
+		if (d->store)
+			store_close(d->store);
+		return 3;
+	}
+	bool tokens = false;
+	if (store_tokens_exist(d->reader, &tokens, &e) == 0 && !tokens && !loopback(host) &&
+	    !d->conf.insecure) {
+		log_error("main",
+			  "refusing to listen on %s without API tokens: create one with `sparsityd "
+			  "token create --tenant NAME --data-dir %s`, or pass --insecure",
+			  d->conf.listen, d->conf.data_dir);
+		store_reader_close(d->reader);
+		store_close(d->store);
+		return 2;
+	}
+	int requeued = 0, failed = 0;
+	if (store_recover(d->store, (int)d->conf.max_attempts, &requeued, &failed, &e))
+		log_error("store", "recovery failed: %s", e.msg);
+	else if (requeued || failed)
+		log_warn("store", "recovered after a crash: %d job%s requeued, %d failed (attempts exhausted)",
+			 requeued, requeued == 1 ? "" : "s", failed);
+
+	d->workers = calloc((size_t)d->conf.workers, sizeof(*d->workers));
+	pthread_mutex_init(&d->mu, NULL);
+	uv_loop_init(&d->loop);
+	uv_async_init(&d->loop, &d->wake, on_wake);
+	d->wake.data = d;
+	uv_signal_init(&d->loop, &d->sig_term);
+	uv_signal_init(&d->loop, &d->sig_int);
+	uv_signal_init(&d->loop, &d->sig_hup);
+	d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
+	uv_signal_start(&d->sig_term, on_stop_signal, SIGTERM);
+	uv_signal_start(&d->sig_int, on_stop_signal, SIGINT);
+	uv_signal_start(&d->sig_hup, on_hup, SIGHUP);
+	uv_timer_init(&d->loop, &d->sweep);
+	uv_timer_init(&d->loop, &d->poll);
+	d->sweep.data = d->poll.data = d;
+	uv_timer_start(&d->sweep, on_sweep, 1000, SWEEP_EVERY_MS);
+	uv_timer_start(&d->poll, on_poll, POLL_TICK_MS, POLL_TICK_MS);
+
+	api_conf_t ac = {.host = host, .port = port, .threads = (int)d->conf.http_threads,
+			 .max_upload = d->conf.max_upload, .openapi = d->conf.openapi};
+	api_ops_t ops = {.create = op_create, .cancel = op_cancel, .remove = op_remove,
+			 .draining = op_draining, .metrics = op_metrics};
+	rc = api_start(&ac, d->store, &ops, &d->api, &e);
+	if (rc) {
+		log_error("main", "%s", e.msg);
+	} else {
+		log_info("main", "sparsityd listening on %s, data in %s, %d worker%s", d->conf.listen,
+			 d->conf.data_dir, (int)d->conf.workers, d->conf.workers == 1 ? "" : "s");
+		schedule();
+		uv_run(&d->loop, UV_RUN_DEFAULT);
+		log_info("main", "stopping: HTTP server");
+		api_stop(d->api);
+		d->api = NULL;
+	}
+	uv_close((uv_handle_t *)&d->wake, close_cb);
+	uv_close((uv_handle_t *)&d->sig_term, close_cb);
+	uv_close((uv_handle_t *)&d->sig_int, close_cb);
+	uv_close((uv_handle_t *)&d->sig_hup, close_cb);
+	uv_close((uv_handle_t *)&d->sweep, close_cb);
+	uv_close((uv_handle_t *)&d->poll, close_cb);
+	uv_run(&d->loop, UV_RUN_DEFAULT);
+	uv_loop_close(&d->loop);
+	free(d->workers);
+	store_reader_close(d->reader);
+	store_close(d->store);
+	pthread_mutex_destroy(&d->mu);
+	log_info("main", "stopped");
+	sd_log_deinit();
+	return rc ? 3 : 0;
+}
+
+int serve_token_main(int argc, char **argv)
+{
+	const char *tenant = NULL, *dir = "./var";
+	if (argc < 2 || strcmp(argv[1], "create")) {
+		fprintf(stderr, "usage: sparsityd token create --tenant NAME [--data-dir DIR]\n");
+		return 2;
+	}
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--tenant") && i + 1 < argc)
+			tenant = argv[++i];
+		else if (!strcmp(argv[i], "--data-dir") && i + 1 < argc)
+			dir = argv[++i];
+		else {
+			fprintf(stderr, "sparsityd token: unexpected argument '%s'\n", argv[i]);
+			return 2;
+		}
+	}
+	if (!tenant || !tenant[0]) {
+		fprintf(stderr, "sparsityd token create: --tenant NAME is required\n");
+		return 2;
+	}
+	store_t *s;
+	sd_error_t e;
+	char token[128];
+	if (store_open(dir, &s, &e)) {
+		fprintf(stderr, "sparsityd token: %s\n", e.msg);
+		return 3;
+	}
+	int rc = store_token_create(s, tenant, token, sizeof(token), &e);
+	store_close(s);
+	if (rc) {
+		fprintf(stderr, "sparsityd token: %s\n", e.msg);
+		return 3;
+	}
+	printf("%s\n", token);
+	return 0;
+}

@@ -1,0 +1,365 @@
+/*
+ * store_blob: content-addressed files under <dir>/blobs (see store.h).
+ *
+ * Design.
+ * - A blob is written to a fresh temporary file in tmp/ (same file system as blobs/,
+ *   so the rename is atomic) and hashed as it streams in. Commit fsyncs the file,
+ *   renames it to blobs/<first two hex digits>/<sha256> and fsyncs that directory, so
+ *   after commit returns the blob survives a power loss, and at no moment can a
+ *   reader find a partial file under a content address. Only then may the caller
+ *   write a row naming the blob: a crash between the two leaves an unreferenced blob,
+ *   never a row without its file.
+ * - Identical content is stored once: if the address already exists the temporary
+ *   file is dropped. The name is the SHA-256 of the bytes, so the existing file is the
+ *   same content.
+ * - tmp/ is emptied and unreferenced blobs are removed at store_open, when no upload
+ *   can be in flight (the directory lock keeps other processes away). At runtime a
+ *   blob is removed when the last row naming it goes (store__blob_release).
+ *   Known window: a blob that a job delete releases while an upload of identical
+ *   content has just committed but not yet created its job can disappear under that
+ *   upload; job creation checks that each input blob exists and fails cleanly then.
+ * - Blob writers touch only files and their own hash state, so any thread may run
+ *   them; fsync and hashing stay off the loop thread.
+ *
+ * Workload: uploads of models, configs and records (MB to GB) and stage outputs.
+ */
+#include "store_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct store_blob {
+	store_t *s;
+	int fd;
+	char *tmp_path;
+	EVP_MD_CTX *md;
+	int64_t size, limit;
+	int failed; /* a failed append poisons the blob: commit refuses it */
+};
+
+static int io_code(int err)
+{
+	return err == ENOSPC || err == EDQUOT ? SD_ENOSPACE : SD_EIO;
+}
+
+bool store__sha_ok(const char *sha)
+{
+	if (!sha || strlen(sha) != STORE_SHA_HEX)
+		return false;
+	for (size_t i = 0; i < STORE_SHA_HEX; i++)
+		if (!((sha[i] >= '0' && sha[i] <= '9') || (sha[i] >= 'a' && sha[i] <= 'f')))
+			return false;
+	return true;
+}
+
+static void hex(const unsigned char *d, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = digits[d[i] >> 4];
+		out[2 * i + 1] = digits[d[i] & 15];
+	}
+	out[2 * n] = 0;
+}
+
+int store__sha256_hex(const void *data, size_t len, char out[STORE_SHA_HEX + 1],
+		      sd_error_t *e)
+{
+	unsigned char d[32];
+	unsigned int n = 0;
+	if (EVP_Digest(data, len, d, &n, EVP_sha256(), NULL) != 1 || n != 32)
+		return sd_err(e, SD_EINTERNAL, "store: SHA-256 failed");
+	hex(d, 32, out);
+	return 0;
+}
+
+char *store_blob_path(store_t *s, const char *sha256)
+{
+	if (!store__sha_ok(sha256))
+		return NULL;
+	char *p = NULL;
+	if (asprintf(&p, "%s/blobs/%.2s/%s", s->dir, sha256, sha256) < 0)
+		return NULL;
+	return p;
+}
+
+int store__blob_exists(store_t *s, const char *sha, sd_error_t *e)
+{
+	if (!store__sha_ok(sha))
+		return sd_err(e, SD_EUSAGE, "store: '%s' is not a SHA-256 hex digest",
+			      sha ? sha : "(null)");
+	char *p = store_blob_path(s, sha);
+	if (!p)
+		return sd_err(e, SD_ENOMEM, "store: out of memory");
+	struct stat st;
+	int rc = stat(p, &st);
+	int err = errno;
+	free(p);
+	if (rc == 0)
+		return 0;
+	if (err == ENOENT)
+		return sd_err(e, SD_ENOTFOUND, "store: blob %s does not exist", sha);
+	return sd_err(e, SD_EIO, "store: blob %s: %s", sha, strerror(err));
+}
+
+/* fsync of a directory makes a rename or create in it durable. */
+static int fsync_dir(const char *path, sd_error_t *e)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return sd_err(e, SD_EIO, "store: cannot open %s: %s", path, strerror(errno));
+	int rc = fsync(fd);
+	int err = errno;
+	close(fd);
+	if (rc != 0)
+		return sd_err(e, io_code(err), "store: fsync %s: %s", path, strerror(err));
+	return 0;
+}
+
+int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out, sd_error_t *e)
+{
+	*out = NULL;
+	store_blob_t *b = calloc(1, sizeof(*b));
+	if (!b)
+		return sd_err(e, SD_ENOMEM, "store: out of memory");
+	b->s = s;
+	b->fd = -1;
+	b->limit = limit > 0 ? limit : INT64_MAX;
+	b->md = EVP_MD_CTX_new();
+	if (!b->md || asprintf(&b->tmp_path, "%s/tmp/blob-XXXXXX", s->dir) < 0) {
+		b->tmp_path = NULL;
+		store_blob_abort(b);
+		return sd_err(e, SD_ENOMEM, "store: out of memory");
+	}
+	if (EVP_DigestInit_ex(b->md, EVP_sha256(), NULL) != 1) {
+		store_blob_abort(b);
+		return sd_err(e, SD_EINTERNAL, "store: SHA-256 init failed");
+	}
+	b->fd = mkostemp(b->tmp_path, O_CLOEXEC);
+	if (b->fd < 0) {
+		int err = errno;
+		int rc = sd_err(e, io_code(err), "store: cannot create %s: %s", b->tmp_path,
+				strerror(err));
+		free(b->tmp_path);
+		b->tmp_path = NULL; /* nothing was created, nothing to unlink */
+		store_blob_abort(b);
+		return rc;
+	}
+	*out = b;
+	return 0;
+}
+
+int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t *e)
+{
+	if (b->failed)
+		return sd_err(e, b->failed, "store: blob write already failed");
+	/* The limit is checked before writing, so an oversized upload never fills disk. */
+	if (len > (uint64_t)(b->limit - b->size)) {
+		b->failed = SD_ETOOBIG;
+		return sd_err(e, SD_ETOOBIG, "store: blob exceeds the limit of %lld bytes",
+			      (long long)b->limit);
+	}
+	if (EVP_DigestUpdate(b->md, data, len) != 1) {
+		b->failed = SD_EINTERNAL;
+		return sd_err(e, SD_EINTERNAL, "store: SHA-256 update failed");
+	}
+	const char *p = data;
+	size_t left = len;
+	while (left > 0) {
+		ssize_t n = write(b->fd, p, left);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			int err = errno;
+			b->failed = io_code(err);
+			return sd_err(e, b->failed, "store: write %s: %s", b->tmp_path,
+				      strerror(err));
+		}
+		p += n;
+		left -= (size_t)n;
+	}
+	b->size += (int64_t)len;
+	return 0;
+}
+
+int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1], int64_t *size,
+		      sd_error_t *e)
+{
+	int rc = 0;
+	char *dir = NULL, *dest = NULL;
+	if (b->failed) {
+		rc = sd_err(e, b->failed, "store: blob write failed earlier; not committed");
+		goto out;
+	}
+	unsigned char d[32];
+	unsigned int n = 0;
+	if (EVP_DigestFinal_ex(b->md, d, &n) != 1 || n != 32) {
+		rc = sd_err(e, SD_EINTERNAL, "store: SHA-256 final failed");
+		goto out;
+	}
+	char sha[STORE_SHA_HEX + 1];
+	hex(d, 32, sha);
+	if (fsync(b->fd) != 0) {
+		int err = errno;
+		rc = sd_err(e, io_code(err), "store: fsync %s: %s", b->tmp_path, strerror(err));
+		goto out;
+	}
+	if (close(b->fd) != 0) {
+		int err = errno;
+		b->fd = -1;
+		rc = sd_err(e, io_code(err), "store: close %s: %s", b->tmp_path, strerror(err));
+		goto out;
+	}
+	b->fd = -1;
+	if (asprintf(&dir, "%s/blobs/%.2s", b->s->dir, sha) < 0) {
+		dir = NULL;
+		rc = sd_err(e, SD_ENOMEM, "store: out of memory");
+		goto out;
+	}
+	if (!(dest = store_blob_path(b->s, sha))) {
+		rc = sd_err(e, SD_ENOMEM, "store: out of memory");
+		goto out;
+	}
+	bool made = mkdir(dir, 0750) == 0;
+	if (!made && errno != EEXIST) {
+		int err = errno;
+		rc = sd_err(e, io_code(err), "store: cannot create %s: %s", dir, strerror(err));
+		goto out;
+	}
+	if (made) {
+		/* The new fan-out directory itself must survive, or the rename would not. */
+		char *blobs = NULL;
+		if (asprintf(&blobs, "%s/blobs", b->s->dir) < 0) {
+			rc = sd_err(e, SD_ENOMEM, "store: out of memory");
+			goto out;
+		}
+		rc = fsync_dir(blobs, e);
+		free(blobs);
+		if (rc)
+			goto out;
+	}
+	struct stat st;
+	if (stat(dest, &st) == 0) {
+		/* Same name, same bytes: keep the existing file (temp removed below). */
+	} else if (rename(b->tmp_path, dest) != 0) {
+		int err = errno;
+		rc = sd_err(e, io_code(err), "store: rename to %s: %s", dest, strerror(err));
+		goto out;
+	} else {
+		free(b->tmp_path);
+		b->tmp_path = NULL; /* now the blob; abort must not unlink it */
+		if ((rc = fsync_dir(dir, e)) != 0)
+			goto out;
+	}
+	memcpy(sha256, sha, sizeof(sha));
+	*size = b->size;
+out:
+	free(dir);
+	free(dest);
+	store_blob_abort(b); /* removes the temporary file if it was not renamed */
+	return rc;
+}
+
+void store_blob_abort(store_blob_t *b)
+{
+	if (!b)
+		return;
+	if (b->fd >= 0)
+		close(b->fd);
+	if (b->tmp_path)
+		unlink(b->tmp_path);
+	free(b->tmp_path);
+	EVP_MD_CTX_free(b->md);
+	free(b);
+}
+
+void store__blob_release(store_t *s, const char *sha)
+{
+	sqlite3_stmt *st;
+	if (store__stmt(&s->w, STORE__SQL_BLOB_REFERENCED, &st, NULL) != 0)
+		return; /* keep the file: an orphan is swept at the next open */
+	store__bind_text(st, 1, sha);
+	int rc = sqlite3_step(st);
+	bool referenced = rc != SQLITE_ROW || sqlite3_column_int(st, 0) != 0;
+	sqlite3_reset(st);
+	if (referenced)
+		return;
+	char *p = store_blob_path(s, sha);
+	if (p)
+		unlink(p); /* a lost unlink (power loss) only leaves an orphan for the sweep */
+	free(p);
+}
+
+/* Removes every entry of tmp/: all are blobs of writers that died before commit. */
+static int sweep_tmp(store_t *s, sd_error_t *e)
+{
+	char *tmp = NULL;
+	if (asprintf(&tmp, "%s/tmp", s->dir) < 0)
+		return sd_err(e, SD_ENOMEM, "store: out of memory");
+	DIR *d = opendir(tmp);
+	if (!d) {
+		int err = errno;
+		sd_err(e, SD_EIO, "store: cannot open %s: %s", tmp, strerror(err));
+		free(tmp);
+		return SD_EIO;
+	}
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+	free(tmp);
+	return 0;
+}
+
+/* Removes blobs no row names: left by a crash between commit and the row insert, or by
+ * an unlink lost to a power cut. Files whose names are not digests are left alone. */
+static int sweep_orphans(store_t *s, sd_error_t *e)
+{
+	char *blobs = NULL;
+	if (asprintf(&blobs, "%s/blobs", s->dir) < 0)
+		return sd_err(e, SD_ENOMEM, "store: out of memory");
+	DIR *top = opendir(blobs);
+	if (!top) {
+		int err = errno;
+		sd_err(e, SD_EIO, "store: cannot open %s: %s", blobs, strerror(err));
+		free(blobs);
+		return SD_EIO;
+	}
+	struct dirent *de;
+	while ((de = readdir(top)) != NULL) {
+		if (strlen(de->d_name) != 2 || de->d_name[0] == '.')
+			continue;
+		int fd = openat(dirfd(top), de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		DIR *sub = fd >= 0 ? fdopendir(fd) : NULL;
+		if (!sub) {
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		struct dirent *f;
+		while ((f = readdir(sub)) != NULL) {
+			if (store__sha_ok(f->d_name) && strncmp(f->d_name, de->d_name, 2) == 0)
+				store__blob_release(s, f->d_name);
+		}
+		closedir(sub);
+	}
+	closedir(top);
+	free(blobs);
+	return 0;
+}
+
+int store__blob_sweep(store_t *s, sd_error_t *e)
+{
+	int rc = sweep_tmp(s, e);
+	return rc ? rc : sweep_orphans(s, e);
+}
