@@ -93,24 +93,36 @@ static int read_step(const Tensorflow__NodeDef *n, const char *layer, int64_t *s
 	return 0;
 }
 
-/* keep[i] = (m[i] != 0); fails unless every value is exactly 0 or 1. */
+/* keep[i] = (m[i] != 0); fails unless every value is exactly 0 or 1 (compared as bit
+ * patterns: +0, -0 and the format's 1.0). */
+#define DEFINE_KEEP(NAME, U)                                                            \
+	static int NAME(const U *m, size_t n, U one, U sign, uint8_t *keep)             \
+	{                                                                               \
+		unsigned bad = 0;                                                       \
+		for (size_t i = 0; i < n; i++) {                                        \
+			U v = m[i] & (U)~sign;                                          \
+			bad |= (v != 0) & (m[i] != one);                                \
+			keep[i] = v != 0;                                               \
+		}                                                                       \
+		return bad ? -1 : 0;                                                    \
+	}
+DEFINE_KEEP(keep16, uint16_t)
+DEFINE_KEEP(keep32, uint32_t)
+DEFINE_KEEP(keep64, uint64_t)
+
 static int keep_from_mask(const prune_tensor_t *m, uint8_t *keep)
 {
-	for (size_t i = 0; i < m->n; i++) {
-		double v;
-		switch (m->dtype) {
-		case TENSORFLOW__DATA_TYPE__DT_FLOAT: v = ((const float *)m->data)[i]; break;
-		case TENSORFLOW__DATA_TYPE__DT_DOUBLE: v = ((const double *)m->data)[i]; break;
-		case TENSORFLOW__DATA_TYPE__DT_HALF:
-			v = prune_half_to_float(((const uint16_t *)m->data)[i]);
-			break;
-		default: v = prune_bf16_to_float(((const uint16_t *)m->data)[i]); break;
-		}
-		if (v != 0.0 && v != 1.0)
-			return -1;
-		keep[i] = v != 0.0;
+	switch (m->dtype) {
+	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
+		return keep32(m->data, m->n, 0x3F800000u, 0x80000000u, keep);
+	case TENSORFLOW__DATA_TYPE__DT_DOUBLE:
+		return keep64(m->data, m->n, UINT64_C(0x3FF0000000000000),
+			      UINT64_C(0x8000000000000000), keep);
+	case TENSORFLOW__DATA_TYPE__DT_HALF:
+		return keep16(m->data, m->n, 0x3C00u, 0x8000u, keep);
+	default:
+		return keep16(m->data, m->n, 0x3F80u, 0x8000u, keep);
 	}
-	return 0;
 }
 
 static bool same_shape(const prune_tensor_t *t, const int64_t *shape, int rank)
@@ -225,7 +237,7 @@ static int export_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *
 	}
 	ptrdiff_t wci = prune_graph_find(g, wc->name, strlen(wc->name));
 	bool moved;
-	if ((rc = prune_sparsify(g, &x->cons, l, (size_t)li, (size_t)wci, &w, x->keep,
+	if ((rc = prune_sparsify(g, &x->cons, l, (size_t)li, (size_t)wci, &w, x->keep, refresh,
 				 ignore_scope, (void *)r->scope, &moved, e)))
 		return rc;
 	if (!moved)

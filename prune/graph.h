@@ -52,18 +52,30 @@ const char *prune_format_name(prune_format_t f);
 SD_MUST_CHECK int prune_format_parse(const char *s, prune_format_t *out, sd_error_t *e);
 
 /*
- * Builds a graph from len bytes of a model. Large weights of a binary model are not
- * copied: their tensor_content points into buf, so buf must outlive the graph, and the
- * stages that rewrite weights (export, prune) write into it: give them a writable
- * buffer (a MAP_PRIVATE mapping keeps the file itself unchanged). `file` names the
- * input in messages. `fmt` is PRUNE_FMT_AUTO to detect. Validates what SPEC section 2
- * lists (duplicate names, inputs naming missing nodes, constants whose content
- * disagrees with their shape, shapes over max_elems) and fails naming the node.
- * Returns 0 and *out, or SD_EMODEL, SD_ETOOBIG, SD_ENOMEM.
+ * Where large weights of a binary model live. Without one they point into the model
+ * buffer itself (which must then outlive the graph, and be writable for the stages
+ * that rewrite weights). With one, the loader asks for each large tensor_content
+ * payload (the len bytes at offset off of the model) and points the tensor at the
+ * memory fetch returns: a caller can read payloads straight from the file into
+ * memory of its own, aligned for the kernels, so the model never sits in memory twice.
+ * fetch returns NULL with e set on failure; the memory must outlive the graph.
+ */
+typedef struct prune_payloads {
+	uint8_t *(*fetch)(void *ud, size_t off, size_t len, sd_error_t *e);
+	void *ud;
+} prune_payloads_t;
+
+/*
+ * Builds a graph from len bytes of a model. `file` names the input in messages. `fmt`
+ * is PRUNE_FMT_AUTO to detect. `payloads` may be NULL (see above). Validates what SPEC
+ * section 2 lists (duplicate names, inputs naming missing nodes, constants whose
+ * content disagrees with their shape, shapes over max_elems) and fails naming the
+ * node. Returns 0 and *out, or SD_EMODEL, SD_ETOOBIG, SD_ENOMEM, or the fetch's error.
  */
 SD_MUST_CHECK int prune_graph_load(uint8_t *buf, size_t len, const char *file,
-				   prune_format_t fmt, size_t max_elems, arena_t *a,
-				   prune_graph_t **out, sd_error_t *e);
+				   prune_format_t fmt, const prune_payloads_t *payloads,
+				   size_t max_elems, arena_t *a, prune_graph_t **out,
+				   sd_error_t *e);
 
 /* Format used, and whether it was stated by the caller (else detected). */
 prune_format_t prune_graph_format(const prune_graph_t *g);

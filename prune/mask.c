@@ -386,28 +386,42 @@ int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep, const char
  * the signed zero that w * 0.0 gives for finite w in every float type; kept elements are
  * untouched bit for bit (no float multiply, so no NaN quieting or denormal flushing).
  */
+/* Applies and counts in the same pass: the stage reports how many weights it zeroed
+ * and how many zeros the result holds without reading the weights again. */
 #define DEFINE_APPLY(NAME, U, SIGN)                                                    \
-	static void NAME(U *p, const uint8_t *keep, size_t n)                          \
+	static void NAME(U *p, const uint8_t *keep, size_t n, prune_mask_counts_t *c)  \
 	{                                                                              \
-		for (size_t i = 0; i < n; i++)                                         \
+		size_t zeroed = 0, zeros = 0;                                          \
+		for (size_t i = 0; i < n; i++) {                                       \
+			U before = p[i] & (U) ~(U)(SIGN);                              \
+			U after = before & (U)(-(U)(keep[i] != 0));                    \
+			zeroed += (before != 0) & (after == 0);                        \
+			zeros += after == 0;                                           \
 			p[i] &= (U)(-(U)(keep[i] != 0)) | (U)(SIGN);                   \
+		}                                                                      \
+		c->zeroed = zeroed;                                                    \
+		c->zeros = zeros;                                                      \
 	}
 
 DEFINE_APPLY(apply16, uint16_t, 0x8000u)
 DEFINE_APPLY(apply32, uint32_t, 0x80000000u)
 DEFINE_APPLY(apply64, uint64_t, UINT64_C(0x8000000000000000))
 
-void prune_mask_apply(prune_tensor_t *w, const uint8_t *keep)
+void prune_mask_apply(prune_tensor_t *w, const uint8_t *keep, prune_mask_counts_t *c)
 {
+	prune_mask_counts_t dummy;
+	if (!c)
+		c = &dummy;
+	c->zeroed = c->zeros = 0;
 	switch (prune_dtype_size(w->dtype)) {
 	case 2:
-		apply16(w->data, keep, w->n);
+		apply16(w->data, keep, w->n, c);
 		break;
 	case 4:
-		apply32(w->data, keep, w->n);
+		apply32(w->data, keep, w->n, c);
 		break;
 	case 8:
-		apply64(w->data, keep, w->n);
+		apply64(w->data, keep, w->n, c);
 		break;
 	default:
 		break;

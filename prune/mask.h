@@ -28,11 +28,19 @@
 SD_MUST_CHECK int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep,
 				  const char *layer, sd_error_t *e);
 
+/* What prune_mask_apply changed: weights it set to zero (non-zero before), and zeros
+ * in the result (including weights that were zero already). */
+typedef struct prune_mask_counts {
+	size_t zeroed;
+	size_t zeros;
+} prune_mask_counts_t;
+
 /*
  * w := w * keep, elementwise in w's own type (a pruned element becomes a zero with the
- * sign of w, exactly what TensorFlow's Mul by a 0/1 mask gives for finite w).
+ * sign of w, exactly what TensorFlow's Mul by a 0/1 mask gives for finite w). c (may
+ * be NULL) receives the counts, computed in the same pass.
  */
-void prune_mask_apply(prune_tensor_t *w, const uint8_t *keep);
+void prune_mask_apply(prune_tensor_t *w, const uint8_t *keep, prune_mask_counts_t *c);
 
 /*
  * Writes the mask as 0/1 values of w's dtype into out (n elements of w's type).

@@ -67,7 +67,8 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 		if (!rc)
 			rc = prune_mask_2of4(&w, l->axis, keep, l->name, e);
 		if (!rc)
-			rc = prune_sparsify(g, &cons, l, l->node, wi, &w, keep, NULL, NULL, &moved, e);
+			rc = prune_sparsify(g, &cons, l, l->node, wi, &w, keep, true, NULL, NULL,
+					    &moved, e);
 		if (!rc && moved)
 			l->detail = arena_sprintf(a, "%s (shared weight copied to '%s')", l->detail,
 						  prune_graph_node(g, l->node)->input[1]);

@@ -41,15 +41,14 @@ void prune_sparsify_stats(prune_layer_t *l, const prune_tensor_t *w)
 
 int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *l,
 		   size_t layer_idx, size_t cidx, prune_tensor_t *w, const uint8_t *keep,
-		   prune_ignore_cb ignore, void *ud, bool *moved, sd_error_t *e)
+		   bool keep_2of4, prune_ignore_cb ignore, void *ud, bool *moved, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
-	size_t before = 0;
-	prune_mask_is_2of4(w, l->axis, &before);
+	prune_mask_counts_t counts;
 	Tensorflow__NodeDef *cn = prune_graph_node(g, cidx);
 	*moved = !exclusive(g, c, cidx, layer_idx, ignore, ud, 0);
 	if (!*moved) {
-		prune_mask_apply(w, keep);
+		prune_mask_apply(w, keep, &counts);
 		Tensorflow__AttrValue *v = prune_node_attr(cn, "value");
 		int rc = prune_tensor_write(v->tensor, w, a, e);
 		if (rc)
@@ -62,7 +61,7 @@ int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *
 				      l->name);
 		memcpy(copy, w->data, bytes);
 		w->data = copy;
-		prune_mask_apply(w, keep);
+		prune_mask_apply(w, keep, &counts);
 		const char *name = arena_sprintf(a, "%s/weight_2of4", l->name);
 		Tensorflow__NodeDef *nn = name ? prune_graph_add(g, name, "Const", e) : NULL;
 		if (!nn)
@@ -80,8 +79,17 @@ int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *
 			nn->device = cn->device;
 		prune_graph_node(g, layer_idx)->input[1] = nn->name;
 	}
-	prune_sparsify_stats(l, w);
-	l->zeroed = l->zeros - before;
+	/* A mask from the 2:4 kernel makes the result 2:4 by construction; any other
+	 * (a frozen mask variable) is verified. */
+	if (keep_2of4) {
+		l->is_2of4 = true;
+		l->zeros = counts.zeros;
+		l->elems = w->n;
+		l->examined = true;
+	} else {
+		prune_sparsify_stats(l, w);
+	}
+	l->zeroed = counts.zeroed;
 	return 0;
 }
 

@@ -85,7 +85,7 @@ static double bench_one(int dtype, int rank, const int64_t *dims, int axis, int 
 		sd_err_clear(&e);
 		double t0 = now();
 		int rc = prune_mask_2of4(&t, axis, keep, "bench", &e);
-		prune_mask_apply(&t, keep);
+		prune_mask_apply(&t, keep, NULL);
 		double dt = now() - t0;
 		if (rc) {
 			fprintf(stderr, "bench_mask: %s\n", e.msg);

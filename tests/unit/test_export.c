@@ -126,7 +126,7 @@ static prune_tensor_t expected(prune_tensor_t w, int axis)
 	uint8_t *keep = arena_alloc(&A, w.n);
 	sd_error_t e;
 	ck_assert_int_eq(prune_mask_2of4(&w, axis, keep, "t", &e), 0);
-	prune_mask_apply(&w, keep);
+	prune_mask_apply(&w, keep, NULL);
 	return w;
 }
 

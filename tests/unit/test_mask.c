@@ -457,7 +457,7 @@ START_TEST(apply_gives_signed_zeros)
 		ck_assert_ptr_nonnull(orig);
 		memcpy(orig, c.t.data, bytes);
 		ck_assert_int_eq(prune_mask_2of4(&c.t, 2, c.keep, "l", NULL), 0);
-		prune_mask_apply(&c.t, c.keep);
+		prune_mask_apply(&c.t, c.keep, NULL);
 		size_t pruned = 0, negzero = 0;
 		for (size_t i = 0; i < c.t.n; i++) {
 			uint64_t was = bits(c.t.dtype, orig, i), now = bits(c.t.dtype, c.t.data, i);
@@ -552,7 +552,7 @@ START_TEST(is_2of4_cases)
 			ck_assert_uint_eq(zeros, 0);
 		}
 		ck_assert_int_eq(prune_mask_2of4(&c.t, 1, c.keep, "l", NULL), 0);
-		prune_mask_apply(&c.t, c.keep);
+		prune_mask_apply(&c.t, c.keep, NULL);
 		size_t zeros = 0;
 		ck_assert_int_eq(prune_mask_is_2of4(&c.t, 1, &zeros), 1);
 		/* C = 5: groups of 4 and 1, so per (outer, inner) 2 of the 5 are zeroed. */
