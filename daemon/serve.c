@@ -575,6 +575,10 @@ int serve_main(int argc, char **argv)
 	sd_error_t e;
 	sd_err_clear(&e);
 	bool print;
+	if (argc == 2 && !strcmp(argv[1], "--print-routes")) {
+		api_routes_print();
+		return 0;
+	}
 	conf_defaults(&d->conf);
 	if (conf_parse(&d->conf, argc, argv, &print, &e)) {
 		fprintf(stderr, "sparsityd serve: %s\n", e.msg);
