@@ -96,6 +96,8 @@ struct api {
 	waiter_t *waiters;
 	atomic_uint_fast64_t status_count[600];
 	atomic_uint_fast64_t upload_bytes;
+	atomic_bool tokens_on;
+	atomic_int_fast64_t tokens_checked_ms;
 };
 
 static const char *const text_fields[5] = {"stage", "outputs", "format", "name", "record_from"};
@@ -108,19 +110,65 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- per-thread store readers ---- */
+/* ---- per-thread state: a store reader and rendered job bodies ---- */
 
-static void reader_free(void *p) { store_reader_close(p); }
+/*
+ * Pollers ask for the same job over and over; a job's body only changes with its
+ * version, so each HTTP thread keeps the last bodies it rendered, keyed by (id,
+ * version), and answers a repeat with a copy instead of three queries and a JSON
+ * round trip.
+ */
+#define BODY_CACHE 32
+
+typedef struct thread_ctx {
+	store_reader_t *reader;
+	struct cached {
+		char id[STORE_ID_LEN + 1];
+		int64_t version;
+		char *body;
+		size_t len;
+	} cache[BODY_CACHE];
+} thread_ctx_t;
+
+static void thread_ctx_free(void *p)
+{
+	thread_ctx_t *t = p;
+	store_reader_close(t->reader);
+	for (int i = 0; i < BODY_CACHE; i++)
+		free(t->cache[i].body);
+	free(t);
+}
+
+static thread_ctx_t *thread_ctx(api_t *a, sd_error_t *e)
+{
+	thread_ctx_t *t = pthread_getspecific(a->reader_key);
+	if (t)
+		return t;
+	t = calloc(1, sizeof(*t));
+	if (!t) {
+		sd_err(e, SD_ENOMEM, "out of memory");
+		return NULL;
+	}
+	if (store_reader_open(a->store, &t->reader, e)) {
+		free(t);
+		return NULL;
+	}
+	pthread_setspecific(a->reader_key, t);
+	return t;
+}
 
 static store_reader_t *reader(api_t *a, sd_error_t *e)
 {
-	store_reader_t *r = pthread_getspecific(a->reader_key);
-	if (r)
-		return r;
-	if (store_reader_open(a->store, &r, e))
-		return NULL;
-	pthread_setspecific(a->reader_key, r);
-	return r;
+	thread_ctx_t *t = thread_ctx(a, e);
+	return t ? t->reader : NULL;
+}
+
+static struct cached *cache_slot(thread_ctx_t *t, const char *id)
+{
+	uint32_t h = 2166136261u;
+	for (const char *p = id; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	return &t->cache[h % BODY_CACHE];
 }
 
 /* ---- responses ---- */
@@ -240,20 +288,41 @@ static void job_etag(const char *id, int64_t version, char *buf, size_t cap)
 	snprintf(buf, cap, "\"%s-v%" PRId64 "\"", id, version);
 }
 
+/* Answers with the job; version is what the caller just read, or -1 to read it here. */
 static int send_job(api_t *a, req_t *r, struct MHD_Connection *c, const char *id, int status,
-		    bool location)
+		    bool location, int64_t version)
 {
 	sd_error_t e;
-	store_reader_t *rd = reader(a, &e);
-	store_job_t j = {0};
-	if (!rd || store_job_get(rd, id, r->tenant, &j, &e))
+	thread_ctx_t *t = thread_ctx(a, &e);
+	store_state_t st;
+	if (!t || (version < 0 && store_job_version(t->reader, id, r->tenant, &version, &st, &e)))
 		return send_problem(a, r, c, &e);
+	struct cached *slot = cache_slot(t, id);
+	if (!slot->body || slot->version != version || strcmp(slot->id, id)) {
+		store_job_t j = {0};
+		if (store_job_get(t->reader, id, r->tenant, &j, &e))
+			return send_problem(a, r, c, &e);
+		json_t *doc = api_json_job(&j, true);
+		char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+		json_decref(doc);
+		/* Cache what was read: j.version may be newer than the probe's. */
+		version = j.version;
+		store_job_clear(&j);
+		if (!body)
+			return MHD_NO;
+		free(slot->body);
+		slot->body = body;
+		slot->len = strlen(body);
+		slot->version = version;
+		snprintf(slot->id, sizeof(slot->id), "%s", id);
+	}
 	char etag[96];
-	job_etag(j.id, j.version, etag, sizeof(etag));
-	struct MHD_Response *resp = json_response(api_json_job(&j, true), "application/json");
-	store_job_clear(&j);
+	job_etag(id, version, etag, sizeof(etag));
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(slot->len, slot->body, MHD_RESPMEM_MUST_COPY);
 	if (!resp)
 		return MHD_NO;
+	MHD_add_response_header(resp, "Content-Type", "application/json");
 	MHD_add_response_header(resp, "ETag", etag);
 	if (location) {
 		char loc[64];
@@ -309,12 +378,15 @@ static int h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
 				    WAIT_MAX_S);
 		r->deadline_ms = now_ms() + 1000 * (s > WAIT_MAX_S ? WAIT_MAX_S : s);
 	}
-	pthread_mutex_lock(&a->mu);
+	/* The lock orders this read against api_job_changed only for long-polls. */
+	if (wait)
+		pthread_mutex_lock(&a->mu);
 	int64_t version;
 	store_state_t st;
 	int rc = store_job_version(rd, id, r->tenant, &version, &st, &e);
 	if (rc) {
-		pthread_mutex_unlock(&a->mu);
+		if (wait)
+			pthread_mutex_unlock(&a->mu);
 		return send_problem(a, r, c, &e);
 	}
 	char etag[96];
@@ -327,10 +399,11 @@ static int h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
 		pthread_mutex_unlock(&a->mu);
 		return MHD_YES;
 	}
-	pthread_mutex_unlock(&a->mu);
+	if (wait)
+		pthread_mutex_unlock(&a->mu);
 	if (etag_matches(inm, etag))
 		return not_modified(a, r, c, etag);
-	return send_job(a, r, c, id, 200, false);
+	return send_job(a, r, c, id, 200, false, version);
 }
 
 static int h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
@@ -392,7 +465,7 @@ static int h_job_cancel(api_t *a, req_t *r, struct MHD_Connection *c)
 	sd_err_clear(&e);
 	if (a->ops.cancel(a->ops.ud, r->params[0], r->tenant, &e))
 		return send_problem(a, r, c, &e);
-	return send_job(a, r, c, r->params[0], 200, false);
+	return send_job(a, r, c, r->params[0], 200, false, -1);
 }
 
 static int h_job_delete(api_t *a, req_t *r, struct MHD_Connection *c)
@@ -650,7 +723,7 @@ static int h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c)
 	char id[STORE_ID_LEN + 1];
 	if (a->ops.create(a->ops.ud, &nj, id, &e))
 		return send_problem(a, r, c, &e);
-	return send_job(a, r, c, id, 202, true);
+	return send_job(a, r, c, id, 202, true, -1);
 }
 
 /* ---- service endpoints ---- */
@@ -762,13 +835,24 @@ static bool match(const char *pat, const char *url, char params[2][STORE_ID_LEN 
 	return !*pat && !*url;
 }
 
-/* Authenticates /v1 requests when tokens exist; returns 0 or an HTTP status. */
+/*
+ * Authenticates /v1 requests when tokens exist; returns 0 or an HTTP status. Whether
+ * any token exists is re-read at most once a second (tokens are created by another
+ * process, `sparsityd token create`), not once per request.
+ */
 static int authorise(api_t *a, req_t *r, struct MHD_Connection *c, sd_error_t *e)
 {
 	store_reader_t *rd = reader(a, e);
-	bool exist;
-	if (!rd || store_tokens_exist(rd, &exist, e))
+	if (!rd)
 		return 500;
+	int64_t now = now_ms();
+	bool exist = atomic_load(&a->tokens_on);
+	if (now - atomic_load(&a->tokens_checked_ms) > 1000) {
+		if (store_tokens_exist(rd, &exist, e))
+			return 500;
+		atomic_store(&a->tokens_on, exist);
+		atomic_store(&a->tokens_checked_ms, now);
+	}
 	if (!exist)
 		return 0;
 	const char *h = header(c, "Authorization");
@@ -963,7 +1047,7 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 	a->ops = *ops;
 	a->conf = *conf;
 	pthread_mutex_init(&a->mu, NULL);
-	pthread_key_create(&a->reader_key, reader_free);
+	pthread_key_create(&a->reader_key, thread_ctx_free);
 	if (read_all(conf->openapi, &a->openapi, &a->openapi_len)) {
 		api_stop(a);
 		return sd_err(e, SD_EIO, "cannot read %s: %s", conf->openapi, strerror(errno));
