@@ -41,8 +41,13 @@ struct store_blob {
 	char *tmp_path;
 	EVP_MD_CTX *md;
 	int64_t size, limit;
+	int64_t flushed; /* bytes already handed to writeback */
 	int failed; /* a failed append poisons the blob: commit refuses it */
 };
+
+/* Writeback is started every this many bytes while a blob streams in, so the fsync at
+ * commit finds little left to write instead of the whole upload. */
+#define WRITEBACK_STEP ((int64_t)32 << 20)
 
 static int io_code(int err)
 {
@@ -186,6 +191,11 @@ int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t 
 		left -= (size_t)n;
 	}
 	b->size += (int64_t)len;
+	if (b->size - b->flushed >= WRITEBACK_STEP) {
+		/* Asynchronous: only queues the pages for writing, never waits. */
+		sync_file_range(b->fd, b->flushed, b->size - b->flushed, SYNC_FILE_RANGE_WRITE);
+		b->flushed = b->size;
+	}
 	return 0;
 }
 
