@@ -34,6 +34,8 @@
 #define WAIT_MAX_S 60
 #define LIST_DEFAULT 50
 #define LIST_MAX 200
+/* How much of a refused body is read and dropped so the client sees the answer. */
+#define DISCARD_MAX ((int64_t)64 << 20)
 
 typedef struct req req_t;
 typedef struct api_s_waiter waiter_t;
@@ -75,8 +77,8 @@ struct req {
 		char sha[STORE_SHA_HEX + 1];
 		int64_t size;
 	} parts[PARTS_MAX];
-	char *text[5];                     /* stage, outputs, format, name, record_from */
-	size_t text_len[5];
+	char *text[6];   /* stage, outputs, format, name, record_from, emit_record */
+	size_t text_len[6];
 	/* long-poll */
 	int64_t deadline_ms;
 	char etag[96];
@@ -100,7 +102,9 @@ struct api {
 	atomic_int_fast64_t tokens_checked_ms;
 };
 
-static const char *const text_fields[5] = {"stage", "outputs", "format", "name", "record_from"};
+#define N_TEXT 6
+static const char *const text_fields[N_TEXT] = {"stage",  "outputs",     "format",
+						"name",   "record_from", "emit_record"};
 static const char *const file_fields[PARTS_MAX] = {"model", "config", "record"};
 
 static int64_t now_ms(void)
@@ -422,9 +426,16 @@ static int h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 	f.stage = query(c, "stage");
 	if (f.stage && !f.stage[0])
 		f.stage = NULL;
+	if (f.stage && strcmp(f.stage, "insert") && strcmp(f.stage, "export") &&
+	    strcmp(f.stage, "prune") && strcmp(f.stage, "check"))
+		return fail(a, r, c, SD_EUSAGE,
+			    "unknown stage '%s' (expected insert, export, prune or check)", f.stage);
 	f.after = query(c, "cursor");
 	if (f.after && !f.after[0])
 		f.after = NULL;
+	if (f.after && strspn(f.after, "0123456789ABCDEFGHJKMNPQRSTVWXYZ") != STORE_ID_LEN)
+		return fail(a, r, c, SD_EUSAGE, "cursor '%s' is not a job id from next_cursor",
+			    f.after);
 	if (lim) {
 		char *end;
 		long n = strtol(lim, &end, 10);
@@ -611,7 +622,7 @@ static enum MHD_Result post_iter(void *cls, enum MHD_ValueKind kind, const char 
 			r->fail_status = sd_err_http(r->fail.code);
 		return MHD_YES;
 	}
-	for (int i = 0; i < 5; i++) {
+	for (int i = 0; i < N_TEXT; i++) {
 		if (strcmp(key, text_fields[i]))
 			continue;
 		if (r->text_len[i] + size > TEXT_PART_MAX) {
@@ -635,7 +646,7 @@ static enum MHD_Result post_iter(void *cls, enum MHD_ValueKind kind, const char 
 	r->fail_status = 400;
 	sd_err(&r->fail, SD_EUSAGE,
 	       "unknown part '%s' (expected stage, model, config, record, record_from, outputs, "
-	       "format, name)",
+	       "format, name, emit_record)",
 	       key);
 	return MHD_YES;
 }
@@ -645,10 +656,16 @@ static const char *text(const req_t *r, int i) { return r->text[i] ? r->text[i] 
 /* The upload is complete: validate, commit the blobs, create the job. */
 static int h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c)
 {
+	/* The post processor knows whether the body ended where multipart says it must. */
+	bool complete = MHD_destroy_post_processor(r->pp) == MHD_YES;
+	r->pp = NULL;
 	if (r->fail_status)
 		return send_problem_status(a, r, c, r->fail_status, &r->fail);
+	if (!complete)
+		return fail(a, r, c, SD_EUSAGE,
+			    "bad multipart: the body ended before its closing boundary");
 	const char *stage = text(r, 0), *outputs = text(r, 1), *format = text(r, 2);
-	const char *name = text(r, 3), *record_from = text(r, 4);
+	const char *name = text(r, 3), *record_from = text(r, 4), *emit = text(r, 5);
 	bool has[PARTS_MAX];
 	for (int i = 0; i < PARTS_MAX; i++)
 		has[i] = r->parts[i].started;
@@ -673,6 +690,12 @@ static int h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c)
 	    strcmp(format, "pbtxt"))
 		return fail(a, r, c, SD_EUSAGE,
 			    "format '%s' is not one of graphdef, metagraph, pbtxt", format);
+	bool emit_record = emit && (!strcmp(emit, "true") || !strcmp(emit, "1"));
+	if (emit && !emit_record && strcmp(emit, "false") && strcmp(emit, "0"))
+		return fail(a, r, c, SD_EUSAGE, "emit_record must be true or false");
+	if (emit_record && !prune)
+		return fail(a, r, c, SD_EUSAGE,
+			    "emit_record is for prune jobs (insert always writes a record)");
 	sd_error_t e;
 	sd_err_clear(&e);
 	store_artifact_t in[PARTS_MAX];
@@ -719,6 +742,7 @@ static int h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c)
 		.stage = stage, .tenant = r->tenant ? r->tenant : "", .name = name ? name : "",
 		.outputs = outputs ? outputs : "", .format = format ? format : "",
 		.record_from = record_from ? record_from : "", .inputs = in, .n_inputs = n_in,
+		.emit_record = emit_record,
 	};
 	char id[STORE_ID_LEN + 1];
 	if (a->ops.create(a->ops.ud, &nj, id, &e))
@@ -736,7 +760,7 @@ static int h_healthz(api_t *a, req_t *r, struct MHD_Connection *c)
 static int h_readyz(api_t *a, req_t *r, struct MHD_Connection *c)
 {
 	if (a->ops.draining(a->ops.ud))
-		return fail(a, r, c, SD_EBUSY, "draining: the daemon is shutting down");
+		return fail(a, r, c, SD_EUNAVAIL, "draining: the daemon is shutting down");
 	return send_json(a, r, c, 200, json_pack("{s:s}", "status", "ready"), NULL);
 }
 
@@ -875,7 +899,7 @@ static void req_free(req_t *r)
 		MHD_destroy_post_processor(r->pp);
 	for (int i = 0; i < PARTS_MAX; i++)
 		store_blob_abort(r->parts[i].blob);
-	for (int i = 0; i < 5; i++)
+	for (int i = 0; i < N_TEXT; i++)
 		free(r->text[i]);
 	free(r->tenant);
 	free(r);
@@ -940,14 +964,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		}
 		if (r->route->upload) {
 			if (a->ops.draining(a->ops.ud))
-				return fail(a, r, c, SD_EBUSY,
+				return fail(a, r, c, SD_EUNAVAIL,
 					    "draining: the daemon is shutting down and takes no new "
 					    "jobs");
+			/* Too large: the answer waits for the body to be read (and dropped),
+			 * since closing a socket with unread data resets it before the client
+			 * sees the 413; a body far beyond the limit is cut off at once. */
 			const char *cl = header(c, "Content-Length");
-			if (cl && strtoll(cl, NULL, 10) > a->conf.max_upload)
-				return fail(a, r, c, SD_ETOOBIG,
-					    "upload of %s bytes is over the limit of %" PRId64 " bytes",
-					    cl, a->conf.max_upload);
+			long long clv = cl ? strtoll(cl, NULL, 10) : 0;
+			if (clv > a->conf.max_upload) {
+				r->fail_status = 413;
+				sd_err(&r->fail, SD_ETOOBIG,
+				       "upload of %s bytes is over the limit of %" PRId64 " bytes", cl,
+				       a->conf.max_upload);
+				if (clv - a->conf.max_upload > DISCARD_MAX)
+					return send_problem_status(a, r, c, 413, &r->fail);
+			}
 			r->pp = MHD_create_post_processor(c, 256 * 1024, post_iter, r);
 			if (!r->pp)
 				return fail(a, r, c, SD_EUSAGE,
@@ -970,9 +1002,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			return MHD_YES; /* bodies of bodiless routes are ignored */
 		r->received += (int64_t)n;
 		atomic_fetch_add(&a->upload_bytes, n);
-		if (r->received > a->conf.max_upload)
-			return fail(a, r, c, SD_ETOOBIG, "upload is over the limit of %" PRId64 " bytes",
-				    a->conf.max_upload);
+		if (r->received > a->conf.max_upload && r->fail_status != 413) {
+			r->fail_status = 413;
+			sd_err(&r->fail, SD_ETOOBIG, "upload is over the limit of %" PRId64 " bytes",
+			       a->conf.max_upload);
+			for (int i = 0; i < PARTS_MAX; i++) {
+				store_blob_abort(r->parts[i].blob);
+				r->parts[i].blob = NULL;
+			}
+		}
+		if (r->received > a->conf.max_upload + DISCARD_MAX)
+			return send_problem_status(a, r, c, 413, &r->fail);
+		if (r->fail_status)
+			return MHD_YES; /* read and dropped until the end */
 		if (MHD_post_process(r->pp, upload_data, n) != MHD_YES && !r->fail_status) {
 			r->fail_status = 400;
 			sd_err(&r->fail, SD_EUSAGE, "bad multipart body");

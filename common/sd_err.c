@@ -47,6 +47,8 @@ static int vset(sd_error_t *e, int code, const char *fmt, va_list ap)
 {
 	if (!e)
 		return code;
+	/* A new failure replaces the whole record: no stale position or node survives. */
+	memset(e, 0, sizeof(*e));
 	e->code = code;
 	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
 	return code;
@@ -82,6 +84,7 @@ int sd_err_at(sd_error_t *e, int code, const char *file, int line, int col,
 	va_start(ap, fmt);
 	vsnprintf(body, sizeof(body), fmt, ap);
 	va_end(ap);
+	memset(e, 0, sizeof(*e));
 	e->code = code;
 	e->line = line;
 	e->col = col;

@@ -29,7 +29,8 @@
 	X(INTERNAL, -10, 500, "internal-error", 3, "internal error")                       \
 	X(NOTFOUND, -11, 404, "not-found", 1, "not found")                                 \
 	X(CONFLICT, -12, 409, "conflict", 1, "wrong state")                                \
-	X(BUSY, -13, 429, "queue-full", 3, "queue full")
+	X(BUSY, -13, 429, "queue-full", 3, "queue full")                                 \
+	X(UNAVAIL, -14, 503, "unavailable", 3, "service unavailable")
 
 enum {
 	SD_OK = 0,

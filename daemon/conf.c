@@ -207,11 +207,21 @@ int conf_reload(conf_t *c, sd_error_t *e)
 	return c->config[0] ? read_file(c, c->config, true, e) : 0;
 }
 
-void conf_print(const conf_t *c)
+void conf_print(const conf_t *c, bool flags)
 {
 	for (size_t i = 0; i < N_ROWS; i++) {
 		const row_t *r = &rows[i];
 		const void *p = (const char *)c + r->off;
+		if (flags) {
+			char flag[64];
+			snprintf(flag, sizeof(flag), "--%s", r->name);
+			for (char *f = flag; *f; f++)
+				if (*f == '_')
+					*f = '-';
+			printf("  %-18s %s%s (default: %s)\n", flag, r->help,
+			       r->reload ? "; reloaded on SIGHUP" : "", r->def[0] ? r->def : "\"\"");
+			continue;
+		}
 		printf("# %s%s (default: %s)\n", r->help, r->reload ? "; reloaded on SIGHUP" : "",
 		       r->def[0] ? r->def : "\"\"");
 		switch (r->type) {

@@ -43,8 +43,9 @@ SD_MUST_CHECK int conf_parse(conf_t *c, int argc, char **argv, bool *print, sd_e
 /* Re-reads c->config for the settings marked reloadable (SIGHUP). */
 SD_MUST_CHECK int conf_reload(conf_t *c, sd_error_t *e);
 
-/* Writes the effective settings as a config file, each with its help (--print-config). */
-void conf_print(const conf_t *c);
+/* Writes the effective settings as a config file, each with its help (--print-config),
+ * or, with flags, as the command-line options they are (--help). */
+void conf_print(const conf_t *c, bool flags);
 
 /* Splits "host:port" / "[v6]:port". Returns 0 or SD_EUSAGE. */
 SD_MUST_CHECK int conf_listen_split(const char *listen, char *host, size_t cap, int *port,

@@ -239,7 +239,7 @@ static void work_cb(uv_work_t *req)
 	char *cp = c ? store_blob_path(s, c->sha256) : NULL;
 	char *rp = r ? store_blob_path(s, r->sha256) : NULL;
 	bool has_model = strcmp(j->stage, "check") != 0;
-	bool has_record = !strcmp(j->stage, "insert");
+	bool has_record = !strcmp(j->stage, "insert") || (!strcmp(j->stage, "prune") && j->emit_record);
 	store_blob_t *bm = NULL, *br = NULL;
 	FILE *fm = NULL, *fr = NULL;
 	arena_t arena;
@@ -442,7 +442,7 @@ static int do_create(cmd_t *c)
 {
 	struct daemon *d = &the_daemon;
 	if (atomic_load(&d->draining))
-		return sd_err(c->e, SD_EBUSY, "draining: the daemon is shutting down");
+		return sd_err(c->e, SD_EUNAVAIL, "draining: the daemon is shutting down");
 	int64_t counts[STORE_STATE__COUNT] = {0};
 	int rc = store_job_counts(d->reader, counts, c->e);
 	if (rc)
@@ -580,12 +580,18 @@ int serve_main(int argc, char **argv)
 		return 0;
 	}
 	conf_defaults(&d->conf);
+	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		printf("usage: sparsityd serve [--config FILE] [--print-config] [OPTION VALUE]...\n"
+		       "options (in a --config file: name = value, with _ for -):\n");
+		conf_print(&d->conf, true);
+		return 0;
+	}
 	if (conf_parse(&d->conf, argc, argv, &print, &e)) {
 		fprintf(stderr, "sparsityd serve: %s\n", e.msg);
 		return 2;
 	}
 	if (print) {
-		conf_print(&d->conf);
+		conf_print(&d->conf, false);
 		return 0;
 	}
 	sd_log_level_t lvl = SD_LOG_INFO;

@@ -397,6 +397,8 @@ static const char *const migrations[STORE__SCHEMA_VERSION] = {
 	" created_ms INTEGER NOT NULL);"
 	"CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
 	"INSERT INTO counters (name, value) VALUES ('version', 0);",
+	/* v2: prune jobs may ask for a record of what they pruned. */
+	"ALTER TABLE jobs ADD COLUMN emit_record INTEGER NOT NULL DEFAULT 0;",
 };
 
 static int user_version(store__conn_t *c, int *v, sd_error_t *e)

@@ -83,6 +83,7 @@ typedef struct store_job {
 	char *error_msg;   /* engine message, or NULL */
 	int64_t created_ms, updated_ms, started_ms, finished_ms; /* unix ms; 0 = not yet */
 	int64_t version;
+	bool emit_record;  /* prune: also produce a record */
 	store_artifact_t *artifacts;
 	size_t n_artifacts;
 } store_job_t;
@@ -135,6 +136,7 @@ typedef struct store_job_new {
 	const char *stage, *tenant, *name, *outputs, *format, *record_from;
 	const store_artifact_t *inputs;
 	size_t n_inputs;
+	bool emit_record;
 } store_job_new_t;
 
 /* Inserts a queued job, its input artifacts and a "created" event in one transaction;

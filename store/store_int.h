@@ -17,7 +17,7 @@
 
 #include "store.h"
 
-#define STORE__SCHEMA_VERSION 1
+#define STORE__SCHEMA_VERSION 2
 
 /* Every SQL statement the store runs; all values are bound parameters, never pasted. */
 #define STORE__SQL_MAP(X)                                                                \
@@ -30,8 +30,8 @@
 	X(MAX_ID, "SELECT max(id) FROM jobs")                                             \
 	X(JOB_INSERT,                                                                     \
 	  "INSERT INTO jobs (id, stage, tenant, name, outputs, format, record_from, state," \
-	  " created_ms, updated_ms, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued',"  \
-	  " ?8, ?8, ?9)")                                                                 \
+	  " created_ms, updated_ms, version, emit_record) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"   \
+	  " ?7, 'queued', ?8, ?8, ?9, ?10)")                                               \
 	X(JOB_STATE, "SELECT state, attempts FROM jobs WHERE id = ?1")                    \
 	X(JOB_SET_STATE,                                                                  \
 	  "UPDATE jobs SET state = ?2, attempts = attempts + ?3,"                         \
@@ -77,7 +77,7 @@
 	X(JOB_GET,                                                                        \
 	  "SELECT id, stage, tenant, name, outputs, format, record_from, state, attempts," \
 	  " progress, result_json, error_code, error_msg, created_ms, updated_ms,"        \
-	  " started_ms, finished_ms, version FROM jobs"                                   \
+	  " started_ms, finished_ms, version, emit_record FROM jobs"                       \
 	  " WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)")                               \
 	X(JOB_ARTIFACTS,                                                                  \
 	  "SELECT name, sha256, size, input FROM artifacts WHERE job_id = ?1"             \
@@ -87,7 +87,7 @@
 	X(JOB_LIST,                                                                       \
 	  "SELECT id, stage, tenant, name, outputs, format, record_from, state, attempts," \
 	  " progress, result_json, error_code, error_msg, created_ms, updated_ms,"        \
-	  " started_ms, finished_ms, version FROM jobs"                                   \
+	  " started_ms, finished_ms, version, emit_record FROM jobs"                       \
 	  " WHERE id < ?4 AND (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2)" \
 	  " AND (?3 IS NULL OR stage = ?3) ORDER BY id DESC LIMIT ?5")                    \
 	X(JOB_LIST_TAG,                                                                   \

@@ -147,6 +147,7 @@ int store_job_create(store_t *s, const store_job_new_t *n, char id[STORE_ID_LEN 
 	store__bind_text(st, 7, str_or_empty(n->record_from));
 	sqlite3_bind_int64(st, 8, now);
 	sqlite3_bind_int64(st, 9, ver);
+	sqlite3_bind_int(st, 10, n->emit_record);
 	if ((rc = store__run(&s->w, st, e, "insert job")) != 0)
 		return fail(s, rc);
 	for (size_t i = 0; i < n->n_inputs; i++)

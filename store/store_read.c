@@ -98,6 +98,7 @@ static int job_from_row(sqlite3_stmt *st, store_job_t *j, sd_error_t *e)
 	j->updated_ms = sqlite3_column_int64(st, 14);
 	j->started_ms = sqlite3_column_int64(st, 15);
 	j->finished_ms = sqlite3_column_int64(st, 16);
+	j->emit_record = sqlite3_column_int(st, 18) != 0;
 	j->version = sqlite3_column_int64(st, 17);
 	return 0;
 }

@@ -303,7 +303,11 @@ class Daemon:
     def wait_job(self, job_id, states=TERMINAL, timeout=120, **kw):
         """Long-polls until the job is in one of states; returns the job JSON."""
         deadline = time.time() + timeout
-        etag = None
+        r = self.get("/v1/jobs/" + job_id, **kw)
+        assert r.status == 200, r.describe()
+        if r.json()["state"] in states:
+            return r.json()
+        etag = r.header("etag")
         while True:
             left = deadline - time.time()
             if left <= 0:
@@ -390,6 +394,20 @@ def assert_problem(r, status, code=None):
     return p
 
 
+def problem_members_clean(r):
+    """The optional where-members of a problem (line, column, node) hold real values, not
+    stale memory. Returns a list of complaints."""
+    p = r.json()
+    bad = []
+    for k in ("line", "column", "col"):
+        if k in p and not (isinstance(p[k], int) and 0 < p[k] < 10 ** 7):
+            bad.append("%s: member %r = %r looks uninitialised" % (r, k, p[k]))
+    if "node" in p and not (isinstance(p["node"], str) and p["node"] and
+                            p["node"].isprintable()):
+        bad.append("%s: member 'node' = %r looks uninitialised" % (r, p["node"]))
+    return bad
+
+
 # ---------------------------------------------------------------------------------------
 # The OpenAPI document as a response checker
 
@@ -468,7 +486,7 @@ class Contract:
                 break
         assert match is not None, "%s: content type %r not documented (%s)" % (
             r, r.header("content-type"), list(content))
-        if ctype in ("application/json", "application/problem+json"):
+        if ctype in ("application/json", "application/problem+json") and r.status != 206:
             body = r.json()
             schema = dict(match.get("schema", {}))
             if "$ref" in schema:
@@ -630,6 +648,7 @@ class DaemonFactory:
         return d
 
     def close(self):
+        import shutil
         for d in self.all:
             if d.proc is not None and d.proc.poll() is None:
                 try:
@@ -637,6 +656,12 @@ class DaemonFactory:
                 except AssertionError:
                     pass
             d._close_logs()
+        # data directories hold copies of the big test model: do not leave GBs in /tmp
+        # (the daemons' logs stay, beside them)
+        for d in self.all:
+            if os.path.ismount(d.data_dir):
+                continue
+            shutil.rmtree(d.data_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -662,4 +687,6 @@ def big_model(tmp_path_factory):
     """A big binary GraphDef (default 4 MatMul layers of 4096x4096 float32, 256 MiB) so a
     prune job takes a few seconds. Output node "out"."""
     d = tmp_path_factory.mktemp("bigmodel")
-    return write_mlp(os.path.join(str(d), "big.pb"), BIG_LAYERS, BIG_K)
+    path = write_mlp(os.path.join(str(d), "big.pb"), BIG_LAYERS, BIG_K)
+    yield path
+    os.unlink(path)

@@ -33,6 +33,17 @@ def integrity(data_dir):
     assert rows == [("ok",)], "integrity_check: %s" % rows
 
 
+def du(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
 def all_jobs(dmn):
     jobs, cursor = [], None
     while True:
@@ -101,6 +112,10 @@ def test_kill9_during_upload(daemons, contract, big_model):
     for a in acked:
         assert dmn.wait_job(a)["state"] == "succeeded"
     artifacts_whole(dmn, contract)
+    # the partial upload left nothing behind on disk (swept at start)
+    used = du(dmn.data_dir)
+    assert used < 16 << 20, "data dir holds %d bytes after the restart: the partial upload " \
+        "(%d of %d bytes sent) was not removed" % (used, sent, size)
     # the daemon still takes uploads
     assert dmn.run_job("check", model=CHAIN)["state"] == "succeeded"
     assert dmn.stop() == 0

@@ -216,7 +216,7 @@ static void db_exec(const char *sql)
 
 START_TEST(migrate_empty_and_reopen)
 {
-	ck_assert_int_eq(store_schema_version(g_s), 1);
+	ck_assert_int_eq(store_schema_version(g_s), 2);
 	struct stat st;
 	ck_assert_int_eq(stat(path_in("sparsityd.db"), &st), 0);
 	ck_assert_int_eq(stat(path_in("blobs"), &st), 0);
@@ -224,10 +224,20 @@ START_TEST(migrate_empty_and_reopen)
 	char id[STORE_ID_LEN + 1];
 	new_job("prune", "", id);
 	reopen();
-	ck_assert_int_eq(store_schema_version(g_s), 1);
-	ck_assert_int_eq(db_int("PRAGMA user_version"), 1);
+	ck_assert_int_eq(store_schema_version(g_s), 2);
+	ck_assert_int_eq(db_int("PRAGMA user_version"), 2);
 	store_job_t j = get_job(id);
 	ck_assert_str_eq(j.stage, "prune");
+	ck_assert(!j.emit_record);
+	store_job_clear(&j);
+	/* A version-1 database (before emit_record) migrates to 2 and keeps its jobs. */
+	close_all();
+	db_exec("ALTER TABLE jobs DROP COLUMN emit_record; PRAGMA user_version = 1;");
+	open_all();
+	ck_assert_int_eq(store_schema_version(g_s), 2);
+	j = get_job(id);
+	ck_assert_str_eq(j.stage, "prune");
+	ck_assert(!j.emit_record);
 	store_job_clear(&j);
 	sqlite3 *db;
 	ck_assert_int_eq(sqlite3_open(path_in("sparsityd.db"), &db), SQLITE_OK);
@@ -245,11 +255,11 @@ START_TEST(migrate_v0_with_foreign_table)
 	db_exec("CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('keep me');");
 	ck_assert_int_eq(db_int("PRAGMA user_version"), 0);
 	open_all();
-	ck_assert_int_eq(store_schema_version(g_s), 1);
+	ck_assert_int_eq(store_schema_version(g_s), 2);
 	char id[STORE_ID_LEN + 1];
 	new_job("insert", "", id);
 	close_all();
-	ck_assert_int_eq(db_int("PRAGMA user_version"), 1);
+	ck_assert_int_eq(db_int("PRAGMA user_version"), 2);
 	ck_assert_int_eq(db_int("SELECT count(*) FROM notes WHERE x = 'keep me'"), 1);
 	ck_assert_int_eq(db_int("SELECT count(*) FROM jobs"), 1);
 	open_all();
@@ -285,7 +295,7 @@ START_TEST(second_open_is_shared)
 	OK(store_blob_append(b, "in flight", 9, &g_e));
 	store_t *s2 = NULL;
 	OK(store_open(g_dir, &s2, &g_e));
-	ck_assert_int_eq(store_schema_version(s2), 1);
+	ck_assert_int_eq(store_schema_version(s2), 2);
 	ck_assert_uint_eq(count_entries(path_in("tmp")), 1);
 	char tok[STORE_TOKEN_MAX];
 	OK(store_token_create(s2, "cli", tok, sizeof(tok), &g_e));
