@@ -615,6 +615,8 @@ static void sink_flush(file_sink_t *s)
 static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
 {
 	file_sink_t *s = (file_sink_t *)b;
+	if (!len)
+		return; /* empty bytes fields come with a NULL pointer */
 	if (len > SINK_BLOCK - s->used) {
 		sink_flush(s);
 		if (len >= SINK_BLOCK) {
