@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -345,9 +346,28 @@ static int not_modified(api_t *a, req_t *r, struct MHD_Connection *c, const char
 	return queue(a, r, c, 304, resp);
 }
 
+/* If-None-Match per RFC 9110: a list of entity tags, weak ones (W/) compared weakly. */
 static bool etag_matches(const char *inm, const char *etag)
 {
-	return inm && (strcmp(inm, etag) == 0 || strcmp(inm, "*") == 0);
+	if (!inm)
+		return false;
+	size_t el = strlen(etag);
+	for (const char *p = inm; *p;) {
+		while (*p == ' ' || *p == '\t' || *p == ',')
+			p++;
+		if (*p == '*')
+			return true;
+		if (!strncmp(p, "W/", 2))
+			p += 2;
+		const char *end = strchr(p, ',');
+		size_t n = end ? (size_t)(end - p) : strlen(p);
+		while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+			n--;
+		if (n == el && !strncmp(p, etag, n))
+			return true;
+		p += n;
+	}
+	return false;
 }
 
 /* Registers a long-poll; called with a->mu held. */
@@ -564,7 +584,7 @@ static int h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (rg < 0) {
 		close(fd);
 		sd_err_clear(&e);
-		e.code = SD_EUSAGE;
+		e.code = SD_ERANGE;
 		snprintf(e.msg, sizeof(e.msg), "range not satisfiable (artifact has %" PRId64 " bytes)",
 			 size);
 		struct MHD_Response *resp = problem_response(&e, 416);
@@ -880,12 +900,12 @@ static int authorise(api_t *a, req_t *r, struct MHD_Connection *c, sd_error_t *e
 	if (!exist)
 		return 0;
 	const char *h = header(c, "Authorization");
-	if (!h || strncmp(h, "Bearer ", 7)) {
-		sd_err(e, SD_EUSAGE, "this daemon requires a bearer token (Authorization: Bearer ...)");
+	if (!h || strncasecmp(h, "Bearer ", 7)) {
+		sd_err(e, SD_EAUTH, "this daemon requires a bearer token (Authorization: Bearer ...)");
 		return 401;
 	}
 	if (store_token_check(rd, h + 7, &r->tenant, e)) {
-		sd_err(e, SD_EUSAGE, "unknown or revoked token");
+		sd_err(e, SD_EAUTH, "unknown or revoked token");
 		return 401;
 	}
 	return 0;
@@ -947,7 +967,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 				return fail(a, r, c, SD_ENOTFOUND, "no such endpoint: %s %s", method, url);
 			sd_error_t e;
 			sd_err_clear(&e);
-			e.code = SD_EUSAGE;
+			e.code = SD_EMETHOD;
 			snprintf(e.msg, sizeof(e.msg), "%s is not allowed on %s (allowed: %s)", method,
 				 url, allow);
 			struct MHD_Response *resp = problem_response(&e, 405);

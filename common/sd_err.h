@@ -30,7 +30,10 @@
 	X(NOTFOUND, -11, 404, "not-found", 1, "not found")                                 \
 	X(CONFLICT, -12, 409, "conflict", 1, "wrong state")                                \
 	X(BUSY, -13, 429, "queue-full", 3, "queue full")                                 \
-	X(UNAVAIL, -14, 503, "unavailable", 3, "service unavailable")
+	X(UNAVAIL, -14, 503, "unavailable", 3, "service unavailable")                     \
+	X(AUTH, -15, 401, "unauthorized", 2, "authentication required")                    \
+	X(METHOD, -16, 405, "method-not-allowed", 2, "method not allowed")                \
+	X(RANGE, -17, 416, "range-not-satisfiable", 1, "range not satisfiable")
 
 enum {
 	SD_OK = 0,

@@ -189,7 +189,11 @@ static void op_metrics(void *ud, char **buf, size_t *len)
 static ssize_t blob_write(void *cookie, const char *buf, size_t n)
 {
 	sd_error_t e;
-	return store_blob_append(cookie, buf, n, &e) ? -1 : (ssize_t)n;
+	if (!store_blob_append(cookie, buf, n, &e))
+		return (ssize_t)n;
+	/* stdio keeps only errno: say which failure it was, for the stage's message. */
+	errno = e.code == SD_ENOSPACE ? ENOSPC : EIO;
+	return -1;
 }
 
 static FILE *blob_file(store_blob_t *b)
@@ -212,7 +216,9 @@ static const store_artifact_t *input(const store_job_t *j, const char *name)
 /* Commits an output blob written through f (closed here) as artifact `name`. */
 static int finish_output(worker_t *w, FILE *f, store_blob_t **b, const char *name)
 {
-	int rc = fclose(f) ? sd_err(&w->e, SD_EIO, "writing %s failed", name) : 0;
+	int rc = fclose(f) ? sd_err(&w->e, errno == ENOSPC ? SD_ENOSPACE : SD_EIO,
+				    "writing %s failed: %s", name, strerror(errno))
+			   : 0;
 	store_artifact_t *a = &w->out[w->n_out];
 	memset(a, 0, sizeof(*a));
 	store_blob_t *blob = *b;
@@ -485,8 +491,11 @@ static int do_delete(cmd_t *c)
 	store_job_t j = {0};
 	int rc = store_job_get(d->reader, c->id, c->tenant, &j, c->e);
 	store_job_clear(&j);
-	if (!rc && !(rc = store_job_delete(d->store, c->id, c->e)))
+	if (!rc && !(rc = store_job_delete(d->store, c->id, c->e))) {
 		jlog_info("api", c->id, "deleted");
+		if (d->api)
+			api_job_changed(d->api, c->id); /* long-polls answer 404 now */
+	}
 	return rc;
 }
 

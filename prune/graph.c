@@ -653,7 +653,8 @@ int prune_graph_save(const prune_graph_t *g, prune_format_t fmt, FILE *f, sd_err
 					  &s.base);
 	sink_flush(&s);
 	free(s.block);
-	if (s.failed || ferror(f))
-		return sd_err(e, SD_EIO, "writing the model failed: %s", strerror(errno));
+	if (s.failed || ferror(f) || fflush(f))
+		return sd_err(e, errno == ENOSPC || errno == EDQUOT ? SD_ENOSPACE : SD_EIO,
+			      "writing the model failed: %s", strerror(errno));
 	return 0;
 }

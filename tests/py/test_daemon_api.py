@@ -98,6 +98,46 @@ def test_openapi_served(d, contract):
     assert served["openapi"].startswith("3.1")
 
 
+def test_openapi_document_sound(contract):
+    """Every $ref resolves, every schema is a valid JSON Schema 2020-12, every operation
+    has an operationId and documents its error responses as problem+json."""
+    from jsonschema import Draft202012Validator
+    doc = contract.doc
+    refs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "$ref" and isinstance(v, str):
+                    refs.append(v)
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(doc)
+    for ref in refs:
+        assert ref.startswith("#/"), ref
+        node = doc
+        for part in ref[2:].split("/"):
+            assert part in node, "unresolved $ref %s" % ref
+            node = node[part]
+    for name, schema in doc["components"]["schemas"].items():
+        Draft202012Validator.check_schema(schema)
+    ops = set()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method not in ("get", "post", "put", "delete", "patch"):
+                continue
+            assert op.get("operationId") and op["operationId"] not in ops, (path, method)
+            ops.add(op["operationId"])
+            for status, resp in op["responses"].items():
+                resp = contract._resolve(resp)
+                if status[0] in "45" and status != "503" or status == "default":
+                    assert "application/problem+json" in resp.get("content", {}), (
+                        path, method, status)
+
+
 def test_unknown_route_404(d, contract):
     for path in ("/nope", "/v1/nope", "/v1/jobs/x/y/z/w"):
         r = d.get(path)
@@ -162,6 +202,13 @@ def test_insert_job(d, contract, serve_bin, tmp_path):
             assert r.body == expect[name], "artifact %s differs from the CLI's / the upload" % name
         if name == "report":
             assert json.loads(r.body) == job["result"], "report artifact != job result"
+
+
+def test_name_round_trip(d, contract):
+    name = 'r\u00e9sum\u00e9 \u2713 "quoted" back\\slash <tag>'
+    j = submit_ok(d, contract, "check", model=CHAIN, name=name)
+    assert j["name"] == name, j["name"]
+    assert d.job(j["id"]).json()["name"] == name
 
 
 def test_artifact_ranges(d, contract):
@@ -545,7 +592,22 @@ def test_disk_full_507(daemons, contract, tmp_path):
         assert dmn.get("/healthz").status == 200
         j = dmn.run_job("check", model=CHAIN)
         assert j["state"] == "succeeded", "after a 507 the space must be free again: %s" % j
-        dmn.stop()
+        # the disk fills while a job writes its output: the job fails (insufficient-storage),
+        # lists no output, and the daemon goes on
+        model = D.write_mlp(str(tmp_path / "m.pb"), 1, 560)  # 1.2 MiB in, 1.2 MiB out
+        r = dmn.submit("prune", model=model, config=CFG, outputs="out")
+        assert r.status == 202, r.describe()
+        j = dmn.wait_job(r.json()["id"])
+        assert j["state"] == "failed", "prune of 1.2 MiB into %s: %s" % (
+            subprocess.run(["df", "-h", data], capture_output=True, text=True).stdout, j)
+        code_ok = j["error"]["code"] == "insufficient-storage"
+        err = j["error"]
+        assert not [a for a in j["artifacts"] if a["kind"] == "output"], j["artifacts"]
+        j = dmn.run_job("check", model=CHAIN)
+        assert j["state"] == "succeeded", j
+        assert dmn.stop() == 0
+        assert code_ok, "a job that fills the disk must fail with error.code " \
+            "insufficient-storage (SD_ENOSPACE), got %s" % err
     finally:
         for dd in daemons.all:
             dd.kill()
@@ -585,6 +647,12 @@ def test_tenants(daemons, contract, serve_bin):
         assert_problem(r, 404, "not-found")
     r = dmn.submit("export", model=CHAIN, record_from=ja["id"], outputs="out", token=tb)
     assert_problem(r, 404, "not-found")
+    r = dmn.get("/v1/jobs/%s?wait=5" % ja["id"], token=tb)
+    assert_problem(r, 404, "not-found")
+    assert r.elapsed < 1, "a long-poll on another tenant's job waited %.1f s" % r.elapsed
+    for q in ("?state=succeeded", "?stage=insert", "?cursor=" + jb["id"], "?limit=1"):
+        seen = [j["id"] for j in dmn.get("/v1/jobs" + q, token=tb).json()["jobs"]]
+        assert ja["id"] not in seen, "tenant bob sees alice's job with %s" % q
     ids_b = [j["id"] for j in dmn.get("/v1/jobs", token=tb).json()["jobs"]]
     ids_a = [j["id"] for j in dmn.get("/v1/jobs", token=ta).json()["jobs"]]
     assert ids_b == [jb["id"]] and ids_a == [ja["id"]], (ids_a, ids_b)
@@ -706,7 +774,7 @@ def test_sigterm_drains(daemons, contract, big_model):
     problems = []
     r = dmn.submit("check", model=CHAIN)
     try:
-        assert_problem(r, 503)
+        assert_problem(r, 503, "unavailable")
         contract.check(r)
     except AssertionError as e:
         problems.append("POST /v1/jobs while draining: %s" % e)
@@ -956,3 +1024,146 @@ def test_sigint_exits_0(daemons):
     dmn.signal(signal.SIGINT)
     rc = dmn.proc.wait(30)
     assert rc == 0, "exit status %s after SIGINT\n%s" % (rc, dmn.logs())
+
+
+def test_if_none_match_lists_and_weak(d, contract):
+    """If-None-Match as HTTP defines it (RFC 9110 13.1.2): a list of entity tags, weak
+    comparison, and "*" all match the current tag -> 304."""
+    job = run_ok(d, contract, "check", model=CHAIN)
+    art = [a for a in job["artifacts"] if a["name"] == "report"][0]
+    bad = []
+    for path in ("/v1/jobs/" + job["id"], art["href"], "/v1/jobs"):
+        etag = d.get(path).header("etag")
+        weak = etag if etag.startswith("W/") else "W/" + etag
+        for inm in ('"nope", ' + etag, weak, "*"):
+            r = d.get(path, headers={"If-None-Match": inm})
+            if r.status != 304:
+                bad.append("GET %s with If-None-Match: %s -> %d (want 304)" % (path, inm,
+                                                                               r.status))
+    assert not bad, "\n".join(bad)
+
+
+def test_bearer_scheme_case_insensitive(daemons, serve_bin):
+    """The auth scheme is case-insensitive (RFC 9110 11.1): 'bearer' works like 'Bearer'."""
+    data = daemons.data_dir()
+    tok = D.token_create(serve_bin, data, "t")
+    dmn = daemons.new(data_dir=data, token=tok)
+    r = dmn.get("/v1/jobs", auth=False, headers={"Authorization": "bearer " + tok})
+    assert r.status == 200, r.describe()
+
+
+def test_protocol_problem_codes(daemons, serve_bin):
+    """The problem codes openapi.yaml documents for the HTTP-level errors (the type URI
+    names the problem, so a 401 is not a 'bad-request')."""
+    data = daemons.data_dir()
+    tok = D.token_create(serve_bin, data, "t")
+    dmn = daemons.new(data_dir=data, token=tok)
+    job = dmn.run_job("check", model=CHAIN)
+    size = [a for a in job["artifacts"] if a["name"] == "report"][0]["size"]
+    cases = [
+        (dmn.get("/v1/jobs", auth=False), 401, "unauthorized"),
+        (dmn.request("DELETE", "/v1/jobs"), 405, "method-not-allowed"),
+        (dmn.get("/nope"), 404, "not-found"),
+        (dmn.get("/v1/jobs/%s/artifacts/report" % job["id"],
+                 headers={"Range": "bytes=%d-" % (size + 10)}), 416, "range-not-satisfiable"),
+    ]
+    bad = []
+    for r, status, code in cases:
+        try:
+            assert_problem(r, status, code)
+        except AssertionError as e:
+            bad.append(str(e).splitlines()[0] + " (%s)" % r)
+    assert not bad, "\n".join(bad)
+
+
+def _longpoll_async(dmn, job_id, etag, wait=20):
+    out = {}
+
+    def run():
+        t0 = time.time()
+        r = dmn.job(job_id + "?wait=%d" % wait, headers={"If-None-Match": etag})
+        out["r"], out["t"] = r, time.time() - t0
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    time.sleep(0.3)  # let it start waiting
+    return th, out
+
+
+def test_long_poll_wakes_on_cancel_and_delete(daemons, contract, big_model):
+    dmn = daemons.new(args=["--workers", "1"])
+    a = start_big(dmn, contract, big_model)
+    b = submit_ok(dmn, contract, "check", model=CHAIN)
+    r = dmn.job(b["id"])
+    assert r.json()["state"] == "queued"
+    th, out = _longpoll_async(dmn, b["id"], r.header("etag"))
+    t0 = time.time()
+    assert dmn.request("POST", "/v1/jobs/%s/cancel" % b["id"]).status == 200
+    th.join(25)
+    assert out["r"].status == 200 and out["r"].json()["state"] == "canceled", out["r"].describe()
+    assert time.time() - t0 < 1.5, "long-poll woke %.2f s after the cancel" % (time.time() - t0)
+    # deleting the job a long-poll waits on ends the wait (404), it does not run to the timeout
+    r = dmn.job(b["id"])
+    th, out = _longpoll_async(dmn, b["id"], r.header("etag"), wait=6)
+    t0 = time.time()
+    assert dmn.request("DELETE", "/v1/jobs/" + b["id"]).status == 204
+    th.join(25)
+    waited = time.time() - t0
+    assert out["r"].status in (404, 200), out["r"].describe()
+    assert waited < 2, "a long-poll on a deleted job answered %.1f s after the delete " \
+        "(%d)" % (waited, out["r"].status)
+    dmn.wait_job(a["id"])
+
+
+def rss_anon(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon")
+
+
+def test_download_streams_from_disk(daemons, big_model):
+    """Downloading a 256 MiB artifact does not copy it into the daemon's heap (anonymous
+    RSS stays low while the bytes flow), and the bytes hash to the listed sha256."""
+    import hashlib
+    dmn = daemons.new()
+    r = dmn.submit_file("check", big_model)
+    assert r.status == 202, r.describe()
+    j = dmn.wait_job(r.json()["id"])
+    art = [a for a in j["artifacts"] if a["name"] == "input_model"][0]
+    base = rss_anon(dmn.proc.pid)
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], rss_anon(dmn.proc.pid))
+            except (OSError, AssertionError):
+                return
+            time.sleep(0.01)
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    conn = dmn.connection(120)
+    h = hashlib.sha256()
+    n = 0
+    try:
+        conn.request("GET", art["href"])
+        resp = conn.getresponse()
+        assert resp.status == 200
+        while True:
+            b = resp.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+            time.sleep(0.001)
+    finally:
+        conn.close()
+        done.set()
+        th.join(5)
+    assert n == art["size"] and h.hexdigest() == art["sha256"]
+    print("anon RSS %d MiB -> peak %d MiB while serving %d MiB" % (base >> 20, peak[0] >> 20,
+                                                                   n >> 20))
+    assert peak[0] - base < 64 << 20, "anonymous RSS grew by %d MiB while serving a %d MiB " \
+        "artifact" % ((peak[0] - base) >> 20, n >> 20)

@@ -12,7 +12,6 @@ import os
 import sqlite3
 import time
 
-import pytest
 
 import daemon as D
 from daemon import big_model, contract, daemons, serve_bin  # noqa: F401
@@ -164,5 +163,73 @@ def test_kill9_during_job(daemons, contract, big_model):
     artifacts_whole(dmn, contract)
     log = dmn.get("/v1/jobs/%s/log" % big).text
     assert len(log.splitlines()) >= 4, log
+    assert dmn.stop() == 0
+    integrity(dmn.data_dir)
+
+
+def test_kill9_attempts_exhausted(daemons, contract, big_model):
+    """With --max-attempts 1, a job interrupted by a crash is not run again: after the
+    restart it is failed with error.code attempts-exhausted, and the queue goes on."""
+    dmn = daemons.new(args=["--workers", "1", "--max-attempts", "1"])
+    r = dmn.submit_file("prune", big_model, config=CFG, outputs="out")
+    assert r.status == 202, r.describe()
+    big = r.json()["id"]
+    r = dmn.submit("check", model=CHAIN)
+    assert r.status == 202, r.describe()
+    small = r.json()["id"]
+    deadline = time.time() + 60
+    while time.time() < deadline and dmn.job(big).json()["state"] == "queued":
+        time.sleep(0.02)
+    assert dmn.job(big).json()["state"] == "running"
+    dmn.kill()
+    dmn.start()
+    integrity(dmn.data_dir)
+    j = dmn.wait_job(big)
+    assert j["state"] == "failed", j
+    assert j["error"] and j["error"]["code"] == "attempts-exhausted", j["error"]
+    assert dmn.wait_job(small)["state"] == "succeeded"
+    artifacts_whole(dmn, contract)
+    assert dmn.stop() == 0
+
+
+def test_kill9_during_burst_of_uploads(daemons, contract):
+    """4 clients upload small jobs in a loop; kill -9 lands while requests are in flight.
+    Every job that was answered 202 is there after the restart, and completes."""
+    import threading
+    dmn = daemons.new(args=ARGS)
+    acked, lock, stop = [], threading.Lock(), threading.Event()
+    model = open(CHAIN, "rb").read()
+
+    def client():
+        while not stop.is_set():
+            try:
+                r = dmn.submit("insert", model=model, config=CFG, outputs="out", timeout=10)
+            except OSError:
+                return
+            if r.status == 202:
+                with lock:
+                    acked.append(r.json()["id"])
+    ts = [threading.Thread(target=client) for _ in range(4)]
+    for t in ts:
+        t.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and len(acked) < 40:
+        time.sleep(0.01)
+    dmn.kill()
+    stop.set()
+    for t in ts:
+        t.join(20)
+    with lock:
+        acked_now = list(acked)
+    assert len(acked_now) >= 40, len(acked_now)
+    integrity(dmn.data_dir)
+    dmn.start()
+    ids = {j["id"] for j in all_jobs(dmn)}
+    lost = [a for a in acked_now if a not in ids]
+    assert not lost, "%d of %d jobs answered 202 are gone after kill -9: %s" % (
+        len(lost), len(acked_now), lost[:5])
+    for a in acked_now:
+        assert dmn.wait_job(a)["state"] == "succeeded"
+    artifacts_whole(dmn, contract)
     assert dmn.stop() == 0
     integrity(dmn.data_dir)

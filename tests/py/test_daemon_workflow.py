@@ -18,7 +18,7 @@ import daemon as D
 import ref24
 import sdrun
 import workflow
-from daemon import contract, daemons, serve_bin  # noqa: F401
+from daemon import big_model, contract, daemons, serve_bin  # noqa: F401
 from sdrun import UPDATE_OP, tname
 from workflow import node_map, trace_const
 
@@ -62,9 +62,16 @@ def wf_daemon(serve_bin, tmp_path_factory):
     f.close()
 
 
-def test_workflow_over_http(wf_daemon, contract, model_cache, tmp_path, serve_bin):
+class HttpWorkflow:
+    pass
+
+
+@pytest.fixture(scope="module")
+def http_wf(wf_daemon, contract, model_cache, tmp_path_factory, serve_bin):
+    """Steps 1-4 of the workflow over HTTP: insert (training graph), train, insert
+    (inference graph), restore + freeze. The export is the tests' own."""
     dmn = wf_daemon
-    root = str(tmp_path)
+    root = str(tmp_path_factory.mktemp("http_wf"))
     train_meta, bt = model_cache.file("meta", "small", "resource", "train")
     infer_meta, bi = model_cache.file("meta", "small", "resource", "infer")
     outputs = ",".join(bt.outputs)
@@ -119,6 +126,17 @@ def test_workflow_over_http(wf_daemon, contract, model_cache, tmp_path, serve_bi
     # 4. restore and freeze
     masked = os.path.join(root, "masked.pb")
     workflow._freeze_from_ckpt(infer_sparse, ckpt, bi.outputs, masked)
+    w = HttpWorkflow()
+    w.__dict__.update(root=root, bi=bi, infer_meta=infer_meta, infer_job=j2,
+                      infer_record=infer_record, pruned=pruned, masked=masked, exported=None)
+    return w
+
+
+def test_workflow_over_http(wf_daemon, contract, http_wf, serve_bin):
+    dmn = wf_daemon
+    w = http_wf
+    root, bi, j2, masked, pruned = w.root, w.bi, w.infer_job, w.masked, w.pruned
+    infer_record = w.infer_record
 
     # 5. export with record_from = the inference insert job
     j3 = run_ok(dmn, contract, "export", model=masked, record_from=j2["id"],
@@ -141,12 +159,36 @@ def test_workflow_over_http(wf_daemon, contract, model_cache, tmp_path, serve_bi
     workflow.ok(workflow.export(serve_bin, masked, infer_record, bi.outputs, cli_out), "export")
     with open(cli_out, "rb") as a, open(exported, "rb") as b:
         assert a.read() == b.read(), "export job output differs from the CLI's"
+    w.exported = exported
 
     # 6. check job on the export: every pruned layer 2:4
     j4 = run_ok(dmn, contract, "check", model=exported, outputs=",".join(bi.outputs))
     by = {l["name"]: l for l in j4["result"]["layers"]}
     for p in pruned:
         assert by[p]["is_2of4"], by[p]
+
+
+def test_record_from_survives_delete_of_insert_job(daemons, contract, http_wf, big_model):
+    """An export queued with record_from = an insert job still gets that record when the
+    insert job is deleted before the export runs (DELETE of a finished job is allowed)."""
+    dmn = daemons.new(args=["--workers", "1"])
+    w = http_wf
+    outputs = ",".join(w.bi.outputs)
+    ins = run_ok(dmn, contract, "insert", model=w.infer_meta, config=CFG, outputs=outputs)
+    r = dmn.submit_file("prune", big_model, config=CFG, outputs="out")
+    assert r.status == 202, r.describe()
+    r = dmn.submit("export", model=w.masked, record_from=ins["id"], outputs=outputs)
+    assert r.status == 202, r.describe()
+    exp = r.json()
+    r = dmn.request("DELETE", "/v1/jobs/" + ins["id"])
+    assert r.status == 204, r.describe()
+    j = dmn.wait_job(exp["id"], timeout=180)
+    assert j["state"] == "succeeded", "export after its record_from job was deleted: %s" % (
+        json.dumps(j)[:1500],)
+    got = dmn.artifact(j["id"], "model").body
+    if w.exported:  # the main test's export (same inputs), when it ran first
+        with open(w.exported, "rb") as f:
+            assert got == f.read(), "export differs from the one with the record present"
 
 
 def test_prune_and_check_over_http(wf_daemon, contract, model_cache, tmp_path):
