@@ -1137,9 +1137,6 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
-				  /* Uploads arrive in reads of this size: 32 KiB (the default)
-				   * costs a system call and a hash call per 32 KiB. */
-				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)1 << 20,
 				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
 	if (!a->mhd) {
 		api_stop(a);

@@ -41,9 +41,16 @@ struct store_blob {
 	char *tmp_path;
 	EVP_MD_CTX *md;
 	int64_t size, limit;
+	int64_t written; /* bytes in the file (size minus what is still in buf) */
 	int64_t flushed; /* bytes already handed to writeback */
 	int failed; /* a failed append poisons the blob: commit refuses it */
+	/* Appends arrive in the HTTP server's small reads (32 KiB); gathering them into
+	 * 1 MiB writes costs a copy and saves 31 of every 32 system calls. */
+	unsigned char *buf;
+	size_t used;
 };
+
+#define BLOB_BUF ((size_t)1 << 20)
 
 /* Writeback is started every this many bytes while a blob streams in, so the fsync at
  * commit finds little left to write instead of the whole upload. */
@@ -161,6 +168,38 @@ int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out, sd_error_t *
 	return 0;
 }
 
+/* Writes n bytes to the temporary file, starting writeback every WRITEBACK_STEP. */
+static int write_all(store_blob_t *b, const unsigned char *p, size_t n, sd_error_t *e)
+{
+	while (n > 0) {
+		ssize_t w = write(b->fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			int err = errno;
+			b->failed = io_code(err);
+			return sd_err(e, b->failed, "store: write %s: %s", b->tmp_path,
+				      strerror(err));
+		}
+		p += w;
+		n -= (size_t)w;
+		b->written += w;
+	}
+	if (b->written - b->flushed >= WRITEBACK_STEP) {
+		/* Asynchronous: only queues the pages for writing, never waits. */
+		sync_file_range(b->fd, b->flushed, b->written - b->flushed, SYNC_FILE_RANGE_WRITE);
+		b->flushed = b->written;
+	}
+	return 0;
+}
+
+static int flush_buf(store_blob_t *b, sd_error_t *e)
+{
+	size_t n = b->used;
+	b->used = 0;
+	return n ? write_all(b, b->buf, n, e) : 0;
+}
+
 int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t *e)
 {
 	if (b->failed)
@@ -175,27 +214,20 @@ int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t 
 		b->failed = SD_EINTERNAL;
 		return sd_err(e, SD_EINTERNAL, "store: SHA-256 update failed");
 	}
-	const char *p = data;
-	size_t left = len;
-	while (left > 0) {
-		ssize_t n = write(b->fd, p, left);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			int err = errno;
-			b->failed = io_code(err);
-			return sd_err(e, b->failed, "store: write %s: %s", b->tmp_path,
-				      strerror(err));
-		}
-		p += n;
-		left -= (size_t)n;
-	}
 	b->size += (int64_t)len;
-	if (b->size - b->flushed >= WRITEBACK_STEP) {
-		/* Asynchronous: only queues the pages for writing, never waits. */
-		sync_file_range(b->fd, b->flushed, b->size - b->flushed, SYNC_FILE_RANGE_WRITE);
-		b->flushed = b->size;
+	if (!b->buf && !(b->buf = malloc(BLOB_BUF))) {
+		b->failed = SD_ENOMEM;
+		return sd_err(e, SD_ENOMEM, "store: out of memory");
 	}
+	if (len > BLOB_BUF - b->used) {
+		int rc = flush_buf(b, e);
+		if (rc)
+			return rc;
+		if (len >= BLOB_BUF)
+			return write_all(b, data, len, e);
+	}
+	memcpy(b->buf + b->used, data, len);
+	b->used += len;
 	return 0;
 }
 
@@ -216,6 +248,8 @@ int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1], int64_t *
 	}
 	char sha[STORE_SHA_HEX + 1];
 	hex(d, 32, sha);
+	if ((rc = flush_buf(b, e)) != 0)
+		goto out;
 	if (fsync(b->fd) != 0) {
 		int err = errno;
 		rc = sd_err(e, io_code(err), "store: fsync %s: %s", b->tmp_path, strerror(err));
@@ -286,6 +320,7 @@ void store_blob_abort(store_blob_t *b)
 	if (b->tmp_path)
 		unlink(b->tmp_path);
 	free(b->tmp_path);
+	free(b->buf);
 	EVP_MD_CTX_free(b->md);
 	free(b);
 }
