@@ -20,6 +20,11 @@
  *   upload; job creation checks that each input blob exists and fails cleanly then.
  * - Blob writers touch only files and their own hash state, so any thread may run
  *   them; fsync and hashing stay off the loop thread.
+ * - Appends are gathered in a ring of 1 MiB buffers: a full buffer is written to the
+ *   file by the appending thread and hashed by a helper thread the blob starts for
+ *   itself once it outgrows one buffer, so a large upload is received, written and
+ *   hashed on two cores at once (SHA-256 alone runs at about 2 GB/s on one). Small
+ *   blobs never start the thread.
  *
  * Workload: uploads of models, configs and records (MB to GB) and stage outputs.
  */
@@ -29,11 +34,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define BLOB_BUF ((size_t)1 << 20)
+#define RING 4
 
 struct store_blob {
 	store_t *s;
@@ -46,11 +55,19 @@ struct store_blob {
 	int failed; /* a failed append poisons the blob: commit refuses it */
 	/* Appends arrive in the HTTP server's small reads (32 KiB); gathering them into
 	 * 1 MiB writes costs a copy and saves 31 of every 32 system calls. */
-	unsigned char *buf;
-	size_t used;
+	unsigned char *ring[RING];
+	size_t ring_len[RING];
+	int fill;        /* buffer being filled */
+	size_t used;     /* bytes in ring[fill] */
+	/* hasher: ring[hidx .. hidx + pending) are written and wait to be hashed */
+	pthread_t hasher;
+	bool hashing;    /* the thread runs */
+	bool stop;
+	bool hash_failed;
+	int hidx, pending;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
 };
-
-#define BLOB_BUF ((size_t)1 << 20)
 
 /* Writeback is started every this many bytes while a blob streams in, so the fsync at
  * commit finds little left to write instead of the whole upload. */
@@ -144,6 +161,8 @@ int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out, sd_error_t *
 	b->s = s;
 	b->fd = -1;
 	b->limit = limit > 0 ? limit : INT64_MAX;
+	pthread_mutex_init(&b->mu, NULL);
+	pthread_cond_init(&b->cv, NULL);
 	b->md = EVP_MD_CTX_new();
 	if (!b->md || asprintf(&b->tmp_path, "%s/tmp/blob-XXXXXX", s->dir) < 0) {
 		b->tmp_path = NULL;
@@ -193,11 +212,75 @@ static int write_all(store_blob_t *b, const unsigned char *p, size_t n, sd_error
 	return 0;
 }
 
-static int flush_buf(store_blob_t *b, sd_error_t *e)
+static void *hash_main(void *arg)
+{
+	store_blob_t *b = arg;
+	pthread_mutex_lock(&b->mu);
+	for (;;) {
+		while (!b->pending && !b->stop)
+			pthread_cond_wait(&b->cv, &b->mu);
+		if (!b->pending)
+			break;
+		int i = b->hidx;
+		pthread_mutex_unlock(&b->mu);
+		bool ok = EVP_DigestUpdate(b->md, b->ring[i], b->ring_len[i]) == 1;
+		pthread_mutex_lock(&b->mu);
+		b->hash_failed |= !ok;
+		b->hidx = (b->hidx + 1) % RING;
+		b->pending--;
+		pthread_cond_broadcast(&b->cv);
+	}
+	pthread_mutex_unlock(&b->mu);
+	return NULL;
+}
+
+/* Writes the filled part of the current buffer and hands it to the hasher (inline
+ * when the blob has no hasher and final is set), then moves to a free buffer. */
+static int submit(store_blob_t *b, bool final, sd_error_t *e)
 {
 	size_t n = b->used;
+	if (!n)
+		return 0;
+	int rc = write_all(b, b->ring[b->fill], n, e);
+	if (rc)
+		return rc;
 	b->used = 0;
-	return n ? write_all(b, b->buf, n, e) : 0;
+	if (!b->hashing && final) {
+		if (EVP_DigestUpdate(b->md, b->ring[b->fill], n) != 1)
+			b->hash_failed = true;
+		return 0;
+	}
+	if (!b->hashing) {
+		if (pthread_create(&b->hasher, NULL, hash_main, b) != 0) {
+			/* No thread to be had: hash here, slower but the same bytes. */
+			if (EVP_DigestUpdate(b->md, b->ring[b->fill], n) != 1)
+				b->hash_failed = true;
+			return 0;
+		}
+		b->hashing = true;
+	}
+	pthread_mutex_lock(&b->mu);
+	b->ring_len[b->fill] = n;
+	b->pending++;
+	pthread_cond_broadcast(&b->cv);
+	b->fill = (b->fill + 1) % RING;
+	while (b->pending == RING)
+		pthread_cond_wait(&b->cv, &b->mu);
+	pthread_mutex_unlock(&b->mu);
+	return 0;
+}
+
+/* Waits for the hasher to finish what it was given and stops it. */
+static void hasher_stop(store_blob_t *b)
+{
+	if (!b->hashing)
+		return;
+	pthread_mutex_lock(&b->mu);
+	b->stop = true;
+	pthread_cond_broadcast(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+	pthread_join(b->hasher, NULL);
+	b->hashing = false;
 }
 
 int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t *e)
@@ -210,24 +293,24 @@ int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t 
 		return sd_err(e, SD_ETOOBIG, "store: blob exceeds the limit of %lld bytes",
 			      (long long)b->limit);
 	}
-	if (EVP_DigestUpdate(b->md, data, len) != 1) {
-		b->failed = SD_EINTERNAL;
-		return sd_err(e, SD_EINTERNAL, "store: SHA-256 update failed");
+	const unsigned char *p = data;
+	while (len) {
+		if (!b->ring[b->fill] && !(b->ring[b->fill] = malloc(BLOB_BUF))) {
+			b->failed = SD_ENOMEM;
+			return sd_err(e, SD_ENOMEM, "store: out of memory");
+		}
+		size_t n = BLOB_BUF - b->used < len ? BLOB_BUF - b->used : len;
+		memcpy(b->ring[b->fill] + b->used, p, n);
+		b->used += n;
+		b->size += (int64_t)n;
+		p += n;
+		len -= n;
+		if (b->used == BLOB_BUF) {
+			int rc = submit(b, false, e);
+			if (rc)
+				return rc;
+		}
 	}
-	b->size += (int64_t)len;
-	if (!b->buf && !(b->buf = malloc(BLOB_BUF))) {
-		b->failed = SD_ENOMEM;
-		return sd_err(e, SD_ENOMEM, "store: out of memory");
-	}
-	if (len > BLOB_BUF - b->used) {
-		int rc = flush_buf(b, e);
-		if (rc)
-			return rc;
-		if (len >= BLOB_BUF)
-			return write_all(b, data, len, e);
-	}
-	memcpy(b->buf + b->used, data, len);
-	b->used += len;
 	return 0;
 }
 
@@ -240,16 +323,17 @@ int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1], int64_t *
 		rc = sd_err(e, b->failed, "store: blob write failed earlier; not committed");
 		goto out;
 	}
+	if ((rc = submit(b, true, e)) != 0)
+		goto out;
+	hasher_stop(b);
 	unsigned char d[32];
 	unsigned int n = 0;
-	if (EVP_DigestFinal_ex(b->md, d, &n) != 1 || n != 32) {
-		rc = sd_err(e, SD_EINTERNAL, "store: SHA-256 final failed");
+	if (b->hash_failed || EVP_DigestFinal_ex(b->md, d, &n) != 1 || n != 32) {
+		rc = sd_err(e, SD_EINTERNAL, "store: SHA-256 failed");
 		goto out;
 	}
 	char sha[STORE_SHA_HEX + 1];
 	hex(d, 32, sha);
-	if ((rc = flush_buf(b, e)) != 0)
-		goto out;
 	if (fsync(b->fd) != 0) {
 		int err = errno;
 		rc = sd_err(e, io_code(err), "store: fsync %s: %s", b->tmp_path, strerror(err));
@@ -315,12 +399,16 @@ void store_blob_abort(store_blob_t *b)
 {
 	if (!b)
 		return;
+	hasher_stop(b);
 	if (b->fd >= 0)
 		close(b->fd);
 	if (b->tmp_path)
 		unlink(b->tmp_path);
 	free(b->tmp_path);
-	free(b->buf);
+	for (int i = 0; i < RING; i++)
+		free(b->ring[i]);
+	pthread_mutex_destroy(&b->mu);
+	pthread_cond_destroy(&b->cv);
 	EVP_MD_CTX_free(b->md);
 	free(b);
 }
