@@ -170,9 +170,12 @@ static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm
 						 name_of(r->record_name, r->record), a, &rec,
 						 &n_rec, e)))
 		return rc;
+	/* insert never reads weight values: they stay in the file mapping and go from
+	 * there to the output. The other stages read them into memory of their own. */
 	prune_payloads_t src = {.fetch = payload_fetch, .ud = pl};
-	if ((rc = prune_graph_load(mm->data, mm->len, name_of(r->model_name, r->model), fmt, &src,
-				   RUN_MAX_ELEMS, a, &g, e)))
+	bool reads_weights = strcmp(r->stage, "insert") != 0;
+	if ((rc = prune_graph_load(mm->data, mm->len, name_of(r->model_name, r->model), fmt,
+				   reads_weights ? &src : NULL, RUN_MAX_ELEMS, a, &g, e)))
 		return rc;
 	if (r->outputs && r->outputs[0] &&
 	    (rc = prune_outputs_parse(g, r->outputs, &outs, &n_outs, e)))
