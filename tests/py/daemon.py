@@ -678,7 +678,7 @@ def module_daemons(serve_bin, tmp_path_factory):
     f.close()
 
 
-BIG_LAYERS = int(os.environ.get("SPARSITYD_TEST_BIG_LAYERS", "4"))
+BIG_LAYERS = int(os.environ.get("SPARSITYD_TEST_BIG_LAYERS", "12"))
 BIG_K = int(os.environ.get("SPARSITYD_TEST_BIG_K", "4096"))
 
 

@@ -140,7 +140,7 @@ def test_kill9_during_job(daemons, contract, big_model):
             break
         time.sleep(0.02)
     assert state == "running", "big job is %s, not running: make it bigger" % state
-    time.sleep(0.3)
+    time.sleep(0.1)
     j = dmn.job(big).json()
     assert j["state"] == "running", "big job finished too fast to crash during it: %s" % (
         json.dumps(j)[:300],)
