@@ -58,7 +58,6 @@ struct api_s_waiter {
 	waiter_t *next;
 	struct MHD_Connection *conn;
 	req_t *req;
-	bool suspended;
 };
 
 struct req {
@@ -83,8 +82,6 @@ struct req {
 	/* long-poll */
 	int64_t deadline_ms;
 	char etag[96];
-	bool waiting;
-	bool woken;
 };
 
 struct api {
@@ -381,8 +378,6 @@ static void waiter_add(api_t *a, req_t *r, struct MHD_Connection *c)
 	w->next = a->waiters;
 	a->waiters = w;
 	MHD_suspend_connection(c);
-	w->suspended = true;
-	r->waiting = true;
 }
 
 static int h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
@@ -1040,9 +1035,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			sd_err(&r->fail, SD_EUSAGE, "bad multipart body");
 		}
 		return MHD_YES;
-	}
-	if (r->waiting) {
-		r->waiting = false;
 	}
 	return r->route->fn(a, r, c);
 }

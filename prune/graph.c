@@ -354,7 +354,7 @@ static int unpack_binary(prune_graph_t *g, uint8_t *buf, size_t len, bool meta,
 	return unpack_plain(g, buf, len, meta);
 }
 
-static int validate_const(const prune_graph_t *g, const Tensorflow__NodeDef *n,
+static int validate_const(const Tensorflow__NodeDef *n,
 			  size_t max_elems, sd_error_t *e)
 {
 	Tensorflow__AttrValue *v = prune_node_attr(n, "value");
@@ -367,7 +367,6 @@ static int validate_const(const prune_graph_t *g, const Tensorflow__NodeDef *n,
 	if (rc)
 		return rc;
 	size_t esz = prune_dtype_size(t->dtype);
-	(void)g;
 	if (!esz) {
 		static const struct { int dt; size_t sz; } fixed[] = {
 			{TENSORFLOW__DATA_TYPE__DT_INT32, 4}, {TENSORFLOW__DATA_TYPE__DT_INT64, 8},
@@ -416,7 +415,7 @@ static int validate(prune_graph_t *g, size_t max_elems, sd_error_t *e)
 						   "node '%s' input %zu names missing node '%.*s'",
 						   n->name, k, (int)in.len, in.name);
 		}
-		if (strcmp(n->op, "Const") == 0 && (rc = validate_const(g, n, max_elems, e)))
+		if (strcmp(n->op, "Const") == 0 && (rc = validate_const(n, max_elems, e)))
 			return rc;
 	}
 	return 0;
