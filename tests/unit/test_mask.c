@@ -13,6 +13,8 @@
  * Workload: a few million elements, well under a second without sanitizers.
  */
 #include <check.h>
+
+#include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -584,11 +586,4 @@ static Suite *mask_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(mask_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return tu_run(mask_suite()); }

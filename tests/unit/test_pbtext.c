@@ -12,6 +12,8 @@
  * past the end of the (not NUL-terminated) input.
  */
 #include <check.h>
+
+#include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -977,11 +979,4 @@ static Suite *pbtext_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(pbtext_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return tu_run(pbtext_suite()); }

@@ -13,6 +13,8 @@
  * Run with CK_FORK=no (as meson does) so ASan and valgrind see one process.
  */
 #include <check.h>
+
+#include "tu_run.h"
 #include <dirent.h>
 #include <ftw.h>
 #include <openssl/evp.h>
@@ -1268,11 +1270,4 @@ static Suite *store_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(store_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return tu_run(store_suite()); }

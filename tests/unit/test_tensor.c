@@ -11,6 +11,8 @@
  * Workload: a few million conversions, well under a second without sanitizers.
  */
 #include <check.h>
+
+#include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -677,11 +679,4 @@ static Suite *tensor_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(tensor_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return tu_run(tensor_suite()); }

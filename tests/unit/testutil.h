@@ -13,6 +13,7 @@
 #include "arena.h"
 #include "graph.h"
 #include "sd_err.h"
+#include "tu_run.h"
 
 /* Reads SRCDIR/tests/unit/data/<rel> into an arena buffer; *len gets its size. */
 static inline char *tu_read(arena_t *a, const char *rel, size_t *len)
@@ -85,11 +86,7 @@ static inline int tu_main(const char *name, const TTest *const *tests)
 	for (size_t i = 0; tests[i]; i++)
 		tcase_add_test(tc, tests[i]);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return tu_run(s);
 }
 
 #define ck_assert_msg_has(e, needle)                                                     \
