@@ -65,6 +65,8 @@ int sd_log_init(sd_log_level_t level, const char *path)
 	return 0;
 }
 
+void sd_log_set_level(sd_log_level_t level) { atomic_store(&cur_level, (int)level); }
+
 int sd_log_reopen(void)
 {
 	if (!log_path)

@@ -30,6 +30,8 @@ typedef enum sd_log_level {
 
 /* Sets the threshold and the destination (NULL = stderr). Returns 0 or -errno. */
 int sd_log_init(sd_log_level_t level, const char *path);
+/* Changes the threshold only (SIGHUP reload). */
+void sd_log_set_level(sd_log_level_t level);
 /* Reopens the log file (after rotation). Returns 0 or -errno; keeps the old fd then. */
 int sd_log_reopen(void);
 void sd_log_deinit(void);

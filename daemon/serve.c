@@ -548,7 +548,7 @@ static void on_hup(uv_signal_t *h, int sig)
 		log_info("main", "SIGHUP: log reopened, settings reloaded");
 	sd_log_level_t lvl;
 	if (!sd_log_level_parse(d->conf.log_level, &lvl))
-		sd_log_init(lvl, NULL), sd_log_reopen();
+		sd_log_set_level(lvl);
 }
 
 static void on_sweep(uv_timer_t *t)

@@ -825,6 +825,25 @@ def test_log_file(daemons):
     assert j["id"] in text, "the log file does not mention the job:\n" + text[-2000:]
 
 
+def test_log_reopened_on_sighup(daemons):
+    """Log rotation: after the file is moved away, SIGHUP makes the daemon write a new
+    one, and again after the next rotation (the path is not forgotten)."""
+    log = os.path.join(daemons.root, "rot.log")
+    dmn = daemons.new(args=["--log-file", log])
+    for gen in (1, 2):
+        os.rename(log, "%s.%d" % (log, gen))
+        os.kill(dmn.proc.pid, signal.SIGHUP)
+        deadline = time.time() + 5
+        while not os.path.exists(log) and time.time() < deadline:
+            time.sleep(0.05)
+        j = dmn.run_job("check", model=CHAIN)
+        with open(log) as f:
+            text = f.read()
+        assert "SIGHUP" in text and j["id"] in text, \
+            "rotation %d: the new log lacks the job:\n%s" % (gen, text[-2000:])
+    assert dmn.stop() == 0
+
+
 def test_chunked_upload(daemons, contract):
     """A body sent with Transfer-Encoding: chunked (no Content-Length) streams like any other;
     past --max-upload it is refused with 413."""
