@@ -21,11 +21,11 @@ typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL } type_t;
 	  "directory for the SQLite database and the blobs")                              \
 	X(workers, T_INT, "2", 1, 64, false, "stage worker threads (jobs run at once)")     \
 	X(http_threads, T_INT, "2", 1, 64, false, "HTTP threads (libmicrohttpd pool)")      \
-	X(max_upload, T_INT, "2147483648", 1, INT64_MAX, true,                             \
+	X(max_upload, T_INT, "2147483648", 1, INT64_MAX, false,                            \
 	  "largest request body in bytes (a model and its config)")                       \
 	X(queue_max, T_INT, "1000", 1, 1000000, true,                                     \
 	  "queued jobs beyond which POST /v1/jobs answers 429")                           \
-	X(max_attempts, T_INT, "3", 1, 100, true,                                         \
+	X(max_attempts, T_INT, "3", 1, 100, false,                                        \
 	  "runs of a job (restarts included) before it fails")                            \
 	X(retention_hours, T_INT, "168", 0, 876000, true,                                 \
 	  "finished jobs older than this are deleted; 0 keeps them")                      \
