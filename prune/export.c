@@ -16,21 +16,6 @@
 #include "mask.h"
 #include "sparsify.h"
 
-/* Follows Identity / ReadVariableOp (frozen: Identity) from an input to its node. */
-static ptrdiff_t trace_const(const prune_graph_t *g, const char *input)
-{
-	ptrdiff_t idx = prune_graph_find_input(g, input);
-	for (size_t hops = 0; idx >= 0 && hops < 64; hops++) {
-		const Tensorflow__NodeDef *n = prune_graph_node(g, (size_t)idx);
-		if (strcmp(n->op, "Identity") && strcmp(n->op, "ReadVariableOp"))
-			return idx;
-		if (n->n_input == 0)
-			return -1;
-		idx = prune_graph_find_input(g, n->input[0]);
-	}
-	return -1;
-}
-
 static bool has_prefix(const char *s, const char *prefix)
 {
 	return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -58,7 +43,7 @@ static const Tensorflow__NodeDef *frozen_const(const prune_graph_t *g, const cha
 					       const char *layer, const char *what,
 					       sd_error_t *e)
 {
-	ptrdiff_t idx = trace_const(g, input);
+	ptrdiff_t idx = prune_trace(g, input);
 	const Tensorflow__NodeDef *n = idx >= 0 ? prune_graph_node(g, (size_t)idx) : NULL;
 	if (!n || strcmp(n->op, "Const")) {
 		sd_err_node(e, SD_EMODEL, layer,
@@ -310,12 +295,7 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 		 prune_result_t *res, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
-	res->stage = "export";
-	res->format = prune_graph_format(g);
-	res->format_stated = prune_graph_format_stated(g);
-	res->nodes_in = prune_graph_count(g);
-	res->outputs = (const char **)outputs;
-	res->n_outputs = n_outputs;
+	prune_result_begin(res, "export", g, outputs, n_outputs);
 	res->layers = arena_calloc(a, n_rec + 1, sizeof(*res->layers));
 	if (!res->layers)
 		return sd_err(e, SD_ENOMEM, "out of memory");

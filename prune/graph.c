@@ -237,18 +237,6 @@ int prune_graph_consumers(prune_graph_t *g, prune_consumers_t *c, sd_error_t *e)
 
 /* ---- format detection ---- */
 
-static bool read_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v)
-{
-	*v = 0;
-	for (int shift = 0; shift < 64 && *pos < len; shift += 7) {
-		uint8_t b = p[(*pos)++];
-		*v |= (uint64_t)(b & 0x7f) << shift;
-		if (!(b & 0x80))
-			return true;
-	}
-	return false;
-}
-
 static bool looks_textual(const uint8_t *buf, size_t len)
 {
 	if (len == 0 || memchr(buf, 0, len))
@@ -272,17 +260,17 @@ static int meta_score(const uint8_t *buf, size_t len)
 	int score = 0, ones = 0;
 	while (pos < len) {
 		uint64_t key, n;
-		if (!read_varint(buf, len, &pos, &key))
+		if (!prune_wire_varint(buf, len, &pos, &key))
 			break;
 		unsigned field = (unsigned)(key >> 3), wire = key & 7;
 		if (wire == 0) {
-			if (!read_varint(buf, len, &pos, &n))
+			if (!prune_wire_varint(buf, len, &pos, &n))
 				break;
 			if (field == 3)
 				score -= 4; /* GraphDef.version (deprecated int) */
 			continue;
 		}
-		if (wire != 2 || !read_varint(buf, len, &pos, &n) || n > len - pos)
+		if (wire != 2 || !prune_wire_varint(buf, len, &pos, &n) || n > len - pos)
 			break;
 		const uint8_t *payload = buf + pos;
 		if (field == 1 && ++ones > 1)

@@ -111,20 +111,25 @@ static bool is_source_op(const char *op)
 	       strcmp(op, "VarHandleOp") == 0 || strcmp(op, "Variable") == 0;
 }
 
-/* Follows Identity / ReadVariableOp from an input string to the weight's source. */
-static ptrdiff_t trace_weight(const prune_graph_t *g, const char *input)
+ptrdiff_t prune_trace(const prune_graph_t *g, const char *input)
 {
 	ptrdiff_t idx = prune_graph_find_input(g, input);
 	for (size_t hops = 0; idx >= 0 && hops <= prune_graph_count(g); hops++) {
 		const Tensorflow__NodeDef *n = prune_graph_node(g, (size_t)idx);
-		if (is_source_op(n->op))
+		if (strcmp(n->op, "Identity") && strcmp(n->op, "ReadVariableOp"))
 			return idx;
-		if ((strcmp(n->op, "Identity") && strcmp(n->op, "ReadVariableOp")) ||
-		    n->n_input == 0 || n->input[0][0] == '^')
+		if (n->n_input == 0 || n->input[0][0] == '^')
 			return -1;
 		idx = prune_graph_find_input(g, n->input[0]);
 	}
 	return -1;
+}
+
+/* The weight's source: a Const or variable reached through prune_trace, or -1. */
+static ptrdiff_t trace_weight(const prune_graph_t *g, const char *input)
+{
+	ptrdiff_t idx = prune_trace(g, input);
+	return idx >= 0 && is_source_op(prune_graph_node(g, (size_t)idx)->op) ? idx : -1;
 }
 
 static const Tensorflow__TensorShapeProto *source_shape(const Tensorflow__NodeDef *src)
@@ -299,6 +304,17 @@ int prune_layer_weight_const(prune_graph_t *g, const prune_layer_t *l, size_t ma
 				   l->name);
 	Tensorflow__AttrValue *v = prune_node_attr(s, "value");
 	return prune_tensor_read(v->tensor, max_elems, s->name, prune_graph_arena(g), out, e);
+}
+
+void prune_result_begin(prune_result_t *r, const char *stage, const prune_graph_t *g,
+			const char *const *outputs, size_t n_outputs)
+{
+	r->stage = stage;
+	r->format = prune_graph_format(g);
+	r->format_stated = prune_graph_format_stated(g);
+	r->nodes_in = r->nodes_out = prune_graph_count(g);
+	r->outputs = (const char **)outputs;
+	r->n_outputs = n_outputs;
 }
 
 void prune_result_count(prune_result_t *r)

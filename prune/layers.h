@@ -51,6 +51,18 @@ SD_MUST_CHECK int prune_layer_weight_const(prune_graph_t *g, const prune_layer_t
 					   size_t max_elems, struct prune_tensor *out,
 					   sd_error_t *e);
 
+/* Starts a stage's result: stage name, model format, node count and outputs of g. */
+void prune_result_begin(prune_result_t *r, const char *stage, const prune_graph_t *g,
+			const char *const *outputs, size_t n_outputs);
+
+/*
+ * Follows Identity / ReadVariableOp from an input string to the first node that is
+ * neither (a frozen variable reads through Identity, a live one through
+ * ReadVariableOp). Returns its index, or -1 for a missing node or a chain longer than
+ * the graph (a malformed cycle).
+ */
+ptrdiff_t prune_trace(const prune_graph_t *g, const char *input);
+
 /* Sums up actions and reasons of layers[] into r (pruned, skipped, by_reason). */
 void prune_result_count(prune_result_t *r);
 

@@ -28,7 +28,7 @@ typedef struct walk {
 	bool oom;
 } walk_t;
 
-static bool varint(const uint8_t *p, size_t len, size_t *at, uint64_t *v)
+bool prune_wire_varint(const uint8_t *p, size_t len, size_t *at, uint64_t *v)
 {
 	*v = 0;
 	for (int shift = 0; shift < 64 && *at < len; shift += 7) {
@@ -106,12 +106,12 @@ static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 	while (at < len) {
 		size_t start = at;
 		uint64_t key, v;
-		if (!varint(p, len, &at, &key))
+		if (!prune_wire_varint(p, len, &at, &key))
 			return -1;
 		unsigned field = (unsigned)(key >> 3), wire = key & 7;
 		switch (wire) {
 		case 0:
-			if (!varint(p, len, &at, &v))
+			if (!prune_wire_varint(p, len, &at, &v))
 				return -1;
 			break;
 		case 1:
@@ -125,7 +125,7 @@ static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 			at += 4;
 			break;
 		case 2: {
-			if (!varint(p, len, &at, &v) || v > len - at)
+			if (!prune_wire_varint(p, len, &at, &v) || v > len - at)
 				return -1;
 			const uint8_t *payload = p + at;
 			at += v;
