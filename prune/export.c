@@ -202,12 +202,15 @@ static int export_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *
 				   r->name, wc->name);
 	if ((rc = prune_scratch(&x->keep, &x->keep_cap, w.n, e)))
 		return rc;
-	/* The NaN check runs on every path: a NaN that survives the mask would poison
-	 * the exported model, and the mask itself is undefined for it. */
-	if ((rc = prune_mask_2of4(&w, r->axis, x->keep, r->name, e)))
-		return rc;
+	/* NaN is refused on both paths: one that survives the mask would poison the
+	 * exported model. The fresh mask checks as it goes; a stored mask needs only the
+	 * scan, not a mask computation whose result would be thrown away. */
 	bool refresh = r->update_freq == 0 ? step == 0 : step % r->update_freq == 0;
+	if (refresh && (rc = prune_mask_2of4(&w, r->axis, x->keep, r->name, e)))
+		return rc;
 	if (!refresh) {
+		if ((rc = prune_mask_nan_check(&w, r->name, e)))
+			return rc;
 		if ((rc = prune_tensor_read(prune_node_attr(mc, "value")->tensor, x->max_elems,
 					    mc->name, a, &m, e)))
 			return rc;

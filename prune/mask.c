@@ -346,6 +346,19 @@ static size_t first_nan(const prune_tensor_t *w)
 	return n;
 }
 
+static int nan_error(const prune_tensor_t *w, size_t at, const char *layer, sd_error_t *e)
+{
+	return sd_err_node(e, SD_EMODEL, layer,
+			   "layer '%s': weight holds NaN at flat index %zu (of %zu %s elements)",
+			   layer, at, w->n, prune_dtype_name(w->dtype));
+}
+
+int prune_mask_nan_check(const prune_tensor_t *w, const char *layer, sd_error_t *e)
+{
+	size_t at = first_nan(w);
+	return at < w->n ? nan_error(w, at, layer ? layer : "", e) : 0;
+}
+
 int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep, const char *layer,
 		    sd_error_t *e)
 {
@@ -374,20 +387,16 @@ int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep, const char
 		bad = mask16(w->data, &v, keep, ABS16, INF_BF16) != 0;
 		break;
 	}
-	if (bad)
-		return sd_err_node(e, SD_EMODEL, layer,
-				   "layer '%s': weight holds NaN at flat index %zu (of %zu %s elements)",
-				   layer, first_nan(w), w->n, prune_dtype_name(w->dtype));
-	return 0;
+	return bad ? nan_error(w, first_nan(w), layer, e) : 0;
 }
 
 /*
  * Apply: w &= keep ? all-ones : sign-bit. A pruned element keeps only its sign, which is
  * the signed zero that w * 0.0 gives for finite w in every float type; kept elements are
  * untouched bit for bit (no float multiply, so no NaN quieting or denormal flushing).
+ * Counting happens in the same pass, so the stage reports how many weights it zeroed
+ * and how many zeros the result holds without reading the weights again.
  */
-/* Applies and counts in the same pass: the stage reports how many weights it zeroed
- * and how many zeros the result holds without reading the weights again. */
 #define DEFINE_APPLY(NAME, U, SIGN)                                                    \
 	static void NAME(U *p, const uint8_t *keep, size_t n, prune_mask_counts_t *c)  \
 	{                                                                              \

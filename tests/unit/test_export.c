@@ -238,6 +238,16 @@ START_TEST(export_errors)
 	ck_assert_msg_has(e, "NaN");
 	ck_assert_str_eq(e.node, "mm_a");
 
+	/* NaN on the stored-mask path (step 5 of update_freq 3) is refused too. */
+	float ones[30];
+	for (int i = 0; i < 30; i++)
+		ones[i] = 1.0f;
+	g = inserted(FREQ(3), &rec, &n);
+	freeze(g, 5, ones);
+	prune_node_attr(node(g, "wa"), "value")->tensor->float_val[7] = NAN;
+	ck_assert_int_eq(export(g, rec, n, &r, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "NaN at flat index 7");
+
 	/* A mask that is not 0/1. */
 	float half[30];
 	for (int i = 0; i < 30; i++)
