@@ -264,11 +264,9 @@ static int fail(api_t *a, req_t *r, struct MHD_Connection *c, int code, const ch
 static int fail(api_t *a, req_t *r, struct MHD_Connection *c, int code, const char *fmt, ...)
 {
 	sd_error_t e;
-	sd_err_clear(&e);
-	e.code = code;
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(e.msg, sizeof(e.msg), fmt, ap);
+	sd_errv(&e, code, fmt, ap);
 	va_end(ap);
 	return send_problem(a, r, c, &e);
 }
@@ -578,10 +576,8 @@ static int h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 	int rg = parse_range(header(c, "Range"), size, &from, &to);
 	if (rg < 0) {
 		close(fd);
-		sd_err_clear(&e);
-		e.code = SD_ERANGE;
-		snprintf(e.msg, sizeof(e.msg), "range not satisfiable (artifact has %" PRId64 " bytes)",
-			 size);
+		sd_err(&e, SD_ERANGE, "range not satisfiable (artifact has %" PRId64 " bytes)",
+		       size);
 		struct MHD_Response *resp = problem_response(&e, 416);
 		char cr[64];
 		snprintf(cr, sizeof(cr), "bytes */%" PRId64, size);
@@ -803,8 +799,6 @@ static int h_metrics(api_t *a, req_t *r, struct MHD_Connection *c)
 			store_state_name((store_state_t)s), counts[s]);
 	sd_appendf(&buf, &len, "# HELP sparsityd_http_requests_total HTTP responses by status.\n"
 			    "# TYPE sparsityd_http_requests_total counter\n");
-	/* Count this response too, so a scrape sees itself. */
-	atomic_fetch_add(&a->status_count[200], 1);
 	for (int s = 100; s < 600; s++) {
 		uint64_t v = atomic_load(&a->status_count[s]);
 		if (v)
@@ -818,14 +812,7 @@ static int h_metrics(api_t *a, req_t *r, struct MHD_Connection *c)
 	a->ops.metrics(a->ops.ud, &buf, &len);
 	if (!buf)
 		return MHD_NO;
-	struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
-	if (!resp)
-		return MHD_NO;
-	MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
-	int ok = MHD_queue_response(c, 200, resp);
-	MHD_destroy_response(resp);
-	r->answered = true;
-	return ok;
+	return send_text(a, r, c, 200, "text/plain; version=0.0.4", buf, len, NULL);
 }
 
 /* ---- dispatch ---- */
@@ -961,10 +948,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			if (!path_known)
 				return fail(a, r, c, SD_ENOTFOUND, "no such endpoint: %s %s", method, url);
 			sd_error_t e;
-			sd_err_clear(&e);
-			e.code = SD_EMETHOD;
-			snprintf(e.msg, sizeof(e.msg), "%s is not allowed on %s (allowed: %s)", method,
-				 url, allow);
+			sd_err(&e, SD_EMETHOD, "%s is not allowed on %s (allowed: %s)", method, url,
+			       allow);
 			struct MHD_Response *resp = problem_response(&e, 405);
 			if (resp)
 				MHD_add_response_header(resp, "Allow", allow);

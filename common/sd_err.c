@@ -54,6 +54,11 @@ static int vset(sd_error_t *e, int code, const char *fmt, va_list ap)
 	return code;
 }
 
+int sd_errv(sd_error_t *e, int code, const char *fmt, va_list ap)
+{
+	return vset(e, code, fmt, ap);
+}
+
 int sd_err(sd_error_t *e, int code, const char *fmt, ...)
 {
 	va_list ap;

@@ -11,6 +11,7 @@
 #ifndef SD_ERR_H
 #define SD_ERR_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 #define SD_MUST_CHECK __attribute__((warn_unused_result))
@@ -68,6 +69,10 @@ void sd_err_clear(sd_error_t *e);
  */
 int sd_err(sd_error_t *e, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/* As sd_err, with a va_list (for callers that are themselves printf-like). */
+int sd_errv(sd_error_t *e, int code, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
 
 /* As sd_err, and records the node or layer the failure is about. */
 int sd_err_node(sd_error_t *e, int code, const char *node, const char *fmt, ...)
