@@ -14,6 +14,7 @@
  */
 #include <check.h>
 
+#include "ref16.h"
 #include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
@@ -43,28 +44,6 @@ static uint64_t rng(void)
 }
 
 static size_t rnd(size_t n) { return (size_t)(rng() % n); }
-
-/* Reference float16 decoder (independent of prune_half_to_float). */
-static double ref_half(uint16_t h)
-{
-	int s = h >> 15, ex = (h >> 10) & 31, m = h & 1023;
-	double v;
-	if (ex == 31)
-		v = m ? NAN : INFINITY;
-	else if (ex == 0)
-		v = ldexp(m, -24);
-	else
-		v = ldexp(1024 + m, ex - 25);
-	return s ? -v : v;
-}
-
-static double ref_bf16(uint16_t h)
-{
-	uint32_t u = (uint32_t)h << 16;
-	float f;
-	memcpy(&f, &u, sizeof(f));
-	return f;
-}
 
 static size_t esize(int dt) { return dt == DT_F64 ? 8 : dt == DT_F32 ? 4 : 2; }
 

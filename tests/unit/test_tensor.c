@@ -12,6 +12,7 @@
  */
 #include <check.h>
 
+#include "ref16.h"
 #include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
@@ -488,20 +489,6 @@ START_TEST(write_sets_content)
 	}
 }
 END_TEST
-
-/* Reference float16 decoder, independent of the code under test. */
-static double ref_half(uint16_t h)
-{
-	int s = h >> 15, ex = (h >> 10) & 31, m = h & 1023;
-	double v;
-	if (ex == 31)
-		v = m ? NAN : INFINITY;
-	else if (ex == 0)
-		v = ldexp(m, -24);
-	else
-		v = ldexp(1024 + m, ex - 25);
-	return s ? -v : v;
-}
 
 static int is_nan16(uint16_t h, int bf)
 {
