@@ -23,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -734,19 +733,21 @@ static int h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c)
 		if (!rd || store_job_get(rd, record_from, r->tenant, &src, &e))
 			return send_problem(a, r, c, &e);
 		bool ok = !strcmp(src.stage, "insert") && src.state == STORE_SUCCEEDED;
+		store_artifact_t *rec = &in[n_in];
+		memset(rec, 0, sizeof(*rec));
+		int rc = ok ? store_record_get(rd, record_from, r->tenant, rec->sha256, &e) : 0;
+		/* The record is one of the insert job's outputs: its size is known there. */
+		for (size_t i = 0; ok && !rc && i < src.n_artifacts; i++)
+			if (!src.artifacts[i].input && !strcmp(src.artifacts[i].sha256, rec->sha256))
+				rec->size = src.artifacts[i].size;
 		store_job_clear(&src);
 		if (!ok)
 			return fail(a, r, c, SD_ECONFLICT,
 				    "record_from job %s is not a succeeded insert job", record_from);
-		memset(&in[n_in], 0, sizeof(in[n_in]));
-		if (store_record_get(rd, record_from, r->tenant, in[n_in].sha256, &e))
+		if (rc)
 			return send_problem(a, r, c, &e);
-		snprintf(in[n_in].name, sizeof(in[n_in].name), "input_record");
-		char *path = store_blob_path(a->store, in[n_in].sha256);
-		struct stat st;
-		in[n_in].size = path && stat(path, &st) == 0 ? st.st_size : 0;
-		free(path);
-		in[n_in].input = true;
+		snprintf(rec->name, sizeof(rec->name), "input_record");
+		rec->input = true;
 		n_in++;
 	}
 	store_job_new_t nj = {
