@@ -47,6 +47,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "pbwire.h"
+
 #define MAX_DEPTH 100
 /* Longest number literal accepted; far beyond any float's significant digits. */
 #define NUM_MAX 128
@@ -220,39 +222,6 @@ static bool is_sym(const parser_t *p, char c)
 
 /* ---------------------------------------------------------------- message layout */
 
-static size_t type_size(ProtobufCType t)
-{
-	switch (t) {
-	case PROTOBUF_C_TYPE_INT32:
-	case PROTOBUF_C_TYPE_SINT32:
-	case PROTOBUF_C_TYPE_SFIXED32:
-	case PROTOBUF_C_TYPE_UINT32:
-	case PROTOBUF_C_TYPE_FIXED32:
-		return sizeof(int32_t);
-	case PROTOBUF_C_TYPE_INT64:
-	case PROTOBUF_C_TYPE_SINT64:
-	case PROTOBUF_C_TYPE_SFIXED64:
-	case PROTOBUF_C_TYPE_UINT64:
-	case PROTOBUF_C_TYPE_FIXED64:
-		return sizeof(int64_t);
-	case PROTOBUF_C_TYPE_FLOAT:
-		return sizeof(float);
-	case PROTOBUF_C_TYPE_DOUBLE:
-		return sizeof(double);
-	case PROTOBUF_C_TYPE_BOOL:
-		return sizeof(protobuf_c_boolean);
-	case PROTOBUF_C_TYPE_ENUM:
-		return sizeof(int); /* protobuf-c forces enums to int size */
-	case PROTOBUF_C_TYPE_STRING:
-		return sizeof(char *);
-	case PROTOBUF_C_TYPE_BYTES:
-		return sizeof(ProtobufCBinaryData);
-	case PROTOBUF_C_TYPE_MESSAGE:
-		return sizeof(ProtobufCMessage *);
-	}
-	return 0;
-}
-
 static const char *type_name(ProtobufCType t)
 {
 	static const char *const names[] = {
@@ -294,7 +263,7 @@ static void oneof_select(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *
 		const ProtobufCFieldDescriptor *g = &d->fields[i];
 		if ((g->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
 		    g->quantifier_offset == f->quantifier_offset)
-			memset(MEMBER(msg, g->offset), 0, type_size(g->type));
+			memset(MEMBER(msg, g->offset), 0, pbwire_elem_size(g->type));
 	}
 	*which = f->id;
 }
@@ -307,7 +276,7 @@ static void *repeated_append(parser_t *p, ProtobufCMessage *msg, const ProtobufC
 {
 	size_t *np = MEMBER(msg, f->quantifier_offset);
 	void **arr = MEMBER(msg, f->offset);
-	size_t n = *np, sz = type_size(f->type);
+	size_t n = *np, sz = pbwire_elem_size(f->type);
 	if (n == 0 || (n >= 4 && (n & (n - 1)) == 0)) {
 		size_t cap = n < 4 ? 4 : n * 2;
 		void *grown = arena_grow(p->a, *arr, n, cap, sz);
@@ -398,7 +367,7 @@ static int parse_int(parser_t *p, const ProtobufCFieldDescriptor *f, ProtobufCTy
 
 	bool is_unsigned = t == PROTOBUF_C_TYPE_UINT32 || t == PROTOBUF_C_TYPE_FIXED32 ||
 			   t == PROTOBUF_C_TYPE_UINT64 || t == PROTOBUF_C_TYPE_FIXED64;
-	bool wide = type_size(t) == 8;
+	bool wide = pbwire_elem_size(t) == 8;
 	if (neg && is_unsigned)
 		return perr(p, &start, "negative value '-%.*s' for %s field '%s'",
 			    num->n > 40 ? 40 : (int)num->n, num->s, type_name(t), f->name);
@@ -772,7 +741,7 @@ static int parse_scalar(parser_t *p, ProtobufCMessage *msg, const ProtobufCField
 		((ProtobufCBinaryData *)slot)->len = v.str.n;
 		break;
 	default:
-		if (type_size(f->type) == 8)
+		if (pbwire_elem_size(f->type) == 8)
 			*(uint64_t *)slot = v.u;
 		else
 			*(uint32_t *)slot = (uint32_t)v.u;
@@ -1188,29 +1157,6 @@ static void write_value(writer_t *w, const ProtobufCFieldDescriptor *f, const vo
 	w_put(w, "\n", 1);
 }
 
-/* proto3 presence: a label-NONE field is written only when it differs from its default. */
-static bool is_default(const ProtobufCFieldDescriptor *f, const void *ptr)
-{
-	switch (f->type) {
-	case PROTOBUF_C_TYPE_FLOAT:
-		return *(const float *)ptr == 0;
-	case PROTOBUF_C_TYPE_DOUBLE:
-		return *(const double *)ptr == 0;
-	case PROTOBUF_C_TYPE_STRING: {
-		const char *s = *(const char *const *)ptr;
-		return !s || !*s;
-	}
-	case PROTOBUF_C_TYPE_BYTES:
-		return ((const ProtobufCBinaryData *)ptr)->len == 0;
-	case PROTOBUF_C_TYPE_MESSAGE:
-		return *(const void *const *)ptr == NULL;
-	default:
-		if (type_size(f->type) == 8)
-			return *(const uint64_t *)ptr == 0;
-		return *(const uint32_t *)ptr == 0;
-	}
-}
-
 static void write_message(writer_t *w, const ProtobufCMessage *msg, int depth)
 {
 	const ProtobufCMessageDescriptor *d = msg->descriptor;
@@ -1219,32 +1165,13 @@ static void write_message(writer_t *w, const ProtobufCMessage *msg, int depth)
 		const void *ptr = (const char *)msg + f->offset;
 		const void *q = (const char *)msg + f->quantifier_offset;
 		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-			size_t n = *(const size_t *)q, sz = type_size(f->type);
+			size_t n = *(const size_t *)q, sz = pbwire_elem_size(f->type);
 			const char *arr = *(const char *const *)ptr;
 			for (size_t j = 0; j < n; j++)
 				write_value(w, f, arr + j * sz, depth);
 			continue;
 		}
-		bool present;
-		if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-			present = *(const uint32_t *)q == f->id;
-			if (f->type == PROTOBUF_C_TYPE_MESSAGE && !*(const void *const *)ptr)
-				present = false;
-		} else if (f->label == PROTOBUF_C_LABEL_OPTIONAL) {
-			if (f->type == PROTOBUF_C_TYPE_STRING ||
-			    f->type == PROTOBUF_C_TYPE_MESSAGE) {
-				/* As protobuf-c's packer: a pointer to the default means unset. */
-				const void *v = *(const void *const *)ptr;
-				present = v && v != f->default_value;
-			} else {
-				present = *(const protobuf_c_boolean *)q;
-			}
-		} else if (f->label == PROTOBUF_C_LABEL_REQUIRED) {
-			present = f->type != PROTOBUF_C_TYPE_MESSAGE || *(const void *const *)ptr;
-		} else {
-			present = !is_default(f, ptr);
-		}
-		if (present)
+		if (pbwire_present(msg, f))
 			write_value(w, f, ptr, depth);
 	}
 }

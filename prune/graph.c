@@ -4,7 +4,7 @@
  *
  * Design: the model is unpacked once by protobuf-c into the stage's arena; a stage then
  * edits the NodeDef structs in place and the save packs them straight to the output
- * file through a small buffered sink, so the encoded output is never held in memory.
+ * file through pbwire, so the encoded output is never held in memory.
  * The name index is an open-addressing hash table (FNV-1a, linear probing) rebuilt
  * only when nodes are removed; appending a node inserts into it. Workload: graphs of
  * up to a few hundred thousand nodes, loaded once per job.
@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "pbtext.h"
+#include "pbwire.h"
 #include "tensor.h"
 #include "wire.h"
 
@@ -491,13 +492,9 @@ int prune_graph_reserve(prune_graph_t *g, size_t extra, sd_error_t *e)
 	return 2 * want + 2 > g->nslots ? index_build(g, want, e) : 0;
 }
 
-Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const char *name, const char *op,
+Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *s,
 				     sd_error_t *e)
 {
-	if (prune_graph_find(g, name, strlen(name)) >= 0) {
-		sd_err_node(e, SD_EMODEL, name, "node name '%s' is already taken", name);
-		return NULL;
-	}
 	Tensorflow__GraphDef *gd = g->gd;
 	if (gd->n_node == g->node_cap) {
 		size_t cap = g->node_cap ? g->node_cap * 2 : 16;
@@ -510,20 +507,40 @@ Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const char *name, const c
 	}
 	if (2 * (gd->n_node + 1) + 2 > g->nslots && index_build(g, 2 * (gd->n_node + 1), e))
 		return NULL;
-	Tensorflow__NodeDef *n = arena_alloc(g->arena, sizeof(*n));
+	/* Layout: node, attr entries, attr pointers, input pointers (all pointer-aligned). */
+	Tensorflow__NodeDef *n =
+		arena_alloc(g->arena, sizeof(*n) + s->n_attrs * (sizeof(*n->attr[0]) +
+								  sizeof(n->attr[0])) +
+					      s->n_inputs * sizeof(*n->input));
 	if (!n)
 		goto nomem;
 	tensorflow__node_def__init(n);
-	n->name = arena_strdup(g->arena, name);
-	n->op = arena_strdup(g->arena, op);
-	if (!n->name || !n->op)
-		goto nomem;
+	n->name = (char *)s->name;
+	n->op = (char *)s->op;
+	if (s->device)
+		n->device = (char *)s->device;
+	Tensorflow__NodeDef__AttrEntry *ents = (Tensorflow__NodeDef__AttrEntry *)(n + 1);
+	n->attr = (Tensorflow__NodeDef__AttrEntry **)(ents + s->n_attrs);
+	n->input = (char **)(n->attr + s->n_attrs);
+	for (size_t i = 0; i < s->n_attrs; i++) {
+		tensorflow__node_def__attr_entry__init(&ents[i]);
+		ents[i].key = (char *)s->attrs[i].key;
+		ents[i].value = s->attrs[i].value;
+		n->attr[i] = &ents[i];
+	}
+	n->n_attr = s->n_attrs;
+	if (s->n_inputs)
+		memcpy(n->input, s->inputs, s->n_inputs * sizeof(*n->input));
+	n->n_input = s->n_inputs;
 	gd->node[gd->n_node] = n;
-	index_put(g, gd->n_node);
+	if (index_put(g, gd->n_node) >= 0) {
+		sd_err_node(e, SD_EMODEL, s->name, "node name '%s' is already taken", s->name);
+		return NULL;
+	}
 	gd->n_node++;
 	return n;
 nomem:
-	sd_err(e, SD_ENOMEM, "out of memory adding node '%s'", name);
+	sd_err(e, SD_ENOMEM, "out of memory adding node '%s'", s->name);
 	return NULL;
 }
 
@@ -562,65 +579,7 @@ int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n, const char *ke
 	return 0;
 }
 
-int prune_node_add_inputs(prune_graph_t *g, Tensorflow__NodeDef *n, char *const *inputs,
-			  size_t k, sd_error_t *e)
-{
-	char **arr = arena_grow(g->arena, n->input, n->n_input, n->n_input + k, sizeof(*arr));
-	if (!arr)
-		return sd_err(e, SD_ENOMEM, "out of memory");
-	memcpy(arr + n->n_input, inputs, k * sizeof(*arr));
-	n->n_input += k;
-	n->input = arr;
-	return 0;
-}
-
 /* ---- saving ---- */
-
-/*
- * protobuf-c packs through a ProtobufCBuffer in many small appends (every tag and
- * length); this sink gathers them in a 1 MiB block and hands the FILE whole blocks,
- * so the encoded model never exists in memory as a whole and stdio's per-call locking
- * is paid once per block. Large appends (tensor bytes) go straight through.
- */
-#define SINK_BLOCK ((size_t)1 << 20)
-
-typedef struct file_sink {
-	ProtobufCBuffer base;
-	FILE *f;
-	bool failed;
-	size_t used;
-	uint8_t *block;
-} file_sink_t;
-
-static void sink_flush(file_sink_t *s)
-{
-	if (!s->failed && s->used && fwrite(s->block, 1, s->used, s->f) != s->used)
-		s->failed = true;
-	s->used = 0;
-}
-
-static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
-{
-	file_sink_t *s = (file_sink_t *)b;
-	if (!len)
-		return; /* empty bytes fields come with a NULL pointer */
-	if (len > SINK_BLOCK - s->used) {
-		sink_flush(s);
-		if (len >= SINK_BLOCK) {
-			/* Whole blocks, not one huge write: the kernel copies multi-megabyte
-			 * writes from huge-page memory several times slower (measured 0.3 s vs
-			 * 3 s for 1.5 GB here). */
-			for (size_t off = 0; off < len && !s->failed; off += SINK_BLOCK) {
-				size_t n = len - off < SINK_BLOCK ? len - off : SINK_BLOCK;
-				if (fwrite(data + off, 1, n, s->f) != n)
-					s->failed = true;
-			}
-			return;
-		}
-	}
-	memcpy(s->block + s->used, data, len);
-	s->used += len;
-}
 
 int prune_graph_save(const prune_graph_t *g, prune_format_t fmt, FILE *f, sd_error_t *e)
 {
@@ -628,20 +587,7 @@ int prune_graph_save(const prune_graph_t *g, prune_format_t fmt, FILE *f, sd_err
 		fmt = g->format;
 	if (fmt == PRUNE_FMT_PBTXT)
 		return pbtext_write(&g->gd->base, f, e);
-	file_sink_t s = {.base = {.append = sink_append}, .f = f, .block = malloc(SINK_BLOCK)};
-	if (!s.block)
-		return sd_err(e, SD_ENOMEM, "out of memory");
-	if (fmt == PRUNE_FMT_METAGRAPH && !g->meta) {
-		free(s.block);
+	if (fmt == PRUNE_FMT_METAGRAPH && !g->meta)
 		return sd_err(e, SD_EUSAGE, "a GraphDef cannot be saved as a MetaGraphDef");
-	}
-	protobuf_c_message_pack_to_buffer(fmt == PRUNE_FMT_METAGRAPH ? &g->meta->base
-								   : &g->gd->base,
-					  &s.base);
-	sink_flush(&s);
-	free(s.block);
-	if (s.failed || ferror(f) || fflush(f))
-		return sd_err(e, errno == ENOSPC || errno == EDQUOT ? SD_ENOSPACE : SD_EIO,
-			      "writing the model failed: %s", strerror(errno));
-	return 0;
+	return pbwire_write(fmt == PRUNE_FMT_METAGRAPH ? &g->meta->base : &g->gd->base, f, e);
 }

@@ -103,12 +103,32 @@ SD_MUST_CHECK int prune_input_parse(const char *s, prune_input_t *out, sd_error_
 /* Index of the node an input string names, or -1 (also for malformed input). */
 ptrdiff_t prune_graph_find_input(const prune_graph_t *g, const char *input);
 
+/* One attribute of a node being added: key and value are referenced, not copied. */
+typedef struct prune_attr_kv {
+	const char *key;
+	Tensorflow__AttrValue *value;
+} prune_attr_kv_t;
+
 /*
- * Appends a new node with the given name and op (both copied) and returns it, or NULL
- * on ENOMEM or when the name is taken (then *e says which). Node pointers stay valid;
+ * A node to add. Everything is referenced, not copied (name, op, device, input strings,
+ * keys, values), so it must live as long as the graph: its arena, or static storage.
+ * AttrValues may be shared between nodes. device may be NULL.
+ */
+typedef struct prune_node_spec {
+	const char *name, *op, *device;
+	const char *const *inputs;
+	size_t n_inputs;
+	const prune_attr_kv_t *attrs;
+	size_t n_attrs;
+} prune_node_spec_t;
+
+/*
+ * Appends the node s describes and returns it, or NULL on ENOMEM or when the name is
+ * taken (then *e says which). The node and its input and attribute arrays are one
+ * allocation: a stage adding thousands of nodes pays for one each. Node pointers and
  * indexes returned earlier stay valid.
  */
-Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const char *name, const char *op,
+Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *s,
 				     sd_error_t *e);
 
 /*
@@ -149,13 +169,6 @@ Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char 
  */
 SD_MUST_CHECK int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n,
 				      const char *key, Tensorflow__AttrValue *v, sd_error_t *e);
-
-/*
- * Appends k input strings to n, growing its input array once (strings are referenced,
- * so they must live in the graph's arena or longer). Returns 0 or SD_ENOMEM.
- */
-SD_MUST_CHECK int prune_node_add_inputs(prune_graph_t *g, Tensorflow__NodeDef *n,
-					char *const *inputs, size_t k, sd_error_t *e);
 
 /*
  * Writes the model in format fmt (PRUNE_FMT_AUTO: the format it was loaded in) to f,

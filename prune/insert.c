@@ -28,15 +28,16 @@
 #include "tensor.h"
 
 /*
- * Constants every layer's mask math needs, created once under "sparsityd/const/":
- * a graph with thousands of layers would otherwise carry thousands of identical
- * scalars, and insert's cost is mostly the nodes it adds.
+ * Shared parts: AttrValues every node of a kind carries (nodes may share them), and
+ * graph-wide constants under "sparsityd/const/". A graph with thousands of layers
+ * would otherwise carry thousands of identical values, and insert's cost is mostly
+ * the nodes it adds and their size.
  */
 typedef struct shared {
+	Tensorflow__AttrValue *type[32]; /* type attrs by DataType (all ours are below 32) */
+	Tensorflow__AttrValue *yes, *no, *minus_one, *empty_str, *empty_list;
 	const char *group_shape, *k, *depth, *k_axis, *zero, *one;
 	const char *on[4], *off[4]; /* per float dtype, see dtype_slot() */
-	/* created on first use, per weight rank (2 or 4) and prune axis */
-	const char *perm[5][4], *inv_perm[5][4], *begin[5];
 } shared_t;
 
 typedef struct bld {
@@ -49,55 +50,92 @@ typedef struct bld {
 	sd_error_t *e;
 } bld_t;
 
-static const char *bname(bld_t *b, const char *suffix)
+typedef prune_attr_kv_t kv_t;
+
+/* Argument pairs for mk(): IN(a, b) / NO_IN, and ATTRS({"T", v}, ...). */
+#define IN(...) (const char *const[]){__VA_ARGS__}, \
+	sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *)
+#define NO_IN NULL, 0
+#define ATTRS(...) (const kv_t[]){__VA_ARGS__}, sizeof((const kv_t[]){__VA_ARGS__}) / sizeof(kv_t)
+
+static int nomem(bld_t *b)
 {
-	return arena_sprintf(b->a, "%s/%s", b->scope, suffix);
+	if (!b->rc)
+		b->rc = sd_err(b->e, SD_ENOMEM, "out of memory");
+	return b->rc;
 }
 
-/* Adds node scope/suffix with op and the NULL-terminated inputs; returns its name. */
-static Tensorflow__NodeDef *mk(bld_t *b, const char *suffix, const char *op, ...)
+/* x y z concatenated in the arena (names are built for every node: no printf). */
+static const char *cat(bld_t *b, const char *x, const char *y, const char *z)
+{
+	if (!x || !y || !z) {
+		nomem(b);
+		return NULL;
+	}
+	size_t lx = strlen(x), ly = strlen(y), lz = strlen(z);
+	char *s = arena_alloc(b->a, lx + ly + lz + 1);
+	if (!s) {
+		nomem(b);
+		return NULL;
+	}
+	memcpy(s, x, lx);
+	memcpy(s + lx, y, ly);
+	memcpy(s + lx + ly, z, lz + 1);
+	return s;
+}
+
+static const char *bname(bld_t *b, const char *suffix)
+{
+	return cat(b, b->scope, "/", suffix);
+}
+
+/* The node named `name` with op, inputs and attrs; returns its name (NULL once failed). */
+static const char *mk_named(bld_t *b, const char *name, const char *op, const char *const *in,
+			    size_t nin, const kv_t *kv, size_t nkv)
 {
 	if (b->rc)
 		return NULL;
-	const char *name = bname(b, suffix);
-	Tensorflow__NodeDef *n = name ? prune_graph_add(b->g, name, op, b->e) : NULL;
-	if (!n) {
-		b->rc = name ? (b->e ? b->e->code : SD_EMODEL)
-			     : sd_err(b->e, SD_ENOMEM, "out of memory");
+	bool ok = name != NULL;
+	for (size_t i = 0; i < nin; i++)
+		ok = ok && in[i];
+	for (size_t i = 0; i < nkv; i++)
+		ok = ok && kv[i].value;
+	if (!ok) {
+		nomem(b);
 		return NULL;
 	}
-	if (b->device && b->device[0] && !(n->device = arena_strdup(b->a, b->device)))
-		b->rc = sd_err(b->e, SD_ENOMEM, "out of memory");
-	char *ins[8];
-	size_t k = 0;
-	va_list ap;
-	va_start(ap, op);
-	for (const char *in; k < 8 && (in = va_arg(ap, const char *));)
-		ins[k++] = (char *)in;
-	va_end(ap);
-	if (!b->rc)
-		b->rc = prune_node_add_inputs(b->g, n, ins, k, b->e);
-	return b->rc ? NULL : n;
+	prune_node_spec_t spec = {.name = name, .op = op, .device = b->device, .inputs = in,
+				  .n_inputs = nin, .attrs = kv, .n_attrs = nkv};
+	if (!prune_graph_add(b->g, &spec, b->e)) {
+		b->rc = b->e && b->e->code ? b->e->code : SD_EMODEL;
+		return NULL;
+	}
+	return name;
 }
 
-static void set(bld_t *b, Tensorflow__NodeDef *n, const char *key, Tensorflow__AttrValue *v)
+/* As mk_named, for the node scope/suffix. */
+static const char *mk(bld_t *b, const char *suffix, const char *op, const char *const *in,
+		      size_t nin, const kv_t *kv, size_t nkv)
 {
-	if (b->rc || !n)
-		return;
-	if (!v) {
-		b->rc = sd_err(b->e, SD_ENOMEM, "out of memory");
-		return;
-	}
-	b->rc = prune_node_set_attr(b->g, n, key, v, b->e);
+	return b->rc ? NULL : mk_named(b, bname(b, suffix), op, in, nin, kv, nkv);
+}
+
+/* The (shared) type attribute for dtype dt. */
+static Tensorflow__AttrValue *ty(bld_t *b, int dt)
+{
+	Tensorflow__AttrValue **slot = dt > 0 && dt < 32 ? &b->sh->type[dt] : NULL;
+	if (slot && *slot)
+		return *slot;
+	Tensorflow__AttrValue *v = prune_attr_type(b->a, dt);
+	if (slot)
+		*slot = v;
+	return v;
 }
 
 /* A Const node holding v (a tensor attr of dtype dt). */
 static const char *cnst(bld_t *b, const char *suffix, int dt, Tensorflow__AttrValue *v)
 {
-	Tensorflow__NodeDef *n = mk(b, suffix, "Const", NULL);
-	set(b, n, "dtype", prune_attr_type(b->a, dt));
-	set(b, n, "value", v);
-	return n ? n->name : NULL;
+	return mk(b, suffix, "Const", NO_IN, ATTRS({"dtype", ty(b, dt)}, {"value", v}));
 }
 
 /* An int32 Const: a vector of n values, or a scalar when n == 0. */
@@ -107,18 +145,66 @@ static const char *i32_const(bld_t *b, const char *suffix, const int32_t *v, int
 		    prune_attr_i32(b->a, v, &n, n ? 1 : 0));
 }
 
-/* A shared int32 vector Const under sparsityd/const, made once and then reused. */
-static const char *shared_i32(bld_t *b, const char **slot, const char *name,
-			      const int32_t *v, int64_t n)
+/*
+ * Shared constants whose value depends on the layer (a permutation, a shape) are
+ * named after their value, "sparsityd/const/<prefix>_<v0>_<v1>...", so the graph's
+ * own name index finds the one an earlier layer made. Negative values read "m1".
+ */
+#define KEY_MAX 160
+
+static void key_of(char *key, const char *prefix, const int64_t *v, size_t n)
 {
-	if (*slot || b->rc)
-		return *slot;
+	size_t k = strlen(prefix);
+	memcpy(key, prefix, k);
+	for (size_t i = 0; i < n; i++) {
+		char digits[24];
+		size_t d = 0;
+		uint64_t x = v[i] < 0 ? 0 - (uint64_t)v[i] : (uint64_t)v[i];
+		do
+			digits[d++] = (char)('0' + x % 10);
+		while ((x /= 10));
+		key[k++] = '_';
+		if (v[i] < 0)
+			key[k++] = 'm';
+		while (d)
+			key[k++] = digits[--d];
+	}
+	key[k] = '\0';
+}
+
+/* The shared Const called key if an earlier layer made it; else NULL. */
+static const char *shared_find(bld_t *b, const char *key)
+{
+	char name[KEY_MAX + sizeof(PRUNE_SCOPE "/const/")];
+	size_t n = (size_t)snprintf(name, sizeof(name), PRUNE_SCOPE "/const/%s", key);
+	ptrdiff_t i = b->rc ? -1 : prune_graph_find(b->g, name, n);
+	return i >= 0 ? prune_graph_node(b->g, (size_t)i)->name : NULL;
+}
+
+/* Makes the shared Const called key holding v. */
+static const char *shared_make(bld_t *b, const char *key, int dt, Tensorflow__AttrValue *v)
+{
 	bld_t sb = *b;
 	sb.scope = PRUNE_SCOPE "/const";
 	sb.device = NULL;
-	*slot = i32_const(&sb, name, v, n);
+	const char *name = cnst(&sb, arena_strdup(b->a, key), dt, v);
 	b->rc = sb.rc;
-	return *slot;
+	return name;
+}
+
+/* A shared int32 Const of shape dims (rank 1 or 2) holding the n values v. */
+static const char *shared_i32(bld_t *b, const char *prefix, const int32_t *v, size_t n,
+			      const int64_t *dims, int rank)
+{
+	int64_t wide[8];
+	for (size_t i = 0; i < n; i++)
+		wide[i] = v[i];
+	char key[KEY_MAX];
+	key_of(key, prefix, wide, n);
+	const char *got = shared_find(b, key);
+	return got || b->rc ? got
+			    : shared_make(b, key, TENSORFLOW__DATA_TYPE__DT_INT32,
+					  prune_attr_i32(b->a, v, dims, rank));
 }
 
 /* A resource variable: handle, initial value, initializer, read (VariableDef parts). */
@@ -126,31 +212,22 @@ typedef struct var {
 	const char *handle, *initial, *assign, *read;
 } var_t;
 
-/* init is either a tensor for a new Const (init_node NULL) or ignored for init_node. */
 static var_t variable(bld_t *b, const char *suffix, int dt, const int64_t *dims, int rank,
-		      Tensorflow__AttrValue *init, const char *init_node)
+		      const char *initial)
 {
-	var_t v = {0};
-	Tensorflow__NodeDef *h = mk(b, suffix, "VarHandleOp", NULL);
-	set(b, h, "dtype", prune_attr_type(b->a, dt));
-	set(b, h, "shape", prune_attr_shape(b->a, dims, rank));
-	set(b, h, "container", prune_attr_str(b->a, ""));
-	set(b, h, "shared_name", h ? prune_attr_str(b->a, h->name) : NULL);
-	set(b, h, "allowed_devices", prune_attr_empty_list(b->a));
-	if (b->rc)
-		return v;
-	v.handle = h->name;
-	v.initial = init_node ? init_node
-			      : cnst(b, arena_sprintf(b->a, "%s/Initializer/value", suffix), dt,
-				     init);
-	Tensorflow__NodeDef *as = mk(b, arena_sprintf(b->a, "%s/Assign", suffix),
-				     "AssignVariableOp", v.handle, v.initial, NULL);
-	set(b, as, "dtype", prune_attr_type(b->a, dt));
-	Tensorflow__NodeDef *rd = mk(b, arena_sprintf(b->a, "%s/Read/ReadVariableOp", suffix),
-				     "ReadVariableOp", v.handle, NULL);
-	set(b, rd, "dtype", prune_attr_type(b->a, dt));
-	v.assign = as ? as->name : NULL;
-	v.read = rd ? rd->name : NULL;
+	var_t v = {.initial = initial};
+	shared_t *sh = b->sh;
+	const char *name = bname(b, suffix);
+	v.handle = mk_named(b, name, "VarHandleOp", NO_IN,
+			    ATTRS({"dtype", ty(b, dt)},
+				  {"shape", prune_attr_shape(b->a, dims, rank)},
+				  {"container", sh->empty_str},
+				  {"shared_name", name ? prune_attr_str(b->a, name) : NULL},
+				  {"allowed_devices", sh->empty_list}));
+	v.assign = mk(b, cat(b, suffix, "/Assign", ""), "AssignVariableOp", IN(v.handle, initial),
+		      ATTRS({"dtype", ty(b, dt)}));
+	v.read = mk(b, cat(b, suffix, "/Read/ReadVariableOp", ""), "ReadVariableOp",
+		    IN(v.handle), ATTRS({"dtype", ty(b, dt)}));
 	return v;
 }
 
@@ -167,9 +244,10 @@ static int dtype_slot(int dt)
 /* The fresh 2:4 mask of tensor `w` (see the file comment); returns its node name. */
 static const char *fresh_mask(bld_t *b, const prune_layer_t *l, const char *w)
 {
-	arena_t *a = b->a;
 	const int r = l->rank, ax = l->axis, dt = l->dtype;
-	const int64_t C = l->shape[ax], Cp = (C + 3) / 4 * 4;
+	const int64_t C = l->shape[ax], Cp = (C + 3) / 4 * 4, rank1[1] = {r};
+	const int32_t i32 = TENSORFLOW__DATA_TYPE__DT_INT32;
+	shared_t *sh = b->sh;
 	int32_t perm[4], inv[4], tshape[4];
 	for (int i = 0, k = 0; i < r; i++)
 		if (i != ax)
@@ -179,84 +257,73 @@ static const char *fresh_mask(bld_t *b, const prune_layer_t *l, const char *w)
 		inv[perm[i]] = i;
 		tshape[i] = (int32_t)l->shape[perm[i]];
 	}
-	Tensorflow__NodeDef *n = mk(b, "fresh/abs", "Abs", w, NULL);
-	set(b, n, "T", prune_attr_type(a, dt));
-	const char *x = n ? n->name : NULL;
-	shared_t *sh = b->sh;
+	const char *x = mk(b, "fresh/abs", "Abs", IN(w), ATTRS({"T", ty(b, dt)}));
 	if (ax != r - 1) {
-		const char *p = shared_i32(b, &sh->perm[r][ax],
-					   arena_sprintf(a, "perm_r%d_a%d", r, ax), perm, r);
-		n = mk(b, "fresh/transpose", "Transpose", x, p, NULL);
-		set(b, n, "T", prune_attr_type(a, dt));
-		set(b, n, "Tperm", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
-		x = n ? n->name : NULL;
+		const char *p = shared_i32(b, "perm", perm, (size_t)r, rank1, 1);
+		x = mk(b, "fresh/transpose", "Transpose", IN(x, p),
+		       ATTRS({"T", ty(b, dt)}, {"Tperm", ty(b, i32)}));
 	}
 	if (Cp != C) {
 		int32_t pads[8] = {0};
 		pads[2 * (r - 1) + 1] = (int32_t)(Cp - C);
 		const int64_t pdims[2] = {r, 2};
-		const char *p = cnst(b, "fresh/paddings", TENSORFLOW__DATA_TYPE__DT_INT32,
-				     prune_attr_i32(a, pads, pdims, 2));
-		n = mk(b, "fresh/pad", "Pad", x, p, NULL);
-		set(b, n, "T", prune_attr_type(a, dt));
-		set(b, n, "Tpaddings", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
-		x = n ? n->name : NULL;
+		const char *p = shared_i32(b, "paddings", pads, 2 * (size_t)r, pdims, 2);
+		x = mk(b, "fresh/pad", "Pad", IN(x, p),
+		       ATTRS({"T", ty(b, dt)}, {"Tpaddings", ty(b, i32)}));
 	}
-	n = mk(b, "fresh/groups", "Reshape", x, sh->group_shape, NULL);
-	set(b, n, "T", prune_attr_type(a, dt));
-	set(b, n, "Tshape", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
-	x = n ? n->name : NULL;
-
-	n = mk(b, "fresh/top2", "TopKV2", x, sh->k, NULL);
-	set(b, n, "T", prune_attr_type(a, dt));
-	set(b, n, "sorted", prune_attr_bool(a, true));
-	const char *idx = n ? arena_sprintf(a, "%s:1", n->name) : NULL;
-
-	n = mk(b, "fresh/onehot", "OneHot", idx, sh->depth, sh->on[dtype_slot(dt)],
-	       sh->off[dtype_slot(dt)], NULL);
-	set(b, n, "T", prune_attr_type(a, dt));
-	set(b, n, "TI", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
-	set(b, n, "axis", prune_attr_int(a, -1));
-	x = n ? n->name : NULL;
-
-	n = mk(b, "fresh/group_mask", "Sum", x, sh->k_axis, NULL);
-	set(b, n, "T", prune_attr_type(a, dt));
-	set(b, n, "Tidx", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
-	set(b, n, "keep_dims", prune_attr_bool(a, false));
-	x = n ? n->name : NULL;
-
+	x = mk(b, "fresh/groups", "Reshape", IN(x, sh->group_shape),
+	       ATTRS({"T", ty(b, dt)}, {"Tshape", ty(b, i32)}));
+	const char *top = mk(b, "fresh/top2", "TopKV2", IN(x, sh->k),
+			     ATTRS({"T", ty(b, dt)}, {"sorted", sh->yes}));
+	x = mk(b, "fresh/onehot", "OneHot",
+	       IN(cat(b, top, ":1", ""), sh->depth, sh->on[dtype_slot(dt)], sh->off[dtype_slot(dt)]),
+	       ATTRS({"T", ty(b, dt)}, {"TI", ty(b, i32)}, {"axis", sh->minus_one}));
+	x = mk(b, "fresh/group_mask", "Sum", IN(x, sh->k_axis),
+	       ATTRS({"T", ty(b, dt)}, {"Tidx", ty(b, i32)}, {"keep_dims", sh->no}));
 	int32_t pshape[4];
 	memcpy(pshape, tshape, sizeof(pshape));
 	pshape[r - 1] = (int32_t)Cp;
-	const char *ps = i32_const(b, "fresh/padded_shape", pshape, r);
-	n = mk(b, "fresh/unflat", "Reshape", x, ps, NULL);
-	set(b, n, "T", prune_attr_type(a, dt));
-	set(b, n, "Tshape", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
-	x = n ? n->name : NULL;
-
+	const char *ps = shared_i32(b, "shape", pshape, (size_t)r, rank1, 1);
+	x = mk(b, "fresh/unflat", "Reshape", IN(x, ps),
+	       ATTRS({"T", ty(b, dt)}, {"Tshape", ty(b, i32)}));
 	if (Cp != C) {
 		int32_t begin[4] = {0}, size[4] = {-1, -1, -1, -1};
 		size[r - 1] = (int32_t)C;
-		const char *bg = shared_i32(b, &sh->begin[r], arena_sprintf(a, "begin_r%d", r),
-					    begin, r);
-		const char *sz = i32_const(b, "fresh/size", size, r);
-		n = mk(b, "fresh/unpad", "Slice", x, bg, sz, NULL);
-		set(b, n, "T", prune_attr_type(a, dt));
-		set(b, n, "Index", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
-		x = n ? n->name : NULL;
+		const char *bg = shared_i32(b, "begin", begin, (size_t)r, rank1, 1);
+		const char *sz = shared_i32(b, "size", size, (size_t)r, rank1, 1);
+		x = mk(b, "fresh/unpad", "Slice", IN(x, bg, sz),
+		       ATTRS({"T", ty(b, dt)}, {"Index", ty(b, i32)}));
 	}
 	if (ax != r - 1) {
-		const char *p = shared_i32(b, &sh->inv_perm[r][ax],
-					   arena_sprintf(a, "inverse_perm_r%d_a%d", r, ax), inv, r);
-		n = mk(b, "fresh/untranspose", "Transpose", x, p, NULL);
-		set(b, n, "T", prune_attr_type(a, dt));
-		set(b, n, "Tperm", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT32));
-		x = n ? n->name : NULL;
+		const char *p = shared_i32(b, "perm", inv, (size_t)r, rank1, 1);
+		x = mk(b, "fresh/untranspose", "Transpose", IN(x, p),
+		       ATTRS({"T", ty(b, dt)}, {"Tperm", ty(b, i32)}));
 	}
 	/* The mask is a selection, not a function to differentiate. */
-	n = mk(b, "fresh_mask", "StopGradient", x, NULL);
-	set(b, n, "T", prune_attr_type(a, dt));
-	return n ? n->name : NULL;
+	return mk(b, "fresh_mask", "StopGradient", IN(x), ATTRS({"T", ty(b, dt)}));
+}
+
+/* The shared all-ones initial value of a mask of l's dtype and shape. */
+static const char *mask_init(bld_t *b, const prune_layer_t *l)
+{
+	char prefix[32], key[KEY_MAX];
+	snprintf(prefix, sizeof(prefix), "ones_%s", prune_dtype_name(l->dtype));
+	key_of(key, prefix, l->shape, (size_t)l->rank);
+	const char *got = shared_find(b, key);
+	return got || b->rc ? got
+			    : shared_make(b, key, l->dtype,
+					  prune_attr_splat(b->a, l->dtype, 1.0, l->shape, l->rank));
+}
+
+/* The shared int64 scalar Const holding update_freq f. */
+static const char *freq_const(bld_t *b, int64_t f)
+{
+	char key[KEY_MAX];
+	key_of(key, "update_freq", &f, 1);
+	const char *got = shared_find(b, key);
+	return got || b->rc ? got
+			    : shared_make(b, key, TENSORFLOW__DATA_TYPE__DT_INT64,
+					  prune_attr_i64_scalar(b->a, f));
 }
 
 /* Per-layer variables, kept for the MetaGraphDef collection and the init op. */
@@ -267,59 +334,48 @@ typedef struct layer_vars {
 static int insert_layer(prune_graph_t *g, shared_t *sh, prune_layer_t *l,
 			layer_vars_t *lv, sd_error_t *e)
 {
-	arena_t *a = prune_graph_arena(g);
 	Tensorflow__NodeDef *layer = prune_graph_node(g, l->node);
-	bld_t b = {.g = g, .sh = sh, .a = a, .device = layer->device, .e = e};
-	b.scope = arena_sprintf(a, "%s/%s", l->name, PRUNE_SCOPE);
-	if (!b.scope)
-		return sd_err(e, SD_ENOMEM, "out of memory");
+	bld_t b = {.g = g, .sh = sh, .a = prune_graph_arena(g), .device = layer->device, .e = e};
+	if (b.device && !b.device[0])
+		b.device = NULL;
+	b.scope = cat(&b, l->name, "/", PRUNE_SCOPE);
 	const char *probe = bname(&b, "mask");
-	if (probe && prune_graph_find(g, probe, strlen(probe)) >= 0)
+	if (b.rc)
+		return b.rc;
+	if (prune_graph_find(g, probe, strlen(probe)) >= 0)
 		return sd_err_node(e, SD_EMODEL, l->name,
 				   "layer '%s' already carries sparsityd nodes (%s/...); insert "
 				   "runs on the original graph, not on its own output",
 				   l->name, b.scope);
-	const int dt = l->dtype;
+	const int dt = l->dtype, i64 = TENSORFLOW__DATA_TYPE__DT_INT64;
 	const char *w = l->weight_input;
 
-	lv->mask = variable(&b, "mask", dt, l->shape, l->rank,
-			    prune_attr_splat(a, dt, 1.0, l->shape, l->rank), NULL);
-	lv->step = variable(&b, "step", TENSORFLOW__DATA_TYPE__DT_INT64, NULL, 0, NULL, sh->zero);
+	lv->mask = variable(&b, "mask", dt, l->shape, l->rank, mask_init(&b, l));
+	lv->step = variable(&b, "step", i64, NULL, 0, sh->zero);
 	const char *fresh = fresh_mask(&b, l, w);
 
 	const char *phase = lv->step.read;
-	if (l->update_freq) {
-		const char *freq = cnst(&b, "update_freq", TENSORFLOW__DATA_TYPE__DT_INT64,
-					prune_attr_i64_scalar(a, l->update_freq));
-		Tensorflow__NodeDef *m = mk(&b, "step_mod", "FloorMod", lv->step.read, freq, NULL);
-		set(&b, m, "T", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT64));
-		phase = m ? m->name : NULL;
-	}
-	Tensorflow__NodeDef *rf = mk(&b, "refresh", "Equal", phase, sh->zero, NULL);
-	set(&b, rf, "T", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT64));
-	set(&b, rf, "incompatible_shape_error", prune_attr_bool(a, true));
-
-	Tensorflow__NodeDef *mv = mk(&b, "mask_value", "SelectV2", rf ? rf->name : NULL, fresh,
-				     lv->mask.read, NULL);
-	set(&b, mv, "T", prune_attr_type(a, dt));
-	Tensorflow__NodeDef *mw = mk(&b, "masked_weight", "Mul", w, mv ? mv->name : NULL, NULL);
-	set(&b, mw, "T", prune_attr_type(a, dt));
-
-	Tensorflow__NodeDef *um = mk(&b, "update_mask", "AssignVariableOp", lv->mask.handle,
-				     mv ? mv->name : NULL, NULL);
-	set(&b, um, "dtype", prune_attr_type(a, dt));
-	const char *after = um ? arena_sprintf(a, "^%s", um->name) : NULL;
-	Tensorflow__NodeDef *us = mk(&b, "update_step", "AssignAddVariableOp", lv->step.handle,
-				     sh->one, after, NULL);
-	set(&b, us, "dtype", prune_attr_type(a, TENSORFLOW__DATA_TYPE__DT_INT64));
+	if (l->update_freq)
+		phase = mk(&b, "step_mod", "FloorMod", IN(lv->step.read, freq_const(&b, l->update_freq)),
+			   ATTRS({"T", ty(&b, i64)}));
+	const char *rf = mk(&b, "refresh", "Equal", IN(phase, sh->zero),
+			    ATTRS({"T", ty(&b, i64)}, {"incompatible_shape_error", sh->yes}));
+	const char *mv = mk(&b, "mask_value", "SelectV2", IN(rf, fresh, lv->mask.read),
+			    ATTRS({"T", ty(&b, dt)}));
+	const char *mw = mk(&b, "masked_weight", "Mul", IN(w, mv), ATTRS({"T", ty(&b, dt)}));
+	const char *um = mk(&b, "update_mask", "AssignVariableOp", IN(lv->mask.handle, mv),
+			    ATTRS({"dtype", ty(&b, dt)}));
+	const char *us = mk(&b, "update_step", "AssignAddVariableOp",
+			    IN(lv->step.handle, sh->one, cat(&b, "^", um, "")),
+			    ATTRS({"dtype", ty(&b, i64)}));
 	if (b.rc)
 		return b.rc;
 
-	/* Point the layer at the masked weight; prune_graph_add may have moved nothing. */
-	layer->input[1] = mw->name;
+	/* Point the layer at the masked weight. */
+	layer->input[1] = (char *)mw;
 	l->mask_var = lv->mask.handle;
 	l->step_var = lv->step.handle;
-	l->update_op = us->name;
+	l->update_op = us;
 	return 0;
 }
 
@@ -329,20 +385,25 @@ static int make_shared(prune_graph_t *g, const prune_result_t *res, shared_t *sh
 	arena_t *a = prune_graph_arena(g);
 	bld_t b = {.g = g, .sh = sh, .a = a, .scope = PRUNE_SCOPE "/const", .e = e};
 	const int32_t gshape[2] = {-1, 4}, two = 2, four = 4, one = 1;
+	const int i64 = TENSORFLOW__DATA_TYPE__DT_INT64;
+	if (!(sh->yes = prune_attr_bool(a, true)) || !(sh->no = prune_attr_bool(a, false)) ||
+	    !(sh->minus_one = prune_attr_int(a, -1)) ||
+	    !(sh->empty_str = prune_attr_str(a, "")) || !(sh->empty_list = prune_attr_empty_list(a)))
+		return nomem(&b);
 	sh->group_shape = i32_const(&b, "group_shape", gshape, 2);
 	sh->k = i32_const(&b, "k", &two, 0);
 	sh->depth = i32_const(&b, "depth", &four, 0);
 	sh->k_axis = i32_const(&b, "k_axis", &one, 0);
-	sh->zero = cnst(&b, "zero", TENSORFLOW__DATA_TYPE__DT_INT64, prune_attr_i64_scalar(a, 0));
-	sh->one = cnst(&b, "one", TENSORFLOW__DATA_TYPE__DT_INT64, prune_attr_i64_scalar(a, 1));
+	sh->zero = cnst(&b, "zero", i64, prune_attr_i64_scalar(a, 0));
+	sh->one = cnst(&b, "one", i64, prune_attr_i64_scalar(a, 1));
 	for (size_t i = 0; i < res->n_layers && !b.rc; i++) {
 		int dt = res->layers[i].dtype, slot = dtype_slot(dt);
 		if (res->layers[i].action != PRUNE_ACTION_PRUNED || sh->on[slot])
 			continue;
 		const char *tn = prune_dtype_name(dt);
-		sh->on[slot] = cnst(&b, arena_sprintf(a, "one_%s", tn), dt,
+		sh->on[slot] = cnst(&b, cat(&b, "one_", tn, ""), dt,
 				    prune_attr_splat(a, dt, 1.0, NULL, 0));
-		sh->off[slot] = cnst(&b, arena_sprintf(a, "zero_%s", tn), dt,
+		sh->off[slot] = cnst(&b, cat(&b, "zero_", tn, ""), dt,
 				     prune_attr_splat(a, dt, 0.0, NULL, 0));
 	}
 	return b.rc;
@@ -441,16 +502,14 @@ static int group_op(prune_graph_t *g, const char *name, const char *const *deps,
 		    sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
-	Tensorflow__NodeDef *op = prune_graph_add(g, name, "NoOp", e);
-	if (!op)
-		return e && e->code ? e->code : SD_EMODEL;
-	char **ctl = arena_calloc(a, n + 1, sizeof(*ctl));
+	const char **ctl = arena_calloc(a, n + 1, sizeof(*ctl));
 	if (!ctl)
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++)
 		if (!(ctl[i] = arena_sprintf(a, "^%s", deps[i])))
 			return sd_err(e, SD_ENOMEM, "out of memory");
-	return prune_node_add_inputs(g, op, ctl, n, e);
+	prune_node_spec_t spec = {.name = name, .op = "NoOp", .inputs = ctl, .n_inputs = n};
+	return prune_graph_add(g, &spec, e) ? 0 : e && e->code ? e->code : SD_EMODEL;
 }
 
 int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
@@ -477,7 +536,7 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 	layer_vars_t *vars = arena_calloc(a, res->pruned + 1, sizeof(*vars));
 	if (!inits || !updates || !vars)
 		return sd_err(e, SD_ENOMEM, "out of memory");
-	/* Every pruned layer adds at most this many nodes (see insert_layer). */
+	/* A pruned layer adds at most 23 nodes of its own and 8 shared constants. */
 	enum { NODES_PER_LAYER = 32, SHARED_NODES = 16 };
 	shared_t sh = {0};
 	if ((rc = prune_graph_reserve(g, NODES_PER_LAYER * res->pruned + SHARED_NODES, e)) ||

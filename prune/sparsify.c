@@ -62,21 +62,22 @@ int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *
 		memcpy(copy, w->data, bytes);
 		w->data = copy;
 		prune_mask_apply(w, keep, &counts);
-		const char *name = arena_sprintf(a, "%s/weight_2of4", l->name);
-		Tensorflow__NodeDef *nn = name ? prune_graph_add(g, name, "Const", e) : NULL;
-		if (!nn)
-			return name ? (e ? e->code : SD_EMODEL) : sd_err(e, SD_ENOMEM, "out of memory");
 		Tensorflow__AttrValue *v = prune_attr_splat(a, w->dtype, 0.0, NULL, 0);
 		int rc = v ? prune_tensor_write(v->tensor, w, a, e)
 			   : sd_err(e, SD_ENOMEM, "out of memory");
-		if (!rc)
-			rc = prune_node_set_attr(g, nn, "dtype", prune_attr_type(a, w->dtype), e);
-		if (!rc)
-			rc = prune_node_set_attr(g, nn, "value", v, e);
 		if (rc)
 			return rc;
-		if (cn->device && cn->device[0])
-			nn->device = cn->device;
+		const prune_attr_kv_t kv[] = {{"dtype", prune_attr_type(a, w->dtype)},
+					      {"value", v}};
+		prune_node_spec_t spec = {
+			.name = arena_sprintf(a, "%s/weight_2of4", l->name), .op = "Const",
+			.device = cn->device && cn->device[0] ? cn->device : NULL,
+			.attrs = kv, .n_attrs = 2};
+		if (!spec.name || !kv[0].value)
+			return sd_err(e, SD_ENOMEM, "out of memory");
+		Tensorflow__NodeDef *nn = prune_graph_add(g, &spec, e);
+		if (!nn)
+			return e && e->code ? e->code : SD_EMODEL;
 		prune_graph_node(g, layer_idx)->input[1] = nn->name;
 	}
 	/* A mask from the 2:4 kernel makes the result 2:4 by construction; any other

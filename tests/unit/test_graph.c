@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "arena.h"
+#include "attr.h"
 #include "graph.h"
 #include "testutil.h"
 
@@ -214,13 +215,30 @@ START_TEST(add_and_remove)
 	prune_graph_t *g = tu_graph(&A, "graphs/small.pbtxt");
 	sd_error_t e;
 	size_t n0 = prune_graph_count(g);
-	char name[32];
+	const char *ins[] = {"x", "^out"};
+	const prune_attr_kv_t kv[] = {{"T", prune_attr_type(&A, 1)}, {"N", prune_attr_int(&A, 2)}};
 	for (int i = 0; i < 1000; i++) {
-		snprintf(name, sizeof(name), "new/%d", i);
-		ck_assert(prune_graph_add(g, name, "NoOp", &e) != NULL);
+		prune_node_spec_t s = {.name = arena_sprintf(&A, "new/%d", i), .op = "AddN",
+				       .inputs = ins, .n_inputs = 2, .attrs = kv, .n_attrs = 2};
+		ck_assert(prune_graph_add(g, &s, &e) != NULL);
 	}
-	ck_assert(prune_graph_add(g, "x", "NoOp", &e) == NULL);
+	prune_node_spec_t taken = {.name = "x", .op = "NoOp"};
+	ck_assert(prune_graph_add(g, &taken, &e) == NULL);
 	ck_assert_msg_has(e, "already taken");
+	ck_assert_uint_eq(prune_graph_count(g), n0 + 1000);
+	/* The one-block node is a well-formed NodeDef: it packs and reads back. */
+	Tensorflow__NodeDef *n = prune_graph_node(g, n0 + 7);
+	size_t len = tensorflow__node_def__get_packed_size(n);
+	uint8_t *buf = arena_alloc(&A, len);
+	tensorflow__node_def__pack(n, buf);
+	Tensorflow__NodeDef *back = tensorflow__node_def__unpack(&A.pb, len, buf);
+	ck_assert_ptr_nonnull(back);
+	ck_assert_str_eq(back->name, "new/7");
+	ck_assert_str_eq(back->op, "AddN");
+	ck_assert_uint_eq(back->n_input, 2);
+	ck_assert_str_eq(back->input[1], "^out");
+	ck_assert_uint_eq(back->n_attr, 2);
+	ck_assert_int_eq(prune_node_attr(back, "N")->i, 2);
 	ck_assert_int_eq(prune_graph_find(g, "new/999", 7), (ptrdiff_t)n0 + 999);
 	bool *rm = arena_calloc(&A, prune_graph_count(g), sizeof(bool));
 	for (size_t i = n0; i < prune_graph_count(g); i++)

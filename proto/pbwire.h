@@ -1,0 +1,44 @@
+/*
+ * pbwire: protobuf binary encoding of any protobuf-c message, streamed to a FILE, byte
+ * for byte what protobuf_c_message_pack() produces (field order, presence rules and
+ * unknown fields included).
+ *
+ * Why not protobuf-c's protobuf_c_message_pack_to_buffer(): before it writes a nested
+ * message it computes that message's size, at every level, so a dimension inside a
+ * shape inside a tensor inside an attribute inside a node of a graph is measured five
+ * times, and every tag goes through a callback. Saving a graph is half of what an
+ * insert costs. Here one pass measures every nested message once, into a table in the
+ * order the write pass will meet them, and the write pass fills a 1 MiB block that the
+ * FILE gets whole; bytes fields of a block or more (weights) go to the FILE directly, in
+ * block-sized writes.
+ *
+ * Memory: the size table (4 bytes per nested message) and the block are the only
+ * allocations, freed before return. Thread safety: reentrant.
+ */
+#ifndef PBWIRE_H
+#define PBWIRE_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "sd_err.h"
+
+/*
+ * Writes msg to f and flushes f, so a full disk is reported here, not at fclose. Fails with SD_ETOOBIG when the encoding would exceed
+ * protobuf's 2 GiB message limit (nothing is written then), SD_ENOMEM, or
+ * SD_ENOSPACE/SD_EIO when writing fails.
+ */
+SD_MUST_CHECK int pbwire_write(const ProtobufCMessage *msg, FILE *f, sd_error_t *e);
+
+/* Bytes one element of a field of type t takes in a protobuf-c struct or array. */
+size_t pbwire_elem_size(ProtobufCType t);
+
+/*
+ * Whether protobuf-c's packer writes the singular (not repeated) field f of msg: a oneof
+ * member when selected, a proto2 optional when set, a proto3 field when not zero/empty,
+ * a required field always.
+ */
+bool pbwire_present(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f);
+
+#endif
