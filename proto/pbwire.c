@@ -53,7 +53,7 @@ size_t pbwire_elem_size(ProtobufCType t)
 }
 
 /* protobuf-c's test for "not written" of a proto3 (label NONE) field. */
-static bool zeroish(const ProtobufCFieldDescriptor *f, const void *p)
+static inline bool zeroish(const ProtobufCFieldDescriptor *f, const void *p)
 {
 	switch (f->type) {
 	case PROTOBUF_C_TYPE_FLOAT:
@@ -151,34 +151,43 @@ static int wire_type(ProtobufCType t)
  */
 enum kind { K_NONE, K_OPTIONAL, K_REQUIRED, K_ONEOF, K_REPEATED, K_PACKED };
 
+typedef struct plan plan_t;
+
 typedef struct fplan {
 	const ProtobufCFieldDescriptor *f;
-	uint64_t key;     /* tag and wire type, ready to write as a varint */
+	const plan_t *sub; /* message fields: the plan of the field's type, once looked up */
+	uint64_t key;      /* tag and wire type, ready to write as a varint */
 	uint8_t kind, wt, es;
-	uint8_t run;      /* K_ONEOF: members in this run of adjacent fields of one oneof */
+	uint8_t run;       /* K_ONEOF: members in this run of adjacent fields of one oneof */
 } fplan_t;
 
-typedef struct plan {
+struct plan {
 	const ProtobufCMessageDescriptor *d;
+	plan_t *next;
 	fplan_t *f;
 	unsigned n;
-} plan_t;
+};
 
-/* Plans by descriptor, open addressing; a schema has a few dozen message types. */
+/*
+ * Plans, made on first use. A schema has a few dozen message types and each message
+ * field caches its type's plan, so the list is searched once per field, not per
+ * message.
+ */
 typedef struct plans {
-	plan_t *slot;
-	size_t cap, used;
+	plan_t *head;
 	arena_t a;
-	bool nomem;
 } plans_t;
 
-static bool make_plan(plans_t *ps, plan_t *p, const ProtobufCMessageDescriptor *d)
+static const plan_t *plan_of(plans_t *ps, const ProtobufCMessageDescriptor *d)
 {
+	for (const plan_t *p = ps->head; p; p = p->next)
+		if (p->d == d)
+			return p;
+	plan_t *p = arena_calloc(&ps->a, 1, sizeof(*p));
+	if (!p || !(p->f = arena_calloc(&ps->a, d->n_fields + 1, sizeof(*p->f))))
+		return NULL;
 	p->d = d;
 	p->n = d->n_fields;
-	p->f = arena_calloc(&ps->a, d->n_fields + 1, sizeof(*p->f));
-	if (!p->f)
-		return false;
 	for (unsigned i = 0; i < d->n_fields; i++) {
 		const ProtobufCFieldDescriptor *f = &d->fields[i];
 		fplan_t *fp = &p->f[i];
@@ -209,50 +218,24 @@ static bool make_plan(plans_t *ps, plan_t *p, const ProtobufCMessageDescriptor *
 		p->f[i].run = (uint8_t)(j - i);
 		i = j;
 	}
-	return true;
+	p->next = ps->head;
+	ps->head = p;
+	return p;
 }
 
-static const plan_t *plan_of(plans_t *ps, const ProtobufCMessageDescriptor *d)
+/* The plan of message field fp's type (NULL when out of memory). */
+static inline const plan_t *sub_plan(plans_t *ps, fplan_t *fp)
 {
-	size_t mask = ps->cap - 1, i = ((uintptr_t)d >> 4) & mask;
-	for (; ps->slot[i].d; i = (i + 1) & mask)
-		if (ps->slot[i].d == d)
-			return &ps->slot[i];
-	if (2 * (ps->used + 1) > ps->cap) {
-		plan_t *old = ps->slot;
-		size_t ocap = ps->cap;
-		ps->slot = calloc(2 * ocap, sizeof(*ps->slot));
-		if (!ps->slot) {
-			ps->slot = old;
-			ps->nomem = true;
-			return NULL;
-		}
-		ps->cap = 2 * ocap;
-		for (size_t k = 0; k < ocap; k++) {
-			if (!old[k].d)
-				continue;
-			size_t at = ((uintptr_t)old[k].d >> 4) & (ps->cap - 1);
-			while (ps->slot[at].d)
-				at = (at + 1) & (ps->cap - 1);
-			ps->slot[at] = old[k];
-		}
-		free(old);
-		return plan_of(ps, d);
-	}
-	if (!make_plan(ps, &ps->slot[i], d)) {
-		ps->slot[i].d = NULL;
-		ps->nomem = true;
-		return NULL;
-	}
-	ps->used++;
-	return &ps->slot[i];
+	if (!fp->sub)
+		fp->sub = plan_of(ps, fp->f->descriptor);
+	return fp->sub;
 }
 
 /*
  * The member of a oneof run that is set and written, or NULL. A pointer to the
  * descriptor's default counts as unset, as in protobuf-c.
  */
-static inline const fplan_t *oneof_member(const ProtobufCMessage *m, const fplan_t *fp)
+static inline fplan_t *oneof_member(const ProtobufCMessage *m, fplan_t *fp)
 {
 	uint32_t c = *(const uint32_t *)MEMBER(m, fp->f->quantifier_offset);
 	for (unsigned k = 0; k < fp->run; k++) {
@@ -270,7 +253,7 @@ static inline const fplan_t *oneof_member(const ProtobufCMessage *m, const fplan
 }
 
 /* Whether a singular, non-oneof field is written (see pbwire_present). */
-static inline bool singular_present(const ProtobufCMessage *m, const fplan_t *fp)
+static inline bool singular_present(const ProtobufCMessage *m, fplan_t *fp)
 {
 	const ProtobufCFieldDescriptor *f = fp->f;
 	const void *p = MEMBER(m, f->offset);
@@ -323,7 +306,7 @@ static uint64_t settle(sizes_t *t, size_t slot, uint64_t len)
 	return len;
 }
 
-static uint64_t packed_len(const fplan_t *fp, const char *arr, size_t n)
+static uint64_t packed_len(fplan_t *fp, const char *arr, size_t n)
 {
 	if (fp->wt == WT_32BIT || fp->wt == WT_64BIT)
 		return (uint64_t)n * fp->es;
@@ -333,10 +316,10 @@ static uint64_t packed_len(const fplan_t *fp, const char *arr, size_t n)
 	return len;
 }
 
-static uint64_t measure(sizes_t *t, const ProtobufCMessage *m);
+static uint64_t measure(sizes_t *t, const ProtobufCMessage *m, const plan_t *pl);
 
 /* Encoded size of one value of field fp at p, without its tag. */
-static uint64_t value_size(sizes_t *t, const fplan_t *fp, const void *p)
+static uint64_t value_size(sizes_t *t, fplan_t *fp, const void *p)
 {
 	switch (fp->f->type) {
 	case PROTOBUF_C_TYPE_STRING: {
@@ -350,8 +333,11 @@ static uint64_t value_size(sizes_t *t, const fplan_t *fp, const void *p)
 	}
 	case PROTOBUF_C_TYPE_MESSAGE: {
 		const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
+		const plan_t *sp = sub ? sub_plan(&t->plans, fp) : NULL;
 		size_t slot = claim(t);
-		uint64_t len = settle(t, slot, sub ? measure(t, sub) : 0);
+		if (sub && !sp)
+			t->nomem = true;
+		uint64_t len = settle(t, slot, sp ? measure(t, sub, sp) : 0);
 		return varint_size(len) + len;
 	}
 	default:
@@ -363,14 +349,11 @@ static uint64_t value_size(sizes_t *t, const fplan_t *fp, const void *p)
 	}
 }
 
-static uint64_t measure(sizes_t *t, const ProtobufCMessage *m)
+static uint64_t measure(sizes_t *t, const ProtobufCMessage *m, const plan_t *pl)
 {
-	const plan_t *pl = plan_of(&t->plans, m->descriptor);
-	if (!pl)
-		return 0;
 	uint64_t total = 0;
 	for (unsigned i = 0; i < pl->n; i++) {
-		const fplan_t *fp = &pl->f[i];
+		fplan_t *fp = &pl->f[i];
 		const void *p = MEMBER(m, fp->f->offset);
 		switch (fp->kind) {
 		case K_ONEOF:
@@ -412,7 +395,6 @@ typedef struct wr {
 	uint8_t *buf, *p;
 	const uint32_t *sizes;
 	size_t next;
-	plans_t *plans;
 	bool failed;
 } wr_t;
 
@@ -460,10 +442,10 @@ static void put_bytes(wr_t *w, const void *data, size_t len)
 	w->p += len;
 }
 
-static void write_message(wr_t *w, const ProtobufCMessage *m);
+static void write_message(wr_t *w, const ProtobufCMessage *m, const plan_t *pl);
 
 /* One tagged value of field fp at p. */
-static void write_field(wr_t *w, const fplan_t *fp, const void *p)
+static void write_field(wr_t *w, fplan_t *fp, const void *p)
 {
 	room(w);
 	put_varint(w, fp->key);
@@ -484,7 +466,7 @@ static void write_field(wr_t *w, const fplan_t *fp, const void *p)
 		const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
 		put_varint(w, w->sizes[w->next++]);
 		if (sub)
-			write_message(w, sub);
+			write_message(w, sub, fp->sub);
 		return;
 	}
 	default:
@@ -498,7 +480,7 @@ static void write_field(wr_t *w, const fplan_t *fp, const void *p)
 	}
 }
 
-static void write_packed(wr_t *w, const fplan_t *fp, const char *arr, size_t n)
+static void write_packed(wr_t *w, fplan_t *fp, const char *arr, size_t n)
 {
 	room(w);
 	put_varint(w, fp->key);
@@ -513,12 +495,11 @@ static void write_packed(wr_t *w, const fplan_t *fp, const char *arr, size_t n)
 	}
 }
 
-static void write_message(wr_t *w, const ProtobufCMessage *m)
+/* pl is m's plan; measure() looked up every plan this needs, so none is missing. */
+static void write_message(wr_t *w, const ProtobufCMessage *m, const plan_t *pl)
 {
-	/* measure() made every plan this message needs, so this cannot fail now. */
-	const plan_t *pl = plan_of(w->plans, m->descriptor);
 	for (unsigned i = 0; i < pl->n; i++) {
-		const fplan_t *fp = &pl->f[i];
+		fplan_t *fp = &pl->f[i];
 		const void *p = MEMBER(m, fp->f->offset);
 		switch (fp->kind) {
 		case K_ONEOF:
@@ -555,12 +536,12 @@ static void write_message(wr_t *w, const ProtobufCMessage *m)
 
 int pbwire_write(const ProtobufCMessage *msg, FILE *f, sd_error_t *e)
 {
-	sizes_t t = {.plans = {.cap = 64}};
+	sizes_t t = {0};
 	arena_init(&t.plans.a, 0);
-	t.plans.slot = calloc(t.plans.cap, sizeof(*t.plans.slot));
-	uint64_t total = t.plans.slot ? measure(&t, msg) : 0;
+	const plan_t *root = plan_of(&t.plans, msg->descriptor);
+	uint64_t total = root ? measure(&t, msg, root) : 0;
 	int rc = 0;
-	if (!t.plans.slot || t.nomem || t.plans.nomem) {
+	if (!root || t.nomem) {
 		rc = sd_err(e, SD_ENOMEM, "out of memory encoding a %s",
 			    msg->descriptor->short_name);
 	} else if (t.toobig || total > LIMIT) {
@@ -569,12 +550,12 @@ int pbwire_write(const ProtobufCMessage *msg, FILE *f, sd_error_t *e)
 			    "limit",
 			    msg->descriptor->short_name, (unsigned long long)total);
 	} else {
-		wr_t w = {.f = f, .buf = malloc(BLOCK), .sizes = t.v, .plans = &t.plans};
+		wr_t w = {.f = f, .buf = malloc(BLOCK), .sizes = t.v};
 		if (!w.buf) {
 			rc = sd_err(e, SD_ENOMEM, "out of memory");
 		} else {
 			w.p = w.buf;
-			write_message(&w, msg);
+			write_message(&w, msg, root);
 			flush(&w);
 			free(w.buf);
 			if (w.failed || ferror(f) || fflush(f))
@@ -584,7 +565,6 @@ int pbwire_write(const ProtobufCMessage *msg, FILE *f, sd_error_t *e)
 					    strerror(errno));
 		}
 	}
-	free(t.plans.slot);
 	arena_deinit(&t.plans.a);
 	free(t.v);
 	return rc;

@@ -4,10 +4,10 @@
  *
  * Design: the model is unpacked once by protobuf-c into the stage's arena; a stage then
  * edits the NodeDef structs in place and the save packs them straight to the output
- * file through pbwire, so the encoded output is never held in memory.
- * The name index is an open-addressing hash table (FNV-1a, linear probing) rebuilt
- * only when nodes are removed; appending a node inserts into it. Workload: graphs of
- * up to a few hundred thousand nodes, loaded once per job.
+ * file through pbwire, so the encoded output is never held in memory. The name index
+ * is an open-addressing hash table (word-at-a-time hash, linear probing) rebuilt only
+ * when nodes are removed; appending a node inserts into it. Workload: graphs of up to
+ * a few hundred thousand nodes, loaded once per job.
  *
  * Format detection: text is recognised by the absence of NUL bytes and a first token
  * that is an identifier or comment. GraphDef and MetaGraphDef share wire tags 1, 2
@@ -75,14 +75,24 @@ int prune_format_parse(const char *s, prune_format_t *out, sd_error_t *e)
 
 /* ---- name index ---- */
 
-static uint64_t hash_name(const char *s, size_t len)
+/*
+ * Eight bytes per step, each word folded in with a multiply and an xor-shift (the
+ * splitmix64 finaliser's constants): node names are long and share prefixes, and a
+ * byte-at-a-time hash was the largest single cost of adding nodes.
+ */
+static uint32_t hash_name(const char *s, size_t len)
 {
-	uint64_t h = 1469598103934665603ULL;
-	for (size_t i = 0; i < len; i++) {
-		h ^= (unsigned char)s[i];
-		h *= 1099511628211ULL;
+	uint64_t h = 0x9e3779b97f4a7c15ULL ^ len, w;
+	for (; len >= 8; s += 8, len -= 8) {
+		memcpy(&w, s, 8);
+		h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
+		h ^= h >> 31;
 	}
-	return h;
+	w = 0;
+	memcpy(&w, s, len);
+	h = (h ^ w) * 0x94d049bb133111ebULL;
+	h ^= h >> 29;
+	return (uint32_t)(h ^ (h >> 32));
 }
 
 static bool name_eq(const char *node_name, const char *s, size_t len)
@@ -92,7 +102,7 @@ static bool name_eq(const char *node_name, const char *s, size_t len)
 
 ptrdiff_t prune_graph_find(const prune_graph_t *g, const char *name, size_t len)
 {
-	uint32_t h = (uint32_t)hash_name(name, len);
+	uint32_t h = hash_name(name, len);
 	size_t mask = g->nslots - 1;
 	for (size_t i = h & mask;; i = (i + 1) & mask) {
 		const slot_t *s = &g->slots[i];
@@ -108,7 +118,7 @@ static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
 {
 	const char *name = g->gd->node[idx]->name;
 	size_t len = strlen(name), mask = g->nslots - 1;
-	uint32_t h = (uint32_t)hash_name(name, len);
+	uint32_t h = hash_name(name, len);
 	for (size_t i = h & mask;; i = (i + 1) & mask) {
 		slot_t *s = &g->slots[i];
 		if (s->idx < 0) {
@@ -120,7 +130,8 @@ static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
 	}
 }
 
-static int index_build(prune_graph_t *g, size_t want, sd_error_t *e)
+/* A fresh, empty table for want nodes (load factor at most 1/2). */
+static int index_alloc(prune_graph_t *g, size_t want, sd_error_t *e)
 {
 	size_t n = 16;
 	while (n < 2 * want + 2)
@@ -132,12 +143,41 @@ static int index_build(prune_graph_t *g, size_t want, sd_error_t *e)
 		return sd_err(e, SD_ENOMEM, "out of memory indexing %zu nodes", want);
 	memset(g->slots, 0xff, n * sizeof(*g->slots)); /* all idx -1 */
 	g->nslots = n;
+	return 0;
+}
+
+/* Indexes every node from scratch (after a load or a removal), refusing duplicates. */
+static int index_build(prune_graph_t *g, size_t want, sd_error_t *e)
+{
+	int rc = index_alloc(g, want, e);
+	if (rc)
+		return rc;
 	for (size_t i = 0; i < g->gd->n_node; i++) {
 		ptrdiff_t dup = index_put(g, i);
 		if (dup >= 0)
 			return sd_err_node(e, SD_EMODEL, g->gd->node[i]->name,
 					   "duplicate node name '%s' (nodes %td and %zu)",
 					   g->gd->node[i]->name, dup, i);
+	}
+	return 0;
+}
+
+/* Makes room for want nodes, moving the slots by their stored hashes: no name is read. */
+static int index_grow(prune_graph_t *g, size_t want, sd_error_t *e)
+{
+	slot_t *old = g->slots;
+	size_t n_old = g->nslots;
+	int rc = index_alloc(g, want, e);
+	if (rc)
+		return rc;
+	size_t mask = g->nslots - 1;
+	for (size_t k = 0; k < n_old; k++) {
+		if (old[k].idx < 0)
+			continue;
+		size_t i = old[k].hash & mask;
+		while (g->slots[i].idx >= 0)
+			i = (i + 1) & mask;
+		g->slots[i] = old[k];
 	}
 	return 0;
 }
@@ -489,7 +529,7 @@ int prune_graph_reserve(prune_graph_t *g, size_t extra, sd_error_t *e)
 		gd->node = nn;
 		g->node_cap = want;
 	}
-	return 2 * want + 2 > g->nslots ? index_build(g, want, e) : 0;
+	return 2 * want + 2 > g->nslots ? index_grow(g, want, e) : 0;
 }
 
 Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *s,
@@ -505,7 +545,7 @@ Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *
 		gd->node = nn;
 		g->node_cap = cap;
 	}
-	if (2 * (gd->n_node + 1) + 2 > g->nslots && index_build(g, 2 * (gd->n_node + 1), e))
+	if (2 * (gd->n_node + 1) + 2 > g->nslots && index_grow(g, 2 * (gd->n_node + 1), e))
 		return NULL;
 	/* Layout: node, attr entries, attr pointers, input pointers (all pointer-aligned). */
 	Tensorflow__NodeDef *n =
