@@ -52,49 +52,6 @@ size_t pbwire_elem_size(ProtobufCType t)
 	}
 }
 
-/* protobuf-c's test for "not written" of a proto3 (label NONE) field. */
-static inline bool zeroish(const ProtobufCFieldDescriptor *f, const void *p)
-{
-	switch (f->type) {
-	case PROTOBUF_C_TYPE_FLOAT:
-		return *(const float *)p == 0;
-	case PROTOBUF_C_TYPE_DOUBLE:
-		return *(const double *)p == 0;
-	case PROTOBUF_C_TYPE_STRING: {
-		const char *s = *(const char *const *)p;
-		return !s || !*s;
-	}
-	case PROTOBUF_C_TYPE_BYTES:
-		return ((const ProtobufCBinaryData *)p)->len == 0;
-	case PROTOBUF_C_TYPE_MESSAGE:
-		return *(const void *const *)p == NULL;
-	default:
-		if (pbwire_elem_size(f->type) == 8)
-			return *(const uint64_t *)p == 0;
-		return *(const uint32_t *)p == 0;
-	}
-}
-
-bool pbwire_present(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f)
-{
-	const void *p = MEMBER(msg, f->offset);
-	const void *q = MEMBER(msg, f->quantifier_offset);
-	bool pointer = f->type == PROTOBUF_C_TYPE_MESSAGE || f->type == PROTOBUF_C_TYPE_STRING;
-	if (f->label == PROTOBUF_C_LABEL_REQUIRED)
-		return true;
-	if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-		if (*(const uint32_t *)q != f->id)
-			return false;
-	} else if (f->label == PROTOBUF_C_LABEL_NONE) {
-		return !zeroish(f, p);
-	} else if (!pointer) {
-		return *(const protobuf_c_boolean *)q;
-	}
-	/* A pointer to the descriptor's default counts as unset, as in protobuf-c. */
-	const void *v = pointer ? *(const void *const *)p : NULL;
-	return !pointer || (v && v != f->default_value);
-}
-
 static inline size_t varint_size(uint64_t v)
 {
 	return (size_t)(64 - __builtin_clzll(v | 1) + 6) / 7;
@@ -143,13 +100,90 @@ static int wire_type(ProtobufCType t)
 	}
 }
 
-/* ---- per-descriptor plans ---- */
+/* ---- field kinds ---- */
 
 /*
  * How a field is written, decided once per message type: the per-field branches on
  * label, flags and type are what a node-heavy graph spends its time on otherwise.
  */
-enum kind { K_NONE, K_OPTIONAL, K_REQUIRED, K_ONEOF, K_REPEATED, K_PACKED };
+enum kind {
+	K_REQUIRED, K_ONEOF, K_REPEATED, K_PACKED,
+	K_OPT_PTR, K_OPT_FLAG,  /* proto2 optional: a string/message pointer, or has_ flag */
+	K_NONE_PTR, K_NONE_STR, K_NONE_LEN, /* proto3: message, string, bytes */
+	K_NONE_F32, K_NONE_F64, K_NONE_W32, K_NONE_W64, /* proto3 numbers */
+};
+
+/* The kind of field f: its label, and for proto3 how "not set" is recognised. */
+static uint8_t field_kind(const ProtobufCFieldDescriptor *f)
+{
+	bool pointer = f->type == PROTOBUF_C_TYPE_MESSAGE || f->type == PROTOBUF_C_TYPE_STRING;
+	if (f->label == PROTOBUF_C_LABEL_REPEATED)
+		return f->flags & PROTOBUF_C_FIELD_FLAG_PACKED ? K_PACKED : K_REPEATED;
+	if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
+		return K_ONEOF;
+	if (f->label == PROTOBUF_C_LABEL_REQUIRED)
+		return K_REQUIRED;
+	if (f->label == PROTOBUF_C_LABEL_OPTIONAL)
+		return pointer ? K_OPT_PTR : K_OPT_FLAG;
+	switch (f->type) { /* protobuf-c's "zeroish": -0.0 counts as zero */
+	case PROTOBUF_C_TYPE_MESSAGE: return K_NONE_PTR;
+	case PROTOBUF_C_TYPE_STRING: return K_NONE_STR;
+	case PROTOBUF_C_TYPE_BYTES: return K_NONE_LEN;
+	case PROTOBUF_C_TYPE_FLOAT: return K_NONE_F32;
+	case PROTOBUF_C_TYPE_DOUBLE: return K_NONE_F64;
+	default: return pbwire_elem_size(f->type) == 8 ? K_NONE_W64 : K_NONE_W32;
+	}
+}
+
+/* A string or message pointer is unset when NULL or the descriptor's default. */
+static inline bool pointer_set(const ProtobufCFieldDescriptor *f, const void *p)
+{
+	const void *v = *(const void *const *)p;
+	return v && v != f->default_value;
+}
+
+/* Whether singular field f of kind k is written (see pbwire_present). */
+static inline bool present(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
+			   uint8_t k)
+{
+	const void *p = MEMBER(m, f->offset);
+	switch (k) {
+	case K_REQUIRED:
+		return true;
+	case K_ONEOF:
+		if (*(const uint32_t *)MEMBER(m, f->quantifier_offset) != f->id)
+			return false;
+		return (f->type != PROTOBUF_C_TYPE_MESSAGE && f->type != PROTOBUF_C_TYPE_STRING) ||
+		       pointer_set(f, p);
+	case K_OPT_PTR:
+		return pointer_set(f, p);
+	case K_OPT_FLAG:
+		return *(const protobuf_c_boolean *)MEMBER(m, f->quantifier_offset);
+	case K_NONE_PTR:
+		return *(const void *const *)p != NULL;
+	case K_NONE_STR:
+		return *(const char *const *)p && **(const char *const *)p;
+	case K_NONE_LEN:
+		return ((const ProtobufCBinaryData *)p)->len != 0;
+	case K_NONE_F32:
+		return *(const float *)p != 0;
+	case K_NONE_F64:
+		return *(const double *)p != 0;
+	case K_NONE_W32:
+		return *(const uint32_t *)p != 0;
+	case K_NONE_W64:
+		return *(const uint64_t *)p != 0;
+	default: /* repeated fields are not singular */
+		return false;
+	}
+}
+
+bool pbwire_present(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f)
+{
+	return present(msg, f, field_kind(f));
+}
+
+/* ---- per-descriptor plans ---- */
 
 typedef struct plan plan_t;
 
@@ -195,17 +229,9 @@ static const plan_t *plan_of(plans_t *ps, const ProtobufCMessageDescriptor *d)
 		fp->wt = (uint8_t)wire_type(f->type);
 		fp->es = (uint8_t)pbwire_elem_size(f->type);
 		fp->key = (uint64_t)f->id << 3 | fp->wt;
-		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-			fp->kind = f->flags & PROTOBUF_C_FIELD_FLAG_PACKED ? K_PACKED : K_REPEATED;
-			if (fp->kind == K_PACKED)
-				fp->key = (uint64_t)f->id << 3 | WT_LEN;
-		} else if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-			fp->kind = K_ONEOF;
-		} else {
-			fp->kind = f->label == PROTOBUF_C_LABEL_REQUIRED   ? K_REQUIRED
-				   : f->label == PROTOBUF_C_LABEL_OPTIONAL ? K_OPTIONAL
-									   : K_NONE;
-		}
+		fp->kind = field_kind(f);
+		if (fp->kind == K_PACKED)
+			fp->key = (uint64_t)f->id << 3 | WT_LEN;
 	}
 	/* Only one member of a oneof is written, at its own place in field order: a run
 	 * of adjacent members can be handled as one step without changing that order. */
@@ -238,37 +264,10 @@ static inline const plan_t *sub_plan(plans_t *ps, fplan_t *fp)
 static inline fplan_t *oneof_member(const ProtobufCMessage *m, fplan_t *fp)
 {
 	uint32_t c = *(const uint32_t *)MEMBER(m, fp->f->quantifier_offset);
-	for (unsigned k = 0; k < fp->run; k++) {
-		const ProtobufCFieldDescriptor *f = fp[k].f;
-		if (f->id != c)
-			continue;
-		if (f->type == PROTOBUF_C_TYPE_MESSAGE || f->type == PROTOBUF_C_TYPE_STRING) {
-			const void *v = *(const void *const *)MEMBER(m, f->offset);
-			if (!v || v == f->default_value)
-				return NULL;
-		}
-		return &fp[k];
-	}
+	for (unsigned k = 0; k < fp->run; k++)
+		if (fp[k].f->id == c)
+			return present(m, fp[k].f, K_ONEOF) ? &fp[k] : NULL;
 	return NULL;
-}
-
-/* Whether a singular, non-oneof field is written (see pbwire_present). */
-static inline bool singular_present(const ProtobufCMessage *m, fplan_t *fp)
-{
-	const ProtobufCFieldDescriptor *f = fp->f;
-	const void *p = MEMBER(m, f->offset);
-	switch (fp->kind) {
-	case K_REQUIRED:
-		return true;
-	case K_NONE:
-		return !zeroish(f, p);
-	default:
-		if (f->type == PROTOBUF_C_TYPE_MESSAGE || f->type == PROTOBUF_C_TYPE_STRING) {
-			const void *v = *(const void *const *)p;
-			return v && v != f->default_value;
-		}
-		return *(const protobuf_c_boolean *)MEMBER(m, f->quantifier_offset);
-	}
 }
 
 /* ---- pass 1: measure ---- */
@@ -378,7 +377,7 @@ static uint64_t measure(sizes_t *t, const ProtobufCMessage *m, const plan_t *pl)
 			continue;
 		}
 		default:
-			if (singular_present(m, fp))
+			if (present(m, fp->f, fp->kind))
 				total += varint_size(fp->key) + value_size(t, fp, p);
 		}
 	}
@@ -522,7 +521,7 @@ static void write_message(wr_t *w, const ProtobufCMessage *m, const plan_t *pl)
 			continue;
 		}
 		default:
-			if (singular_present(m, fp))
+			if (present(m, fp->f, fp->kind))
 				write_field(w, fp, p);
 		}
 	}
