@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,12 +29,13 @@ void cli_usage(int to_stderr)
 	      "\n"
 	      "commands:\n"
 	      "  insert   --model M --config C --outputs a,b --record R -o OUT\n"
-	      "           [--format graphdef|metagraph|pbtxt] [--json]\n"
+	      "           [--format graphdef|metagraph|pbtxt] [--json] [--fsync]\n"
 	      "           insert trainable 2:4 mask ops in front of every eligible weight\n"
 	      "  export   --model MASKED_FROZEN.pb --record R --outputs a,b -o OUT.pb [--json]\n"
+	      "           [--fsync]\n"
 	      "           bake weight*mask into the weights and remove the inserted ops\n"
 	      "  prune    --model FROZEN.pb --config C --outputs a,b -o OUT.pb [--record R]\n"
-	      "           [--json]   one-shot 2:4 on a frozen graph, no retraining\n"
+	      "           [--json] [--fsync]   one-shot 2:4 on a frozen graph, no retraining\n"
 	      "  check    --model ANY.pb [--outputs a,b] [--json]\n"
 	      "           report each layer's 2:4 state\n"
 	      "  serve    [--listen 127.0.0.1:8080] [--data-dir ./var] [--workers N] ...\n"
@@ -42,11 +44,12 @@ void cli_usage(int to_stderr)
 	      "           create an API token (printed once; only its hash is stored)\n"
 	      "  version  print the version\n"
 	      "\n"
+	      "Outputs appear under their name only when complete (temporary file, then\n"
+	      "rename); --fsync also waits until they are on disk.\n"
 	      "exit status: 0 ok, 1 bad input, 2 usage error, 3 internal or I/O error\n",
 	      to_stderr ? stderr : stdout);
 }
 
-/* A private writable mapping: stages may rewrite weights in place, the file never. */
 /* An output file that appears under its name only once fully written. */
 typedef struct outfile {
 	char *path;
@@ -66,10 +69,16 @@ static int out_open(outfile_t *o, const char *path, sd_error_t *e)
 	return 0;
 }
 
-static int out_commit(outfile_t *o, sd_error_t *e)
+/*
+ * Renames the finished file into place. Like cp, gzip or zstd the CLI leaves writeback
+ * to the kernel unless asked (--fsync): the rename already keeps a crashed or killed
+ * run from leaving a half model behind, and waiting for the disk would double a
+ * stage's wall time on a large model. The daemon always fsyncs what it stores.
+ */
+static int out_commit(outfile_t *o, bool durable, sd_error_t *e)
 {
 	int rc = 0;
-	if (fflush(o->f) != 0 || fsync(fileno(o->f)) != 0)
+	if (fflush(o->f) != 0 || (durable && fsync(fileno(o->f)) != 0))
 		rc = sd_err(e, errno == ENOSPC ? SD_ENOSPACE : SD_EIO, "%s: %s", o->path,
 			    strerror(errno));
 	if (fclose(o->f) != 0 && !rc)
@@ -170,11 +179,12 @@ enum {
 	OPT_OUT = 1 << 4,
 	OPT_FORMAT = 1 << 5,
 	OPT_JSON = 1 << 6,
+	OPT_FSYNC = 1 << 7,
 };
 
 typedef struct args {
 	const char *model, *config, *outputs, *record, *out, *format;
-	int json;
+	int json, fsync;
 } args_t;
 
 static const struct {
@@ -193,7 +203,8 @@ static int parse_args(const char *cmd, int argc, char **argv, unsigned need, uns
 		{"model", required_argument, NULL, 'm'},  {"config", required_argument, NULL, 'c'},
 		{"outputs", required_argument, NULL, 'O'}, {"record", required_argument, NULL, 'r'},
 		{"output", required_argument, NULL, 'o'}, {"format", required_argument, NULL, 'f'},
-		{"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+		{"json", no_argument, NULL, 'j'},         {"fsync", no_argument, NULL, 's'},
+		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	unsigned seen = 0;
@@ -210,6 +221,7 @@ static int parse_args(const char *cmd, int argc, char **argv, unsigned need, uns
 		case 'o': a->out = optarg; bit = OPT_OUT; break;
 		case 'f': a->format = optarg; bit = OPT_FORMAT; break;
 		case 'j': a->json = 1; bit = OPT_JSON; break;
+		case 's': a->fsync = 1; bit = OPT_FSYNC; break;
 		case 'h': cli_usage(0); return 0;
 		default: return usage_error(cmd, "bad option");
 		}
@@ -253,9 +265,9 @@ static int run_cli(const char *stage, const args_t *a, const char *rec_out)
 	if (!rc)
 		rc = run_stage(&r, &arena, &res, &e);
 	if (!rc && rec_out)
-		rc = out_commit(&orec, &e);
+		rc = out_commit(&orec, a->fsync, &e);
 	if (!rc && a->out)
-		rc = out_commit(&om, &e);
+		rc = out_commit(&om, a->fsync, &e);
 	if (!rc)
 		rc = a->json ? print_json(&res, &e) : (print_table(&res, a->model), 0);
 	out_discard(&om);
@@ -269,7 +281,7 @@ int cli_insert(int argc, char **argv)
 	args_t a;
 	int rc = parse_args("insert", argc, argv,
 			    OPT_MODEL | OPT_CONFIG | OPT_OUTPUTS | OPT_RECORD | OPT_OUT,
-			    OPT_FORMAT | OPT_JSON, &a);
+			    OPT_FORMAT | OPT_JSON | OPT_FSYNC, &a);
 	return rc >= 0 ? rc : run_cli("insert", &a, a.record);
 }
 
@@ -277,7 +289,7 @@ int cli_export(int argc, char **argv)
 {
 	args_t a;
 	int rc = parse_args("export", argc, argv, OPT_MODEL | OPT_RECORD | OPT_OUTPUTS | OPT_OUT,
-			    OPT_FORMAT | OPT_JSON, &a);
+			    OPT_FORMAT | OPT_JSON | OPT_FSYNC, &a);
 	return rc >= 0 ? rc : run_cli("export", &a, NULL);
 }
 
@@ -285,7 +297,7 @@ int cli_prune(int argc, char **argv)
 {
 	args_t a;
 	int rc = parse_args("prune", argc, argv, OPT_MODEL | OPT_CONFIG | OPT_OUTPUTS | OPT_OUT,
-			    OPT_RECORD | OPT_FORMAT | OPT_JSON, &a);
+			    OPT_RECORD | OPT_FORMAT | OPT_JSON | OPT_FSYNC, &a);
 	return rc >= 0 ? rc : run_cli("prune", &a, a.record);
 }
 

@@ -412,9 +412,83 @@ int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep, const char
 		c->zeros = zeros;                                                      \
 	}
 
-DEFINE_APPLY(apply16, uint16_t, 0x8000u)
-DEFINE_APPLY(apply32, uint32_t, 0x80000000u)
+DEFINE_APPLY(apply16_tail, uint16_t, 0x8000u)
+DEFINE_APPLY(apply32_tail, uint32_t, 0x80000000u)
 DEFINE_APPLY(apply64, uint64_t, UINT64_C(0x8000000000000000))
+
+/*
+ * The vector form for 16- and 32-bit elements, BLOCK elements per step: the 16 keep
+ * bytes become all-ones/zero lanes by interleaving the byte mask with itself (once for
+ * 16-bit lanes, twice for 32-bit), then the same and/or as the scalar form. Counts
+ * gather in unsigned vector lanes (a compare's all-ones subtracted is one added) and
+ * are folded every CHUNK steps, before a 16-bit lane could wrap.
+ */
+#define CHUNK ((size_t)1 << 14)
+
+typedef uint16_t v8hu_t __attribute__((vector_size(16)));
+typedef uint32_t v4su_t __attribute__((vector_size(16)));
+
+static inline __attribute__((always_inline)) v16qi_t keep_bytes(const uint8_t *keep)
+{
+	v16qi_t k;
+	memcpy(&k, keep, sizeof(k));
+	return (v16qi_t)(k != 0);
+}
+
+#define DEFINE_APPLY_VEC(NAME, TAIL, U, V, NV, WIDEN, SIGN)                        \
+	static void NAME(U *p, const uint8_t *keep, size_t n, prune_mask_counts_t *c)  \
+	{                                                                              \
+		size_t zeroed = 0, zeros = 0, i = 0;                                   \
+		const V sign = (V){0} + (U)(SIGN), abs = ~sign;                        \
+		while (i + BLOCK <= n) {                                               \
+			V vzeroed = {0}, vzeros = {0};                                 \
+			size_t end = n - i > CHUNK * BLOCK ? i + CHUNK * BLOCK : n;    \
+			for (; i + BLOCK <= end; i += BLOCK) {                         \
+				V m[NV];                                               \
+				WIDEN(keep_bytes(keep + i), m);                        \
+				for (int v = 0; v < NV; v++) {                         \
+					V w;                                           \
+					U *at = p + i + (size_t)v * (BLOCK / NV);      \
+					memcpy(&w, at, sizeof(w));                     \
+					V before = w & abs, after = before & m[v];     \
+					vzeroed -= (V)((before != 0) & (after == 0));  \
+					vzeros -= (V)(after == 0);                     \
+					w &= m[v] | sign;                              \
+					memcpy(at, &w, sizeof(w));                     \
+				}                                                      \
+			}                                                              \
+			for (int l = 0; l < BLOCK / NV; l++) {                         \
+				zeroed += vzeroed[l];                                  \
+				zeros += vzeros[l];                                    \
+			}                                                              \
+		}                                                                      \
+		prune_mask_counts_t t;                                                 \
+		TAIL(p + i, keep + i, n - i, &t);                                      \
+		c->zeroed = zeroed + t.zeroed;                                         \
+		c->zeros = zeros + t.zeros;                                            \
+	}
+
+/* 16 mask bytes -> 2 vectors of 16-bit lanes / 4 vectors of 32-bit lanes. */
+static inline __attribute__((always_inline)) void widen16(v16qi_t k, v8hu_t *m)
+{
+	m[0] = (v8hu_t)__builtin_shufflevector(k, k, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6,
+					       7, 7);
+	m[1] = (v8hu_t)__builtin_shufflevector(k, k, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13,
+					       13, 14, 14, 15, 15);
+}
+
+static inline __attribute__((always_inline)) void widen32(v16qi_t k, v4su_t *m)
+{
+	v8hu_t h[2];
+	widen16(k, h);
+	for (int v = 0; v < 2; v++) {
+		m[2 * v] = (v4su_t)__builtin_shufflevector(h[v], h[v], 0, 0, 1, 1, 2, 2, 3, 3);
+		m[2 * v + 1] = (v4su_t)__builtin_shufflevector(h[v], h[v], 4, 4, 5, 5, 6, 6, 7, 7);
+	}
+}
+
+DEFINE_APPLY_VEC(apply16, apply16_tail, uint16_t, v8hu_t, 2, widen16, 0x8000u)
+DEFINE_APPLY_VEC(apply32, apply32_tail, uint32_t, v4su_t, 4, widen32, 0x80000000u)
 
 void prune_mask_apply(prune_tensor_t *w, const uint8_t *keep, prune_mask_counts_t *c)
 {

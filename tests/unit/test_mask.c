@@ -424,6 +424,32 @@ START_TEST(bad_axis)
 }
 END_TEST
 
+/* Counts over more elements than the vector lanes fold at, with a ragged tail, against
+ * a plain loop; keep patterns and values (zeros of both signs) are random. */
+START_TEST(apply_counts_long)
+{
+	rng_state = 0x5EEDu;
+	for (size_t d = 0; d < 4; d++) {
+		int64_t dims[1] = {((int64_t)1 << 20) * 3 + 37};
+		case_t c;
+		case_new(&c, all_dtypes[d], 1, dims);
+		fill(&c, 3);
+		size_t zeroed = 0, zeros = 0;
+		for (size_t i = 0; i < c.t.n; i++) {
+			c.keep[i] = (uint8_t)(rng() % 3 == 0);
+			uint64_t mag = bits(c.t.dtype, c.t.data, i) & ~sign_bit(c.t.dtype);
+			zeroed += !c.keep[i] && mag != 0;
+			zeros += !c.keep[i] || mag == 0;
+		}
+		prune_mask_counts_t cnt;
+		prune_mask_apply(&c.t, c.keep, &cnt);
+		ck_assert_uint_eq(cnt.zeroed, zeroed);
+		ck_assert_uint_eq(cnt.zeros, zeros);
+		case_free(&c);
+	}
+}
+END_TEST
+
 START_TEST(apply_gives_signed_zeros)
 {
 	rng_state = 0xA99u;
@@ -438,8 +464,9 @@ START_TEST(apply_gives_signed_zeros)
 		ck_assert_ptr_nonnull(orig);
 		memcpy(orig, c.t.data, bytes);
 		ck_assert_int_eq(prune_mask_2of4(&c.t, 2, c.keep, "l", NULL), 0);
-		prune_mask_apply(&c.t, c.keep, NULL);
-		size_t pruned = 0, negzero = 0;
+		prune_mask_counts_t cnt;
+		prune_mask_apply(&c.t, c.keep, &cnt);
+		size_t pruned = 0, negzero = 0, zeroed = 0;
 		for (size_t i = 0; i < c.t.n; i++) {
 			uint64_t was = bits(c.t.dtype, orig, i), now = bits(c.t.dtype, c.t.data, i);
 			if (c.keep[i]) {
@@ -448,8 +475,10 @@ START_TEST(apply_gives_signed_zeros)
 				ck_assert(now == (was & sign_bit(c.t.dtype)));
 				pruned++;
 				negzero += now != 0;
+				zeroed += (was & ~sign_bit(c.t.dtype)) != 0;
 			}
 		}
+		ck_assert_uint_eq(cnt.zeroed, zeroed);
 		ck_assert(pruned > c.t.n / 3);
 		ck_assert(negzero > 0); /* some pruned values were negative */
 		size_t zeros = 0;
@@ -458,6 +487,7 @@ START_TEST(apply_gives_signed_zeros)
 		for (size_t i = 0; i < c.t.n; i++)
 			want += get(c.t.dtype, c.t.data, i) == 0.0;
 		ck_assert_uint_eq(zeros, want);
+		ck_assert_uint_eq(cnt.zeros, want);
 		ck_assert(zeros >= pruned);
 		/* Pruning along the axis is generally not 2:4 along another. */
 		memcpy(c.t.data, orig, bytes);
@@ -559,6 +589,7 @@ static Suite *mask_suite(void)
 	suite_add_tcase(s, tc);
 	TCase *tu = tcase_create("apply");
 	tcase_add_test(tu, apply_gives_signed_zeros);
+	tcase_add_test(tu, apply_counts_long);
 	tcase_add_test(tu, to_values);
 	tcase_add_test(tu, is_2of4_cases);
 	suite_add_tcase(s, tu);
