@@ -21,7 +21,7 @@
 #error "pbwire copies fixed-width fields and packed arrays as they lie in memory"
 #endif
 
-#define BLOCK ((size_t)1 << 20)
+#define BLOCK PBWIRE_FILL_STEP
 #define LIMIT ((uint64_t)INT32_MAX) /* protobuf refuses to parse more */
 #define ROOM 32                     /* a tag plus the longest scalar is 5 + 10 bytes */
 
@@ -394,8 +394,17 @@ typedef struct wr {
 	uint8_t *buf, *p;
 	const uint32_t *sizes;
 	size_t next;
+	const pbwire_fill_t *fills; /* sorted by field address */
+	size_t n_fills;
 	bool failed;
 } wr_t;
+
+static int by_field(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)((const pbwire_fill_t *)a)->field;
+	uintptr_t y = (uintptr_t)((const pbwire_fill_t *)b)->field;
+	return x < y ? -1 : x > y;
+}
 
 static void flush(wr_t *w)
 {
@@ -457,8 +466,23 @@ static void write_field(wr_t *w, fplan_t *fp, const void *p)
 	}
 	case PROTOBUF_C_TYPE_BYTES: {
 		const ProtobufCBinaryData *b = p;
+		pbwire_fill_t key = {.field = b};
+		const pbwire_fill_t *fl =
+			w->n_fills && b->len
+				? bsearch(&key, w->fills, w->n_fills, sizeof(key), by_field)
+				: NULL;
 		put_varint(w, b->len);
-		put_bytes(w, b->data, b->len);
+		if (!fl) {
+			put_bytes(w, b->data, b->len);
+			return;
+		}
+		/* Produced a block at a time, in place in the block, and written whole. */
+		for (size_t off = 0; off < b->len && !w->failed; off += BLOCK) {
+			flush(w);
+			size_t n = b->len - off < BLOCK ? b->len - off : BLOCK;
+			fl->fill(fl->ud, w->buf, off, n);
+			w->p = w->buf + n;
+		}
 		return;
 	}
 	case PROTOBUF_C_TYPE_MESSAGE: {
@@ -533,7 +557,8 @@ static void write_message(wr_t *w, const ProtobufCMessage *m, const plan_t *pl)
 	}
 }
 
-int pbwire_write(const ProtobufCMessage *msg, FILE *f, sd_error_t *e)
+int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills, size_t n_fills,
+		 FILE *f, sd_error_t *e)
 {
 	sizes_t t = {0};
 	arena_init(&t.plans.a, 0);
@@ -549,14 +574,23 @@ int pbwire_write(const ProtobufCMessage *msg, FILE *f, sd_error_t *e)
 			    "limit",
 			    msg->descriptor->short_name, (unsigned long long)total);
 	} else {
-		wr_t w = {.f = f, .buf = malloc(BLOCK), .sizes = t.v};
-		if (!w.buf) {
+		wr_t w = {.f = f, .buf = malloc(BLOCK), .sizes = t.v, .n_fills = n_fills};
+		pbwire_fill_t *sorted = n_fills ? malloc(n_fills * sizeof(*sorted)) : NULL;
+		if (sorted) {
+			memcpy(sorted, fills, n_fills * sizeof(*sorted));
+			qsort(sorted, n_fills, sizeof(*sorted), by_field);
+			w.fills = sorted;
+		}
+		if (!w.buf || (n_fills && !sorted)) {
+			free(w.buf);
+			free(sorted);
 			rc = sd_err(e, SD_ENOMEM, "out of memory");
 		} else {
 			w.p = w.buf;
 			write_message(&w, msg, root);
 			flush(&w);
 			free(w.buf);
+			free(sorted);
 			if (w.failed || ferror(f) || fflush(f))
 				rc = sd_err(e,
 					    errno == ENOSPC || errno == EDQUOT ? SD_ENOSPACE : SD_EIO,

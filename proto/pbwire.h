@@ -20,16 +20,34 @@
 
 #include <protobuf-c/protobuf-c.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "sd_err.h"
 
 /*
- * Writes msg to f and flushes f, so a full disk is reported here, not at fclose. Fails with SD_ETOOBIG when the encoding would exceed
- * protobuf's 2 GiB message limit (nothing is written then), SD_ENOMEM, or
- * SD_ENOSPACE/SD_EIO when writing fails.
+ * A bytes field whose value pbwire asks for as it writes, instead of copying it from
+ * memory (a weight masked on its way out): fill(ud, out, off, n) puts bytes
+ * [off, off + n) of the value in out. off is a multiple of PBWIRE_FILL_STEP and n is
+ * PBWIRE_FILL_STEP except for the last piece. The field is matched by address; its
+ * len is the value's length and its data is not read.
  */
-SD_MUST_CHECK int pbwire_write(const ProtobufCMessage *msg, FILE *f, sd_error_t *e);
+#define PBWIRE_FILL_STEP ((size_t)1 << 20)
+
+typedef struct pbwire_fill {
+	const ProtobufCBinaryData *field;
+	void (*fill)(const void *ud, uint8_t *out, size_t off, size_t n);
+	const void *ud;
+} pbwire_fill_t;
+
+/*
+ * Writes msg to f and flushes f, so a full disk is reported here, not at fclose; the
+ * n_fills fields in fills (may be NULL when 0) are produced by their fill functions.
+ * Fails with SD_ETOOBIG when the encoding would exceed protobuf's 2 GiB message limit
+ * (nothing is written then), SD_ENOMEM, or SD_ENOSPACE/SD_EIO when writing fails.
+ */
+SD_MUST_CHECK int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills,
+			       size_t n_fills, FILE *f, sd_error_t *e);
 
 /* Bytes one element of a field of type t takes in a protobuf-c struct or array. */
 size_t pbwire_elem_size(ProtobufCType t);

@@ -91,9 +91,9 @@ static int read_step(const Tensorflow__NodeDef *n, const char *layer, int64_t *s
 		}                                                                       \
 		return bad ? -1 : 0;                                                    \
 	}
-DEFINE_KEEP(keep16, uint16_t)
-DEFINE_KEEP(keep32, uint32_t)
-DEFINE_KEEP(keep64, uint64_t)
+DEFINE_KEEP(keep16, prune_u16u_t)
+DEFINE_KEEP(keep32, prune_u32u_t)
+DEFINE_KEEP(keep64, prune_u64u_t)
 
 static int keep_from_mask(const prune_tensor_t *m, uint8_t *keep)
 {

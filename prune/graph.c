@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mask.h"
 #include "pbtext.h"
 #include "pbwire.h"
 #include "tensor.h"
@@ -34,8 +35,17 @@ typedef struct slot {
 	int32_t idx; /* node index, -1 when empty */
 } slot_t;
 
+/* A weight written masked (prune_graph_mask_on_save). */
+typedef struct pending {
+	Tensorflow__TensorProto *tp;
+	const uint8_t *src, *bits;
+	int dtype;
+} pending_t;
+
 struct prune_graph {
 	arena_t *arena;
+	pending_t **pending;
+	size_t n_pending, pending_cap;
 	prune_format_t format;
 	bool stated;
 	Tensorflow__MetaGraphDef *meta;
@@ -356,8 +366,8 @@ static Tensorflow__TensorProto *patch_site(prune_graph_t *g, const prune_wire_re
  * Unpacks without copying large weights: they stay where they are in buf (see
  * prune_wire). Falls back to protobuf-c's copying unpack when the walk disagrees.
  */
-static int unpack_binary(prune_graph_t *g, uint8_t *buf, size_t len, bool meta,
-			 const prune_payloads_t *src, sd_error_t *e)
+static int unpack_binary(prune_graph_t *g, const uint8_t *buf, size_t len, bool meta,
+			 sd_error_t *e)
 {
 	uint8_t *small;
 	size_t small_len, n_refs;
@@ -369,14 +379,9 @@ static int unpack_binary(prune_graph_t *g, uint8_t *buf, size_t len, bool meta,
 		size_t i = 0;
 		while (i < n_refs && patch_site(g, &refs[i]))
 			i++;
-		for (size_t k = 0; i == n_refs && k < n_refs; k++) {
-			uint8_t *p = src ? src->fetch(src->ud, refs[k].off, refs[k].len, e)
-					 : buf + refs[k].off;
-			if (!p)
-				return e && e->code ? e->code : SD_ENOMEM;
+		for (size_t k = 0; i == n_refs && k < n_refs; k++)
 			patch_site(g, &refs[k])->tensor_content =
-				(ProtobufCBinaryData){refs[k].len, p};
-		}
+				(ProtobufCBinaryData){refs[k].len, (uint8_t *)buf + refs[k].off};
 		if (i == n_refs)
 			return 0;
 	}
@@ -450,9 +455,8 @@ static int validate(prune_graph_t *g, size_t max_elems, sd_error_t *e)
 	return 0;
 }
 
-int prune_graph_load(uint8_t *buf, size_t len, const char *file, prune_format_t fmt,
-		     const prune_payloads_t *payloads, size_t max_elems, arena_t *a,
-		     prune_graph_t **out, sd_error_t *e)
+int prune_graph_load(const uint8_t *buf, size_t len, const char *file, prune_format_t fmt,
+		     size_t max_elems, arena_t *a, prune_graph_t **out, sd_error_t *e)
 {
 	if (len > PRUNE_MODEL_MAX)
 		return sd_err(e, SD_ETOOBIG,
@@ -480,13 +484,13 @@ int prune_graph_load(uint8_t *buf, size_t len, const char *file, prune_format_t 
 		g->gd = (Tensorflow__GraphDef *)m;
 	} else {
 		bool meta = fmt == PRUNE_FMT_METAGRAPH;
-		int rc = unpack_binary(g, buf, len, meta, payloads, e);
+		int rc = unpack_binary(g, buf, len, meta, e);
 		if (rc == SD_ENOMEM)
 			return rc;
 		if (!g->stated && (rc || !g->gd || g->gd->n_node == 0)) {
 			/* The heuristic guessed wrong only if the other reading has nodes. */
 			prune_graph_t alt = *g;
-			if (unpack_binary(&alt, buf, len, !meta, payloads, e) == 0 && alt.gd &&
+			if (unpack_binary(&alt, buf, len, !meta, e) == 0 && alt.gd &&
 			    alt.gd->n_node) {
 				*g = alt;
 				g->format = meta ? PRUNE_FMT_GRAPHDEF : PRUNE_FMT_METAGRAPH;
@@ -621,13 +625,69 @@ int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n, const char *ke
 
 /* ---- saving ---- */
 
-int prune_graph_save(const prune_graph_t *g, prune_format_t fmt, FILE *f, sd_error_t *e)
+int prune_graph_mask_on_save(prune_graph_t *g, Tensorflow__TensorProto *tp, int dtype,
+			     const uint8_t *bits, sd_error_t *e)
+{
+	pending_t *p = arena_alloc(g->arena, sizeof(*p));
+	if (p && g->n_pending == g->pending_cap) {
+		size_t cap = g->pending_cap ? 2 * g->pending_cap : 64;
+		pending_t **arr = arena_grow(g->arena, g->pending, g->n_pending, cap, sizeof(*arr));
+		if (!arr)
+			p = NULL;
+		else {
+			g->pending = arr;
+			g->pending_cap = cap;
+		}
+	}
+	if (!p)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	*p = (pending_t){tp, tp->tensor_content.data, bits, dtype};
+	g->pending[g->n_pending++] = p;
+	return 0;
+}
+
+static void fill_masked(const void *ud, uint8_t *out, size_t off, size_t n)
+{
+	const pending_t *p = ud;
+	size_t es = prune_dtype_size(p->dtype);
+	prune_mask_apply_bits(p->dtype, p->src + off, out, p->bits, off / es, n / es);
+}
+
+int prune_graph_materialize(prune_graph_t *g, sd_error_t *e)
+{
+	for (size_t i = 0; i < g->n_pending; i++) {
+		pending_t *p = g->pending[i];
+		size_t len = p->tp->tensor_content.len;
+		uint8_t *copy = arena_alloc(g->arena, len ? len : 1);
+		if (!copy)
+			return sd_err(e, SD_ENOMEM, "out of memory applying masks");
+		for (size_t off = 0; off < len; off += PBWIRE_FILL_STEP)
+			fill_masked(p, copy + off, off,
+				    len - off < PBWIRE_FILL_STEP ? len - off : PBWIRE_FILL_STEP);
+		p->tp->tensor_content.data = copy;
+	}
+	g->n_pending = 0;
+	return 0;
+}
+
+int prune_graph_save(prune_graph_t *g, prune_format_t fmt, FILE *f, sd_error_t *e)
 {
 	if (fmt == PRUNE_FMT_AUTO)
 		fmt = g->format;
-	if (fmt == PRUNE_FMT_PBTXT)
-		return pbtext_write(&g->gd->base, f, e);
 	if (fmt == PRUNE_FMT_METAGRAPH && !g->meta)
 		return sd_err(e, SD_EUSAGE, "a GraphDef cannot be saved as a MetaGraphDef");
-	return pbwire_write(fmt == PRUNE_FMT_METAGRAPH ? &g->meta->base : &g->gd->base, f, e);
+	if (fmt == PRUNE_FMT_PBTXT) {
+		int rc = prune_graph_materialize(g, e);
+		return rc ? rc : pbtext_write(&g->gd->base, f, e);
+	}
+	pbwire_fill_t *fills = g->n_pending ? malloc(g->n_pending * sizeof(*fills)) : NULL;
+	if (g->n_pending && !fills)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	for (size_t i = 0; i < g->n_pending; i++)
+		fills[i] = (pbwire_fill_t){&g->pending[i]->tp->tensor_content, fill_masked,
+					   g->pending[i]};
+	int rc = pbwire_write(fmt == PRUNE_FMT_METAGRAPH ? &g->meta->base : &g->gd->base, fills,
+			      g->n_pending, f, e);
+	free(fills);
+	return rc;
 }

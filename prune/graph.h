@@ -52,30 +52,17 @@ const char *prune_format_name(prune_format_t f);
 SD_MUST_CHECK int prune_format_parse(const char *s, prune_format_t *out, sd_error_t *e);
 
 /*
- * Where large weights of a binary model live. Without one they point into the model
- * buffer itself (which must then outlive the graph, and be writable for the stages
- * that rewrite weights). With one, the loader asks for each large tensor_content
- * payload (the len bytes at offset off of the model) and points the tensor at the
- * memory fetch returns: a caller can read payloads straight from the file into
- * memory of its own, aligned for the kernels, so the model never sits in memory twice.
- * fetch returns NULL with e set on failure; the memory must outlive the graph.
- */
-typedef struct prune_payloads {
-	uint8_t *(*fetch)(void *ud, size_t off, size_t len, sd_error_t *e);
-	void *ud;
-} prune_payloads_t;
-
-/*
  * Builds a graph from len bytes of a model. `file` names the input in messages. `fmt`
- * is PRUNE_FMT_AUTO to detect. `payloads` may be NULL (see above). Validates what SPEC
+ * is PRUNE_FMT_AUTO to detect. Large weights of a binary model are not copied: their
+ * tensors point into buf, which must outlive the graph and is never written (stages
+ * mask weights on their way out, see prune_graph_mask_on_save). Validates what SPEC
  * section 2 lists (duplicate names, inputs naming missing nodes, constants whose
  * content disagrees with their shape, shapes over max_elems) and fails naming the
- * node. Returns 0 and *out, or SD_EMODEL, SD_ETOOBIG, SD_ENOMEM, or the fetch's error.
+ * node. Returns 0 and *out, or SD_EMODEL, SD_ETOOBIG, SD_ENOMEM.
  */
-SD_MUST_CHECK int prune_graph_load(uint8_t *buf, size_t len, const char *file,
-				   prune_format_t fmt, const prune_payloads_t *payloads,
-				   size_t max_elems, arena_t *a, prune_graph_t **out,
-				   sd_error_t *e);
+SD_MUST_CHECK int prune_graph_load(const uint8_t *buf, size_t len, const char *file,
+				   prune_format_t fmt, size_t max_elems, arena_t *a,
+				   prune_graph_t **out, sd_error_t *e);
 
 /* Format used, and whether it was stated by the caller (else detected). */
 prune_format_t prune_graph_format(const prune_graph_t *g);
@@ -171,10 +158,28 @@ SD_MUST_CHECK int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n,
 				      const char *key, Tensorflow__AttrValue *v, sd_error_t *e);
 
 /*
- * Writes the model in format fmt (PRUNE_FMT_AUTO: the format it was loaded in) to f,
- * streaming the binary encoding without building it in memory. Returns 0 or SD_EIO.
+ * Has the save write tensor tp (a weight of dtype whose tensor_content holds its bytes,
+ * e.g. still in the model file) masked by bits from prune_mask_bits, which must live as
+ * long as the graph: the weight is masked on its way to the output, block by block,
+ * and never rewritten in memory. One call per tensor. Returns 0 or SD_ENOMEM.
  */
-SD_MUST_CHECK int prune_graph_save(const prune_graph_t *g, prune_format_t fmt, FILE *f,
+SD_MUST_CHECK int prune_graph_mask_on_save(prune_graph_t *g, Tensorflow__TensorProto *tp,
+					   int dtype, const uint8_t *bits, sd_error_t *e);
+
+/*
+ * Applies the pending masks in memory (into copies in the graph's arena), for a caller
+ * that reads weight values after a stage; the text save does it itself. Returns 0 or
+ * SD_ENOMEM.
+ */
+SD_MUST_CHECK int prune_graph_materialize(prune_graph_t *g, sd_error_t *e);
+
+/*
+ * Writes the model in format fmt (PRUNE_FMT_AUTO: the format it was loaded in) to f,
+ * streaming the binary encoding without building it in memory; masked weights are
+ * produced as they are written. Returns 0, SD_EUSAGE (a GraphDef saved as a
+ * MetaGraphDef), SD_ETOOBIG (over 2 GiB), SD_ENOMEM, SD_ENOSPACE or SD_EIO.
+ */
+SD_MUST_CHECK int prune_graph_save(prune_graph_t *g, prune_format_t fmt, FILE *f,
 				   sd_error_t *e);
 
 #endif

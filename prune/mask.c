@@ -184,12 +184,12 @@ static inline __attribute__((always_inline)) void narrow16(const v8hi_t *q, uint
 		return bad;                                                            \
 	}
 
-DEFINE_ROWS_VEC(rows16, int16_t, v8hi_t, 2, narrow16)
-DEFINE_ROWS_VEC(rows32, int32_t, v4si_t, 4, narrow32)
+DEFINE_ROWS_VEC(rows16, prune_i16u_t, v8hi_t, 2, narrow16)
+DEFINE_ROWS_VEC(rows32, prune_i32u_t, v4si_t, 4, narrow32)
 
 /* Scalar row kernel (float64): the same rule, one element of each row at a time. */
 static inline __attribute__((always_inline)) int64_t rows64(
-	const int64_t *p0, const int64_t *p1, const int64_t *p2, const int64_t *p3, uint8_t *k0,
+	const prune_i64u_t *p0, const prune_i64u_t *p1, const prune_i64u_t *p2, const prune_i64u_t *p3, uint8_t *k0,
 	uint8_t *k1, uint8_t *k2, uint8_t *k3, size_t len, int64_t absm, int64_t inf)
 {
 	int64_t bad = 0;
@@ -253,10 +253,10 @@ static inline __attribute__((always_inline)) int64_t rows64(
 		return bad;                                                            \
 	}
 
-DEFINE_GROUPS_VEC(groups16, int16_t, v8hi_t, 2, narrow16, ROT8, LOW8)
-DEFINE_GROUPS_VEC(groups32, int32_t, v4si_t, 4, narrow32, ROT4, LOW4)
+DEFINE_GROUPS_VEC(groups16, prune_i16u_t, v8hi_t, 2, narrow16, ROT8, LOW8)
+DEFINE_GROUPS_VEC(groups32, prune_i32u_t, v4si_t, 4, narrow32, ROT4, LOW4)
 
-static inline __attribute__((always_inline)) int64_t groups64(const int64_t *p, uint8_t *k,
+static inline __attribute__((always_inline)) int64_t groups64(const prune_i64u_t *p, uint8_t *k,
 							       size_t ngroups, int64_t absm,
 							       int64_t inf)
 {
@@ -311,9 +311,9 @@ static inline __attribute__((always_inline)) int64_t groups64(const int64_t *p, 
 		return bad;                                                            \
 	}
 
-DEFINE_MASK(mask16, int16_t, rows16, groups16)
-DEFINE_MASK(mask32, int32_t, rows32, groups32)
-DEFINE_MASK(mask64, int64_t, rows64, groups64)
+DEFINE_MASK(mask16, prune_i16u_t, rows16, groups16)
+DEFINE_MASK(mask32, prune_i32u_t, rows32, groups32)
+DEFINE_MASK(mask64, prune_i64u_t, rows64, groups64)
 
 /* Flat index of the first NaN, for the error message; only called once one is known. */
 static size_t first_nan(const prune_tensor_t *w)
@@ -321,21 +321,21 @@ static size_t first_nan(const prune_tensor_t *w)
 	size_t n = w->n;
 	switch (w->dtype) {
 	case TENSORFLOW__DATA_TYPE__DT_FLOAT: {
-		const int32_t *p = w->data;
+		const prune_i32u_t *p = w->data;
 		for (size_t i = 0; i < n; i++)
 			if ((p[i] & ABS32) > INF32)
 				return i;
 		break;
 	}
 	case TENSORFLOW__DATA_TYPE__DT_DOUBLE: {
-		const int64_t *p = w->data;
+		const prune_i64u_t *p = w->data;
 		for (size_t i = 0; i < n; i++)
 			if ((p[i] & ABS64) > INF64)
 				return i;
 		break;
 	}
 	default: {
-		const int16_t *p = w->data;
+		const prune_i16u_t *p = w->data;
 		int16_t inf = w->dtype == TENSORFLOW__DATA_TYPE__DT_HALF ? INF_HALF : INF_BF16;
 		for (size_t i = 0; i < n; i++)
 			if ((int16_t)(p[i] & ABS16) > inf)
@@ -391,152 +391,153 @@ int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep, const char
 }
 
 /*
- * Apply: w &= keep ? all-ones : sign-bit. A pruned element keeps only its sign, which is
- * the signed zero that w * 0.0 gives for finite w in every float type; kept elements are
- * untouched bit for bit (no float multiply, so no NaN quieting or denormal flushing).
- * Counting happens in the same pass, so the stage reports how many weights it zeroed
- * and how many zeros the result holds without reading the weights again.
+ * Bits: the mask a stage writes out. A weight is never masked in place: the output
+ * writer produces each masked weight from the mapped original (prune_mask_apply_bits),
+ * so a stage needs no writable copy of the model. Before that, prune_mask_bits turns
+ * the kernel's keep bytes into one bit per element and counts what the mask changes.
+ * A kept zero (+0 or -0) is written unchanged whether kept or not, so it is stored as
+ * not kept: the bits then mark exactly the non-zeros of the result.
  */
-#define DEFINE_APPLY(NAME, U, SIGN)                                                    \
-	static void NAME(U *p, const uint8_t *keep, size_t n, prune_mask_counts_t *c)  \
+static inline uint8_t pack8(uint64_t b) /* 8 bytes of 0/1 -> 8 bits, byte k -> bit k */
+{
+	return (uint8_t)((b * UINT64_C(0x0102040810204080)) >> 56);
+}
+
+static inline size_t count8(uint64_t b) /* how many of 8 bytes of 0/1 are 1 */
+{
+	return (size_t)((b * UINT64_C(0x0101010101010101)) >> 56);
+}
+
+/* The scalar form, for float64 and the tails: elements [0, n) of a run whose first
+ * element sits at bit 0 of bits[0]. */
+#define DEFINE_BITS_SCALAR(NAME, U, ABSM)                                              \
+	static void NAME(const U *w, uint8_t *keep, size_t n, uint8_t *bits,            \
+			 size_t *zeroed, size_t *kept)                                  \
 	{                                                                              \
-		size_t zeroed = 0, zeros = 0;                                          \
 		for (size_t i = 0; i < n; i++) {                                       \
-			U before = p[i] & (U) ~(U)(SIGN);                              \
-			U after = before & (U)(-(U)(keep[i] != 0));                    \
-			zeroed += (before != 0) & (after == 0);                        \
-			zeros += after == 0;                                           \
-			p[i] &= (U)(-(U)(keep[i] != 0)) | (U)(SIGN);                   \
+			unsigned nz = (w[i] & (ABSM)) != 0, k = keep[i] != 0;          \
+			keep[i] = (uint8_t)(k & nz);                                   \
+			if (i % 8 == 0)                                                \
+				bits[i / 8] = 0;                                       \
+			bits[i / 8] |= (uint8_t)((k & nz) << (i % 8));                 \
+			*zeroed += nz & !k;                                            \
+			*kept += k & nz;                                               \
 		}                                                                      \
-		c->zeroed = zeroed;                                                    \
-		c->zeros = zeros;                                                      \
 	}
 
-DEFINE_APPLY(apply16_tail, uint16_t, 0x8000u)
-DEFINE_APPLY(apply32_tail, uint32_t, 0x80000000u)
-DEFINE_APPLY(apply64, uint64_t, UINT64_C(0x8000000000000000))
+DEFINE_BITS_SCALAR(bits16_tail, prune_u16u_t, 0x7FFFu)
+DEFINE_BITS_SCALAR(bits32_tail, prune_u32u_t, 0x7FFFFFFFu)
+DEFINE_BITS_SCALAR(bits64, prune_u64u_t, UINT64_C(0x7FFFFFFFFFFFFFFF))
 
-/*
- * The vector form for 16- and 32-bit elements, BLOCK elements per step: the 16 keep
- * bytes become all-ones/zero lanes by interleaving the byte mask with itself (once for
- * 16-bit lanes, twice for 32-bit), then the same and/or as the scalar form. Counts
- * gather in unsigned vector lanes (a compare's all-ones subtracted is one added) and
- * are folded every CHUNK steps, before a 16-bit lane could wrap.
- */
-#define CHUNK ((size_t)1 << 14)
-
-typedef uint16_t v8hu_t __attribute__((vector_size(16)));
-typedef uint32_t v4su_t __attribute__((vector_size(16)));
-
-static inline __attribute__((always_inline)) v16qi_t keep_bytes(const uint8_t *keep)
-{
-	v16qi_t k;
-	memcpy(&k, keep, sizeof(k));
-	return (v16qi_t)(k != 0);
-}
-
-#define DEFINE_APPLY_VEC(NAME, TAIL, U, V, NV, WIDEN, SIGN)                        \
-	static void NAME(U *p, const uint8_t *keep, size_t n, prune_mask_counts_t *c)  \
+/* The vector form: BLOCK elements' non-zero tests narrowed to bytes like the kernel's
+ * keep bytes, then combined and packed eight at a time in 64-bit words. */
+#define DEFINE_BITS_VEC(NAME, TAIL, S, V, NV, NARROW, ABSM)                            \
+	static void NAME(const S *w, uint8_t *keep, size_t n, uint8_t *bits,            \
+			 size_t *zeroed, size_t *kept)                                  \
 	{                                                                              \
-		size_t zeroed = 0, zeros = 0, i = 0;                                   \
-		const V sign = (V){0} + (U)(SIGN), abs = ~sign;                        \
-		while (i + BLOCK <= n) {                                               \
-			V vzeroed = {0}, vzeros = {0};                                 \
-			size_t end = n - i > CHUNK * BLOCK ? i + CHUNK * BLOCK : n;    \
-			for (; i + BLOCK <= end; i += BLOCK) {                         \
-				V m[NV];                                               \
-				WIDEN(keep_bytes(keep + i), m);                        \
-				for (int v = 0; v < NV; v++) {                         \
-					V w;                                           \
-					U *at = p + i + (size_t)v * (BLOCK / NV);      \
-					memcpy(&w, at, sizeof(w));                     \
-					V before = w & abs, after = before & m[v];     \
-					vzeroed -= (V)((before != 0) & (after == 0));  \
-					vzeros -= (V)(after == 0);                     \
-					w &= m[v] | sign;                              \
-					memcpy(at, &w, sizeof(w));                     \
-				}                                                      \
+		size_t i = 0;                                                          \
+		for (; i + BLOCK <= n; i += BLOCK) {                                   \
+			V q[NV];                                                       \
+			uint8_t nzb[BLOCK];                                            \
+			for (int v = 0; v < NV; v++) {                                 \
+				V a;                                                   \
+				memcpy(&a, w + i + (size_t)v * (BLOCK / NV), sizeof(a)); \
+				q[v] = (V)((a & (S)(ABSM)) != 0);                      \
 			}                                                              \
-			for (int l = 0; l < BLOCK / NV; l++) {                         \
-				zeroed += vzeroed[l];                                  \
-				zeros += vzeros[l];                                    \
+			NARROW(q, nzb);                                                \
+			for (int h = 0; h < BLOCK / 8; h++) {                          \
+				uint64_t k, nz;                                        \
+				memcpy(&k, keep + i + 8 * h, 8);                       \
+				memcpy(&nz, nzb + 8 * h, 8);                           \
+				uint64_t eff = k & nz;                                 \
+				memcpy(keep + i + 8 * h, &eff, 8);                     \
+				bits[i / 8 + (size_t)h] = pack8(eff);                  \
+				*zeroed += count8(nz & ~k);                            \
+				*kept += count8(eff);                                  \
 			}                                                              \
 		}                                                                      \
-		prune_mask_counts_t t;                                                 \
-		TAIL(p + i, keep + i, n - i, &t);                                      \
-		c->zeroed = zeroed + t.zeroed;                                         \
-		c->zeros = zeros + t.zeros;                                            \
+		TAIL((const void *)(w + i), keep + i, n - i, bits + i / 8, zeroed, kept); \
 	}
 
-/* 16 mask bytes -> 2 vectors of 16-bit lanes / 4 vectors of 32-bit lanes. */
-static inline __attribute__((always_inline)) void widen16(v16qi_t k, v8hu_t *m)
-{
-	m[0] = (v8hu_t)__builtin_shufflevector(k, k, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6,
-					       7, 7);
-	m[1] = (v8hu_t)__builtin_shufflevector(k, k, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13,
-					       13, 14, 14, 15, 15);
-}
+DEFINE_BITS_VEC(bits16, bits16_tail, prune_i16u_t, v8hi_t, 2, narrow16, ABS16)
+DEFINE_BITS_VEC(bits32, bits32_tail, prune_i32u_t, v4si_t, 4, narrow32, ABS32)
 
-static inline __attribute__((always_inline)) void widen32(v16qi_t k, v4su_t *m)
+void prune_mask_bits(const prune_tensor_t *w, uint8_t *keep, uint8_t *bits,
+		     prune_mask_counts_t *c)
 {
-	v8hu_t h[2];
-	widen16(k, h);
-	for (int v = 0; v < 2; v++) {
-		m[2 * v] = (v4su_t)__builtin_shufflevector(h[v], h[v], 0, 0, 1, 1, 2, 2, 3, 3);
-		m[2 * v + 1] = (v4su_t)__builtin_shufflevector(h[v], h[v], 4, 4, 5, 5, 6, 6, 7, 7);
-	}
-}
-
-DEFINE_APPLY_VEC(apply16, apply16_tail, uint16_t, v8hu_t, 2, widen16, 0x8000u)
-DEFINE_APPLY_VEC(apply32, apply32_tail, uint32_t, v4su_t, 4, widen32, 0x80000000u)
-
-void prune_mask_apply(prune_tensor_t *w, const uint8_t *keep, prune_mask_counts_t *c)
-{
-	prune_mask_counts_t dummy;
-	if (!c)
-		c = &dummy;
-	c->zeroed = c->zeros = 0;
+	size_t zeroed = 0, kept = 0;
 	switch (prune_dtype_size(w->dtype)) {
 	case 2:
-		apply16(w->data, keep, w->n, c);
+		bits16(w->data, keep, w->n, bits, &zeroed, &kept);
 		break;
 	case 4:
-		apply32(w->data, keep, w->n, c);
+		bits32(w->data, keep, w->n, bits, &zeroed, &kept);
 		break;
 	case 8:
-		apply64(w->data, keep, w->n, c);
+		bits64(w->data, keep, w->n, bits, &zeroed, &kept);
 		break;
 	default:
 		break;
 	}
+	c->zeroed = zeroed;
+	c->zeros = w->n - kept;
 }
 
-#define DEFINE_TO_VALUES(NAME, U)                                                      \
-	static void NAME(U *out, const uint8_t *keep, size_t n, U one)                 \
+/*
+ * Apply: dst = bit ? src : src & sign. A pruned element keeps only its sign, which is
+ * the signed zero that w * 0.0 gives for finite w in every float type; kept elements
+ * are copied bit for bit (no float multiply, so no NaN quieting or denormal flushing).
+ * The vector form turns 16 bits into lane masks by testing each lane's own bit.
+ */
+#define DEFINE_APPLY_SCALAR(NAME, U, SIGN)                                             \
+	static void NAME(const U *src, U *dst, const uint8_t *bits, size_t n)           \
 	{                                                                              \
 		for (size_t i = 0; i < n; i++)                                         \
-			out[i] = one & (U)(-(U)(keep[i] != 0));                        \
+			dst[i] = src[i] & ((U)(-(U)((bits[i / 8] >> (i % 8)) & 1)) |   \
+					   (U)(SIGN));                                 \
 	}
 
-DEFINE_TO_VALUES(values16, uint16_t)
-DEFINE_TO_VALUES(values32, uint32_t)
-DEFINE_TO_VALUES(values64, uint64_t)
+DEFINE_APPLY_SCALAR(apply16_tail, prune_u16u_t, 0x8000u)
+DEFINE_APPLY_SCALAR(apply32_tail, prune_u32u_t, 0x80000000u)
+DEFINE_APPLY_SCALAR(apply64, prune_u64u_t, UINT64_C(0x8000000000000000))
 
-void prune_mask_to_values(const prune_tensor_t *w, const uint8_t *keep, void *out)
+typedef uint16_t v8hu_t __attribute__((vector_size(16)));
+typedef uint32_t v4su_t __attribute__((vector_size(16)));
+
+#define DEFINE_APPLY_VEC(NAME, TAIL, U, V, NV, SIGN, ...)                              \
+	static void NAME(const U *src, U *dst, const uint8_t *bits, size_t n)           \
+	{                                                                              \
+		const V sign = (V){0} + (U)(SIGN), lane = {__VA_ARGS__};               \
+		size_t i = 0;                                                          \
+		for (; i + BLOCK <= n; i += BLOCK) {                                   \
+			unsigned b = bits[i / 8] | (unsigned)bits[i / 8 + 1] << 8;     \
+			for (int v = 0; v < NV; v++) {                                 \
+				V w, m = (V)((((V){0} + (U)(b >> (v * (BLOCK / NV)))) & lane) != 0); \
+				memcpy(&w, src + i + (size_t)v * (BLOCK / NV), sizeof(w)); \
+				w &= m | sign;                                         \
+				memcpy(dst + i + (size_t)v * (BLOCK / NV), &w, sizeof(w)); \
+			}                                                              \
+		}                                                                      \
+		TAIL((const void *)(src + i), (void *)(dst + i), bits + i / 8, n - i); \
+	}
+
+DEFINE_APPLY_VEC(apply16, apply16_tail, prune_u16u_t, v8hu_t, 2, 0x8000u, 1, 2, 4, 8, 16, 32, 64,
+		 128)
+DEFINE_APPLY_VEC(apply32, apply32_tail, prune_u32u_t, v4su_t, 4, 0x80000000u, 1, 2, 4, 8)
+
+void prune_mask_apply_bits(int dtype, const void *src, void *dst, const uint8_t *bits,
+			   size_t first, size_t n)
 {
-	/* 1.0 in each format. */
-	switch (w->dtype) {
-	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
-		values32(out, keep, w->n, 0x3F800000u);
+	bits += first / 8;
+	switch (prune_dtype_size(dtype)) {
+	case 2:
+		apply16(src, dst, bits, n);
 		break;
-	case TENSORFLOW__DATA_TYPE__DT_DOUBLE:
-		values64(out, keep, w->n, UINT64_C(0x3FF0000000000000));
+	case 4:
+		apply32(src, dst, bits, n);
 		break;
-	case TENSORFLOW__DATA_TYPE__DT_HALF:
-		values16(out, keep, w->n, 0x3C00u);
-		break;
-	case TENSORFLOW__DATA_TYPE__DT_BFLOAT16:
-		values16(out, keep, w->n, 0x3F80u);
+	case 8:
+		apply64(src, dst, bits, n);
 		break;
 	default:
 		break;
@@ -572,9 +573,10 @@ void prune_mask_to_values(const prune_tensor_t *w, const uint8_t *keep, void *ou
 		return !over;                                                          \
 	}
 
-DEFINE_IS2OF4(is16, uint16_t, 0x7FFFu)
-DEFINE_IS2OF4(is32, uint32_t, 0x7FFFFFFFu)
-DEFINE_IS2OF4(is64, uint64_t, UINT64_C(0x7FFFFFFFFFFFFFFF))
+DEFINE_IS2OF4(is8, uint8_t, 0xFFu) /* keep bytes: non-zero means kept */
+DEFINE_IS2OF4(is16, prune_u16u_t, 0x7FFFu)
+DEFINE_IS2OF4(is32, prune_u32u_t, 0x7FFFFFFFu)
+DEFINE_IS2OF4(is64, prune_u64u_t, UINT64_C(0x7FFFFFFFFFFFFFFF))
 
 int prune_mask_is_2of4(const prune_tensor_t *t, int axis, size_t *zeros)
 {
@@ -591,4 +593,13 @@ int prune_mask_is_2of4(const prune_tensor_t *t, int axis, size_t *zeros)
 	default:
 		return is64(t->data, &v, zeros);
 	}
+}
+
+int prune_mask_keep_is_2of4(const prune_tensor_t *w, int axis, const uint8_t *keep,
+			    size_t *zeros)
+{
+	view_t v;
+	if (zeros)
+		*zeros = 0;
+	return view_of(w, axis, &v) ? 0 : is8(keep, &v, zeros);
 }

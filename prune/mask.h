@@ -33,7 +33,7 @@ SD_MUST_CHECK int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *ke
 SD_MUST_CHECK int prune_mask_nan_check(const prune_tensor_t *w, const char *layer,
 				       sd_error_t *e);
 
-/* What prune_mask_apply changed: weights it set to zero (non-zero before), and zeros
+/* What applying a mask changes: weights it sets to zero (non-zero before), and zeros
  * in the result (including weights that were zero already). */
 typedef struct prune_mask_counts {
 	size_t zeroed;
@@ -41,16 +41,32 @@ typedef struct prune_mask_counts {
 } prune_mask_counts_t;
 
 /*
- * w := w * keep, elementwise in w's own type (a pruned element becomes a zero with the
- * sign of w, exactly what TensorFlow's Mul by a 0/1 mask gives for finite w). c (may
- * be NULL) receives the counts, computed in the same pass.
+ * Turns keep (one byte per element of w, 0 or 1) into the mask a stage writes out:
+ * bit i % 8 of bits[i / 8] (w->n bits, (w->n + 7) / 8 bytes) is set for an element
+ * that is kept and non-zero, and keep[i] is rewritten the same way (a kept zero is
+ * written unchanged either way, so keep then marks exactly the result's non-zeros).
+ * c receives the counts. w is only read.
  */
-void prune_mask_apply(prune_tensor_t *w, const uint8_t *keep, prune_mask_counts_t *c);
+void prune_mask_bits(const prune_tensor_t *w, uint8_t *keep, uint8_t *bits,
+		     prune_mask_counts_t *c);
 
 /*
- * Writes the mask as 0/1 values of w's dtype into out (n elements of w's type).
+ * dst := src * mask for n elements of dtype starting at element `first` of a tensor
+ * whose mask is bits (from prune_mask_bits); src and dst point at element `first` and
+ * need no alignment. first must be a multiple of 8. A masked element becomes the zero
+ * with its own sign, exactly what TensorFlow's Mul by a 0/1 mask gives for finite w;
+ * kept elements are copied bit for bit.
  */
-void prune_mask_to_values(const prune_tensor_t *w, const uint8_t *keep, void *out);
+void prune_mask_apply_bits(int dtype, const void *src, void *dst, const uint8_t *bits,
+			   size_t first, size_t n);
+
+/*
+ * Whether keep (one byte per element of w's shape, non-zero = kept) keeps at most 2
+ * of every group of 4 along axis: with keep from prune_mask_bits, whether the written
+ * weight is 2:4. *zeros (may be NULL) gets the number of elements not kept.
+ */
+int prune_mask_keep_is_2of4(const prune_tensor_t *w, int axis, const uint8_t *keep,
+			    size_t *zeros);
 
 /*
  * Reports whether t is 2:4 along axis: every group of 4 holds at most 2 non-zeros

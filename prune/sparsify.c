@@ -40,57 +40,50 @@ void prune_sparsify_stats(prune_layer_t *l, const prune_tensor_t *w)
 }
 
 int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *l,
-		   size_t layer_idx, size_t cidx, prune_tensor_t *w, const uint8_t *keep,
+		   size_t layer_idx, size_t cidx, const prune_tensor_t *w, uint8_t *keep,
 		   bool keep_2of4, prune_ignore_cb ignore, void *ud, bool *moved, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
-	prune_mask_counts_t counts;
 	Tensorflow__NodeDef *cn = prune_graph_node(g, cidx);
+	uint8_t *bits = arena_alloc(a, w->n / 8 + 1);
+	if (!bits)
+		return sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", l->name);
+	prune_mask_counts_t counts;
+	prune_mask_bits(w, keep, bits, &counts);
+	Tensorflow__TensorProto *tp;
 	*moved = !exclusive(g, c, cidx, layer_idx, ignore, ud, 0);
 	if (!*moved) {
-		prune_mask_apply(w, keep, &counts);
-		Tensorflow__AttrValue *v = prune_node_attr(cn, "value");
-		int rc = prune_tensor_write(v->tensor, w, a, e);
-		if (rc)
-			return rc;
+		tp = prune_node_attr(cn, "value")->tensor;
 	} else {
-		size_t bytes = w->n * prune_dtype_size(w->dtype);
-		void *copy = arena_alloc(a, bytes ? bytes : 1);
-		if (!copy)
-			return sd_err(e, SD_ENOMEM, "out of memory copying the weight of '%s'",
-				      l->name);
-		memcpy(copy, w->data, bytes);
-		w->data = copy;
-		prune_mask_apply(w, keep, &counts);
+		/* The copy reads the same bytes; only its output is masked. */
 		Tensorflow__AttrValue *v = prune_attr_splat(a, w->dtype, 0.0, NULL, 0);
-		int rc = v ? prune_tensor_write(v->tensor, w, a, e)
-			   : sd_err(e, SD_ENOMEM, "out of memory");
-		if (rc)
-			return rc;
 		const prune_attr_kv_t kv[] = {{"dtype", prune_attr_type(a, w->dtype)},
 					      {"value", v}};
 		prune_node_spec_t spec = {
 			.name = arena_sprintf(a, "%s/weight_2of4", l->name), .op = "Const",
 			.device = cn->device && cn->device[0] ? cn->device : NULL,
 			.attrs = kv, .n_attrs = 2};
-		if (!spec.name || !kv[0].value)
+		if (!spec.name || !v || !kv[0].value)
 			return sd_err(e, SD_ENOMEM, "out of memory");
 		Tensorflow__NodeDef *nn = prune_graph_add(g, &spec, e);
 		if (!nn)
 			return e && e->code ? e->code : SD_EMODEL;
 		prune_graph_node(g, layer_idx)->input[1] = nn->name;
+		tp = v->tensor;
 	}
+	int rc = prune_tensor_write(tp, w, a, e);
+	if (!rc)
+		rc = prune_graph_mask_on_save(g, tp, w->dtype, bits, e);
+	if (rc)
+		return rc;
 	/* A mask from the 2:4 kernel makes the result 2:4 by construction; any other
-	 * (a frozen mask variable) is verified. */
-	if (keep_2of4) {
-		l->is_2of4 = true;
-		l->zeros = counts.zeros;
-		l->elems = w->n;
-		l->examined = true;
-	} else {
-		prune_sparsify_stats(l, w);
-	}
+	 * (a frozen mask variable) is verified on what will be written. */
+	size_t zeros = counts.zeros;
+	l->is_2of4 = keep_2of4 || prune_mask_keep_is_2of4(w, l->axis, keep, &zeros);
+	l->zeros = zeros;
 	l->zeroed = counts.zeroed;
+	l->elems = w->n;
+	l->examined = true;
 	return 0;
 }
 

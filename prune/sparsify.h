@@ -1,5 +1,6 @@
 /*
- * prune_sparsify: writes weight * mask into the constant a layer reads (export, prune).
+ * prune_sparsify: has weight * mask written into the constant a layer reads (export,
+ * prune).
  *
  * The constant is changed in place only when nothing but the layer reads it (through
  * Identity nodes; the caller may name consumers to disregard, e.g. the insert's own
@@ -19,16 +20,17 @@
 typedef bool (*prune_ignore_cb)(void *ud, const Tensorflow__NodeDef *consumer);
 
 /*
- * Applies keep[] (1 = keep) to w, the decoded value of Const node cidx read by layer
- * l (node layer_idx), and stores the result as described above. keep_2of4 says keep
- * came from the 2:4 kernel (the result then needs no verifying pass). Fills l->zeros,
- * l->zeroed, l->is_2of4, l->elems, l->examined. *moved is set when a new Const was
- * made (the layer's input 1 then names it). Returns 0, SD_EMODEL (name taken),
- * SD_ENOMEM.
+ * Has keep[] (1 = keep) applied to w, the decoded value of Const node cidx read by
+ * layer l (node layer_idx), as described above: w itself is never modified (it may lie
+ * in the read-only model file); the mask goes to the save (prune_graph_mask_on_save).
+ * keep is rewritten by prune_mask_bits. keep_2of4 says keep came from the 2:4 kernel
+ * (the result then needs no verifying pass). Fills l->zeros, l->zeroed, l->is_2of4,
+ * l->elems, l->examined. *moved is set when a new Const was made (the layer's input 1
+ * then names it). Returns 0, SD_EMODEL (name taken), SD_ENOMEM.
  */
 SD_MUST_CHECK int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c,
 				 prune_layer_t *l, size_t layer_idx, size_t cidx,
-				 prune_tensor_t *w, const uint8_t *keep, bool keep_2of4,
+				 const prune_tensor_t *w, uint8_t *keep, bool keep_2of4,
 				 prune_ignore_cb ignore, void *ud, bool *moved, sd_error_t *e);
 
 /* Records in l whether the decoded weight w is 2:4 along l->axis and its zero count. */

@@ -2,13 +2,13 @@
  * prune_tensor: TensorFlow TensorProto <-> flat buffers of float32, float64, float16 and
  * bfloat16 weights (see tensor.h for the contract).
  *
- * Design: a weight is decoded once into a prune_tensor_t, masked in place by prune_mask,
- * and written back as tensor_content. Every size that comes from the model (rank, dims,
+ * Design: a weight is decoded once into a prune_tensor_t, its mask computed by
+ * prune_mask, and it is written back as tensor_content (masked as it is saved). Every size that comes from the model (rank, dims,
  * element count, byte count, number of typed values) is checked against the caller's
  * max_elems before anything is allocated, so a graph claiming 10^12 elements fails with
  * SD_ETOOBIG instead of asking the arena for terabytes. Weights stored in tensor_content
- * (the common case, and the only big one) are not copied: data points into the proto,
- * which already lives in the job's arena. Typed values follow TensorFlow's own
+ * (the common case, and the only big one) are not copied: data points into the proto's
+ * bytes, which lie in the job's arena or in the mapped model file. Typed values follow TensorFlow's own
  * Tensor::FromProto rules: none means zeros, fewer than the element count means the last
  * one repeats (the splat form), more is an error; tensor_content wins when both are set.
  *
@@ -265,21 +265,9 @@ int prune_tensor_read(const Tensorflow__TensorProto *tp, size_t max_elems, const
 					   node, tp->tensor_content.len,
 					   shape_str(shape, sbuf, sizeof(sbuf)),
 					   prune_dtype_name(tp->dtype), need);
-		/*
-		 * No copy: the bytes already belong to the job. protobuf-c hands out arena
-		 * (16-byte aligned) memory, but a proto built by hand may point anywhere, and
-		 * the mask kernel reads whole elements, so a misaligned buffer is copied.
-		 */
-		if (((uintptr_t)tp->tensor_content.data & (esize - 1)) == 0) {
-			out->data = tp->tensor_content.data;
-			return 0;
-		}
-		out->data = arena_alloc(a, need);
-		if (!out->data)
-			return sd_err_node(e, SD_ENOMEM, node,
-					   "node '%s': out of memory copying %zu bytes of weights", node,
-					   need);
-		memcpy(out->data, tp->tensor_content.data, need);
+		/* No copy: the bytes stay where the model put them, at any alignment (the
+		 * kernels read through byte-aligned types). */
+		out->data = tp->tensor_content.data;
 		return 0;
 	}
 

@@ -22,6 +22,17 @@
 
 #define PRUNE_MAX_RANK 8
 
+/*
+ * Tensor data is read where it lies in the mapped model, at any byte offset: element
+ * access goes through these byte-aligned types (plain loads on x86-64 and arm64).
+ */
+typedef int16_t prune_i16u_t __attribute__((aligned(1)));
+typedef int32_t prune_i32u_t __attribute__((aligned(1)));
+typedef int64_t prune_i64u_t __attribute__((aligned(1)));
+typedef uint16_t prune_u16u_t __attribute__((aligned(1)));
+typedef uint32_t prune_u32u_t __attribute__((aligned(1)));
+typedef uint64_t prune_u64u_t __attribute__((aligned(1)));
+
 typedef struct prune_tensor {
 	int dtype;               /* TENSORFLOW__DATA_TYPE__DT_FLOAT / DOUBLE / HALF / BFLOAT16 */
 	int rank;

@@ -60,7 +60,7 @@ static int op(const char *path, const char *outputs, int do_insert)
 	arena_init(&a, 0);
 	sd_error_t e;
 	prune_graph_t *g;
-	int rc = prune_graph_load(buf, (size_t)st.st_size, path, PRUNE_FMT_AUTO, NULL, (size_t)1 << 32,
+	int rc = prune_graph_load(buf, (size_t)st.st_size, path, PRUNE_FMT_AUTO, (size_t)1 << 32,
 				  &a, &g, &e);
 	double t1 = now();
 	if (!rc && do_insert) {

@@ -454,3 +454,20 @@ def test_prune_errors(sparsityd, model_cache, workdir):
     # an output that does not exist
     r = workflow.prune(sparsityd, plain, SAMPLE_CONFIG, ["nope"], workdir, tag="nope")
     sdrun.assert_error(r, 1, ["nope"])
+
+
+def test_fsync_option(sparsityd, model_cache, workdir):
+    """--fsync waits for the disk and changes nothing else; check writes nothing, so it
+    refuses the option as a usage error."""
+    src, built = model_cache.file("pb", "small", "resource", "infer")
+    plain = _freeze(built.graph_def, built.init_ops, built.outputs,
+                    os.path.join(workdir, "plain.pb"))
+    a = workflow.prune(sparsityd, plain, SAMPLE_CONFIG, built.outputs, workdir, tag="a")
+    b = workflow.prune(sparsityd, plain, SAMPLE_CONFIG, built.outputs, workdir, tag="b",
+                       extra=["--fsync"])
+    assert a.rc == 0 and b.rc == 0, (a.stderr, b.stderr)
+    with open(a.out_path, "rb") as fa, open(b.out_path, "rb") as fb:
+        assert fa.read() == fb.read()
+    assert a.json()["totals"] == b.json()["totals"]
+    r = workflow.check(sparsityd, plain, extra=["--fsync"])
+    assert r.rc == 2 and "not accepted" in r.stderr

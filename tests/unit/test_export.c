@@ -123,11 +123,32 @@ static int export(prune_graph_t *g, prune_record_entry_t *rec, size_t n, prune_r
 /* The weight w with the kernel's 2:4 mask applied along axis. */
 static prune_tensor_t expected(prune_tensor_t w, int axis)
 {
-	uint8_t *keep = arena_alloc(&A, w.n);
+	uint8_t *keep = arena_alloc(&A, w.n), *bits = arena_alloc(&A, w.n / 8 + 1);
+	void *out = arena_alloc(&A, w.n * prune_dtype_size(w.dtype) + 1);
 	sd_error_t e;
+	prune_mask_counts_t c;
 	ck_assert_int_eq(prune_mask_2of4(&w, axis, keep, "t", &e), 0);
-	prune_mask_apply(&w, keep, NULL);
+	prune_mask_bits(&w, keep, bits, &c);
+	prune_mask_apply_bits(w.dtype, w.data, out, bits, 0, w.n);
+	w.data = out;
 	return w;
+}
+
+/* g as a reader of the stage's output sees it: saved in binary (weights masked on
+ * their way out) and loaded again. */
+static prune_graph_t *reloaded(prune_graph_t *g)
+{
+	size_t len;
+	char *saved = tu_save(g, PRUNE_FMT_GRAPHDEF, &len);
+	uint8_t *buf = arena_alloc(&A, len + 1);
+	memcpy(buf, saved, len);
+	free(saved);
+	prune_graph_t *r;
+	sd_error_t e;
+	ck_assert_int_eq(prune_graph_load(buf, len, "saved.pb", PRUNE_FMT_GRAPHDEF, 1u << 20, &A,
+					  &r, &e),
+			 0);
+	return r;
 }
 
 static void assert_same(prune_tensor_t a, prune_tensor_t b)
@@ -157,10 +178,15 @@ START_TEST(export_fresh_mask_restores_the_original_graph)
 		ck_assert_ptr_nonnull(node(g, prune_graph_node(orig, i)->name));
 	/* mm_a: Identity chain, exclusive -> modified in place, input restored. */
 	ck_assert_str_eq(node(g, "mm_a")->input[1], "wa/id2");
-	assert_same(value(g, "wa"), expected(wa, 0));
+	prune_graph_t *out = reloaded(g);
+	assert_same(value(out, "wa"), expected(wa, 0));
 	/* mm_b: wb is shared with "peek" -> untouched; the layer reads a sparse copy. */
 	ck_assert_str_eq(node(g, "mm_b")->input[1], "mm_b/weight_2of4");
-	assert_same(value(g, "wb"), wb);
+	assert_same(value(out, "wb"), wb);
+	assert_same(value(out, "mm_b/weight_2of4"), expected(wb, 1));
+	/* The in-memory form, once materialised, is the same as the written one. */
+	ck_assert_int_eq(prune_graph_materialize(g, &e), 0);
+	assert_same(value(g, "wa"), expected(wa, 0));
 	assert_same(value(g, "mm_b/weight_2of4"), expected(wb, 1));
 	ck_assert_str_eq(r.layers[0].name, "mm_b");
 	ck_assert(r.layers[0].is_2of4 && r.layers[1].is_2of4);
@@ -183,7 +209,7 @@ START_TEST(export_stored_mask)
 	prune_result_t r;
 	sd_error_t e;
 	ck_assert_int_eq(export(g, rec, n, &r, &e), 0);
-	prune_tensor_t got = value(g, "wa");
+	prune_tensor_t got = value(reloaded(g), "wa");
 	for (int i = 0; i < 30; i++)
 		ck_assert_float_eq(((float *)got.data)[i], ((float *)wa.data)[i] * mask[i]);
 	ck_assert_ptr_nonnull(strstr(r.layers[0].detail, "stored mask"));
@@ -275,6 +301,8 @@ START_TEST(prune_equals_export_at_step_0)
 	int rc = prune_oneshot(p, cfg(FREQ(0)), outs, 2, 1u << 20, &pr, &e);
 	ck_assert_msg(rc == 0, "%s", e.msg);
 	ck_assert_uint_eq(pr.pruned, 2);
+	p = reloaded(p);
+	g = reloaded(g);
 	assert_same(value(p, "wa"), value(g, "wa"));
 	assert_same(value(p, "mm_b/weight_2of4"), value(g, "mm_b/weight_2of4"));
 	ck_assert_uint_eq(pr.weights_zeroed, r.weights_zeroed);

@@ -16,7 +16,7 @@ static int load(const void *buf, size_t len, prune_format_t fmt, prune_graph_t *
 		sd_error_t *e)
 {
 	sd_err_clear(e);
-	return prune_graph_load((uint8_t *)buf, len, "m.pb", fmt, NULL, 1u << 20, &A, g, e);
+	return prune_graph_load((uint8_t *)buf, len, "m.pb", fmt, 1u << 20, &A, g, e);
 }
 
 /* Binary GraphDef of small.pbtxt. */

@@ -95,7 +95,7 @@ START_TEST(small_graph)
 	size_t len;
 	char *txt = tu_save(g, PRUNE_FMT_AUTO, &len);
 	prune_graph_t *g2;
-	ck_assert_int_eq(prune_graph_load((uint8_t *)txt, len, "o", PRUNE_FMT_AUTO, NULL, 1u << 20, &A,
+	ck_assert_int_eq(prune_graph_load((uint8_t *)txt, len, "o", PRUNE_FMT_AUTO, 1u << 20, &A,
 					  &g2, &e),
 			 0);
 	free(txt);
@@ -155,7 +155,7 @@ START_TEST(shared_weight)
 	prune_graph_t *g;
 	sd_error_t e;
 	ck_assert_int_eq(prune_graph_load((uint8_t *)text, strlen(text), "s", PRUNE_FMT_AUTO,
-					  NULL, 1u << 20, &A, &g, &e),
+					  1u << 20, &A, &g, &e),
 			 0);
 	const char *outs[] = {"b"};
 	prune_layer_t *l;
@@ -189,7 +189,7 @@ START_TEST(metagraph_collections)
 	uint8_t *mb = tu_pack(&A, &meta.base, &len);
 	prune_graph_t *g;
 	sd_error_t e;
-	ck_assert_int_eq(prune_graph_load(mb, len, "m", PRUNE_FMT_METAGRAPH, NULL, 1u << 20, &A, &g, &e),
+	ck_assert_int_eq(prune_graph_load(mb, len, "m", PRUNE_FMT_METAGRAPH, 1u << 20, &A, &g, &e),
 			 0);
 	const char *outs[] = {"out"};
 	prune_result_t r = {0};

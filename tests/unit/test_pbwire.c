@@ -27,7 +27,7 @@ static void same_as_protobuf_c(const ProtobufCMessage *m)
 	size_t got_len = 0;
 	FILE *f = open_memstream(&got, &got_len);
 	sd_error_t e;
-	ck_assert_int_eq(pbwire_write(m, f, &e), 0);
+	ck_assert_int_eq(pbwire_write(m, NULL, 0, f, &e), 0);
 	fclose(f);
 	ck_assert_uint_eq(got_len, want_len);
 	if (memcmp(got, want, want_len) != 0) {
@@ -197,7 +197,7 @@ START_TEST(refuses_over_2gib)
 	size_t got_len = 0;
 	FILE *f = open_memstream(&got, &got_len);
 	sd_error_t e;
-	ck_assert_int_eq(pbwire_write(&v.base, f, &e), SD_ETOOBIG);
+	ck_assert_int_eq(pbwire_write(&v.base, NULL, 0, f, &e), SD_ETOOBIG);
 	ck_assert_msg_has(e, "2 GiB");
 	fclose(f);
 	ck_assert_uint_eq(got_len, 0); /* measured first: nothing was written */
@@ -211,7 +211,7 @@ START_TEST(full_disk)
 	ck_assert_ptr_nonnull(f);
 	sd_error_t e;
 	ck_assert_int_eq(pbwire_write(&prune_graph_def(tu_graph(&A, "graphs/conv.pbtxt"))->base,
-				      f, &e),
+				      NULL, 0, f, &e),
 			 SD_ENOSPACE);
 	ck_assert_msg_has(e, "writing the GraphDef failed");
 	fclose(f);

@@ -206,11 +206,12 @@ START_TEST(storage_forms)
 		read_ok(&p, &a, &t);
 		ck_assert_ptr_eq(t.data, content);
 
-		/* Misaligned content is copied, not read misaligned. */
+		/* Misaligned content is not copied either (weights lie anywhere in a mapped
+		 * model; the kernels read through byte-aligned types). */
 		memmove(content + 1, content, 6 * esize(dt));
 		p.tp.tensor_content.data = content + 1;
 		read_ok(&p, &a, &t);
-		ck_assert_ptr_ne(t.data, content + 1);
+		ck_assert_ptr_eq(t.data, content + 1);
 		for (size_t i = 0; i < 6; i++)
 			ck_assert(bits_at(dt, t.data, i) == pattern(dt, vals[5 - i]));
 

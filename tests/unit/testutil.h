@@ -42,7 +42,7 @@ static inline prune_graph_t *tu_graph(arena_t *a, const char *rel)
 	prune_graph_t *g = NULL;
 	sd_error_t e;
 	sd_err_clear(&e);
-	int rc = prune_graph_load((uint8_t *)buf, len, rel, PRUNE_FMT_AUTO, NULL, 1u << 30, a, &g,
+	int rc = prune_graph_load((uint8_t *)buf, len, rel, PRUNE_FMT_AUTO, 1u << 30, a, &g,
 				  &e);
 	ck_assert_msg(rc == 0, "load %s: %s", rel, e.msg);
 	return g;
@@ -59,7 +59,7 @@ static inline uint8_t *tu_pack(arena_t *a, const ProtobufCMessage *m, size_t *le
 }
 
 /* Saves g in fmt to memory. */
-static inline char *tu_save(const prune_graph_t *g, prune_format_t fmt, size_t *len)
+static inline char *tu_save(prune_graph_t *g, prune_format_t fmt, size_t *len)
 {
 	char *buf = NULL;
 	FILE *f = open_memstream(&buf, len);
