@@ -1,8 +1,8 @@
 /*
  * prune_export: undoes insert on a frozen graph, leaving weight * mask (see export.h).
  *
- * Workload: one pass over the record (each weight is read, masked in place and written
- * back without a copy unless shared), then one sweep that deletes the inserted nodes
+ * Workload: one pass over the record (each weight is read where it lies for its mask,
+ * and written masked by the save, never copied), then one sweep that deletes the inserted nodes
  * and, transitively, nodes whose every reader was deleted. The mask is rebuilt from the
  * frozen state exactly as the graph's own SelectV2 would pick it, so the exported model
  * computes the same outputs as the masked one.
@@ -200,13 +200,18 @@ static int export_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *
 				   "layer '%s': the weight '%s' has a different shape than the "
 				   "record's mask_shape",
 				   r->name, wc->name);
+	uint8_t *bits = arena_alloc(a, w.n / 8 + 1);
+	prune_mask_counts_t counts;
+	if (!bits)
+		return sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", r->name);
 	if ((rc = prune_scratch(&x->keep, &x->keep_cap, w.n, e)))
 		return rc;
 	/* NaN is refused on both paths: one that survives the mask would poison the
 	 * exported model. The fresh mask checks as it goes; a stored mask needs only the
 	 * scan, not a mask computation whose result would be thrown away. */
 	bool refresh = r->update_freq == 0 ? step == 0 : step % r->update_freq == 0;
-	if (refresh && (rc = prune_mask_2of4(&w, r->axis, x->keep, r->name, e)))
+	if (refresh &&
+	    (rc = prune_mask_2of4_bits(&w, r->axis, x->keep, bits, &counts, r->name, e)))
 		return rc;
 	if (!refresh) {
 		if ((rc = prune_mask_nan_check(&w, r->name, e)))
@@ -222,11 +227,12 @@ static int export_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *
 			return sd_err_node(e, SD_EMODEL, r->name,
 					   "layer '%s': mask '%s' holds values other than 0 and 1",
 					   r->name, mc->name);
+		prune_mask_bits(&w, x->keep, bits, &counts);
 	}
 	ptrdiff_t wci = prune_graph_find(g, wc->name, strlen(wc->name));
 	bool moved;
-	if ((rc = prune_sparsify(g, &x->cons, l, (size_t)li, (size_t)wci, &w, x->keep, refresh,
-				 ignore_scope, (void *)r->scope, &moved, e)))
+	if ((rc = prune_sparsify(g, &x->cons, l, (size_t)li, (size_t)wci, &w, x->keep, bits,
+				 counts, refresh, ignore_scope, (void *)r->scope, &moved, e)))
 		return rc;
 	if (!moved)
 		ln->input[1] = (char *)r->weight_input;

@@ -359,35 +359,43 @@ int prune_mask_nan_check(const prune_tensor_t *w, const char *layer, sd_error_t 
 	return at < w->n ? nan_error(w, at, layer ? layer : "", e) : 0;
 }
 
+/* The view of w around axis, or SD_EUSAGE naming layer. */
+static int checked_view(const prune_tensor_t *w, int axis, const char *layer, view_t *v,
+			sd_error_t *e)
+{
+	if (!view_of(w, axis, v))
+		return 0;
+	return sd_err_node(e, SD_EUSAGE, layer,
+			   "layer '%s': prune axis %d is not valid for a %s tensor of rank %d",
+			   layer, axis, w ? prune_dtype_name(w->dtype) : "missing",
+			   w ? w->rank : 0);
+}
+
+/* The kernel for w's dtype on view v of data; non-zero when a NaN was seen. */
+static int mask_any(int dtype, const void *data, const view_t *v, uint8_t *keep)
+{
+	switch (dtype) {
+	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
+		return mask32(data, v, keep, ABS32, INF32) != 0;
+	case TENSORFLOW__DATA_TYPE__DT_DOUBLE:
+		return mask64(data, v, keep, ABS64, INF64) != 0;
+	case TENSORFLOW__DATA_TYPE__DT_HALF:
+		return mask16(data, v, keep, ABS16, INF_HALF) != 0;
+	default: /* DT_BFLOAT16; view_of() rejected every other dtype */
+		return mask16(data, v, keep, ABS16, INF_BF16) != 0;
+	}
+}
+
 int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep, const char *layer,
 		    sd_error_t *e)
 {
 	view_t v;
 	if (!layer)
 		layer = "";
-	if (view_of(w, axis, &v))
-		return sd_err_node(e, SD_EUSAGE, layer,
-				   "layer '%s': prune axis %d is not valid for a %s tensor of rank %d",
-				   layer, axis, w ? prune_dtype_name(w->dtype) : "missing",
-				   w ? w->rank : 0);
-	if (!w->n)
-		return 0;
-	int bad;
-	switch (w->dtype) {
-	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
-		bad = mask32(w->data, &v, keep, ABS32, INF32) != 0;
-		break;
-	case TENSORFLOW__DATA_TYPE__DT_DOUBLE:
-		bad = mask64(w->data, &v, keep, ABS64, INF64) != 0;
-		break;
-	case TENSORFLOW__DATA_TYPE__DT_HALF:
-		bad = mask16(w->data, &v, keep, ABS16, INF_HALF) != 0;
-		break;
-	default: /* DT_BFLOAT16; view_of() rejected every other dtype */
-		bad = mask16(w->data, &v, keep, ABS16, INF_BF16) != 0;
-		break;
-	}
-	return bad ? nan_error(w, first_nan(w), layer, e) : 0;
+	int rc = checked_view(w, axis, layer, &v, e);
+	if (rc || !w->n)
+		return rc;
+	return mask_any(w->dtype, w->data, &v, keep) ? nan_error(w, first_nan(w), layer, e) : 0;
 }
 
 /*
@@ -462,25 +470,75 @@ DEFINE_BITS_SCALAR(bits64, prune_u64u_t, UINT64_C(0x7FFFFFFFFFFFFFFF))
 DEFINE_BITS_VEC(bits16, bits16_tail, prune_i16u_t, v8hi_t, 2, narrow16, ABS16)
 DEFINE_BITS_VEC(bits32, bits32_tail, prune_i32u_t, v4si_t, 4, narrow32, ABS32)
 
-void prune_mask_bits(const prune_tensor_t *w, uint8_t *keep, uint8_t *bits,
-		     prune_mask_counts_t *c)
+/* Bits and counts for n elements of dtype at data, the first at bit 0 of bits[0]. */
+static void bits_any(int dtype, const void *data, uint8_t *keep, size_t n, uint8_t *bits,
+		     size_t *zeroed, size_t *kept)
 {
-	size_t zeroed = 0, kept = 0;
-	switch (prune_dtype_size(w->dtype)) {
+	switch (prune_dtype_size(dtype)) {
 	case 2:
-		bits16(w->data, keep, w->n, bits, &zeroed, &kept);
+		bits16(data, keep, n, bits, zeroed, kept);
 		break;
 	case 4:
-		bits32(w->data, keep, w->n, bits, &zeroed, &kept);
+		bits32(data, keep, n, bits, zeroed, kept);
 		break;
 	case 8:
-		bits64(w->data, keep, w->n, bits, &zeroed, &kept);
+		bits64(data, keep, n, bits, zeroed, kept);
 		break;
 	default:
 		break;
 	}
+}
+
+void prune_mask_bits(const prune_tensor_t *w, uint8_t *keep, uint8_t *bits,
+		     prune_mask_counts_t *c)
+{
+	size_t zeroed = 0, kept = 0;
+	bits_any(w->dtype, w->data, keep, w->n, bits, &zeroed, &kept);
 	c->zeroed = zeroed;
 	c->zeros = w->n - kept;
+}
+
+/* Elements per piece of prune_mask_2of4_bits: the piece's weights and keep bytes stay
+ * in a core's L2 between the two passes. */
+#define PIECE ((size_t)1 << 16)
+
+int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_t *keep, uint8_t *bits,
+			 prune_mask_counts_t *c, const char *layer, sd_error_t *e)
+{
+	view_t v;
+	if (!layer)
+		layer = "";
+	int rc = checked_view(w, axis, layer, &v, e);
+	*c = (prune_mask_counts_t){0, 0};
+	if (rc || !w->n)
+		return rc;
+	const uint8_t *base = w->data;
+	size_t es = prune_dtype_size(w->dtype), groups = (v.c + 3) / 4;
+	size_t step = PIECE / (4 * v.inner) ? PIECE / (4 * v.inner) : 1;
+	size_t done = 0, zeroed = 0, kept = 0;
+	int bad = 0;
+	for (size_t o = 0; o < v.outer; o++) {
+		for (size_t g = 0; g < groups; g += step) {
+			/* Whole groups of one outer slice are contiguous: a view of their own. */
+			size_t g1 = g + step < groups ? g + step : groups;
+			size_t first = (o * v.c + 4 * g) * v.inner;
+			view_t piece = {1, (4 * g1 < v.c ? 4 * g1 : v.c) - 4 * g, v.inner};
+			bad |= mask_any(w->dtype, base + first * es, &piece, keep + first);
+			/* Bits go a whole byte at a time; the last < 8 elements wait. */
+			size_t end = first + piece.c * v.inner;
+			size_t upto = end == w->n ? end : end & ~(size_t)7;
+			if (upto > done) {
+				bits_any(w->dtype, base + done * es, keep + done, upto - done,
+					 bits + done / 8, &zeroed, &kept);
+				done = upto;
+			}
+		}
+	}
+	if (bad)
+		return nan_error(w, first_nan(w), layer, e);
+	c->zeroed = zeroed;
+	c->zeros = w->n - kept;
+	return 0;
 }
 
 /*

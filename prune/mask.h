@@ -51,6 +51,15 @@ void prune_mask_bits(const prune_tensor_t *w, uint8_t *keep, uint8_t *bits,
 		     prune_mask_counts_t *c);
 
 /*
+ * prune_mask_2of4 then prune_mask_bits, piece by piece, so each piece of w is still in
+ * cache when the second pass reads it: what prune and export run for a fresh mask.
+ * Returns as prune_mask_2of4.
+ */
+SD_MUST_CHECK int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_t *keep,
+				       uint8_t *bits, prune_mask_counts_t *c, const char *layer,
+				       sd_error_t *e);
+
+/*
  * dst := src * mask for n elements of dtype starting at element `first` of a tensor
  * whose mask is bits (from prune_mask_bits); src and dst point at element `first` and
  * need no alignment. first must be a multiple of 8. A masked element becomes the zero

@@ -1,9 +1,10 @@
 /*
  * prune_oneshot: 2:4 on the constants of a frozen graph (see oneshot.h).
  *
- * Workload: per pruned layer one read of the weight in place, one mask pass into a
- * scratch buffer reused across layers, one in-place write: the weights are never
- * copied unless another node also reads them.
+ * Workload: per pruned layer one read of the weight where it lies (mask and bits, in
+ * cache-sized pieces, keep bytes in a scratch buffer reused across layers) and one
+ * more when the save writes it masked: the weights are never copied, not even for a
+ * weight another node also reads.
  */
 #include "oneshot.h"
 
@@ -55,15 +56,19 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 		prune_tensor_t w;
 		bool moved;
 		size_t wi = l->weight_node;
+		uint8_t *bits = NULL;
+		prune_mask_counts_t counts;
 		rc = prune_tensor_read(prune_node_attr(prune_graph_node(g, wi), "value")->tensor,
 				       max_elems, l->weight, a, &w, e);
 		if (!rc)
 			rc = prune_scratch(&keep, &cap, w.n, e);
+		if (!rc && !(bits = arena_alloc(a, w.n / 8 + 1)))
+			rc = sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", l->name);
 		if (!rc)
-			rc = prune_mask_2of4(&w, l->axis, keep, l->name, e);
+			rc = prune_mask_2of4_bits(&w, l->axis, keep, bits, &counts, l->name, e);
 		if (!rc)
-			rc = prune_sparsify(g, &cons, l, l->node, wi, &w, keep, true, NULL, NULL,
-					    &moved, e);
+			rc = prune_sparsify(g, &cons, l, l->node, wi, &w, keep, bits, counts, true,
+					    NULL, NULL, &moved, e);
 		if (!rc && moved)
 			l->detail = arena_sprintf(a, "%s (shared weight copied to '%s')", l->detail,
 						  prune_graph_node(g, l->node)->input[1]);

@@ -40,16 +40,12 @@ void prune_sparsify_stats(prune_layer_t *l, const prune_tensor_t *w)
 }
 
 int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *l,
-		   size_t layer_idx, size_t cidx, const prune_tensor_t *w, uint8_t *keep,
-		   bool keep_2of4, prune_ignore_cb ignore, void *ud, bool *moved, sd_error_t *e)
+		   size_t layer_idx, size_t cidx, const prune_tensor_t *w, const uint8_t *keep,
+		   const uint8_t *bits, prune_mask_counts_t counts, bool keep_2of4,
+		   prune_ignore_cb ignore, void *ud, bool *moved, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
 	Tensorflow__NodeDef *cn = prune_graph_node(g, cidx);
-	uint8_t *bits = arena_alloc(a, w->n / 8 + 1);
-	if (!bits)
-		return sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", l->name);
-	prune_mask_counts_t counts;
-	prune_mask_bits(w, keep, bits, &counts);
 	Tensorflow__TensorProto *tp;
 	*moved = !exclusive(g, c, cidx, layer_idx, ignore, ud, 0);
 	if (!*moved) {

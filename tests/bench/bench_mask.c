@@ -1,10 +1,11 @@
 /*
- * bench_mask: throughput of the 2:4 kernel as export and prune run it (prune_mask_2of4,
- * prune_mask_bits, prune_mask_apply_bits from the weights into an output buffer).
+ * bench_mask: throughput of the 2:4 kernel as export and prune run it (mask and bits by
+ * prune_mask_2of4_bits, then prune_mask_apply_bits from the weights into an output
+ * buffer, as the save does).
  *
  * Design: a standalone program, never run by `meson test` (timings on shared CI runners
  * are noise). For each layout it fills a weight tensor with random values once, then
- * times the three best-of-5 with CLOCK_MONOTONIC and reports GB/s of weights (input
+ * times the two best-of-5 with CLOCK_MONOTONIC and reports GB/s of weights (input
  * bytes, not bytes moved: that is the figure a user relates to model size). The
  * weights are only read, so every run prunes the same dense tensor; the output buffer
  * is touched before each run, outside the timed region. Layouts cover the paths: rows
@@ -85,8 +86,7 @@ static double bench_one(int dtype, int rank, const int64_t *dims, int axis, int 
 		sd_err_clear(&e);
 		prune_mask_counts_t c;
 		double t0 = now();
-		int rc = prune_mask_2of4(&t, axis, keep, "bench", &e);
-		prune_mask_bits(&t, keep, bits, &c);
+		int rc = prune_mask_2of4_bits(&t, axis, keep, bits, &c, "bench", &e);
 		prune_mask_apply_bits(dtype, orig, work, bits, 0, t.n);
 		double dt = now() - t0;
 		if (rc) {

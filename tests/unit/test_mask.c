@@ -495,6 +495,60 @@ START_TEST(bits_and_apply_long)
 }
 END_TEST
 
+/* The pieced driver equals the kernel followed by prune_mask_bits, for shapes whose
+ * pieces end mid-byte, whole groups per piece of one row, adjacent groups, odd C. */
+START_TEST(pieces_equal_two_passes)
+{
+	static const struct {
+		int rank, axis;
+		int64_t dims[4];
+	} shapes[] = {
+		{2, 0, {4099, 35}},   /* pieces of 468 groups x 35: ends not byte-aligned */
+		{2, 1, {35, 70001}},  /* inner == 1, many groups per row */
+		{4, 2, {3, 3, 9, 1000}},
+		{2, 0, {7, 1 << 17}}, /* one group is larger than a piece */
+		{1, 0, {5}},
+	};
+	rng_state = 0xB175u;
+	for (size_t d = 0; d < 4; d++)
+		for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++) {
+			case_t c;
+			case_new(&c, all_dtypes[d], shapes[k].rank, shapes[k].dims);
+			fill(&c, 3);
+			size_t n = c.t.n;
+			uint8_t *keep2 = malloc(n), *b1 = malloc(n / 8 + 1), *b2 = malloc(n / 8 + 1);
+			prune_mask_counts_t c1, c2;
+			sd_error_t e;
+			ck_assert_int_eq(prune_mask_2of4(&c.t, shapes[k].axis, c.keep, "l", &e), 0);
+			prune_mask_bits(&c.t, c.keep, b1, &c1);
+			ck_assert_int_eq(prune_mask_2of4_bits(&c.t, shapes[k].axis, keep2, b2, &c2,
+							      "l", &e),
+					 0);
+			ck_assert(memcmp(c.keep, keep2, n) == 0);
+			ck_assert(memcmp(b1, b2, (n + 7) / 8) == 0);
+			ck_assert_uint_eq(c1.zeroed, c2.zeroed);
+			ck_assert_uint_eq(c1.zeros, c2.zeros);
+			free(keep2);
+			free(b1);
+			free(b2);
+			case_free(&c);
+		}
+	/* A NaN in a later piece is still reported with its flat index. */
+	case_t c;
+	int64_t dims[2] = {400, 1000};
+	case_new(&c, DT_F32, 2, dims);
+	fill(&c, 1);
+	put(DT_F32, c.t.data, 300123, NAN);
+	uint8_t *b = malloc(c.t.n / 8 + 1);
+	prune_mask_counts_t cnt;
+	sd_error_t e;
+	ck_assert_int_eq(prune_mask_2of4_bits(&c.t, 0, c.keep, b, &cnt, "lay", &e), SD_EMODEL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "flat index 300123"));
+	free(b);
+	case_free(&c);
+}
+END_TEST
+
 START_TEST(apply_gives_signed_zeros)
 {
 	rng_state = 0xA99u;
@@ -619,6 +673,7 @@ static Suite *mask_suite(void)
 	TCase *tu = tcase_create("apply");
 	tcase_add_test(tu, apply_gives_signed_zeros);
 	tcase_add_test(tu, bits_and_apply_long);
+	tcase_add_test(tu, pieces_equal_two_passes);
 	tcase_add_test(tu, is_2of4_cases);
 	suite_add_tcase(s, tu);
 	return s;
