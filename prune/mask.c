@@ -443,7 +443,7 @@ DEFINE_BITS_SCALAR(bits64, prune_u64u_t, UINT64_C(0x7FFFFFFFFFFFFFFF))
 	static void NAME(const S *w, uint8_t *keep, size_t n, uint8_t *bits,            \
 			 size_t *zeroed, size_t *kept)                                  \
 	{                                                                              \
-		size_t i = 0;                                                          \
+		size_t i = 0, z = 0, kk = 0; /* locals: the byte stores may alias */   \
 		for (; i + BLOCK <= n; i += BLOCK) {                                   \
 			V q[NV];                                                       \
 			uint8_t nzb[BLOCK];                                            \
@@ -460,10 +460,12 @@ DEFINE_BITS_SCALAR(bits64, prune_u64u_t, UINT64_C(0x7FFFFFFFFFFFFFFF))
 				uint64_t eff = k & nz;                                 \
 				memcpy(keep + i + 8 * h, &eff, 8);                     \
 				bits[i / 8 + (size_t)h] = pack8(eff);                  \
-				*zeroed += count8(nz & ~k);                            \
-				*kept += count8(eff);                                  \
+				z += count8(nz & ~k);                                  \
+				kk += count8(eff);                                     \
 			}                                                              \
 		}                                                                      \
+		*zeroed += z;                                                          \
+		*kept += kk;                                                           \
 		TAIL((const void *)(w + i), keep + i, n - i, bits + i / 8, zeroed, kept); \
 	}
 
