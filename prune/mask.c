@@ -33,7 +33,11 @@
  */
 #include "mask.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Abs and inf patterns per element width (float16: 0x7C00; bfloat16: 0x7F80). */
 #define ABS16 0x7FFF
@@ -541,6 +545,79 @@ int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_t *keep, uint8
 	c->zeroed = zeroed;
 	c->zeros = w->n - kept;
 	return 0;
+}
+
+/* ---- batches on threads ---- */
+
+typedef struct batch {
+	prune_mask_job_t *jobs;
+	size_t n;
+	atomic_size_t next;
+	int *rc; /* per job */
+} batch_t;
+
+/* Takes jobs until none is left; each runs with this thread's keep scratch. */
+static void *batch_worker(void *arg)
+{
+	batch_t *b = arg;
+	uint8_t *keep = NULL;
+	size_t cap = 0;
+	for (size_t i; (i = atomic_fetch_add(&b->next, 1)) < b->n;) {
+		prune_mask_job_t *j = &b->jobs[i];
+		if (j->w->n > cap) {
+			free(keep);
+			cap = j->w->n;
+			if (!(keep = malloc(cap))) {
+				cap = 0;
+				b->rc[i] = SD_ENOMEM;
+				continue;
+			}
+		}
+		b->rc[i] = prune_mask_2of4_bits(j->w, j->axis, keep, j->bits, &j->counts, j->layer,
+					       NULL);
+	}
+	free(keep);
+	return NULL;
+}
+
+int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads, sd_error_t *e)
+{
+	int *rc = calloc(n + 1, sizeof(*rc));
+	if (!rc)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	batch_t b = {.jobs = jobs, .n = n, .rc = rc};
+	atomic_init(&b.next, 0);
+	pthread_t tid[8];
+	int started = 0;
+	for (int t = 1; t < threads && t < 8 && (size_t)t < n; t++)
+		if (pthread_create(&tid[started], NULL, batch_worker, &b) == 0)
+			started++;
+	batch_worker(&b);
+	for (int t = 0; t < started; t++)
+		pthread_join(tid[t], NULL);
+	int out = 0;
+	for (size_t i = 0; i < n && !out; i++) {
+		if (rc[i] == SD_ENOMEM) {
+			out = sd_err(e, SD_ENOMEM, "out of memory (%zu bytes for a mask)", jobs[i].w->n);
+		} else if (rc[i]) {
+			/* Again on this thread, for the message of the first failure in order. */
+			uint8_t *keep = malloc(jobs[i].w->n + 1);
+			out = keep ? prune_mask_2of4_bits(jobs[i].w, jobs[i].axis, keep, jobs[i].bits,
+							  &jobs[i].counts, jobs[i].layer, e)
+				   : sd_err(e, SD_ENOMEM, "out of memory");
+			free(keep);
+		}
+	}
+	free(rc);
+	return out;
+}
+
+int prune_mask_threads(size_t bytes)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (bytes < ((size_t)8 << 20) || cpus < 2)
+		return 1;
+	return cpus > 8 ? 8 : (int)cpus;
 }
 
 /*

@@ -59,6 +59,30 @@ SD_MUST_CHECK int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_
 				       uint8_t *bits, prune_mask_counts_t *c, const char *layer,
 				       sd_error_t *e);
 
+/* One weight of a batch for prune_mask_batch. */
+typedef struct prune_mask_job {
+	const prune_tensor_t *w;
+	int axis;
+	const char *layer;
+	uint8_t *bits;              /* (w->n + 7) / 8 bytes, filled */
+	prune_mask_counts_t counts; /* filled */
+} prune_mask_job_t;
+
+/*
+ * prune_mask_2of4_bits on every job (keep bytes in scratch of its own), on up to
+ * `threads` threads including the caller's: the layers of a model are independent,
+ * and a stage has nothing else to do until its masks exist. Returns 0, or the error of
+ * the first failing job in array order, as prune_mask_2of4_bits reports it (SD_ENOMEM
+ * when scratch cannot be had). threads < 1 counts as 1.
+ */
+SD_MUST_CHECK int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads,
+				   sd_error_t *e);
+
+/* How many threads prune_mask_batch is worth for weights of `bytes` bytes on this
+ * machine: the online CPUs (at most 8), or 1 below a few MB (thread start-up would cost
+ * more than it saves). */
+int prune_mask_threads(size_t bytes);
+
 /*
  * dst := src * mask for n elements of dtype starting at element `first` of a tensor
  * whose mask is bits (from prune_mask_bits); src and dst point at element `first` and

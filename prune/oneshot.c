@@ -2,9 +2,9 @@
  * prune_oneshot: 2:4 on the constants of a frozen graph (see oneshot.h).
  *
  * Workload: per pruned layer one read of the weight where it lies (mask and bits, in
- * cache-sized pieces, keep bytes in a scratch buffer reused across layers) and one
- * more when the save writes it masked: the weights are never copied, not even for a
- * weight another node also reads.
+ * cache-sized pieces, layers spread over the cores) and one more when the save writes
+ * it masked: the weights are never copied, not even for a weight another node also
+ * reads.
  */
 #include "oneshot.h"
 
@@ -46,38 +46,46 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 	prune_consumers_t cons;
 	if ((rc = prune_graph_consumers(g, &cons, e)))
 		return rc;
+	/* Every weight is read and its mask computed first, the masks on all cores (the
+	 * layers are independent); then the graph is edited, in layer order, on this
+	 * thread. */
 	arena_t *a = prune_graph_arena(g);
-	uint8_t *keep = NULL;
-	size_t cap = 0;
-	for (size_t i = 0; !rc && i < res->n_layers; i++) {
+	prune_mask_job_t *jobs = arena_calloc(a, res->n_layers + 1, sizeof(*jobs));
+	prune_tensor_t *ws = arena_calloc(a, res->n_layers + 1, sizeof(*ws));
+	size_t *at = arena_calloc(a, res->n_layers + 1, sizeof(*at));
+	if (!jobs || !ws || !at)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	size_t nj = 0, bytes = 0;
+	for (size_t i = 0; i < res->n_layers; i++) {
 		prune_layer_t *l = &res->layers[i];
 		if (l->action != PRUNE_ACTION_PRUNED)
 			continue;
-		prune_tensor_t w;
+		Tensorflow__NodeDef *wn = prune_graph_node(g, l->weight_node);
+		if ((rc = prune_tensor_read(prune_node_attr(wn, "value")->tensor, max_elems,
+					    l->weight, a, &ws[nj], e)))
+			return rc;
+		uint8_t *bits = arena_alloc(a, ws[nj].n / 8 + 1);
+		if (!bits)
+			return sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", l->name);
+		jobs[nj] = (prune_mask_job_t){.w = &ws[nj], .axis = l->axis, .layer = l->name,
+					      .bits = bits};
+		bytes += ws[nj].n * prune_dtype_size(ws[nj].dtype);
+		at[nj++] = i;
+	}
+	if ((rc = prune_mask_batch(jobs, nj, prune_mask_threads(bytes), e)))
+		return rc;
+	for (size_t k = 0; k < nj; k++) {
+		prune_layer_t *l = &res->layers[at[k]];
 		bool moved;
-		size_t wi = l->weight_node;
-		uint8_t *bits = NULL;
-		prune_mask_counts_t counts;
-		rc = prune_tensor_read(prune_node_attr(prune_graph_node(g, wi), "value")->tensor,
-				       max_elems, l->weight, a, &w, e);
-		if (!rc)
-			rc = prune_scratch(&keep, &cap, w.n, e);
-		if (!rc && !(bits = arena_alloc(a, w.n / 8 + 1)))
-			rc = sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", l->name);
-		if (!rc)
-			rc = prune_mask_2of4_bits(&w, l->axis, keep, bits, &counts, l->name, e);
-		if (!rc)
-			rc = prune_sparsify(g, &cons, l, l->node, wi, &w, keep, bits, counts, true,
-					    NULL, NULL, &moved, e);
-		if (!rc && moved)
+		if ((rc = prune_sparsify(g, &cons, l, l->node, l->weight_node, &ws[k], NULL,
+					 jobs[k].bits, jobs[k].counts, true, NULL, NULL, &moved, e)))
+			return rc;
+		if (moved)
 			l->detail = arena_sprintf(a, "%s (shared weight copied to '%s')", l->detail,
 						  prune_graph_node(g, l->node)->input[1]);
 		res->weights += l->elems;
 		res->weights_zeroed += l->zeroed;
 	}
-	free(keep);
-	if (rc)
-		return rc;
 	prune_result_count(res);
 	res->nodes_out = prune_graph_count(g);
 	return 0;

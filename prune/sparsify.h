@@ -25,8 +25,8 @@ typedef bool (*prune_ignore_cb)(void *ud, const Tensorflow__NodeDef *consumer);
  * masked by bits as described above: w itself is never modified (it may lie in the
  * read-only model file); the mask goes to the save (prune_graph_mask_on_save). keep,
  * bits and counts come from prune_mask_2of4_bits or prune_mask_bits; bits must live as
- * long as the graph. keep_2of4 says keep came from the 2:4 kernel (the result then
- * needs no verifying pass over keep). Fills l->zeros, l->zeroed, l->is_2of4, l->elems,
+ * long as the graph. keep_2of4 says the mask came from the 2:4 kernel (the result then
+ * needs no verifying pass, and keep may be NULL). Fills l->zeros, l->zeroed, l->is_2of4, l->elems,
  * l->examined. *moved is set when a new Const was made (the layer's input 1 then names
  * it). Returns 0, SD_EMODEL (name taken), SD_ENOMEM.
  */

@@ -82,13 +82,20 @@ static void put(int dt, void *data, size_t i, double v)
 
 static uint64_t bits(int dt, const void *data, size_t i)
 {
+	/* memcpy: the data may sit at any address, as weights in a mapped model do */
+	uint64_t v8;
+	uint32_t v4;
+	uint16_t v2;
 	switch (esize(dt)) {
 	case 8:
-		return ((const uint64_t *)data)[i];
+		memcpy(&v8, (const uint8_t *)data + 8 * i, 8);
+		return v8;
 	case 4:
-		return ((const uint32_t *)data)[i];
+		memcpy(&v4, (const uint8_t *)data + 4 * i, 4);
+		return v4;
 	default:
-		return ((const uint16_t *)data)[i];
+		memcpy(&v2, (const uint8_t *)data + 2 * i, 2);
+		return v2;
 	}
 }
 
@@ -549,6 +556,51 @@ START_TEST(pieces_equal_two_passes)
 }
 END_TEST
 
+/* A batch on several threads gives each job what prune_mask_2of4_bits gives it alone,
+ * and reports the first failing job in array order whatever thread met it. */
+START_TEST(batch_on_threads)
+{
+	enum { JOBS = 9 };
+	case_t c[JOBS];
+	prune_mask_job_t jobs[JOBS];
+	uint8_t *want[JOBS];
+	prune_mask_counts_t wc[JOBS];
+	rng_state = 0xBA7Cu;
+	for (int j = 0; j < JOBS; j++) {
+		int64_t dims[2] = {4 + 13 * j, 1000 + j};
+		case_new(&c[j], all_dtypes[j % 4], 2, dims);
+		fill(&c[j], 1);
+		size_t nb = c[j].t.n / 8 + 1;
+		want[j] = malloc(nb);
+		sd_error_t e;
+		ck_assert_int_eq(prune_mask_2of4_bits(&c[j].t, 0, c[j].keep, want[j], &wc[j], "l",
+						      &e),
+				 0);
+		jobs[j] = (prune_mask_job_t){.w = &c[j].t, .axis = 0, .layer = "l",
+					     .bits = calloc(nb, 1)};
+	}
+	sd_error_t e;
+	ck_assert_int_eq(prune_mask_batch(jobs, JOBS, 4, &e), 0);
+	for (int j = 0; j < JOBS; j++) {
+		ck_assert(memcmp(jobs[j].bits, want[j], (c[j].t.n + 7) / 8) == 0);
+		ck_assert_uint_eq(jobs[j].counts.zeroed, wc[j].zeroed);
+		ck_assert_uint_eq(jobs[j].counts.zeros, wc[j].zeros);
+	}
+	put(c[2].t.dtype, c[2].t.data, 77, NAN);
+	put(c[6].t.dtype, c[6].t.data, 5, NAN);
+	jobs[2].layer = "second";
+	jobs[6].layer = "sixth";
+	ck_assert_int_eq(prune_mask_batch(jobs, JOBS, 4, &e), SD_EMODEL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "'second'"));
+	ck_assert_ptr_nonnull(strstr(e.msg, "flat index 77"));
+	for (int j = 0; j < JOBS; j++) {
+		free(want[j]);
+		free(jobs[j].bits);
+		case_free(&c[j]);
+	}
+}
+END_TEST
+
 START_TEST(apply_gives_signed_zeros)
 {
 	rng_state = 0xA99u;
@@ -674,6 +726,7 @@ static Suite *mask_suite(void)
 	tcase_add_test(tu, apply_gives_signed_zeros);
 	tcase_add_test(tu, bits_and_apply_long);
 	tcase_add_test(tu, pieces_equal_two_passes);
+	tcase_add_test(tu, batch_on_threads);
 	tcase_add_test(tu, is_2of4_cases);
 	suite_add_tcase(s, tu);
 	return s;

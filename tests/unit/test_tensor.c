@@ -59,13 +59,20 @@ static size_t esize(int dt) { return dt == DT_F64 ? 8 : dt == DT_F32 ? 4 : 2; }
 /* Element i of a decoded tensor as raw bits, for exact comparisons. */
 static uint64_t bits_at(int dt, const void *data, size_t i)
 {
+	/* memcpy: the data may sit at any address, as weights in a mapped model do */
+	uint64_t v8;
+	uint32_t v4;
+	uint16_t v2;
 	switch (esize(dt)) {
 	case 8:
-		return ((const uint64_t *)data)[i];
+		memcpy(&v8, (const uint8_t *)data + 8 * i, 8);
+		return v8;
 	case 4:
-		return ((const uint32_t *)data)[i];
+		memcpy(&v4, (const uint8_t *)data + 4 * i, 4);
+		return v4;
 	default:
-		return ((const uint16_t *)data)[i];
+		memcpy(&v2, (const uint8_t *)data + 2 * i, 2);
+		return v2;
 	}
 }
 
