@@ -9,7 +9,7 @@ Issue targets, judged per line:
 
 Method: every command runs in its own process (posix_spawn + wait4: wall time and that
 child's ru_maxrss). All commands run once as warm-up (so every input is in the page
-cache), then best of N rounds, all warm (N=3, 1 for the large model); outputs are deleted
+cache), then best of N rounds, all warm (N=3); outputs are deleted
 and `sync` runs between commands, untimed, so one command's dirty pages are not the next
 one's cost. Like `cp`, the sparsityd CLI leaves writeback to the kernel by default; the
 target is judged on that pair. `sparsityd --fsync` against `cp+fsync` (cp, then
@@ -275,7 +275,7 @@ def main():
     ap.add_argument("work", nargs="?", default=os.path.join(ROOT, "build", "bench-models"))
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--large-runs", type=int, default=1)
+    ap.add_argument("--large-runs", type=int, default=3)
     ap.add_argument("--sparsityd", default=os.path.join(ROOT, "build", "daemon", "sparsityd"))
     ap.add_argument("--keep-outputs", action="store_true")
     ap.add_argument("--rebuild", action="store_true",
