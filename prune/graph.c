@@ -51,8 +51,8 @@ struct prune_graph {
 	Tensorflow__MetaGraphDef *meta;
 	Tensorflow__GraphDef *gd;
 	size_t node_cap;   /* capacity of gd->node */
-	slot_t *slots;     /* open addressing, load factor <= 1/2 */
-	size_t nslots;     /* power of two, > 2 * node count */
+	slot_t *slots;     /* open addressing, load factor <= 2/3 (see index_fits) */
+	size_t nslots;     /* power of two */
 };
 
 const char *prune_format_name(prune_format_t f)
@@ -123,12 +123,11 @@ ptrdiff_t prune_graph_find(const prune_graph_t *g, const char *name, size_t len)
 	}
 }
 
-/* Inserts node idx; returns the index already holding that name, or -1 if new. */
-static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
+/* Inserts node idx, called name with hash h; returns the index already holding that
+ * name, or -1 if new. */
+static ptrdiff_t index_put_hashed(prune_graph_t *g, size_t idx, const char *name, uint32_t h)
 {
-	const char *name = g->gd->node[idx]->name;
-	size_t len = strlen(name), mask = g->nslots - 1;
-	uint32_t h = hash_name(name, len);
+	size_t mask = g->nslots - 1;
 	for (size_t i = h & mask;; i = (i + 1) & mask) {
 		slot_t *s = &g->slots[i];
 		if (s->idx < 0) {
@@ -140,11 +139,27 @@ static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
 	}
 }
 
-/* A fresh, empty table for want nodes (load factor at most 1/2). */
+static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
+{
+	const char *name = g->gd->node[idx]->name;
+	return index_put_hashed(g, idx, name, hash_name(name, strlen(name)));
+}
+
+/*
+ * Whether a table of n slots takes want nodes. At most 2/3 full: linear probing stays
+ * short, and the table stays small enough to sit in cache while a stage adds tens of
+ * thousands of nodes (each add is a lookup at a random slot).
+ */
+static bool index_fits(size_t n, size_t want)
+{
+	return want + want / 2 + 2 <= n;
+}
+
+/* A fresh, empty table for want nodes. */
 static int index_alloc(prune_graph_t *g, size_t want, sd_error_t *e)
 {
 	size_t n = 16;
-	while (n < 2 * want + 2)
+	while (!index_fits(n, want))
 		n <<= 1;
 	if (want > INT32_MAX)
 		return sd_err(e, SD_ETOOBIG, "%zu nodes is more than a graph can hold", want);
@@ -533,7 +548,7 @@ int prune_graph_reserve(prune_graph_t *g, size_t extra, sd_error_t *e)
 		gd->node = nn;
 		g->node_cap = want;
 	}
-	return 2 * want + 2 > g->nslots ? index_grow(g, want, e) : 0;
+	return index_fits(g->nslots, want) ? 0 : index_grow(g, want, e);
 }
 
 Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *s,
@@ -549,8 +564,9 @@ Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *
 		gd->node = nn;
 		g->node_cap = cap;
 	}
-	if (2 * (gd->n_node + 1) + 2 > g->nslots && index_grow(g, 2 * (gd->n_node + 1), e))
+	if (!index_fits(g->nslots, gd->n_node + 1) && index_grow(g, 2 * (gd->n_node + 1), e))
 		return NULL;
+	uint32_t h = hash_name(s->name, strlen(s->name));
 	/* Layout: node, attr entries, attr pointers, input pointers (all pointer-aligned). */
 	Tensorflow__NodeDef *n =
 		arena_alloc(g->arena, sizeof(*n) + s->n_attrs * (sizeof(*n->attr[0]) +
@@ -577,7 +593,7 @@ Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *
 		memcpy(n->input, s->inputs, s->n_inputs * sizeof(*n->input));
 	n->n_input = s->n_inputs;
 	gd->node[gd->n_node] = n;
-	if (index_put(g, gd->n_node) >= 0) {
+	if (index_put_hashed(g, gd->n_node, s->name, h) >= 0) {
 		sd_err_node(e, SD_EMODEL, s->name, "node name '%s' is already taken", s->name);
 		return NULL;
 	}
