@@ -184,6 +184,18 @@ START_TEST(export_fresh_mask_restores_the_original_graph)
 	ck_assert_str_eq(node(g, "mm_b")->input[1], "mm_b/weight_2of4");
 	assert_same(value(out, "wb"), wb);
 	assert_same(value(out, "mm_b/weight_2of4"), expected(wb, 1));
+	/* A text save writes the masked values too. */
+	size_t tlen;
+	char *text = tu_save(g, PRUNE_FMT_PBTXT, &tlen);
+	char *tcopy = arena_strndup(&A, text, tlen);
+	free(text);
+	prune_graph_t *tg;
+	ck_assert_int_eq(prune_graph_load((const uint8_t *)tcopy, tlen, "saved.pbtxt",
+					  PRUNE_FMT_PBTXT, 1u << 20, &A, &tg, &e),
+			 0);
+	assert_same(value(tg, "wa"), expected(wa, 0));
+	assert_same(value(tg, "mm_b/weight_2of4"), expected(wb, 1));
+	assert_same(value(tg, "wb"), wb);
 	/* The in-memory form, once materialised, is the same as the written one. */
 	ck_assert_int_eq(prune_graph_materialize(g, &e), 0);
 	assert_same(value(g, "wa"), expected(wa, 0));
