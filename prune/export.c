@@ -78,38 +78,6 @@ static int read_step(const Tensorflow__NodeDef *n, const char *layer, int64_t *s
 	return 0;
 }
 
-/* keep[i] = (m[i] != 0); fails unless every value is exactly 0 or 1 (compared as bit
- * patterns: +0, -0 and the format's 1.0). */
-#define DEFINE_KEEP(NAME, U)                                                            \
-	static int NAME(const U *m, size_t n, U one, U sign, uint8_t *keep)             \
-	{                                                                               \
-		unsigned bad = 0;                                                       \
-		for (size_t i = 0; i < n; i++) {                                        \
-			U v = m[i] & (U)~sign;                                          \
-			bad |= (v != 0) & (m[i] != one);                                \
-			keep[i] = v != 0;                                               \
-		}                                                                       \
-		return bad ? -1 : 0;                                                    \
-	}
-DEFINE_KEEP(keep16, prune_u16u_t)
-DEFINE_KEEP(keep32, prune_u32u_t)
-DEFINE_KEEP(keep64, prune_u64u_t)
-
-static int keep_from_mask(const prune_tensor_t *m, uint8_t *keep)
-{
-	switch (m->dtype) {
-	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
-		return keep32(m->data, m->n, 0x3F800000u, 0x80000000u, keep);
-	case TENSORFLOW__DATA_TYPE__DT_DOUBLE:
-		return keep64(m->data, m->n, UINT64_C(0x3FF0000000000000),
-			      UINT64_C(0x8000000000000000), keep);
-	case TENSORFLOW__DATA_TYPE__DT_HALF:
-		return keep16(m->data, m->n, 0x3C00u, 0x8000u, keep);
-	default:
-		return keep16(m->data, m->n, 0x3F80u, 0x8000u, keep);
-	}
-}
-
 static bool same_shape(const prune_tensor_t *t, const int64_t *shape, int rank)
 {
 	if (t->rank != rank)
@@ -124,12 +92,24 @@ typedef struct ctx {
 	prune_graph_t *g;
 	prune_consumers_t cons;
 	size_t max_elems;
-	uint8_t *keep;
-	size_t keep_cap;
 	sd_error_t *e;
 } ctx_t;
 
-static int export_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *l)
+/* A layer between its checks and its edit: weight, stored mask, and the mask job. */
+typedef struct pending_layer {
+	prune_tensor_t w, m;
+	const Tensorflow__NodeDef *wc;
+	prune_mask_job_t job;
+	int64_t step;
+} pending_layer_t;
+
+/*
+ * Checks layer r of the record against the model, reads its weight and, when the
+ * frozen graph uses the stored mask rather than a fresh one, that mask; p->job is what
+ * prune_mask_batch then computes.
+ */
+static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *l,
+			 pending_layer_t *p)
 {
 	prune_graph_t *g = x->g;
 	sd_error_t *e = x->e;
@@ -187,57 +167,57 @@ static int export_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *
 	if (!sc)
 		return e->code;
 	l->weight = wc->name;
-	prune_tensor_t w, m;
-	int64_t step = 0;
+	prune_tensor_t *w = &p->w;
 	int rc;
 	if ((rc = prune_tensor_read(prune_node_attr(wc, "value")->tensor, x->max_elems, wc->name,
-				    a, &w, e)) ||
-	    (rc = read_step(sc, r->name, &step, e)))
+				    a, w, e)) ||
+	    (rc = read_step(sc, r->name, &p->step, e)))
 		return rc;
-	l->dtype = w.dtype;
-	if (!same_shape(&w, r->shape, r->rank))
+	l->dtype = w->dtype;
+	if (!same_shape(w, r->shape, r->rank))
 		return sd_err_node(e, SD_ERECORD, r->name,
 				   "layer '%s': the weight '%s' has a different shape than the "
 				   "record's mask_shape",
 				   r->name, wc->name);
-	uint8_t *bits = arena_alloc(a, w.n / 8 + 1);
-	prune_mask_counts_t counts;
-	if (!bits)
+	p->wc = wc;
+	p->job = (prune_mask_job_t){.w = w, .axis = r->axis, .layer = r->name,
+				    .bits = arena_alloc(a, w->n / 8 + 1)};
+	if (!p->job.bits)
 		return sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", r->name);
-	if ((rc = prune_scratch(&x->keep, &x->keep_cap, w.n, e)))
+	/* The mask the frozen graph's SelectV2 picks: fresh at a refresh step, else the
+	 * frozen variable. NaN is refused on both paths (one that survives the mask would
+	 * poison the exported model). */
+	if (r->update_freq == 0 ? p->step == 0 : p->step % r->update_freq == 0)
+		return 0;
+	if ((rc = prune_tensor_read(prune_node_attr(mc, "value")->tensor, x->max_elems, mc->name,
+				    a, &p->m, e)))
 		return rc;
-	/* NaN is refused on both paths: one that survives the mask would poison the
-	 * exported model. The fresh mask checks as it goes; a stored mask needs only the
-	 * scan, not a mask computation whose result would be thrown away. */
-	bool refresh = r->update_freq == 0 ? step == 0 : step % r->update_freq == 0;
-	if (refresh &&
-	    (rc = prune_mask_2of4_bits(&w, r->axis, x->keep, bits, &counts, r->name, e)))
-		return rc;
-	if (!refresh) {
-		if ((rc = prune_mask_nan_check(&w, r->name, e)))
-			return rc;
-		if ((rc = prune_tensor_read(prune_node_attr(mc, "value")->tensor, x->max_elems,
-					    mc->name, a, &m, e)))
-			return rc;
-		if (m.dtype != w.dtype || !same_shape(&m, r->shape, r->rank))
-			return sd_err_node(e, SD_EMODEL, r->name,
-					   "layer '%s': mask '%s' does not match its weight", r->name,
-					   mc->name);
-		if (keep_from_mask(&m, x->keep))
-			return sd_err_node(e, SD_EMODEL, r->name,
-					   "layer '%s': mask '%s' holds values other than 0 and 1",
-					   r->name, mc->name);
-		prune_mask_bits(&w, x->keep, bits, &counts);
-	}
-	ptrdiff_t wci = prune_graph_find(g, wc->name, strlen(wc->name));
+	if (p->m.dtype != w->dtype || !same_shape(&p->m, r->shape, r->rank))
+		return sd_err_node(e, SD_EMODEL, r->name,
+				   "layer '%s': mask '%s' does not match its weight", r->name,
+				   mc->name);
+	p->job.stored = &p->m;
+	p->job.stored_name = mc->name;
+	return 0;
+}
+
+/* Writes the layer's masked weight (or its sparse copy) and points the layer at it. */
+static int finish_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *l,
+			pending_layer_t *p)
+{
+	prune_graph_t *g = x->g;
+	ptrdiff_t wci = prune_graph_find(g, p->wc->name, strlen(p->wc->name));
 	bool moved;
-	if ((rc = prune_sparsify(g, &x->cons, l, (size_t)li, (size_t)wci, &w, x->keep, bits,
-				 counts, refresh, ignore_scope, (void *)r->scope, &moved, e)))
+	int rc = prune_sparsify(g, &x->cons, l, l->node, (size_t)wci, &p->w, p->job.bits,
+				p->job.counts, p->job.is_2of4, ignore_scope, (void *)r->scope,
+				&moved, x->e);
+	if (rc)
 		return rc;
 	if (!moved)
-		ln->input[1] = (char *)r->weight_input;
-	l->detail = arena_sprintf(a, "step %lld, %s mask%s", (long long)step,
-				  refresh ? "fresh" : "stored", moved ? ", shared weight copied" : "");
+		prune_graph_node(g, l->node)->input[1] = (char *)r->weight_input;
+	l->detail = arena_sprintf(prune_graph_arena(g), "step %lld, %s mask%s",
+				  (long long)p->step, p->job.stored ? "stored" : "fresh",
+				  moved ? ", shared weight copied" : "");
 	return 0;
 }
 
@@ -309,14 +289,29 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 	if (!res->layers)
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	ctx_t x = {.g = g, .max_elems = max_elems, .e = e};
+	pending_layer_t *p = arena_calloc(a, n_rec + 1, sizeof(*p));
+	prune_mask_job_t *jobs = arena_calloc(a, n_rec + 1, sizeof(*jobs));
+	if (!p || !jobs)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	/* Every layer is checked and read first; the masks are then computed on all
+	 * cores; the graph is edited last, in record order, on this thread. */
 	int rc = prune_graph_consumers(g, &x.cons, e);
+	size_t bytes = 0;
 	for (size_t i = 0; !rc && i < n_rec; i++) {
-		rc = export_layer(&x, &rec[i], &res->layers[i]);
+		rc = prepare_layer(&x, &rec[i], &res->layers[i], &p[i]);
 		res->n_layers = i + 1;
+		jobs[i] = p[i].job;
+		bytes += p[i].w.n * prune_dtype_size(p[i].w.dtype);
+	}
+	if (!rc)
+		rc = prune_mask_batch(jobs, n_rec, prune_mask_threads(bytes), e);
+	for (size_t i = 0; !rc && i < n_rec; i++)
+		p[i].job = jobs[i];
+	for (size_t i = 0; !rc && i < n_rec; i++) {
+		rc = finish_layer(&x, &rec[i], &res->layers[i], &p[i]);
 		res->weights += res->layers[i].elems;
 		res->weights_zeroed += res->layers[i].zeroed;
 	}
-	free(x.keep);
 	if (rc)
 		return rc;
 	/* A layer still reading a masked weight was inserted but not recorded. */

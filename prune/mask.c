@@ -556,6 +556,57 @@ typedef struct batch {
 	int *rc; /* per job */
 } batch_t;
 
+/* keep[i] = (m[i] != 0); fails unless every value is exactly 0 or 1 (compared as bit
+ * patterns: +0, -0 and the format's 1.0). */
+#define DEFINE_KEEP(NAME, U)                                                            \
+	static int NAME(const U *m, size_t n, U one, U sign, uint8_t *keep)             \
+	{                                                                               \
+		unsigned bad = 0;                                                       \
+		for (size_t i = 0; i < n; i++) {                                        \
+			U v = m[i] & (U)~sign;                                          \
+			bad |= (v != 0) & (m[i] != one);                                \
+			keep[i] = v != 0;                                               \
+		}                                                                       \
+		return bad ? -1 : 0;                                                    \
+	}
+DEFINE_KEEP(keep16, prune_u16u_t)
+DEFINE_KEEP(keep32, prune_u32u_t)
+DEFINE_KEEP(keep64, prune_u64u_t)
+
+static int keep_from_values(const prune_tensor_t *m, uint8_t *keep)
+{
+	switch (m->dtype) {
+	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
+		return keep32(m->data, m->n, 0x3F800000u, 0x80000000u, keep);
+	case TENSORFLOW__DATA_TYPE__DT_DOUBLE:
+		return keep64(m->data, m->n, UINT64_C(0x3FF0000000000000),
+			      UINT64_C(0x8000000000000000), keep);
+	case TENSORFLOW__DATA_TYPE__DT_HALF:
+		return keep16(m->data, m->n, 0x3C00u, 0x8000u, keep);
+	default:
+		return keep16(m->data, m->n, 0x3F80u, 0x8000u, keep);
+	}
+}
+
+/* One job with keep as scratch; e may be NULL (the worker threads). */
+static int run_job(prune_mask_job_t *j, uint8_t *keep, sd_error_t *e)
+{
+	if (!j->stored) {
+		j->is_2of4 = true; /* by construction */
+		return prune_mask_2of4_bits(j->w, j->axis, keep, j->bits, &j->counts, j->layer, e);
+	}
+	int rc = prune_mask_nan_check(j->w, j->layer, e);
+	if (rc)
+		return rc;
+	if (keep_from_values(j->stored, keep))
+		return sd_err_node(e, SD_EMODEL, j->layer,
+				   "layer '%s': mask '%s' holds values other than 0 and 1",
+				   j->layer, j->stored_name ? j->stored_name : "?");
+	prune_mask_bits(j->w, keep, j->bits, &j->counts);
+	j->is_2of4 = prune_mask_keep_is_2of4(j->w, j->axis, keep, NULL);
+	return 0;
+}
+
 /* Takes jobs until none is left; each runs with this thread's keep scratch. */
 static void *batch_worker(void *arg)
 {
@@ -573,8 +624,7 @@ static void *batch_worker(void *arg)
 				continue;
 			}
 		}
-		b->rc[i] = prune_mask_2of4_bits(j->w, j->axis, keep, j->bits, &j->counts, j->layer,
-					       NULL);
+		b->rc[i] = run_job(j, keep, NULL);
 	}
 	free(keep);
 	return NULL;
@@ -602,9 +652,7 @@ int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads, sd_error_t *
 		} else if (rc[i]) {
 			/* Again on this thread, for the message of the first failure in order. */
 			uint8_t *keep = malloc(jobs[i].w->n + 1);
-			out = keep ? prune_mask_2of4_bits(jobs[i].w, jobs[i].axis, keep, jobs[i].bits,
-							  &jobs[i].counts, jobs[i].layer, e)
-				   : sd_err(e, SD_ENOMEM, "out of memory");
+			out = keep ? run_job(&jobs[i], keep, e) : sd_err(e, SD_ENOMEM, "out of memory");
 			free(keep);
 		}
 	}

@@ -14,6 +14,7 @@
 #ifndef PRUNE_MASK_H
 #define PRUNE_MASK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -59,21 +60,29 @@ SD_MUST_CHECK int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_
 				       uint8_t *bits, prune_mask_counts_t *c, const char *layer,
 				       sd_error_t *e);
 
-/* One weight of a batch for prune_mask_batch. */
+/*
+ * One weight of a batch for prune_mask_batch: its mask is either the fresh 2:4 mask
+ * (stored NULL) or a stored one, a tensor of w's dtype and shape holding 0 and 1 (a
+ * frozen mask variable; -0 counts as 0), which is checked and turned into bits.
+ */
 typedef struct prune_mask_job {
 	const prune_tensor_t *w;
+	const prune_tensor_t *stored;
+	const char *stored_name;    /* the stored mask's node, for messages */
 	int axis;
 	const char *layer;
 	uint8_t *bits;              /* (w->n + 7) / 8 bytes, filled */
 	prune_mask_counts_t counts; /* filled */
+	bool is_2of4;               /* filled: whether w written with this mask is 2:4 */
 } prune_mask_job_t;
 
 /*
- * prune_mask_2of4_bits on every job (keep bytes in scratch of its own), on up to
- * `threads` threads including the caller's: the layers of a model are independent,
- * and a stage has nothing else to do until its masks exist. Returns 0, or the error of
- * the first failing job in array order, as prune_mask_2of4_bits reports it (SD_ENOMEM
- * when scratch cannot be had). threads < 1 counts as 1.
+ * Computes every job's bits (keep bytes in scratch of its own), on up to `threads`
+ * threads including the caller's: the layers of a model are independent, and a stage
+ * has nothing else to do until its masks exist. Fresh masks run prune_mask_2of4_bits;
+ * stored ones are refused when w holds a NaN or the mask a value other than 0 and 1.
+ * Returns 0, or the error of the first failing job in array order (SD_EMODEL naming
+ * its layer, SD_ENOMEM). threads < 1 counts as 1.
  */
 SD_MUST_CHECK int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads,
 				   sd_error_t *e);

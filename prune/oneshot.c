@@ -77,8 +77,9 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 	for (size_t k = 0; k < nj; k++) {
 		prune_layer_t *l = &res->layers[at[k]];
 		bool moved;
-		if ((rc = prune_sparsify(g, &cons, l, l->node, l->weight_node, &ws[k], NULL,
-					 jobs[k].bits, jobs[k].counts, true, NULL, NULL, &moved, e)))
+		/* The 2:4 kernel's mask is 2:4 by construction. */
+		if ((rc = prune_sparsify(g, &cons, l, l->node, l->weight_node, &ws[k], jobs[k].bits,
+					 jobs[k].counts, true, NULL, NULL, &moved, e)))
 			return rc;
 		if (moved)
 			l->detail = arena_sprintf(a, "%s (shared weight copied to '%s')", l->detail,

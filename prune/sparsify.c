@@ -40,9 +40,9 @@ void prune_sparsify_stats(prune_layer_t *l, const prune_tensor_t *w)
 }
 
 int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *l,
-		   size_t layer_idx, size_t cidx, const prune_tensor_t *w, const uint8_t *keep,
-		   const uint8_t *bits, prune_mask_counts_t counts, bool keep_2of4,
-		   prune_ignore_cb ignore, void *ud, bool *moved, sd_error_t *e)
+		   size_t layer_idx, size_t cidx, const prune_tensor_t *w, const uint8_t *bits,
+		   prune_mask_counts_t counts, bool is_2of4, prune_ignore_cb ignore, void *ud,
+		   bool *moved, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
 	Tensorflow__NodeDef *cn = prune_graph_node(g, cidx);
@@ -72,11 +72,8 @@ int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *
 		rc = prune_graph_mask_on_save(g, tp, w->dtype, bits, e);
 	if (rc)
 		return rc;
-	/* A mask from the 2:4 kernel makes the result 2:4 by construction; any other
-	 * (a frozen mask variable) is verified on what will be written. */
-	size_t zeros = counts.zeros;
-	l->is_2of4 = keep_2of4 || prune_mask_keep_is_2of4(w, l->axis, keep, &zeros);
-	l->zeros = zeros;
+	l->is_2of4 = is_2of4;
+	l->zeros = counts.zeros;
 	l->zeroed = counts.zeroed;
 	l->elems = w->n;
 	l->examined = true;

@@ -23,18 +23,18 @@ typedef bool (*prune_ignore_cb)(void *ud, const Tensorflow__NodeDef *consumer);
 /*
  * Has w, the decoded value of Const node cidx read by layer l (node layer_idx), written
  * masked by bits as described above: w itself is never modified (it may lie in the
- * read-only model file); the mask goes to the save (prune_graph_mask_on_save). keep,
- * bits and counts come from prune_mask_2of4_bits or prune_mask_bits; bits must live as
- * long as the graph. keep_2of4 says the mask came from the 2:4 kernel (the result then
- * needs no verifying pass, and keep may be NULL). Fills l->zeros, l->zeroed, l->is_2of4, l->elems,
- * l->examined. *moved is set when a new Const was made (the layer's input 1 then names
- * it). Returns 0, SD_EMODEL (name taken), SD_ENOMEM.
+ * read-only model file); the mask goes to the save (prune_graph_mask_on_save). bits
+ * and counts come from prune_mask_2of4_bits or prune_mask_bits, and bits must live as
+ * long as the graph; is_2of4 says whether the written weight is 2:4 (true for a mask
+ * from the 2:4 kernel). Fills l->zeros, l->zeroed, l->is_2of4, l->elems, l->examined.
+ * *moved is set when a new Const was made (the layer's input 1 then names it).
+ * Returns 0, SD_EMODEL (name taken), SD_ENOMEM.
  */
 SD_MUST_CHECK int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c,
 				 prune_layer_t *l, size_t layer_idx, size_t cidx,
-				 const prune_tensor_t *w, const uint8_t *keep,
-				 const uint8_t *bits, prune_mask_counts_t counts, bool keep_2of4,
-				 prune_ignore_cb ignore, void *ud, bool *moved, sd_error_t *e);
+				 const prune_tensor_t *w, const uint8_t *bits,
+				 prune_mask_counts_t counts, bool is_2of4, prune_ignore_cb ignore,
+				 void *ud, bool *moved, sd_error_t *e);
 
 /* Records in l whether the decoded weight w is 2:4 along l->axis and its zero count. */
 void prune_sparsify_stats(prune_layer_t *l, const prune_tensor_t *w);
