@@ -1,8 +1,8 @@
 /*
  * run: one engine stage over files, shared by the CLI and the daemon's workers.
  *
- * Inputs are mapped privately (large weights are used in place, never copied; stages
- * that rewrite weights write into the private mapping, not the file). Outputs go to
+ * Inputs are mapped read-only (large weights are used where they lie, never copied;
+ * stages write masked weights straight to the output as it is saved). Outputs go to
  * caller-supplied FILE streams, so the CLI can write temporary files it renames and
  * the daemon can stream into content-addressed blobs.
  *

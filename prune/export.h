@@ -17,7 +17,8 @@
 #include "result.h"
 
 /*
- * Runs export on g in place. Returns 0, or SD_ERECORD (a recorded layer missing from
+ * Runs export on g in place (weights are masked when g is saved, see
+ * prune_graph_mask_on_save). Returns 0, or SD_ERECORD (a recorded layer missing from
  * the model or differing from it), SD_EMODEL (the model lacks the recorded insertion,
  * carries one the record does not list, has NaN weights, or is not frozen),
  * SD_ETOOBIG, SD_ENOMEM. Errors name the layer.

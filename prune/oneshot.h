@@ -13,7 +13,8 @@
 #include "result.h"
 
 /*
- * Runs the prune stage on g in place. Layers whose weight is not a constant are
+ * Runs the prune stage on g in place (weights are masked when g is saved, see
+ * prune_graph_mask_on_save). Layers whose weight is not a constant are
  * skipped (not_constant). Returns 0, SD_ECONFIG, SD_ENOLAYER, SD_EMODEL (NaN weight,
  * a graph that already carries sparsityd masks), SD_ETOOBIG, SD_ENOMEM.
  */

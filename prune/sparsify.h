@@ -2,7 +2,7 @@
  * prune_sparsify: has weight * mask written into the constant a layer reads (export,
  * prune).
  *
- * The constant is changed in place only when nothing but the layer reads it (through
+ * The constant itself is written masked only when nothing but the layer reads it (through
  * Identity nodes; the caller may name consumers to disregard, e.g. the insert's own
  * nodes that export deletes). Otherwise a new Const "<layer>/weight_2of4" holds the
  * sparse copy and the layer is pointed at it, so other readers keep the dense weight.
