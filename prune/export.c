@@ -1,9 +1,10 @@
 /*
  * prune_export: undoes insert on a frozen graph, leaving weight * mask (see export.h).
  *
- * Workload: one pass over the record (each weight is read where it lies for its mask,
- * and written masked by the save, never copied), then one sweep that deletes the inserted nodes
- * and, transitively, nodes whose every reader was deleted. The mask is rebuilt from the
+ * Workload: the record's layers are checked and read, their masks computed on all
+ * cores (each weight is read where it lies, and written masked by the save, never
+ * copied), the layers edited, then one sweep deletes the inserted nodes and,
+ * transitively, nodes whose every reader was deleted. The mask is rebuilt from the
  * frozen state exactly as the graph's own SelectV2 would pick it, so the exported model
  * computes the same outputs as the masked one.
  */
