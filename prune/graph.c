@@ -53,6 +53,7 @@ struct prune_graph {
 	size_t node_cap;   /* capacity of gd->node */
 	slot_t *slots;     /* open addressing, load factor <= 2/3 (see index_fits) */
 	size_t nslots;     /* power of two */
+	size_t indexed;    /* nodes [0, indexed) are in the table; the rest wait (add_new) */
 };
 
 const char *prune_format_name(prune_format_t f)
@@ -110,8 +111,24 @@ static bool name_eq(const char *node_name, const char *s, size_t len)
 	return strncmp(node_name, s, len) == 0 && node_name[len] == '\0';
 }
 
+static ptrdiff_t index_put(prune_graph_t *g, size_t idx);
+
+/*
+ * Indexes the nodes prune_graph_add_new appended. The table already has room for them
+ * (add_new grew it) and their names are new (its contract), so this cannot fail; the
+ * index is a cache of the node list, which is why a lookup may fill it.
+ */
+static void index_catch_up(const prune_graph_t *cg)
+{
+	prune_graph_t *g = (prune_graph_t *)cg;
+	while (g->indexed < g->gd->n_node)
+		index_put(g, g->indexed++);
+}
+
 ptrdiff_t prune_graph_find(const prune_graph_t *g, const char *name, size_t len)
 {
+	if (g->indexed < g->gd->n_node)
+		index_catch_up(g);
 	uint32_t h = hash_name(name, len);
 	size_t mask = g->nslots - 1;
 	for (size_t i = h & mask;; i = (i + 1) & mask) {
@@ -123,11 +140,12 @@ ptrdiff_t prune_graph_find(const prune_graph_t *g, const char *name, size_t len)
 	}
 }
 
-/* Inserts node idx, called name with hash h; returns the index already holding that
- * name, or -1 if new. */
-static ptrdiff_t index_put_hashed(prune_graph_t *g, size_t idx, const char *name, uint32_t h)
+/* Inserts node idx; returns the index already holding that name, or -1 if new. */
+static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
 {
+	const char *name = g->gd->node[idx]->name;
 	size_t mask = g->nslots - 1;
+	uint32_t h = hash_name(name, strlen(name));
 	for (size_t i = h & mask;; i = (i + 1) & mask) {
 		slot_t *s = &g->slots[i];
 		if (s->idx < 0) {
@@ -137,12 +155,6 @@ static ptrdiff_t index_put_hashed(prune_graph_t *g, size_t idx, const char *name
 		if (s->hash == h && strcmp(g->gd->node[s->idx]->name, name) == 0)
 			return s->idx;
 	}
-}
-
-static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
-{
-	const char *name = g->gd->node[idx]->name;
-	return index_put_hashed(g, idx, name, hash_name(name, strlen(name)));
 }
 
 /*
@@ -184,6 +196,7 @@ static int index_build(prune_graph_t *g, size_t want, sd_error_t *e)
 					   "duplicate node name '%s' (nodes %td and %zu)",
 					   g->gd->node[i]->name, dup, i);
 	}
+	g->indexed = g->gd->n_node;
 	return 0;
 }
 
@@ -551,8 +564,8 @@ int prune_graph_reserve(prune_graph_t *g, size_t extra, sd_error_t *e)
 	return index_fits(g->nslots, want) ? 0 : index_grow(g, want, e);
 }
 
-Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *s,
-				     sd_error_t *e)
+/* Appends the node s describes, with room for it in the index; not indexed yet. */
+static Tensorflow__NodeDef *append(prune_graph_t *g, const prune_node_spec_t *s, sd_error_t *e)
 {
 	Tensorflow__GraphDef *gd = g->gd;
 	if (gd->n_node == g->node_cap) {
@@ -566,7 +579,6 @@ Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *
 	}
 	if (!index_fits(g->nslots, gd->n_node + 1) && index_grow(g, 2 * (gd->n_node + 1), e))
 		return NULL;
-	uint32_t h = hash_name(s->name, strlen(s->name));
 	/* Layout: node, attr entries, attr pointers, input pointers (all pointer-aligned). */
 	Tensorflow__NodeDef *n =
 		arena_alloc(g->arena, sizeof(*n) + s->n_attrs * (sizeof(*n->attr[0]) +
@@ -592,16 +604,27 @@ Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *
 	if (s->n_inputs)
 		memcpy(n->input, s->inputs, s->n_inputs * sizeof(*n->input));
 	n->n_input = s->n_inputs;
-	gd->node[gd->n_node] = n;
-	if (index_put_hashed(g, gd->n_node, s->name, h) >= 0) {
-		sd_err_node(e, SD_EMODEL, s->name, "node name '%s' is already taken", s->name);
-		return NULL;
-	}
-	gd->n_node++;
+	gd->node[gd->n_node++] = n;
 	return n;
 nomem:
 	sd_err(e, SD_ENOMEM, "out of memory adding node '%s'", s->name);
 	return NULL;
+}
+
+Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *s,
+				     sd_error_t *e)
+{
+	if (prune_graph_find(g, s->name, strlen(s->name)) >= 0) {
+		sd_err_node(e, SD_EMODEL, s->name, "node name '%s' is already taken", s->name);
+		return NULL;
+	}
+	return append(g, s, e);
+}
+
+Tensorflow__NodeDef *prune_graph_add_new(prune_graph_t *g, const prune_node_spec_t *s,
+					 sd_error_t *e)
+{
+	return append(g, s, e);
 }
 
 int prune_graph_remove(prune_graph_t *g, const bool *remove, sd_error_t *e)

@@ -119,6 +119,15 @@ Tensorflow__NodeDef *prune_graph_add(prune_graph_t *g, const prune_node_spec_t *
 				     sd_error_t *e);
 
 /*
+ * As prune_graph_add for a name the caller knows is new (no node has it, and no other
+ * add_new gives it): not looked up, and indexed only at the next lookup, so a stage
+ * that adds tens of thousands of nodes and then saves pays nothing for indexing them.
+ * Breaking the contract leaves the later node unfindable by name.
+ */
+Tensorflow__NodeDef *prune_graph_add_new(prune_graph_t *g, const prune_node_spec_t *s,
+					 sd_error_t *e);
+
+/*
  * Makes room for `extra` more nodes (node array and index) in one step, so a stage
  * that knows roughly how much it adds does not rehash the index repeatedly.
  * Returns 0 or SD_ENOMEM.

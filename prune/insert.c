@@ -21,6 +21,7 @@
 #include "insert.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "attr.h"
@@ -38,6 +39,9 @@ typedef struct shared {
 	Tensorflow__AttrValue *yes, *no, *minus_one, *empty_str, *empty_list;
 	const char *group_shape, *k, *depth, *k_axis, *zero, *one;
 	const char *on[4], *off[4]; /* per float dtype, see dtype_slot() */
+	/* value-named constants made so far, sorted by key (a few per distinct shape) */
+	const char **keys, **names;
+	size_t n_keys, cap_keys;
 } shared_t;
 
 typedef struct bld {
@@ -106,7 +110,7 @@ static const char *mk_named(bld_t *b, const char *name, const char *op, const ch
 	}
 	prune_node_spec_t spec = {.name = name, .op = op, .device = b->device, .inputs = in,
 				  .n_inputs = nin, .attrs = kv, .n_attrs = nkv};
-	if (!prune_graph_add(b->g, &spec, b->e)) {
+	if (!prune_graph_add_new(b->g, &spec, b->e)) {
 		b->rc = b->e && b->e->code ? b->e->code : SD_EMODEL;
 		return NULL;
 	}
@@ -172,23 +176,65 @@ static void key_of(char *key, const char *prefix, const int64_t *v, size_t n)
 	key[k] = '\0';
 }
 
+/* Where key is, or goes, in the sorted keys. */
+static size_t key_slot(const shared_t *sh, const char *key, bool *found)
+{
+	size_t lo = 0, hi = sh->n_keys;
+	*found = false;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(sh->keys[mid], key);
+		if (c == 0) {
+			*found = true;
+			return mid;
+		}
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 /* The shared Const called key if an earlier layer made it; else NULL. */
 static const char *shared_find(bld_t *b, const char *key)
 {
-	char name[KEY_MAX + sizeof(PRUNE_SCOPE "/const/")];
-	size_t n = (size_t)snprintf(name, sizeof(name), PRUNE_SCOPE "/const/%s", key);
-	ptrdiff_t i = b->rc ? -1 : prune_graph_find(b->g, name, n);
-	return i >= 0 ? prune_graph_node(b->g, (size_t)i)->name : NULL;
+	bool found;
+	size_t at = key_slot(b->sh, key, &found);
+	return found ? b->sh->names[at] : NULL;
 }
 
 /* Makes the shared Const called key holding v. */
 static const char *shared_make(bld_t *b, const char *key, int dt, Tensorflow__AttrValue *v)
 {
+	shared_t *sh = b->sh;
+	if (sh->n_keys == sh->cap_keys) {
+		size_t cap = sh->cap_keys ? 2 * sh->cap_keys : 64;
+		const char **k = arena_grow(b->a, sh->keys, sh->n_keys, cap, sizeof(*k));
+		const char **n = arena_grow(b->a, sh->names, sh->n_keys, cap, sizeof(*n));
+		if (!k || !n) {
+			nomem(b);
+			return NULL;
+		}
+		sh->keys = k;
+		sh->names = n;
+		sh->cap_keys = cap;
+	}
 	bld_t sb = *b;
 	sb.scope = PRUNE_SCOPE "/const";
 	sb.device = NULL;
-	const char *name = cnst(&sb, arena_strdup(b->a, key), dt, v);
+	const char *k = arena_strdup(b->a, key);
+	const char *name = cnst(&sb, k, dt, v);
 	b->rc = sb.rc;
+	if (!name)
+		return NULL;
+	bool found;
+	size_t at = key_slot(sh, key, &found);
+	memmove(sh->keys + at + 1, sh->keys + at, (sh->n_keys - at) * sizeof(*sh->keys));
+	memmove(sh->names + at + 1, sh->names + at, (sh->n_keys - at) * sizeof(*sh->names));
+	sh->keys[at] = k;
+	sh->names[at] = name;
+	sh->n_keys++;
 	return name;
 }
 
@@ -339,14 +385,8 @@ static int insert_layer(prune_graph_t *g, shared_t *sh, prune_layer_t *l,
 	if (b.device && !b.device[0])
 		b.device = NULL;
 	b.scope = cat(&b, l->name, "/", PRUNE_SCOPE);
-	const char *probe = bname(&b, "mask");
 	if (b.rc)
 		return b.rc;
-	if (prune_graph_find(g, probe, strlen(probe)) >= 0)
-		return sd_err_node(e, SD_EMODEL, l->name,
-				   "layer '%s' already carries sparsityd nodes (%s/...); insert "
-				   "runs on the original graph, not on its own output",
-				   l->name, b.scope);
 	const int dt = l->dtype, i64 = TENSORFLOW__DATA_TYPE__DT_INT64;
 	const char *w = l->weight_input;
 
@@ -509,7 +549,43 @@ static int group_op(prune_graph_t *g, const char *name, const char *const *deps,
 		if (!(ctl[i] = arena_sprintf(a, "^%s", deps[i])))
 			return sd_err(e, SD_ENOMEM, "out of memory");
 	prune_node_spec_t spec = {.name = name, .op = "NoOp", .inputs = ctl, .n_inputs = n};
-	return prune_graph_add(g, &spec, e) ? 0 : e && e->code ? e->code : SD_EMODEL;
+	return prune_graph_add_new(g, &spec, e) ? 0 : e && e->code ? e->code : SD_ENOMEM;
+}
+
+/*
+ * Insert's names are new by construction when no node already sits in a scope it
+ * creates ("sparsityd/..." and "<pruned layer>/sparsityd/..."): checked here once, so
+ * every node can be added without a lookup (prune_graph_add_new).
+ */
+static int check_scopes(prune_graph_t *g, const prune_result_t *res, sd_error_t *e)
+{
+	size_t n = prune_graph_count(g);
+	bool *pruned = arena_calloc(prune_graph_arena(g), n + 1, sizeof(*pruned));
+	if (!pruned)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	for (size_t i = 0; i < res->n_layers; i++)
+		if (res->layers[i].action == PRUNE_ACTION_PRUNED)
+			pruned[res->layers[i].node] = true;
+	static const char inner[] = "/" PRUNE_SCOPE "/";
+	for (size_t i = 0; i < n; i++) {
+		const char *name = prune_graph_node(g, i)->name;
+		if (strncmp(name, PRUNE_SCOPE "/", sizeof(PRUNE_SCOPE)) == 0)
+			return sd_err_node(e, SD_EMODEL, name,
+					   "node '%s' is in the scope '" PRUNE_SCOPE "/' that insert "
+					   "adds its own nodes to; insert runs on the original graph, "
+					   "not on its own output",
+					   name);
+		for (const char *p = strstr(name, inner); p; p = strstr(p + 1, inner)) {
+			ptrdiff_t l = prune_graph_find(g, name, (size_t)(p - name));
+			if (l >= 0 && pruned[l])
+				return sd_err_node(e, SD_EMODEL, prune_graph_node(g, (size_t)l)->name,
+						   "layer '%.*s' already carries sparsityd nodes "
+						   "('%s'); insert runs on the original graph, not "
+						   "on its own output",
+						   (int)(p - name), name, name);
+		}
+	}
+	return 0;
 }
 
 int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
@@ -527,7 +603,8 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 				   PRUNE_INIT_OP);
 	int rc = prune_layers_find(g, outputs, n_outputs, max_elems, &res->layers,
 				   &res->n_layers, e);
-	if (rc || (rc = prune_config_apply(cfg, res->layers, res->n_layers, e)))
+	if (rc || (rc = prune_config_apply(cfg, res->layers, res->n_layers, e)) ||
+	    (rc = check_scopes(g, res, e)))
 		return rc;
 	prune_result_count(res);
 

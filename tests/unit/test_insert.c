@@ -211,6 +211,40 @@ START_TEST(metagraph_collections)
 }
 END_TEST
 
+/* A node already in a scope insert creates is refused up front, naming it; the same
+ * scope under a layer that is not pruned is not insert's business. */
+START_TEST(scope_collisions)
+{
+	static const struct {
+		const char *name, *want;
+	} cases[] = {
+		{"mm1/sparsityd/leftover", "layer 'mm1' already carries sparsityd nodes"},
+		{"sparsityd/const/k", "in the scope 'sparsityd/'"},
+		{"x/y/sparsityd/z/mm3/sparsityd/q", NULL}, /* neither prefix is a layer */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		prune_graph_t *g = tu_graph(&A, "graphs/small.pbtxt");
+		sd_error_t e;
+		prune_node_spec_t spec = {.name = cases[i].name, .op = "NoOp"};
+		ck_assert_ptr_nonnull(prune_graph_add(g, &spec, &e));
+		const char *outs[] = {"out"};
+		prune_result_t r = {0};
+		int rc = prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, &r, &e);
+		if (!cases[i].want) {
+			ck_assert_msg(rc == 0, "%s", e.msg);
+			/* nodes added without a lookup are found afterwards */
+			ck_assert_int_ge(prune_graph_find(g, "mm1/sparsityd/mask", 18), 0);
+			ck_assert_int_ge(prune_graph_find(g, cases[i].name, strlen(cases[i].name)),
+					 0);
+			continue;
+		}
+		ck_assert_int_eq(rc, SD_EMODEL);
+		ck_assert_msg_has(e, cases[i].want);
+		ck_assert_msg_has(e, cases[i].name);
+	}
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *const tests[] = {
@@ -218,6 +252,7 @@ int main(void)
 		update_freq_and_conv,
 		shared_weight,
 		metagraph_collections,
+		scope_collisions,
 		NULL,
 	};
 	return tu_main("insert", tests);
