@@ -638,30 +638,6 @@ int prune_graph_remove(prune_graph_t *g, const bool *remove, sd_error_t *e)
 	return index_build(g, w, e);
 }
 
-int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n, const char *key,
-			Tensorflow__AttrValue *v, sd_error_t *e)
-{
-	for (size_t i = 0; i < n->n_attr; i++) {
-		if (strcmp(n->attr[i]->key, key) == 0) {
-			n->attr[i]->value = v;
-			return 0;
-		}
-	}
-	Tensorflow__NodeDef__AttrEntry *ent = arena_alloc(g->arena, sizeof(*ent));
-	Tensorflow__NodeDef__AttrEntry **arr =
-		arena_grow(g->arena, n->attr, n->n_attr, n->n_attr + 1, sizeof(*arr));
-	if (!ent || !arr)
-		return sd_err(e, SD_ENOMEM, "out of memory");
-	tensorflow__node_def__attr_entry__init(ent);
-	ent->key = arena_strdup(g->arena, key);
-	if (!ent->key)
-		return sd_err(e, SD_ENOMEM, "out of memory");
-	ent->value = v;
-	arr[n->n_attr++] = ent;
-	n->attr = arr;
-	return 0;
-}
-
 /* ---- saving ---- */
 
 int prune_graph_mask_on_save(prune_graph_t *g, Tensorflow__TensorProto *tp, int dtype,

@@ -160,13 +160,6 @@ SD_MUST_CHECK int prune_graph_consumers(prune_graph_t *g, prune_consumers_t *c,
 Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char *key);
 
 /*
- * Sets (adds or replaces) attribute key on n; value is stored by pointer (arena-owned).
- * Returns 0 or SD_ENOMEM.
- */
-SD_MUST_CHECK int prune_node_set_attr(prune_graph_t *g, Tensorflow__NodeDef *n,
-				      const char *key, Tensorflow__AttrValue *v, sd_error_t *e);
-
-/*
  * Has the save write tensor tp (a weight of dtype whose tensor_content holds its bytes,
  * e.g. still in the model file) masked by bits from prune_mask_bits, which must live as
  * long as the graph: the weight is masked on its way to the output, block by block,

@@ -357,7 +357,8 @@ static int nan_error(const prune_tensor_t *w, size_t at, const char *layer, sd_e
 			   layer, at, w->n, prune_dtype_name(w->dtype));
 }
 
-int prune_mask_nan_check(const prune_tensor_t *w, const char *layer, sd_error_t *e)
+/* 0, or SD_EMODEL naming layer and the flat index of w's first NaN (for a stored mask). */
+static int nan_check(const prune_tensor_t *w, const char *layer, sd_error_t *e)
 {
 	size_t at = first_nan(w);
 	return at < w->n ? nan_error(w, at, layer ? layer : "", e) : 0;
@@ -595,7 +596,7 @@ static int run_job(prune_mask_job_t *j, uint8_t *keep, sd_error_t *e)
 		j->is_2of4 = true; /* by construction */
 		return prune_mask_2of4_bits(j->w, j->axis, keep, j->bits, &j->counts, j->layer, e);
 	}
-	int rc = prune_mask_nan_check(j->w, j->layer, e);
+	int rc = nan_check(j->w, j->layer, e);
 	if (rc)
 		return rc;
 	if (keep_from_values(j->stored, keep))

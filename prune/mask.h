@@ -29,11 +29,6 @@
 SD_MUST_CHECK int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep,
 				  const char *layer, sd_error_t *e);
 
-/* Returns 0, or SD_EMODEL naming `layer` and the flat index of the first NaN in w (the
- * same check prune_mask_2of4 makes, for callers that take the mask from elsewhere). */
-SD_MUST_CHECK int prune_mask_nan_check(const prune_tensor_t *w, const char *layer,
-				       sd_error_t *e);
-
 /* What applying a mask changes: weights it sets to zero (non-zero before), and zeros
  * in the result (including weights that were zero already). */
 typedef struct prune_mask_counts {

@@ -79,15 +79,3 @@ int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *
 	l->examined = true;
 	return 0;
 }
-
-int prune_scratch(uint8_t **buf, size_t *cap, size_t n, sd_error_t *e)
-{
-	if (n <= *cap)
-		return 0;
-	uint8_t *p = realloc(*buf, n);
-	if (!p)
-		return sd_err(e, SD_ENOMEM, "out of memory (%zu bytes for a mask)", n);
-	*buf = p;
-	*cap = n;
-	return 0;
-}

@@ -39,11 +39,4 @@ SD_MUST_CHECK int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c,
 /* Records in l whether the decoded weight w is 2:4 along l->axis and its zero count. */
 void prune_sparsify_stats(prune_layer_t *l, const prune_tensor_t *w);
 
-/*
- * Grows *buf (malloc'd, owned by the caller, freed with free()) to at least n bytes:
- * one scratch mask reused for every layer keeps a stage's memory at one model copy.
- * Returns 0 or SD_ENOMEM.
- */
-SD_MUST_CHECK int prune_scratch(uint8_t **buf, size_t *cap, size_t n, sd_error_t *e);
-
 #endif

@@ -52,16 +52,31 @@ static prune_tensor_t value(prune_graph_t *g, const char *name)
 	return t;
 }
 
+/* Replaces n's attributes with kv (what freezing does to a node). */
+static void set_attrs(Tensorflow__NodeDef *n, const prune_attr_kv_t *kv, size_t k)
+{
+	Tensorflow__NodeDef__AttrEntry **arr = arena_calloc(&A, k, sizeof(*arr));
+	ck_assert_ptr_nonnull(arr);
+	for (size_t i = 0; i < k; i++) {
+		arr[i] = arena_alloc(&A, sizeof(*arr[i]));
+		ck_assert_ptr_nonnull(arr[i]);
+		tensorflow__node_def__attr_entry__init(arr[i]);
+		arr[i]->key = (char *)kv[i].key;
+		arr[i]->value = kv[i].value;
+	}
+	n->attr = arr;
+	n->n_attr = k;
+}
+
 /* What convert_variables_to_constants does to insert's variables: mask -> Const
  * (all ones unless mask_vals), step -> int64 Const, ReadVariableOp -> Identity. */
 static void freeze(prune_graph_t *g, int64_t step, const float *mask_vals)
 {
 	for (size_t i = 0; i < prune_graph_count(g); i++) {
 		Tensorflow__NodeDef *n = prune_graph_node(g, i);
-		sd_error_t e;
 		if (strcmp(n->op, "ReadVariableOp") == 0) {
 			n->op = "Identity";
-			ck_assert_int_eq(prune_node_set_attr(g, n, "T", prune_node_attr(n, "dtype"), &e), 0);
+			set_attrs(n, (const prune_attr_kv_t[]){{"T", prune_node_attr(n, "dtype")}}, 1);
 		} else if (strcmp(n->op, "VarHandleOp") == 0) {
 			Tensorflow__AttrValue *dt = prune_node_attr(n, "dtype");
 			Tensorflow__TensorShapeProto *shp = prune_node_attr(n, "shape")->shape;
@@ -84,9 +99,7 @@ static void freeze(prune_graph_t *g, int64_t step, const float *mask_vals)
 				}
 			}
 			n->op = "Const";
-			n->n_attr = 0;
-			ck_assert_int_eq(prune_node_set_attr(g, n, "dtype", dt, &e), 0);
-			ck_assert_int_eq(prune_node_set_attr(g, n, "value", v, &e), 0);
+			set_attrs(n, (const prune_attr_kv_t[]){{"dtype", dt}, {"value", v}}, 2);
 		}
 	}
 }
