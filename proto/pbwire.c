@@ -2,8 +2,8 @@
  * pbwire: a two-pass protobuf encoder for protobuf-c messages (see pbwire.h).
  *
  * Pass 1 (measure) walks the message and appends to a table, in pre-order, the encoded
- * length of every nested message and of every packed repeated field's payload. Pass 2
- * (write) walks the same fields in the same order, so the next table entry is always
+ * length of every nested message, string and packed repeated field's payload. Pass 2
+ * (write) is the same walk (one function, walk()), so the next table entry is always
  * the length it needs to write before the bytes it describes. Presence rules follow
  * protobuf-c's packer exactly (a proto3 -0.0 is "zero" there too), so the output is
  * the same bytes; the unit test holds it to that on every message we have.
@@ -270,15 +270,29 @@ static inline fplan_t *oneof_member(const ProtobufCMessage *m, fplan_t *fp)
 	return NULL;
 }
 
+/*
+ * Both passes walk a message with walk() below, so the write pass meets the table's
+ * entries in exactly the order the measure pass made them. A pass either measures
+ * (t set: walk returns the encoded size) or writes (w set: walk returns 0).
+ */
+typedef struct sizes sizes_t;
+typedef struct wr wr_t;
+typedef struct pass {
+	sizes_t *t;
+	wr_t *w;
+} pass_t;
+
+static uint64_t walk(const pass_t *ps, const ProtobufCMessage *m, const plan_t *pl);
+
 /* ---- pass 1: measure ---- */
 
 /* Lengths of nested messages, strings and packed payloads, in write order. */
-typedef struct sizes {
+struct sizes {
 	uint32_t *v;
 	size_t n, cap;
 	bool nomem, toobig;
 	plans_t plans;
-} sizes_t;
+};
 
 /* Claims the next table entry before its contents are measured (pre-order). */
 static size_t claim(sizes_t *t)
@@ -315,11 +329,10 @@ static uint64_t packed_len(fplan_t *fp, const char *arr, size_t n)
 	return len;
 }
 
-static uint64_t measure(sizes_t *t, const ProtobufCMessage *m, const plan_t *pl);
-
 /* Encoded size of one value of field fp at p, without its tag. */
-static uint64_t value_size(sizes_t *t, fplan_t *fp, const void *p)
+static uint64_t value_size(const pass_t *ps, fplan_t *fp, const void *p)
 {
+	sizes_t *t = ps->t;
 	switch (fp->f->type) {
 	case PROTOBUF_C_TYPE_STRING: {
 		const char *s = *(const char *const *)p;
@@ -336,7 +349,7 @@ static uint64_t value_size(sizes_t *t, fplan_t *fp, const void *p)
 		size_t slot = claim(t);
 		if (sub && !sp)
 			t->nomem = true;
-		uint64_t len = settle(t, slot, sp ? measure(t, sub, sp) : 0);
+		uint64_t len = settle(t, slot, sp ? walk(ps, sub, sp) : 0);
 		return varint_size(len) + len;
 	}
 	default:
@@ -348,48 +361,9 @@ static uint64_t value_size(sizes_t *t, fplan_t *fp, const void *p)
 	}
 }
 
-static uint64_t measure(sizes_t *t, const ProtobufCMessage *m, const plan_t *pl)
-{
-	uint64_t total = 0;
-	for (unsigned i = 0; i < pl->n; i++) {
-		fplan_t *fp = &pl->f[i];
-		const void *p = MEMBER(m, fp->f->offset);
-		switch (fp->kind) {
-		case K_ONEOF:
-			i += fp->run - 1u;
-			if ((fp = oneof_member(m, fp)))
-				total += varint_size(fp->key) +
-					 value_size(t, fp, MEMBER(m, fp->f->offset));
-			continue;
-		case K_REPEATED:
-		case K_PACKED: {
-			size_t n = *(const size_t *)MEMBER(m, fp->f->quantifier_offset);
-			const char *arr = *(const char *const *)p;
-			if (!n)
-				continue;
-			if (fp->kind == K_PACKED) {
-				uint64_t len = settle(t, claim(t), packed_len(fp, arr, n));
-				total += varint_size(fp->key) + varint_size(len) + len;
-				continue;
-			}
-			for (size_t k = 0; k < n; k++)
-				total += varint_size(fp->key) + value_size(t, fp, arr + k * fp->es);
-			continue;
-		}
-		default:
-			if (present(m, fp->f, fp->kind))
-				total += varint_size(fp->key) + value_size(t, fp, p);
-		}
-	}
-	for (size_t i = 0; i < m->n_unknown_fields; i++)
-		total += varint_size((uint64_t)m->unknown_fields[i].tag << 3) +
-			 m->unknown_fields[i].len;
-	return total;
-}
-
 /* ---- pass 2: write ---- */
 
-typedef struct wr {
+struct wr {
 	FILE *f;
 	uint8_t *buf, *p;
 	const uint32_t *sizes;
@@ -397,7 +371,7 @@ typedef struct wr {
 	const pbwire_fill_t *fills; /* sorted by field address */
 	size_t n_fills;
 	bool failed;
-} wr_t;
+};
 
 static int by_field(const void *a, const void *b)
 {
@@ -450,11 +424,10 @@ static void put_bytes(wr_t *w, const void *data, size_t len)
 	w->p += len;
 }
 
-static void write_message(wr_t *w, const ProtobufCMessage *m, const plan_t *pl);
-
 /* One tagged value of field fp at p. */
-static void write_field(wr_t *w, fplan_t *fp, const void *p)
+static void write_field(const pass_t *ps, fplan_t *fp, const void *p)
 {
+	wr_t *w = ps->w;
 	room(w);
 	put_varint(w, fp->key);
 	switch (fp->f->type) {
@@ -488,8 +461,8 @@ static void write_field(wr_t *w, fplan_t *fp, const void *p)
 	case PROTOBUF_C_TYPE_MESSAGE: {
 		const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
 		put_varint(w, w->sizes[w->next++]);
-		if (sub)
-			write_message(w, sub, fp->sub);
+		if (sub) /* measure looked up every plan this needs */
+			walk(ps, sub, fp->sub);
 		return;
 	}
 	default:
@@ -518,9 +491,45 @@ static void write_packed(wr_t *w, fplan_t *fp, const char *arr, size_t n)
 	}
 }
 
-/* pl is m's plan; measure() looked up every plan this needs, so none is missing. */
-static void write_message(wr_t *w, const ProtobufCMessage *m, const plan_t *pl)
+/* ---- the walk both passes share ---- */
+
+/* One tagged value: its encoded size, or written (0). */
+static inline uint64_t field(const pass_t *ps, fplan_t *fp, const void *p)
 {
+	if (ps->w) {
+		write_field(ps, fp, p);
+		return 0;
+	}
+	return varint_size(fp->key) + value_size(ps, fp, p);
+}
+
+/* A packed repeated field of n elements: its encoded size, or written (0). */
+static inline uint64_t packed(const pass_t *ps, fplan_t *fp, const char *arr, size_t n)
+{
+	if (ps->w) {
+		write_packed(ps->w, fp, arr, n);
+		return 0;
+	}
+	uint64_t len = settle(ps->t, claim(ps->t), packed_len(fp, arr, n));
+	return varint_size(fp->key) + varint_size(len) + len;
+}
+
+/* A field the schema does not declare, copied as it was read. */
+static inline uint64_t unknown(const pass_t *ps, const ProtobufCMessageUnknownField *u)
+{
+	uint64_t key = (uint64_t)u->tag << 3 | (uint64_t)u->wire_type;
+	if (!ps->w)
+		return varint_size(key) + u->len;
+	room(ps->w);
+	put_varint(ps->w, key);
+	put_bytes(ps->w, u->data, u->len);
+	return 0;
+}
+
+/* pl is m's plan. */
+static uint64_t walk(const pass_t *ps, const ProtobufCMessage *m, const plan_t *pl)
+{
+	uint64_t total = 0;
 	for (unsigned i = 0; i < pl->n; i++) {
 		fplan_t *fp = &pl->f[i];
 		const void *p = MEMBER(m, fp->f->offset);
@@ -528,7 +537,7 @@ static void write_message(wr_t *w, const ProtobufCMessage *m, const plan_t *pl)
 		case K_ONEOF:
 			i += fp->run - 1u;
 			if ((fp = oneof_member(m, fp)))
-				write_field(w, fp, MEMBER(m, fp->f->offset));
+				total += field(ps, fp, MEMBER(m, fp->f->offset));
 			continue;
 		case K_REPEATED:
 		case K_PACKED: {
@@ -537,24 +546,21 @@ static void write_message(wr_t *w, const ProtobufCMessage *m, const plan_t *pl)
 			if (!n)
 				continue;
 			if (fp->kind == K_PACKED) {
-				write_packed(w, fp, arr, n);
+				total += packed(ps, fp, arr, n);
 				continue;
 			}
 			for (size_t k = 0; k < n; k++)
-				write_field(w, fp, arr + k * fp->es);
+				total += field(ps, fp, arr + k * fp->es);
 			continue;
 		}
 		default:
 			if (present(m, fp->f, fp->kind))
-				write_field(w, fp, p);
+				total += field(ps, fp, p);
 		}
 	}
-	for (size_t i = 0; i < m->n_unknown_fields; i++) {
-		const ProtobufCMessageUnknownField *u = &m->unknown_fields[i];
-		room(w);
-		put_varint(w, (uint64_t)u->tag << 3 | (uint64_t)u->wire_type);
-		put_bytes(w, u->data, u->len);
-	}
+	for (size_t i = 0; i < m->n_unknown_fields; i++)
+		total += unknown(ps, &m->unknown_fields[i]);
+	return total;
 }
 
 int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills, size_t n_fills,
@@ -563,7 +569,7 @@ int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills, size_t
 	sizes_t t = {0};
 	arena_init(&t.plans.a, 0);
 	const plan_t *root = plan_of(&t.plans, msg->descriptor);
-	uint64_t total = root ? measure(&t, msg, root) : 0;
+	uint64_t total = root ? walk(&(pass_t){.t = &t}, msg, root) : 0;
 	int rc = 0;
 	if (!root || t.nomem) {
 		rc = sd_err(e, SD_ENOMEM, "out of memory encoding a %s",
@@ -587,7 +593,7 @@ int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills, size_t
 			rc = sd_err(e, SD_ENOMEM, "out of memory");
 		} else {
 			w.p = w.buf;
-			write_message(&w, msg, root);
+			walk(&(pass_t){.w = &w}, msg, root);
 			flush(&w);
 			free(w.buf);
 			free(sorted);
