@@ -319,35 +319,29 @@ DEFINE_MASK(mask16, prune_i16u_t, rows16, groups16)
 DEFINE_MASK(mask32, prune_i32u_t, rows32, groups32)
 DEFINE_MASK(mask64, prune_i64u_t, rows64, groups64)
 
-/* Flat index of the first NaN, for the error message; only called once one is known. */
+/* Flat index of the first NaN (abs pattern above inf), or n. */
+#define DEFINE_FIRST_NAN(NAME, S, ABSM)                                                \
+	static size_t NAME(const S *p, size_t n, S inf)                                \
+	{                                                                              \
+		for (size_t i = 0; i < n; i++)                                         \
+			if ((S)(p[i] & (ABSM)) > inf)                                  \
+				return i;                                              \
+		return n;                                                              \
+	}
+
+DEFINE_FIRST_NAN(nan16, prune_i16u_t, ABS16)
+DEFINE_FIRST_NAN(nan32, prune_i32u_t, ABS32)
+DEFINE_FIRST_NAN(nan64, prune_i64u_t, ABS64)
+
+/* For the error message; the kernels only say that some element is NaN. */
 static size_t first_nan(const prune_tensor_t *w)
 {
-	size_t n = w->n;
 	switch (w->dtype) {
-	case TENSORFLOW__DATA_TYPE__DT_FLOAT: {
-		const prune_i32u_t *p = w->data;
-		for (size_t i = 0; i < n; i++)
-			if ((p[i] & ABS32) > INF32)
-				return i;
-		break;
+	case TENSORFLOW__DATA_TYPE__DT_FLOAT: return nan32(w->data, w->n, INF32);
+	case TENSORFLOW__DATA_TYPE__DT_DOUBLE: return nan64(w->data, w->n, INF64);
+	case TENSORFLOW__DATA_TYPE__DT_HALF: return nan16(w->data, w->n, INF_HALF);
+	default: return nan16(w->data, w->n, INF_BF16);
 	}
-	case TENSORFLOW__DATA_TYPE__DT_DOUBLE: {
-		const prune_i64u_t *p = w->data;
-		for (size_t i = 0; i < n; i++)
-			if ((p[i] & ABS64) > INF64)
-				return i;
-		break;
-	}
-	default: {
-		const prune_i16u_t *p = w->data;
-		int16_t inf = w->dtype == TENSORFLOW__DATA_TYPE__DT_HALF ? INF_HALF : INF_BF16;
-		for (size_t i = 0; i < n; i++)
-			if ((int16_t)(p[i] & ABS16) > inf)
-				return i;
-		break;
-	}
-	}
-	return n;
 }
 
 static int nan_error(const prune_tensor_t *w, size_t at, const char *layer, sd_error_t *e)
