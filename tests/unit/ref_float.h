@@ -1,14 +1,34 @@
 /*
- * Reference decoders for float16 and bfloat16, written from the IEEE formats and
- * independent of prune_half_to_float / prune_bf16_to_float, for the suites that check
- * the engine's 16-bit handling against them.
+ * The four float types as the suites see them, independent of the engine: short
+ * names, element sizes, raw elements at any address, and decoders for float16 and
+ * bfloat16 written from the IEEE formats (not prune_half_to_float /
+ * prune_bf16_to_float, which the suites check against them).
  */
-#ifndef REF16_H
-#define REF16_H
+#ifndef REF_FLOAT_H
+#define REF_FLOAT_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "tf_types.pb-c.h"
+
+#define DT_F32 TENSORFLOW__DATA_TYPE__DT_FLOAT
+#define DT_F64 TENSORFLOW__DATA_TYPE__DT_DOUBLE
+#define DT_F16 TENSORFLOW__DATA_TYPE__DT_HALF
+#define DT_BF16 TENSORFLOW__DATA_TYPE__DT_BFLOAT16
+
+static inline size_t ref_esize(int dt) { return dt == DT_F64 ? 8 : dt == DT_F32 ? 4 : 2; }
+
+/* Element i of dt at data as raw bits (little-endian host), at any alignment: weights
+ * sit anywhere in a mapped model. */
+static inline uint64_t ref_bits(int dt, const void *data, size_t i)
+{
+	uint64_t v = 0;
+	memcpy(&v, (const uint8_t *)data + ref_esize(dt) * i, ref_esize(dt));
+	return v;
+}
 
 static inline double ref_half(uint16_t h)
 {

@@ -14,7 +14,7 @@
  */
 #include <check.h>
 
-#include "ref16.h"
+#include "ref_float.h"
 #include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
@@ -25,10 +25,6 @@
 #include "mask.h"
 #include "tensor.h"
 
-#define DT_F32 TENSORFLOW__DATA_TYPE__DT_FLOAT
-#define DT_F64 TENSORFLOW__DATA_TYPE__DT_DOUBLE
-#define DT_F16 TENSORFLOW__DATA_TYPE__DT_HALF
-#define DT_BF16 TENSORFLOW__DATA_TYPE__DT_BFLOAT16
 
 static const int all_dtypes[] = {DT_F32, DT_F64, DT_F16, DT_BF16};
 
@@ -45,7 +41,6 @@ static uint64_t rng(void)
 
 static size_t rnd(size_t n) { return (size_t)(rng() % n); }
 
-static size_t esize(int dt) { return dt == DT_F64 ? 8 : dt == DT_F32 ? 4 : 2; }
 
 static double get(int dt, const void *data, size_t i)
 {
@@ -80,26 +75,7 @@ static void put(int dt, void *data, size_t i, double v)
 	}
 }
 
-static uint64_t bits(int dt, const void *data, size_t i)
-{
-	/* memcpy: the data may sit at any address, as weights in a mapped model do */
-	uint64_t v8;
-	uint32_t v4;
-	uint16_t v2;
-	switch (esize(dt)) {
-	case 8:
-		memcpy(&v8, (const uint8_t *)data + 8 * i, 8);
-		return v8;
-	case 4:
-		memcpy(&v4, (const uint8_t *)data + 4 * i, 4);
-		return v4;
-	default:
-		memcpy(&v2, (const uint8_t *)data + 2 * i, 2);
-		return v2;
-	}
-}
-
-static uint64_t sign_bit(int dt) { return (uint64_t)1 << (8 * esize(dt) - 1); }
+static uint64_t sign_bit(int dt) { return (uint64_t)1 << (8 * ref_esize(dt) - 1); }
 
 typedef struct {
 	prune_tensor_t t;
@@ -117,7 +93,7 @@ static void case_new(case_t *c, int dt, int rank, const int64_t *dims)
 		c->t.dims[i] = dims[i];
 		c->t.n *= (size_t)dims[i];
 	}
-	c->t.data = calloc(c->t.n ? c->t.n : 1, esize(dt));
+	c->t.data = calloc(c->t.n ? c->t.n : 1, ref_esize(dt));
 	c->keep = calloc(c->t.n ? c->t.n : 1, 1);
 	c->ref = calloc(c->t.n ? c->t.n : 1, 1);
 	ck_assert(c->t.data && c->keep && c->ref);
@@ -343,7 +319,7 @@ START_TEST(subnormals_and_inf)
 		put(c.t.dtype, c.t.data, 1, -0.0);
 		put(c.t.dtype, c.t.data, 2, 0.0);
 		/* set element 3 to the smallest positive pattern: 1 */
-		switch (esize(c.t.dtype)) {
+		switch (ref_esize(c.t.dtype)) {
 		case 8:
 			((uint64_t *)c.t.data)[3] = 1;
 			break;
@@ -363,7 +339,7 @@ END_TEST
 
 static void set_nan(int dt, void *data, size_t i, int variant)
 {
-	switch (esize(dt)) {
+	switch (ref_esize(dt)) {
 	case 8:
 		((uint64_t *)data)[i] = variant ? UINT64_C(0xFFF8000000000000) : UINT64_C(0x7FF0000000000001);
 		break;
@@ -435,7 +411,7 @@ END_TEST
  * weights (the stage's source is the read-only model). Returns the counts. */
 static prune_mask_counts_t apply_keep(case_t *c)
 {
-	size_t bytes = c->t.n * esize(c->t.dtype);
+	size_t bytes = c->t.n * ref_esize(c->t.dtype);
 	uint8_t *mbits = malloc(c->t.n / 8 + 1), *src = malloc(bytes ? bytes : 1);
 	ck_assert(mbits && src);
 	memcpy(src, c->t.data, bytes);
@@ -462,11 +438,11 @@ START_TEST(bits_and_apply_long)
 		case_t c;
 		case_new(&c, all_dtypes[d], 1, dims);
 		fill(&c, 3);
-		size_t n = c.t.n, es = esize(c.t.dtype), zeroed = 0, zeros = 0;
+		size_t n = c.t.n, es = ref_esize(c.t.dtype), zeroed = 0, zeros = 0;
 		uint8_t *want_keep = malloc(n);
 		for (size_t i = 0; i < n; i++) {
 			c.keep[i] = (uint8_t)(rng() % 3 == 0);
-			int nz = (bits(c.t.dtype, c.t.data, i) & ~sign_bit(c.t.dtype)) != 0;
+			int nz = (ref_bits(c.t.dtype, c.t.data, i) & ~sign_bit(c.t.dtype)) != 0;
 			zeroed += !c.keep[i] && nz;
 			zeros += !c.keep[i] || !nz;
 			want_keep[i] = (uint8_t)(c.keep[i] && nz);
@@ -490,7 +466,7 @@ START_TEST(bits_and_apply_long)
 					      mbits, first, k);
 		}
 		for (size_t i = 0; i < n; i++) {
-			uint64_t was = bits(c.t.dtype, src + 1, i), now = bits(c.t.dtype, dst + 1, i);
+			uint64_t was = ref_bits(c.t.dtype, src + 1, i), now = ref_bits(c.t.dtype, dst + 1, i);
 			ck_assert(now == (want_keep[i] ? was : was & sign_bit(c.t.dtype)));
 		}
 		free(src);
@@ -609,8 +585,8 @@ START_TEST(apply_gives_signed_zeros)
 		case_t c;
 		case_new(&c, all_dtypes[d], 4, dims);
 		fill(&c, 1);
-		((uint8_t *)c.t.data)[esize(c.t.dtype) - 1] |= 0x80; /* element 0 negative */
-		size_t bytes = c.t.n * esize(c.t.dtype);
+		((uint8_t *)c.t.data)[ref_esize(c.t.dtype) - 1] |= 0x80; /* element 0 negative */
+		size_t bytes = c.t.n * ref_esize(c.t.dtype);
 		void *orig = malloc(bytes);
 		ck_assert_ptr_nonnull(orig);
 		memcpy(orig, c.t.data, bytes);
@@ -621,7 +597,7 @@ START_TEST(apply_gives_signed_zeros)
 		prune_mask_counts_t cnt = apply_keep(&c);
 		size_t pruned = 0, negzero = 0, zeroed = 0;
 		for (size_t i = 0; i < c.t.n; i++) {
-			uint64_t was = bits(c.t.dtype, orig, i), now = bits(c.t.dtype, c.t.data, i);
+			uint64_t was = ref_bits(c.t.dtype, orig, i), now = ref_bits(c.t.dtype, c.t.data, i);
 			if (kept[i]) {
 				ck_assert(now == was);
 			} else {

@@ -12,7 +12,7 @@
  */
 #include <check.h>
 
-#include "ref16.h"
+#include "ref_float.h"
 #include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
@@ -23,10 +23,6 @@
 #include "arena.h"
 #include "tensor.h"
 
-#define DT_F32 TENSORFLOW__DATA_TYPE__DT_FLOAT
-#define DT_F64 TENSORFLOW__DATA_TYPE__DT_DOUBLE
-#define DT_F16 TENSORFLOW__DATA_TYPE__DT_HALF
-#define DT_BF16 TENSORFLOW__DATA_TYPE__DT_BFLOAT16
 
 static const int all_dtypes[] = {DT_F32, DT_F64, DT_F16, DT_BF16};
 
@@ -54,27 +50,6 @@ static void proto_init(proto_t *p, int dtype, int rank, const int64_t *dims)
 	p->tp.tensor_shape = &p->shape;
 }
 
-static size_t esize(int dt) { return dt == DT_F64 ? 8 : dt == DT_F32 ? 4 : 2; }
-
-/* Element i of a decoded tensor as raw bits, for exact comparisons. */
-static uint64_t bits_at(int dt, const void *data, size_t i)
-{
-	/* memcpy: the data may sit at any address, as weights in a mapped model do */
-	uint64_t v8;
-	uint32_t v4;
-	uint16_t v2;
-	switch (esize(dt)) {
-	case 8:
-		memcpy(&v8, (const uint8_t *)data + 8 * i, 8);
-		return v8;
-	case 4:
-		memcpy(&v4, (const uint8_t *)data + 4 * i, 4);
-		return v4;
-	default:
-		memcpy(&v2, (const uint8_t *)data + 2 * i, 2);
-		return v2;
-	}
-}
 
 /* The test's values: distinct, exact in every type, one negative. */
 static const double vals[6] = {1.0, -2.5, 0.375, 4096.0, 0.0, 3.0};
@@ -134,7 +109,7 @@ static _Alignas(16) unsigned char content[64 + 1];
 
 static void set_content(proto_t *p, size_t n, unsigned char *buf)
 {
-	size_t es = esize(p->tp.dtype);
+	size_t es = ref_esize(p->tp.dtype);
 	for (size_t i = 0; i < n; i++) {
 		uint64_t b = pattern(p->tp.dtype, vals[(5 - i % 6)]); /* differs from values */
 		memcpy(buf + i * es, &b, es);                          /* little-endian host */
@@ -206,7 +181,7 @@ START_TEST(storage_forms)
 		ck_assert_int_eq(t.dims[1], 3);
 		ck_assert_uint_eq(t.n, 6);
 		for (size_t i = 0; i < 6; i++)
-			ck_assert(bits_at(dt, t.data, i) == pattern(dt, vals[5 - i]));
+			ck_assert(ref_bits(dt, t.data, i) == pattern(dt, vals[5 - i]));
 
 		/* Content and values both present: content wins, as in TensorFlow. */
 		set_values(&p, 6);
@@ -215,37 +190,37 @@ START_TEST(storage_forms)
 
 		/* Misaligned content is not copied either (weights lie anywhere in a mapped
 		 * model; the kernels read through byte-aligned types). */
-		memmove(content + 1, content, 6 * esize(dt));
+		memmove(content + 1, content, 6 * ref_esize(dt));
 		p.tp.tensor_content.data = content + 1;
 		read_ok(&p, &a, &t);
 		ck_assert_ptr_eq(t.data, content + 1);
 		for (size_t i = 0; i < 6; i++)
-			ck_assert(bits_at(dt, t.data, i) == pattern(dt, vals[5 - i]));
+			ck_assert(ref_bits(dt, t.data, i) == pattern(dt, vals[5 - i]));
 
 		/* Full typed values. */
 		proto_init(&p, dt, 2, dims);
 		set_values(&p, 6);
 		read_ok(&p, &a, &t);
 		for (size_t i = 0; i < 6; i++)
-			ck_assert(bits_at(dt, t.data, i) == pattern(dt, vals[i]));
+			ck_assert(ref_bits(dt, t.data, i) == pattern(dt, vals[i]));
 
 		/* Splat: one value for the whole shape. */
 		set_values(&p, 1);
 		read_ok(&p, &a, &t);
 		for (size_t i = 0; i < 6; i++)
-			ck_assert(bits_at(dt, t.data, i) == pattern(dt, vals[0]));
+			ck_assert(ref_bits(dt, t.data, i) == pattern(dt, vals[0]));
 
 		/* Partial: the last value repeats. */
 		set_values(&p, 3);
 		read_ok(&p, &a, &t);
 		for (size_t i = 0; i < 6; i++)
-			ck_assert(bits_at(dt, t.data, i) == pattern(dt, vals[i < 3 ? i : 2]));
+			ck_assert(ref_bits(dt, t.data, i) == pattern(dt, vals[i < 3 ? i : 2]));
 
 		/* Nothing stored: zeros. */
 		set_values(&p, 0);
 		read_ok(&p, &a, &t);
 		for (size_t i = 0; i < 6; i++)
-			ck_assert(bits_at(dt, t.data, i) == 0);
+			ck_assert(ref_bits(dt, t.data, i) == 0);
 
 		/* Values in another type's field are ignored, as TensorFlow does. */
 		proto_init(&p, dt, 2, dims);
@@ -253,7 +228,7 @@ START_TEST(storage_forms)
 		int32_t one = 1;
 		p.tp.int_val = &one;
 		read_ok(&p, &a, &t);
-		ck_assert(bits_at(dt, t.data, 5) == 0);
+		ck_assert(ref_bits(dt, t.data, 5) == 0);
 
 		arena_deinit(&a);
 	}
@@ -316,7 +291,7 @@ START_TEST(size_mismatch)
 		proto_t p;
 		proto_init(&p, dt, 2, dims);
 		set_content(&p, 6, content);
-		p.tp.tensor_content.len -= esize(dt); /* one element short */
+		p.tp.tensor_content.len -= ref_esize(dt); /* one element short */
 		arena_t a;
 		arena_init(&a, 0);
 		prune_tensor_t t;
@@ -328,11 +303,11 @@ START_TEST(size_mismatch)
 		snprintf(want, sizeof(want),
 			 "node 'conv1/weights': tensor_content has %zu bytes, shape [2, 3] of %s "
 			 "needs %zu",
-			 5 * esize(dt), prune_dtype_name(dt), 6 * esize(dt));
+			 5 * ref_esize(dt), prune_dtype_name(dt), 6 * ref_esize(dt));
 		ck_assert_str_eq(e.msg, want);
 		ck_assert_str_eq(e.node, "conv1/weights");
 		/* Too long is as wrong as too short. */
-		p.tp.tensor_content.len = 7 * esize(dt);
+		p.tp.tensor_content.len = 7 * ref_esize(dt);
 		ck_assert_int_eq(prune_tensor_read(&p.tp, 1000, "w", &a, &t, &e), SD_EMODEL);
 		arena_deinit(&a);
 	}
@@ -471,7 +446,7 @@ START_TEST(write_sets_content)
 		sd_err_clear(&e);
 		ck_assert_int_eq(prune_tensor_write(&p.tp, &t, &a, &e), 0);
 		ck_assert_ptr_eq(p.tp.tensor_content.data, t.data);
-		ck_assert_uint_eq(p.tp.tensor_content.len, 6 * esize(dt));
+		ck_assert_uint_eq(p.tp.tensor_content.len, 6 * ref_esize(dt));
 		ck_assert_uint_eq(p.tp.n_float_val + p.tp.n_double_val + p.tp.n_half_val, 0);
 		ck_assert_int_eq(p.tp.dtype, dt);
 		ck_assert_uint_eq(p.tp.tensor_shape->n_dim, 3);
@@ -490,9 +465,9 @@ START_TEST(write_sets_content)
 		ck_assert_int_eq(t2.rank, 3);
 		ck_assert_uint_eq(t2.n, 6);
 		ck_assert_ptr_eq(t2.data, back->tensor_content.data); /* no copy */
-		ck_assert(memcmp(t2.data, t.data, 6 * esize(dt)) == 0);
+		ck_assert(memcmp(t2.data, t.data, 6 * ref_esize(dt)) == 0);
 		for (size_t i = 0; i < 6; i++)
-			ck_assert(bits_at(dt, t2.data, i) == pattern(dt, vals[i < 4 ? i : 3]));
+			ck_assert(ref_bits(dt, t2.data, i) == pattern(dt, vals[i < 4 ? i : 3]));
 		arena_deinit(&a);
 	}
 }
