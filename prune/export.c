@@ -96,21 +96,20 @@ typedef struct ctx {
 	sd_error_t *e;
 } ctx_t;
 
-/* A layer between its checks and its edit: weight, stored mask, and the mask job. */
+/* A layer between its checks and its edit (its mask job sits in the batch's array). */
 typedef struct pending_layer {
 	prune_tensor_t w, m;
 	const Tensorflow__NodeDef *wc;
-	prune_mask_job_t job;
 	int64_t step;
 } pending_layer_t;
 
 /*
  * Checks layer r of the record against the model, reads its weight and, when the
- * frozen graph uses the stored mask rather than a fresh one, that mask; p->job is what
+ * frozen graph uses the stored mask rather than a fresh one, that mask; *job is what
  * prune_mask_batch then computes.
  */
 static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *l,
-			 pending_layer_t *p)
+			 pending_layer_t *p, prune_mask_job_t *job)
 {
 	prune_graph_t *g = x->g;
 	sd_error_t *e = x->e;
@@ -181,9 +180,9 @@ static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t 
 				   "record's mask_shape",
 				   r->name, wc->name);
 	p->wc = wc;
-	p->job = (prune_mask_job_t){.w = w, .axis = r->axis, .layer = r->name,
+	*job = (prune_mask_job_t){.w = w, .axis = r->axis, .layer = r->name,
 				    .bits = arena_alloc(a, w->n / 8 + 1)};
-	if (!p->job.bits)
+	if (!job->bits)
 		return sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", r->name);
 	/* The mask the frozen graph's SelectV2 picks: fresh at a refresh step, else the
 	 * frozen variable. NaN is refused on both paths (one that survives the mask would
@@ -197,27 +196,27 @@ static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t 
 		return sd_err_node(e, SD_EMODEL, r->name,
 				   "layer '%s': mask '%s' does not match its weight", r->name,
 				   mc->name);
-	p->job.stored = &p->m;
-	p->job.stored_name = mc->name;
+	job->stored = &p->m;
+	job->stored_name = mc->name;
 	return 0;
 }
 
 /* Writes the layer's masked weight (or its sparse copy) and points the layer at it. */
 static int finish_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *l,
-			pending_layer_t *p)
+			pending_layer_t *p, const prune_mask_job_t *job)
 {
 	prune_graph_t *g = x->g;
 	ptrdiff_t wci = prune_graph_find(g, p->wc->name, strlen(p->wc->name));
 	bool moved;
-	int rc = prune_sparsify(g, &x->cons, l, l->node, (size_t)wci, &p->w, p->job.bits,
-				p->job.counts, p->job.is_2of4, ignore_scope, (void *)r->scope,
+	int rc = prune_sparsify(g, &x->cons, l, l->node, (size_t)wci, &p->w, job->bits,
+				job->counts, job->is_2of4, ignore_scope, (void *)r->scope,
 				&moved, x->e);
 	if (rc)
 		return rc;
 	if (!moved)
 		prune_graph_node(g, l->node)->input[1] = (char *)r->weight_input;
 	l->detail = arena_sprintf(prune_graph_arena(g), "step %lld, %s mask%s",
-				  (long long)p->step, p->job.stored ? "stored" : "fresh",
+				  (long long)p->step, job->stored ? "stored" : "fresh",
 				  moved ? ", shared weight copied" : "");
 	return 0;
 }
@@ -299,17 +298,14 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 	int rc = prune_graph_consumers(g, &x.cons, e);
 	size_t bytes = 0;
 	for (size_t i = 0; !rc && i < n_rec; i++) {
-		rc = prepare_layer(&x, &rec[i], &res->layers[i], &p[i]);
+		rc = prepare_layer(&x, &rec[i], &res->layers[i], &p[i], &jobs[i]);
 		res->n_layers = i + 1;
-		jobs[i] = p[i].job;
 		bytes += p[i].w.n * prune_dtype_size(p[i].w.dtype);
 	}
 	if (!rc)
 		rc = prune_mask_batch(jobs, n_rec, prune_mask_threads(bytes), e);
-	for (size_t i = 0; !rc && i < n_rec; i++)
-		p[i].job = jobs[i];
 	for (size_t i = 0; !rc && i < n_rec; i++) {
-		rc = finish_layer(&x, &rec[i], &res->layers[i], &p[i]);
+		rc = finish_layer(&x, &rec[i], &res->layers[i], &p[i], &jobs[i]);
 		res->weights += res->layers[i].elems;
 		res->weights_zeroed += res->layers[i].zeroed;
 	}
