@@ -351,13 +351,6 @@ static int nan_error(const prune_tensor_t *w, size_t at, const char *layer, sd_e
 			   layer, at, w->n, prune_dtype_name(w->dtype));
 }
 
-/* 0, or SD_EMODEL naming layer and the flat index of w's first NaN (for a stored mask). */
-static int nan_check(const prune_tensor_t *w, const char *layer, sd_error_t *e)
-{
-	size_t at = first_nan(w);
-	return at < w->n ? nan_error(w, at, layer ? layer : "", e) : 0;
-}
-
 /* The view of w around axis, or SD_EUSAGE naming layer. */
 static int checked_view(const prune_tensor_t *w, int axis, const char *layer, view_t *v,
 			sd_error_t *e)
@@ -418,11 +411,14 @@ static inline size_t count8(uint64_t b) /* how many of 8 bytes of 0/1 are 1 */
 /* The scalar form, for float64 and the tails: elements [0, n) of a run whose first
  * element sits at bit 0 of bits[0]. */
 #define DEFINE_BITS_SCALAR(NAME, U, ABSM)                                              \
-	static void NAME(const U *w, uint8_t *keep, size_t n, uint8_t *bits,            \
-			 size_t *zeroed, size_t *kept)                                  \
+	static int NAME(const U *w, uint8_t *keep, size_t n, uint8_t *bits,             \
+			size_t *zeroed, size_t *kept, U inf)                            \
 	{                                                                              \
+		int bad = 0;                                                           \
 		for (size_t i = 0; i < n; i++) {                                       \
-			unsigned nz = (w[i] & (ABSM)) != 0, k = keep[i] != 0;          \
+			U a = w[i] & (ABSM);                                           \
+			unsigned nz = a != 0, k = keep[i] != 0;                        \
+			bad |= a > inf;                                                \
 			keep[i] = (uint8_t)(k & nz);                                   \
 			if (i % 8 == 0)                                                \
 				bits[i / 8] = 0;                                       \
@@ -430,6 +426,7 @@ static inline size_t count8(uint64_t b) /* how many of 8 bytes of 0/1 are 1 */
 			*zeroed += nz & !k;                                            \
 			*kept += k & nz;                                               \
 		}                                                                      \
+		return bad;                                                            \
 	}
 
 DEFINE_BITS_SCALAR(bits16_tail, prune_u16u_t, 0x7FFFu)
@@ -437,19 +434,23 @@ DEFINE_BITS_SCALAR(bits32_tail, prune_u32u_t, 0x7FFFFFFFu)
 DEFINE_BITS_SCALAR(bits64, prune_u64u_t, UINT64_C(0x7FFFFFFFFFFFFFFF))
 
 /* The vector form: BLOCK elements' non-zero tests narrowed to bytes like the kernel's
- * keep bytes, then combined and packed eight at a time in 64-bit words. */
+ * keep bytes, then combined and packed eight at a time in 64-bit words. The NaN test
+ * rides along, for a mask that did not come from the kernel (which tests it itself). */
 #define DEFINE_BITS_VEC(NAME, TAIL, S, V, NV, NARROW, ABSM)                            \
-	static void NAME(const S *w, uint8_t *keep, size_t n, uint8_t *bits,            \
-			 size_t *zeroed, size_t *kept)                                  \
+	static int NAME(const S *w, uint8_t *keep, size_t n, uint8_t *bits,             \
+			size_t *zeroed, size_t *kept, S inf)                            \
 	{                                                                              \
 		size_t i = 0, z = 0, kk = 0; /* locals: the byte stores may alias */   \
+		V vbad = {0};                                                          \
 		for (; i + BLOCK <= n; i += BLOCK) {                                   \
 			V q[NV];                                                       \
 			uint8_t nzb[BLOCK];                                            \
 			for (int v = 0; v < NV; v++) {                                 \
 				V a;                                                   \
 				memcpy(&a, w + i + (size_t)v * (BLOCK / NV), sizeof(a)); \
-				q[v] = (V)((a & (S)(ABSM)) != 0);                      \
+				a &= (S)(ABSM);                                        \
+				vbad |= (V)(a > inf);                                  \
+				q[v] = (V)(a != 0);                                    \
 			}                                                              \
 			NARROW(q, nzb);                                                \
 			for (int h = 0; h < BLOCK / 8; h++) {                          \
@@ -465,38 +466,41 @@ DEFINE_BITS_SCALAR(bits64, prune_u64u_t, UINT64_C(0x7FFFFFFFFFFFFFFF))
 		}                                                                      \
 		*zeroed += z;                                                          \
 		*kept += kk;                                                           \
-		TAIL((const void *)(w + i), keep + i, n - i, bits + i / 8, zeroed, kept); \
+		int bad = 0;                                                           \
+		for (int l = 0; l < BLOCK / NV; l++)                                   \
+			bad |= vbad[l] != 0;                                           \
+		return bad | TAIL((const void *)(w + i), keep + i, n - i, bits + i / 8, \
+				  zeroed, kept, inf);                                  \
 	}
 
 DEFINE_BITS_VEC(bits16, bits16_tail, prune_i16u_t, v8hi_t, 2, narrow16, ABS16)
 DEFINE_BITS_VEC(bits32, bits32_tail, prune_i32u_t, v4si_t, 4, narrow32, ABS32)
 
-/* Bits and counts for n elements of dtype at data, the first at bit 0 of bits[0]. */
-static void bits_any(int dtype, const void *data, uint8_t *keep, size_t n, uint8_t *bits,
-		     size_t *zeroed, size_t *kept)
+/* Bits and counts for n elements of dtype at data, the first at bit 0 of bits[0];
+ * non-zero when one of them is NaN. */
+static int bits_any(int dtype, const void *data, uint8_t *keep, size_t n, uint8_t *bits,
+		    size_t *zeroed, size_t *kept)
 {
-	switch (prune_dtype_size(dtype)) {
-	case 2:
-		bits16(data, keep, n, bits, zeroed, kept);
-		break;
-	case 4:
-		bits32(data, keep, n, bits, zeroed, kept);
-		break;
-	case 8:
-		bits64(data, keep, n, bits, zeroed, kept);
-		break;
+	switch (dtype) {
+	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
+		return bits32(data, keep, n, bits, zeroed, kept, INF32);
+	case TENSORFLOW__DATA_TYPE__DT_DOUBLE:
+		return bits64(data, keep, n, bits, zeroed, kept, INF64);
+	case TENSORFLOW__DATA_TYPE__DT_HALF:
+		return bits16(data, keep, n, bits, zeroed, kept, INF_HALF);
 	default:
-		break;
+		return bits16(data, keep, n, bits, zeroed, kept, INF_BF16);
 	}
 }
 
-void prune_mask_bits(const prune_tensor_t *w, uint8_t *keep, uint8_t *bits,
-		     prune_mask_counts_t *c)
+int prune_mask_bits(const prune_tensor_t *w, uint8_t *keep, uint8_t *bits,
+		    prune_mask_counts_t *c)
 {
 	size_t zeroed = 0, kept = 0;
-	bits_any(w->dtype, w->data, keep, w->n, bits, &zeroed, &kept);
+	int bad = bits_any(w->dtype, w->data, keep, w->n, bits, &zeroed, &kept);
 	c->zeroed = zeroed;
 	c->zeros = w->n - kept;
+	return bad;
 }
 
 /* Elements per piece of prune_mask_2of4_bits: the piece's weights and keep bytes stay
@@ -590,14 +594,13 @@ static int run_job(prune_mask_job_t *j, uint8_t *keep, sd_error_t *e)
 		j->is_2of4 = true; /* by construction */
 		return prune_mask_2of4_bits(j->w, j->axis, keep, j->bits, &j->counts, j->layer, e);
 	}
-	int rc = nan_check(j->w, j->layer, e);
-	if (rc)
-		return rc;
 	if (keep_from_values(j->stored, keep))
 		return sd_err_node(e, SD_EMODEL, j->layer,
 				   "layer '%s': mask '%s' holds values other than 0 and 1",
 				   j->layer, j->stored_name ? j->stored_name : "?");
-	prune_mask_bits(j->w, keep, j->bits, &j->counts);
+	/* A NaN is refused even where the mask drops it: the weight is not a number. */
+	if (prune_mask_bits(j->w, keep, j->bits, &j->counts))
+		return nan_error(j->w, first_nan(j->w), j->layer, e);
 	j->is_2of4 = prune_mask_keep_is_2of4(j->w, j->axis, keep, NULL);
 	return 0;
 }

@@ -41,10 +41,11 @@ typedef struct prune_mask_counts {
  * bit i % 8 of bits[i / 8] (w->n bits, (w->n + 7) / 8 bytes) is set for an element
  * that is kept and non-zero, and keep[i] is rewritten the same way (a kept zero is
  * written unchanged either way, so keep then marks exactly the result's non-zeros).
- * c receives the counts. w is only read.
+ * c receives the counts. w is only read. Returns non-zero when w holds a NaN (checked
+ * in the same pass, for a mask that did not come from the 2:4 kernel).
  */
-void prune_mask_bits(const prune_tensor_t *w, uint8_t *keep, uint8_t *bits,
-		     prune_mask_counts_t *c);
+int prune_mask_bits(const prune_tensor_t *w, uint8_t *keep, uint8_t *bits,
+		    prune_mask_counts_t *c);
 
 /*
  * prune_mask_2of4 then prune_mask_bits, piece by piece, so each piece of w is still in
