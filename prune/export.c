@@ -296,14 +296,12 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 	/* Every layer is checked and read first; the masks are then computed on all
 	 * cores; the graph is edited last, in record order, on this thread. */
 	int rc = prune_graph_consumers(g, &x.cons, e);
-	size_t bytes = 0;
 	for (size_t i = 0; !rc && i < n_rec; i++) {
 		rc = prepare_layer(&x, &rec[i], &res->layers[i], &p[i], &jobs[i]);
 		res->n_layers = i + 1;
-		bytes += p[i].w.n * prune_dtype_size(p[i].w.dtype);
 	}
 	if (!rc)
-		rc = prune_mask_batch(jobs, n_rec, prune_mask_threads(bytes), e);
+		rc = prune_mask_batch(jobs, n_rec, 0, e);
 	for (size_t i = 0; !rc && i < n_rec; i++) {
 		rc = finish_layer(&x, &rec[i], &res->layers[i], &p[i], &jobs[i]);
 		res->weights += res->layers[i].elems;

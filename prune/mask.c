@@ -628,8 +628,22 @@ static void *batch_worker(void *arg)
 	return NULL;
 }
 
+/* Threads worth starting for these jobs (see prune_mask_batch). */
+static int auto_threads(const prune_mask_job_t *jobs, size_t n)
+{
+	size_t bytes = 0;
+	for (size_t i = 0; i < n; i++)
+		bytes += jobs[i].w->n * prune_dtype_size(jobs[i].w->dtype);
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (bytes < ((size_t)8 << 20) || cpus < 2)
+		return 1;
+	return cpus > 8 ? 8 : (int)cpus;
+}
+
 int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads, sd_error_t *e)
 {
+	if (threads <= 0)
+		threads = auto_threads(jobs, n);
 	int *rc = calloc(n + 1, sizeof(*rc));
 	if (!rc)
 		return sd_err(e, SD_ENOMEM, "out of memory");
@@ -656,14 +670,6 @@ int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads, sd_error_t *
 	}
 	free(rc);
 	return out;
-}
-
-int prune_mask_threads(size_t bytes)
-{
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	if (bytes < ((size_t)8 << 20) || cpus < 2)
-		return 1;
-	return cpus > 8 ? 8 : (int)cpus;
 }
 
 /*

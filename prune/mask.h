@@ -75,18 +75,15 @@ typedef struct prune_mask_job {
 /*
  * Computes every job's bits (keep bytes in scratch of its own), on up to `threads`
  * threads including the caller's: the layers of a model are independent, and a stage
- * has nothing else to do until its masks exist. Fresh masks run prune_mask_2of4_bits;
- * stored ones are refused when w holds a NaN or the mask a value other than 0 and 1.
- * Returns 0, or the error of the first failing job in array order (SD_EMODEL naming
- * its layer, SD_ENOMEM). threads < 1 counts as 1.
+ * has nothing else to do until its masks exist. threads <= 0 picks the number: the
+ * online CPUs (at most 8), or 1 when the weights come to less than a few MB (starting
+ * threads would cost more than it saves). Fresh masks run prune_mask_2of4_bits; stored
+ * ones are refused when w holds a NaN or the mask a value other than 0 and 1. Returns
+ * 0, or the error of the first failing job in array order (SD_EMODEL naming its layer,
+ * SD_ENOMEM).
  */
 SD_MUST_CHECK int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads,
 				   sd_error_t *e);
-
-/* How many threads prune_mask_batch is worth for weights of `bytes` bytes on this
- * machine: the online CPUs (at most 8), or 1 below a few MB (thread start-up would cost
- * more than it saves). */
-int prune_mask_threads(size_t bytes);
 
 /*
  * dst := src * mask for n elements of dtype starting at element `first` of a tensor

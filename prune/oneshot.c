@@ -55,7 +55,7 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 	size_t *at = arena_calloc(a, res->n_layers + 1, sizeof(*at));
 	if (!jobs || !ws || !at)
 		return sd_err(e, SD_ENOMEM, "out of memory");
-	size_t nj = 0, bytes = 0;
+	size_t nj = 0;
 	for (size_t i = 0; i < res->n_layers; i++) {
 		prune_layer_t *l = &res->layers[i];
 		if (l->action != PRUNE_ACTION_PRUNED)
@@ -69,10 +69,9 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 			return sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", l->name);
 		jobs[nj] = (prune_mask_job_t){.w = &ws[nj], .axis = l->axis, .layer = l->name,
 					      .bits = bits};
-		bytes += ws[nj].n * prune_dtype_size(ws[nj].dtype);
 		at[nj++] = i;
 	}
-	if ((rc = prune_mask_batch(jobs, nj, prune_mask_threads(bytes), e)))
+	if ((rc = prune_mask_batch(jobs, nj, 0, e)))
 		return rc;
 	for (size_t k = 0; k < nj; k++) {
 		prune_layer_t *l = &res->layers[at[k]];
