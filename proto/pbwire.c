@@ -52,11 +52,6 @@ size_t pbwire_elem_size(ProtobufCType t)
 	}
 }
 
-static inline size_t varint_size(uint64_t v)
-{
-	return (size_t)(64 - __builtin_clzll(v | 1) + 6) / 7;
-}
-
 static inline uint32_t zigzag32(int32_t v) { return ((uint32_t)v << 1) ^ (uint32_t)(v >> 31); }
 static inline uint64_t zigzag64(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
 
@@ -325,7 +320,7 @@ static uint64_t packed_len(fplan_t *fp, const char *arr, size_t n)
 		return (uint64_t)n * fp->es;
 	uint64_t len = 0;
 	for (size_t i = 0; i < n; i++)
-		len += varint_size(varint_value(fp->f->type, arr + i * fp->es));
+		len += pbwire_varint_size(varint_value(fp->f->type, arr + i * fp->es));
 	return len;
 }
 
@@ -337,11 +332,11 @@ static uint64_t value_size(const pass_t *ps, fplan_t *fp, const void *p)
 	case PROTOBUF_C_TYPE_STRING: {
 		const char *s = *(const char *const *)p;
 		uint64_t len = settle(t, claim(t), s ? strlen(s) : 0);
-		return varint_size(len) + len;
+		return pbwire_varint_size(len) + len;
 	}
 	case PROTOBUF_C_TYPE_BYTES: {
 		size_t len = ((const ProtobufCBinaryData *)p)->len;
-		return varint_size(len) + len;
+		return pbwire_varint_size(len) + len;
 	}
 	case PROTOBUF_C_TYPE_MESSAGE: {
 		const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
@@ -350,13 +345,13 @@ static uint64_t value_size(const pass_t *ps, fplan_t *fp, const void *p)
 		if (sub && !sp)
 			t->nomem = true;
 		uint64_t len = settle(t, slot, sp ? walk(ps, sub, sp) : 0);
-		return varint_size(len) + len;
+		return pbwire_varint_size(len) + len;
 	}
 	default:
 		switch (fp->wt) {
 		case WT_32BIT: return 4;
 		case WT_64BIT: return 8;
-		default: return varint_size(varint_value(fp->f->type, p));
+		default: return pbwire_varint_size(varint_value(fp->f->type, p));
 		}
 	}
 }
@@ -396,11 +391,7 @@ static inline void room(wr_t *w)
 
 static inline void put_varint(wr_t *w, uint64_t v)
 {
-	while (v >= 0x80) {
-		*w->p++ = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	*w->p++ = (uint8_t)v;
+	w->p += pbwire_varint_put(w->p, v);
 }
 
 static void put_bytes(wr_t *w, const void *data, size_t len)
@@ -500,7 +491,7 @@ static inline uint64_t field(const pass_t *ps, fplan_t *fp, const void *p)
 		write_field(ps, fp, p);
 		return 0;
 	}
-	return varint_size(fp->key) + value_size(ps, fp, p);
+	return pbwire_varint_size(fp->key) + value_size(ps, fp, p);
 }
 
 /* A packed repeated field of n elements: its encoded size, or written (0). */
@@ -511,7 +502,7 @@ static inline uint64_t packed(const pass_t *ps, fplan_t *fp, const char *arr, si
 		return 0;
 	}
 	uint64_t len = settle(ps->t, claim(ps->t), packed_len(fp, arr, n));
-	return varint_size(fp->key) + varint_size(len) + len;
+	return pbwire_varint_size(fp->key) + pbwire_varint_size(len) + len;
 }
 
 /* A field the schema does not declare, copied as it was read. */
@@ -519,7 +510,7 @@ static inline uint64_t unknown(const pass_t *ps, const ProtobufCMessageUnknownFi
 {
 	uint64_t key = (uint64_t)u->tag << 3 | (uint64_t)u->wire_type;
 	if (!ps->w)
-		return varint_size(key) + u->len;
+		return pbwire_varint_size(key) + u->len;
 	room(ps->w);
 	put_varint(ps->w, key);
 	put_bytes(ps->w, u->data, u->len);

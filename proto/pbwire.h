@@ -49,6 +49,24 @@ typedef struct pbwire_fill {
 SD_MUST_CHECK int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills,
 			       size_t n_fills, FILE *f, sd_error_t *e);
 
+/* Bytes the base-128 varint encoding of v takes (1 to 10). */
+static inline size_t pbwire_varint_size(uint64_t v)
+{
+	return (size_t)(64 - __builtin_clzll(v | 1) + 6) / 7;
+}
+
+/* Writes v at out as a base-128 varint; returns the bytes written. */
+static inline size_t pbwire_varint_put(uint8_t *out, uint64_t v)
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		out[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	out[n++] = (uint8_t)v;
+	return n;
+}
+
 /* Bytes one element of a field of type t takes in a protobuf-c struct or array. */
 size_t pbwire_elem_size(ProtobufCType t);
 

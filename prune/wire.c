@@ -12,6 +12,8 @@
 
 #include <string.h>
 
+#include "pbwire.h"
+
 enum level { L_META, L_GRAPH, L_NODE, L_ENTRY, L_VALUE, L_TENSOR };
 
 /* The field number that leads one level down, per level. */
@@ -40,27 +42,9 @@ bool prune_wire_varint(const uint8_t *p, size_t len, size_t *at, uint64_t *v)
 	return false;
 }
 
-static size_t varint_size(uint64_t v)
-{
-	size_t n = 1;
-	while (v >= 0x80) {
-		v >>= 7;
-		n++;
-	}
-	return n;
-}
-
 static void put_varint(walk_t *w, uint64_t v)
 {
-	if (w->out) {
-		while (v >= 0x80) {
-			w->out[w->pos++] = (uint8_t)(v | 0x80);
-			v >>= 7;
-		}
-		w->out[w->pos++] = (uint8_t)v;
-	} else {
-		w->pos += varint_size(v);
-	}
+	w->pos += w->out ? pbwire_varint_put(w->out + w->pos, v) : pbwire_varint_size(v);
 }
 
 static void put_bytes(walk_t *w, const uint8_t *p, size_t n)
