@@ -351,15 +351,17 @@ static int nan_error(const prune_tensor_t *w, size_t at, const char *layer, sd_e
 			   layer, at, w->n, prune_dtype_name(w->dtype));
 }
 
-/* The view of w around axis, or SD_EUSAGE naming layer. */
-static int checked_view(const prune_tensor_t *w, int axis, const char *layer, view_t *v,
+/* The view of w around axis, or SD_EUSAGE naming *layer (a NULL layer becomes ""). */
+static int checked_view(const prune_tensor_t *w, int axis, const char **layer, view_t *v,
 			sd_error_t *e)
 {
+	if (!*layer)
+		*layer = "";
 	if (!view_of(w, axis, v))
 		return 0;
-	return sd_err_node(e, SD_EUSAGE, layer,
+	return sd_err_node(e, SD_EUSAGE, *layer,
 			   "layer '%s': prune axis %d is not valid for a %s tensor of rank %d",
-			   layer, axis, w ? prune_dtype_name(w->dtype) : "missing",
+			   *layer, axis, w ? prune_dtype_name(w->dtype) : "missing",
 			   w ? w->rank : 0);
 }
 
@@ -382,9 +384,7 @@ int prune_mask_2of4(const prune_tensor_t *w, int axis, uint8_t *keep, const char
 		    sd_error_t *e)
 {
 	view_t v;
-	if (!layer)
-		layer = "";
-	int rc = checked_view(w, axis, layer, &v, e);
+	int rc = checked_view(w, axis, &layer, &v, e);
 	if (rc || !w->n)
 		return rc;
 	return mask_any(w->dtype, w->data, &v, keep) ? nan_error(w, first_nan(w), layer, e) : 0;
@@ -511,9 +511,7 @@ int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_t *keep, uint8
 			 prune_mask_counts_t *c, const char *layer, sd_error_t *e)
 {
 	view_t v;
-	if (!layer)
-		layer = "";
-	int rc = checked_view(w, axis, layer, &v, e);
+	int rc = checked_view(w, axis, &layer, &v, e);
 	*c = (prune_mask_counts_t){0, 0};
 	if (rc || !w->n)
 		return rc;
