@@ -599,3 +599,59 @@ int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills, size_t
 	free(t.v);
 	return rc;
 }
+
+int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
+		       int err_code, sd_error_t *e)
+{
+	struct frame {
+		const ProtobufCMessageDescriptor *d;
+		size_t end;
+	} stack[PBWIRE_MAX_DEPTH + 1];
+	int depth = 0;
+	stack[0] = (struct frame){d, len};
+	size_t at = 0;
+	for (;;) {
+		while (depth > 0 && at == stack[depth].end)
+			depth--;
+		if (at >= stack[depth].end)
+			return 0;
+		uint64_t key, v;
+		if (!pbwire_varint_get(buf, stack[depth].end, &at, &key))
+			return 0;
+		switch (key & 7) {
+		case WT_VARINT:
+			if (!pbwire_varint_get(buf, stack[depth].end, &at, &v))
+				return 0;
+			continue;
+		case WT_64BIT:
+			v = 8;
+			break;
+		case WT_32BIT:
+			v = 4;
+			break;
+		case WT_LEN:
+			if (!pbwire_varint_get(buf, stack[depth].end, &at, &v))
+				return 0;
+			break;
+		default:
+			return 0; /* groups: protobuf-c refuses them */
+		}
+		if (v > stack[depth].end - at)
+			return 0;
+		const ProtobufCFieldDescriptor *f =
+			key >> 3 <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(
+							 stack[depth].d, (unsigned)(key >> 3))
+					       : NULL;
+		if ((key & 7) != WT_LEN || !f || f->type != PROTOBUF_C_TYPE_MESSAGE) {
+			at += v;
+			continue;
+		}
+		if (depth == PBWIRE_MAX_DEPTH)
+			return sd_err(e, err_code,
+				      "nests messages deeper than %d levels (at byte %zu, field '%s' "
+				      "of %s)",
+				      PBWIRE_MAX_DEPTH, at, f->name, stack[depth].d->name);
+		depth++;
+		stack[depth] = (struct frame){f->descriptor, at + v};
+	}
+}

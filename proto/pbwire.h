@@ -67,6 +67,38 @@ static inline size_t pbwire_varint_put(uint8_t *out, uint64_t v)
 	return n;
 }
 
+/* Reads a base-128 varint at p[*at], advancing *at; false when it runs past len or is
+ * longer than 10 bytes. */
+static inline bool pbwire_varint_get(const uint8_t *p, size_t len, size_t *at, uint64_t *v)
+{
+	*v = 0;
+	for (int shift = 0; shift < 64 && *at < len; shift += 7) {
+		uint8_t b = p[(*at)++];
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * How deep messages may nest in a binary input: protobuf's own default recursion limit,
+ * and the text reader's (pbtext).
+ */
+#define PBWIRE_MAX_DEPTH 100
+
+/*
+ * Checks, before anything is unpacked, that no message in buf (a binary d) nests deeper
+ * than PBWIRE_MAX_DEPTH levels. protobuf-c's unpacker recurses once per level with no
+ * limit, so a 50 KB input nested a few thousand levels deep would overflow the stack;
+ * this walk is iterative and its state is a fixed array. Only fields the descriptor
+ * declares as messages are followed (unknown fields stay bytes in protobuf-c too).
+ * Returns 0 when the input is within the limit or malformed (the unpacker then reports
+ * it), or err_code with a message naming the byte offset where the limit was crossed.
+ */
+SD_MUST_CHECK int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf,
+				     size_t len, int err_code, sd_error_t *e);
+
 /* Bytes one element of a field of type t takes in a protobuf-c struct or array. */
 size_t pbwire_elem_size(ProtobufCType t);
 

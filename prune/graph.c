@@ -339,17 +339,17 @@ static int meta_score(const uint8_t *buf, size_t len)
 	int score = 0, ones = 0;
 	while (pos < len) {
 		uint64_t key, n;
-		if (!prune_wire_varint(buf, len, &pos, &key))
+		if (!pbwire_varint_get(buf, len, &pos, &key))
 			break;
 		unsigned field = (unsigned)(key >> 3), wire = key & 7;
 		if (wire == 0) {
-			if (!prune_wire_varint(buf, len, &pos, &n))
+			if (!pbwire_varint_get(buf, len, &pos, &n))
 				break;
 			if (field == 3)
 				score -= 4; /* GraphDef.version (deprecated int) */
 			continue;
 		}
-		if (wire != 2 || !prune_wire_varint(buf, len, &pos, &n) || n > len - pos)
+		if (wire != 2 || !pbwire_varint_get(buf, len, &pos, &n) || n > len - pos)
 			break;
 		const uint8_t *payload = buf + pos;
 		if (field == 1 && ++ones > 1)
@@ -397,10 +397,15 @@ static Tensorflow__TensorProto *patch_site(prune_graph_t *g, const prune_wire_re
 static int unpack_binary(prune_graph_t *g, const uint8_t *buf, size_t len, bool meta,
 			 sd_error_t *e)
 {
+	int rc = pbwire_check_depth(meta ? &tensorflow__meta_graph_def__descriptor
+				       : &tensorflow__graph_def__descriptor,
+				  buf, len, SD_EMODEL, e);
+	if (rc)
+		return rc;
 	uint8_t *small;
 	size_t small_len, n_refs;
 	prune_wire_ref_t *refs;
-	int rc = prune_wire_strip(buf, len, meta, g->arena, &small, &small_len, &refs, &n_refs, e);
+	rc = prune_wire_strip(buf, len, meta, g->arena, &small, &small_len, &refs, &n_refs, e);
 	if (rc == SD_ENOMEM)
 		return rc;
 	if (rc == 0 && n_refs && unpack_plain(g, small, small_len, meta) == 0 && g->gd) {
@@ -512,19 +517,25 @@ int prune_graph_load(const uint8_t *buf, size_t len, const char *file, prune_for
 		g->gd = (Tensorflow__GraphDef *)m;
 	} else {
 		bool meta = fmt == PRUNE_FMT_METAGRAPH;
-		int rc = unpack_binary(g, buf, len, meta, e);
+		sd_error_t first;
+		sd_err_clear(&first);
+		int rc = unpack_binary(g, buf, len, meta, &first);
 		if (rc == SD_ENOMEM)
-			return rc;
+			return sd_err(e, rc, "%s", first.msg);
 		if (!g->stated && (rc || !g->gd || g->gd->n_node == 0)) {
 			/* The heuristic guessed wrong only if the other reading has nodes. */
 			prune_graph_t alt = *g;
-			if (unpack_binary(&alt, buf, len, !meta, e) == 0 && alt.gd &&
+			sd_error_t ignored;
+			if (unpack_binary(&alt, buf, len, !meta, &ignored) == 0 && alt.gd &&
 			    alt.gd->n_node) {
 				*g = alt;
 				g->format = meta ? PRUNE_FMT_GRAPHDEF : PRUNE_FMT_METAGRAPH;
 				rc = 0;
 			}
 		}
+		if (rc == SD_EMODEL)
+			return sd_err(e, rc, "%s: %s %s", file, meta ? "MetaGraphDef" : "GraphDef",
+				      first.msg);
 		if (rc)
 			return sd_err(e, SD_EMODEL,
 				      "%s: not a valid binary %s (truncated or not a TensorFlow "

@@ -30,18 +30,6 @@ typedef struct walk {
 	bool oom;
 } walk_t;
 
-bool prune_wire_varint(const uint8_t *p, size_t len, size_t *at, uint64_t *v)
-{
-	*v = 0;
-	for (int shift = 0; shift < 64 && *at < len; shift += 7) {
-		uint8_t b = p[(*at)++];
-		*v |= (uint64_t)(b & 0x7f) << shift;
-		if (!(b & 0x80))
-			return true;
-	}
-	return false;
-}
-
 static void put_varint(walk_t *w, uint64_t v)
 {
 	w->pos += w->out ? pbwire_varint_put(w->out + w->pos, v) : pbwire_varint_size(v);
@@ -90,12 +78,12 @@ static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 	while (at < len) {
 		size_t start = at;
 		uint64_t key, v;
-		if (!prune_wire_varint(p, len, &at, &key))
+		if (!pbwire_varint_get(p, len, &at, &key))
 			return -1;
 		unsigned field = (unsigned)(key >> 3), wire = key & 7;
 		switch (wire) {
 		case 0:
-			if (!prune_wire_varint(p, len, &at, &v))
+			if (!pbwire_varint_get(p, len, &at, &v))
 				return -1;
 			break;
 		case 1:
@@ -109,7 +97,7 @@ static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 			at += 4;
 			break;
 		case 2: {
-			if (!prune_wire_varint(p, len, &at, &v) || v > len - at)
+			if (!pbwire_varint_get(p, len, &at, &v) || v > len - at)
 				return -1;
 			const uint8_t *payload = p + at;
 			at += v;

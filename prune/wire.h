@@ -17,12 +17,6 @@
 #include "arena.h"
 #include "sd_err.h"
 
-/*
- * Reads a protobuf base-128 varint from p[*at..len), advancing *at. Returns false on a
- * truncated or over-long varint.
- */
-bool prune_wire_varint(const uint8_t *p, size_t len, size_t *at, uint64_t *v);
-
 /* Payloads smaller than this are left in place: the bookkeeping would cost more. */
 #define PRUNE_WIRE_MIN_BYTES 4096
 
