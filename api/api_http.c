@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -27,10 +28,11 @@
 #include <unistd.h>
 
 #include "api_json.h"
+#include "api_parse.h"
+#include "api_upload.h"
 #include "sd_log.h"
 #include "sd_str.h"
 
-#define TEXT_PART_MAX 65536
 #define WAIT_MAX_S 60
 #define LIST_DEFAULT 50
 #define LIST_MAX 200
@@ -51,8 +53,6 @@ typedef struct route {
 	bool auth;
 } route_t;
 
-#define PARTS_MAX 3
-
 struct api_s_waiter {
 	waiter_t *next;
 	struct MHD_Connection *conn;
@@ -62,25 +62,18 @@ struct api_s_waiter {
 struct req {
 	api_t *api;
 	const route_t *route;
-	char params[2][STORE_ID_LEN + 64]; /* {id}, {name} */
-	char *tenant;                      /* NULL: no auth in force */
+	char params[2][API_PARAM_MAX]; /* {id}, {name} */
+	char *tenant;                  /* NULL: no auth in force */
 	bool answered;
 	/* upload */
-	struct MHD_PostProcessor *pp;
+	api_upload_t *up;
+	bool upload_slot;              /* counted in api_t.uploads */
 	int64_t received;
-	int fail_status;                   /* first upload error, answered at the end */
+	int fail_code;                 /* first upload error (SD_E*), answered at the end */
 	sd_error_t fail;
-	struct part {
-		bool started;
-		store_blob_t *blob;
-		char sha[STORE_SHA_HEX + 1];
-		int64_t size;
-	} parts[PARTS_MAX];
-	char *text[6];   /* stage, outputs, format, name, record_from, emit_record */
-	size_t text_len[6];
 	/* long-poll */
+	bool suspended;                /* counted in api_t.polls until answered */
 	int64_t deadline_ms;
-	char etag[96];
 };
 
 struct api {
@@ -92,17 +85,16 @@ struct api {
 	size_t openapi_len;
 	pthread_key_t reader_key;
 	pthread_mutex_t mu; /* waiters */
+	pthread_cond_t polls_done;
 	waiter_t *waiters;
+	int polls;          /* long-polls suspended or resumed but not yet answered; mu */
+	atomic_bool stopping;
+	atomic_int uploads; /* requests streaming a body into blobs now */
 	atomic_uint_fast64_t status_count[600];
 	atomic_uint_fast64_t upload_bytes;
 	atomic_bool tokens_on;
 	atomic_int_fast64_t tokens_checked_ms;
 };
-
-#define N_TEXT 6
-static const char *const text_fields[N_TEXT] = {"stage",  "outputs",     "format",
-						"name",   "record_from", "emit_record"};
-static const char *const file_fields[PARTS_MAX] = {"model", "config", "record"};
 
 static int64_t now_ms(void)
 {
@@ -315,7 +307,7 @@ static int send_job(api_t *a, req_t *r, struct MHD_Connection *c, const char *id
 		slot->version = version;
 		snprintf(slot->id, sizeof(slot->id), "%s", id);
 	}
-	char etag[96];
+	char etag[API_PARAM_MAX + 64];
 	job_etag(id, version, etag, sizeof(etag));
 	struct MHD_Response *resp =
 		MHD_create_response_from_buffer(slot->len, slot->body, MHD_RESPMEM_MUST_COPY);
@@ -340,43 +332,42 @@ static int not_modified(api_t *a, req_t *r, struct MHD_Connection *c, const char
 	return queue(a, r, c, 304, resp);
 }
 
-/* If-None-Match per RFC 9110: a list of entity tags, weak ones (W/) compared weakly. */
-static bool etag_matches(const char *inm, const char *etag)
-{
-	if (!inm)
-		return false;
-	size_t el = strlen(etag);
-	for (const char *p = inm; *p;) {
-		while (*p == ' ' || *p == '\t' || *p == ',')
-			p++;
-		if (*p == '*')
-			return true;
-		if (!strncmp(p, "W/", 2))
-			p += 2;
-		const char *end = strchr(p, ',');
-		size_t n = end ? (size_t)(end - p) : strlen(p);
-		while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
-			n--;
-		if (n == el && !strncmp(p, etag, n))
-			return true;
-		p += n;
-	}
-	return false;
-}
-
-/* Registers a long-poll; called with a->mu held. */
-static void waiter_add(api_t *a, req_t *r, struct MHD_Connection *c)
+/* Registers a long-poll; called with a->mu held. False when out of memory: the poll is
+ * then answered at once. */
+static bool waiter_add(api_t *a, req_t *r, struct MHD_Connection *c)
 {
 	waiter_t *w = calloc(1, sizeof(*w));
 	if (!w)
-		return;
+		return false;
 	w->conn = c;
 	w->req = r;
 	w->next = a->waiters;
 	a->waiters = w;
+	if (!r->suspended) {
+		r->suspended = true;
+		a->polls++;
+	}
 	MHD_suspend_connection(c);
+	return true;
 }
 
+/* A long-poll is being answered (or its connection is gone): api_stop waits for these. */
+static void poll_done(api_t *a, req_t *r)
+{
+	if (!r->suspended)
+		return;
+	r->suspended = false;
+	pthread_mutex_lock(&a->mu);
+	if (--a->polls == 0)
+		pthread_cond_broadcast(&a->polls_done);
+	pthread_mutex_unlock(&a->mu);
+}
+
+/*
+ * GET /v1/jobs/{id}, with ?wait=SECONDS a long-poll: held while the job's ETag equals
+ * If-None-Match, answered as soon as it differs (or 304 at the deadline). Without
+ * If-None-Match there is nothing to wait for, so it answers at once.
+ */
 static int h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
 {
 	const char *id = r->params[0];
@@ -389,35 +380,32 @@ static int h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (wait && !r->deadline_ms) {
 		char *end;
 		long s = strtol(wait, &end, 10);
-		if (*end || s < 0)
-			return fail(a, r, c, SD_EUSAGE, "wait must be a number of seconds (0..%d)",
+		if (!wait[0] || *end || s < 0 || s > WAIT_MAX_S || wait[0] == '+' || wait[0] == ' ')
+			return fail(a, r, c, SD_EUSAGE, "wait must be a whole number of seconds, 0 to %d",
 				    WAIT_MAX_S);
-		r->deadline_ms = now_ms() + 1000 * (s > WAIT_MAX_S ? WAIT_MAX_S : s);
+		r->deadline_ms = now_ms() + 1000 * s;
 	}
+	bool poll = wait && inm && !atomic_load(&a->stopping);
 	/* The lock orders this read against api_job_changed only for long-polls. */
-	if (wait)
+	if (poll)
 		pthread_mutex_lock(&a->mu);
 	int64_t version;
 	store_state_t st;
 	int rc = store_job_version(rd, id, r->tenant, &version, &st, &e);
-	if (rc) {
-		if (wait)
-			pthread_mutex_unlock(&a->mu);
-		return send_problem(a, r, c, &e);
-	}
-	char etag[96];
-	job_etag(id, version, etag, sizeof(etag));
-	if (!r->etag[0])
-		snprintf(r->etag, sizeof(r->etag), "%s", inm ? inm : etag);
-	bool changed = strcmp(r->etag, etag) != 0;
-	if (wait && !changed && now_ms() < r->deadline_ms) {
-		waiter_add(a, r, c);
+	char etag[API_PARAM_MAX + 64];
+	if (!rc)
+		job_etag(id, version, etag, sizeof(etag));
+	if (!rc && poll && api_etag_match(inm, etag) && now_ms() < r->deadline_ms &&
+	    waiter_add(a, r, c)) {
 		pthread_mutex_unlock(&a->mu);
 		return MHD_YES;
 	}
-	if (wait)
+	if (poll)
 		pthread_mutex_unlock(&a->mu);
-	if (etag_matches(inm, etag))
+	poll_done(a, r);
+	if (rc)
+		return send_problem(a, r, c, &e);
+	if (api_etag_match(inm, etag))
 		return not_modified(a, r, c, etag);
 	return send_job(a, r, c, id, 200, false, version);
 }
@@ -445,7 +433,7 @@ static int h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 	f.after = query(c, "cursor");
 	if (f.after && !f.after[0])
 		f.after = NULL;
-	if (f.after && strspn(f.after, "0123456789ABCDEFGHJKMNPQRSTVWXYZ") != STORE_ID_LEN)
+	if (f.after && !store_id_valid(f.after))
 		return fail(a, r, c, SD_EUSAGE, "cursor '%s' is not a job id from next_cursor",
 			    f.after);
 	if (lim) {
@@ -465,7 +453,7 @@ static int h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 		 f.stage ? f.stage : "", f.after ? f.after : "", f.limit);
 	free(tag);
 	int ret;
-	if (etag_matches(header(c, "If-None-Match"), etag)) {
+	if (api_etag_match(header(c, "If-None-Match"), etag)) {
 		ret = not_modified(a, r, c, etag);
 	} else {
 		json_t *doc = json_object(), *arr = json_array();
@@ -511,38 +499,6 @@ static int h_job_log(api_t *a, req_t *r, struct MHD_Connection *c)
 	return send_text(a, r, c, 200, "text/plain; charset=utf-8", text, strlen(text), NULL);
 }
 
-/* Parses "bytes=a-b", "bytes=a-", "bytes=-n". Returns 1 (range), 0 (none), -1 (bad). */
-static int parse_range(const char *h, int64_t size, int64_t *from, int64_t *to)
-{
-	if (!h)
-		return 0;
-	if (strncmp(h, "bytes=", 6) || strchr(h, ','))
-		return -1;
-	const char *p = h + 6;
-	char *end;
-	if (*p == '-') {
-		long long n = strtoll(p + 1, &end, 10);
-		if (*end || n <= 0)
-			return -1;
-		*from = n >= size ? 0 : size - n;
-		*to = size - 1;
-	} else {
-		long long a0 = strtoll(p, &end, 10);
-		if (end == p || *end != '-' || a0 < 0)
-			return -1;
-		p = end + 1;
-		long long b0 = size - 1;
-		if (*p) {
-			b0 = strtoll(p, &end, 10);
-			if (*end || b0 < a0)
-				return -1;
-		}
-		*from = a0;
-		*to = b0 >= size ? size - 1 : b0;
-	}
-	return *from < size ? 1 : -1;
-}
-
 static int h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 {
 	sd_error_t e;
@@ -564,7 +520,7 @@ static int h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 	snprintf(sha, sizeof(sha), "%s", art->sha256);
 	int64_t size = art->size;
 	store_job_clear(&j);
-	if (etag_matches(header(c, "If-None-Match"), etag))
+	if (api_etag_match(header(c, "If-None-Match"), etag))
 		return not_modified(a, r, c, etag);
 	char *path = store_blob_path(a->store, sha);
 	int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
@@ -572,7 +528,7 @@ static int h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (fd < 0)
 		return fail(a, r, c, SD_EIO, "artifact '%s' is missing on disk", r->params[1]);
 	int64_t from = 0, to = size - 1;
-	int rg = parse_range(header(c, "Range"), size, &from, &to);
+	int rg = api_range_parse(header(c, "Range"), size, &from, &to);
 	if (rg < 0) {
 		close(fd);
 		sd_err(&e, SD_ERANGE, "range not satisfiable (artifact has %" PRId64 " bytes)",
@@ -603,163 +559,108 @@ static int h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 
 /* ---- uploads ---- */
 
-static enum MHD_Result post_iter(void *cls, enum MHD_ValueKind kind, const char *key,
-				 const char *filename, const char *ctype, const char *enc,
-				 const char *data, uint64_t off, size_t size)
+/* The record an export names by record_from: the insert job's record, as an input. */
+static int record_from_input(api_t *a, req_t *r, const char *job_id, store_artifact_t *rec,
+			     sd_error_t *e)
 {
-	(void)kind, (void)filename, (void)ctype, (void)enc;
-	req_t *r = cls;
-	if (r->fail_status)
-		return MHD_YES;
-	for (int i = 0; i < PARTS_MAX; i++) {
-		struct part *p = &r->parts[i];
-		if (strcmp(key, file_fields[i]))
-			continue;
-		if (off == 0 && p->started) {
-			r->fail_status = 400;
-			sd_err(&r->fail, SD_EUSAGE, "part '%s' given twice", key);
-			return MHD_YES;
-		}
-		if (!p->started) {
-			p->started = true;
-			if (store_blob_begin(r->api->store, r->api->conf.max_upload, &p->blob,
-					     &r->fail)) {
-				r->fail_status = sd_err_http(r->fail.code);
-				return MHD_YES;
-			}
-		}
-		if (size && store_blob_append(p->blob, data, size, &r->fail))
-			r->fail_status = sd_err_http(r->fail.code);
-		return MHD_YES;
-	}
-	for (int i = 0; i < N_TEXT; i++) {
-		if (strcmp(key, text_fields[i]))
-			continue;
-		if (r->text_len[i] + size > TEXT_PART_MAX) {
-			r->fail_status = 400;
-			sd_err(&r->fail, SD_EUSAGE, "part '%s' is longer than %d bytes", key,
-			       TEXT_PART_MAX);
-			return MHD_YES;
-		}
-		char *t = realloc(r->text[i], r->text_len[i] + size + 1);
-		if (!t) {
-			r->fail_status = 507;
-			sd_err(&r->fail, SD_ENOMEM, "out of memory");
-			return MHD_YES;
-		}
-		memcpy(t + r->text_len[i], data, size);
-		r->text_len[i] += size;
-		t[r->text_len[i]] = 0;
-		r->text[i] = t;
-		return MHD_YES;
-	}
-	r->fail_status = 400;
-	sd_err(&r->fail, SD_EUSAGE,
-	       "unknown part '%s' (expected stage, model, config, record, record_from, outputs, "
-	       "format, name, emit_record)",
-	       key);
-	return MHD_YES;
+	store_reader_t *rd = reader(a, e);
+	store_job_t src = {0};
+	if (!rd || store_job_get(rd, job_id, r->tenant, &src, e))
+		return e->code;
+	bool ok = !strcmp(src.stage, "insert") && src.state == STORE_SUCCEEDED;
+	memset(rec, 0, sizeof(*rec));
+	int rc = ok ? store_record_get(rd, job_id, r->tenant, rec->sha256, e) : 0;
+	/* The record is one of the insert job's outputs: its size is known there. */
+	for (size_t i = 0; ok && !rc && i < src.n_artifacts; i++)
+		if (!src.artifacts[i].input && !strcmp(src.artifacts[i].sha256, rec->sha256))
+			rec->size = src.artifacts[i].size;
+	store_job_clear(&src);
+	if (!ok)
+		return sd_err(e, SD_ECONFLICT, "record_from job %s is not a succeeded insert job",
+			      job_id);
+	if (rc)
+		return rc;
+	snprintf(rec->name, sizeof(rec->name), "input_record");
+	rec->input = true;
+	return 0;
 }
-
-static const char *text(const req_t *r, int i) { return r->text[i] ? r->text[i] : NULL; }
 
 /* The upload is complete: validate, commit the blobs, create the job. */
 static int h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c)
 {
-	/* The post processor knows whether the body ended where multipart says it must. */
-	bool complete = MHD_destroy_post_processor(r->pp) == MHD_YES;
-	r->pp = NULL;
-	if (r->fail_status)
-		return send_problem_status(a, r, c, r->fail_status, &r->fail);
-	if (!complete)
-		return fail(a, r, c, SD_EUSAGE,
-			    "bad multipart: the body ended before its closing boundary");
-	const char *stage = text(r, 0), *outputs = text(r, 1), *format = text(r, 2);
-	const char *name = text(r, 3), *record_from = text(r, 4), *emit = text(r, 5);
-	bool has[PARTS_MAX];
-	for (int i = 0; i < PARTS_MAX; i++)
-		has[i] = r->parts[i].started;
-	if (!stage)
-		return fail(a, r, c, SD_EUSAGE, "missing part 'stage' (insert, export, prune, check)");
-	bool insert = !strcmp(stage, "insert"), prune = !strcmp(stage, "prune");
-	bool exp = !strcmp(stage, "export"), check = !strcmp(stage, "check");
-	if (!insert && !prune && !exp && !check)
-		return fail(a, r, c, SD_EUSAGE,
-			    "unknown stage '%s' (expected insert, export, prune or check)", stage);
-	if (!has[0])
-		return fail(a, r, c, SD_EUSAGE, "missing part 'model' (the model file)");
-	if ((insert || prune) && !has[1])
-		return fail(a, r, c, SD_EUSAGE, "missing part 'config' (%s needs a config file)",
-			    stage);
-	if (exp && !has[2] == !(record_from && record_from[0]))
-		return fail(a, r, c, SD_EUSAGE,
-			    "export needs exactly one of the parts 'record' and 'record_from'");
-	if (!check && !(outputs && outputs[0]))
-		return fail(a, r, c, SD_EUSAGE, "missing part 'outputs' (comma-separated node names)");
-	if (format && format[0] && strcmp(format, "graphdef") && strcmp(format, "metagraph") &&
-	    strcmp(format, "pbtxt"))
-		return fail(a, r, c, SD_EUSAGE,
-			    "format '%s' is not one of graphdef, metagraph, pbtxt", format);
-	bool emit_record = emit && (!strcmp(emit, "true") || !strcmp(emit, "1"));
-	if (emit && !emit_record && strcmp(emit, "false") && strcmp(emit, "0"))
-		return fail(a, r, c, SD_EUSAGE, "emit_record must be true or false");
-	if (emit_record && !prune)
-		return fail(a, r, c, SD_EUSAGE,
-			    "emit_record is for prune jobs (insert always writes a record)");
+	if (r->fail_code)
+		return send_problem(a, r, c, &r->fail);
 	sd_error_t e;
 	sd_err_clear(&e);
-	store_artifact_t in[PARTS_MAX];
+	api_form_t f;
+	store_artifact_t in[API_FILE__COUNT + 1];
 	size_t n_in = 0;
-	static const char *const in_names[PARTS_MAX] = {"input_model", "input_config",
-							 "input_record"};
-	for (int i = 0; i < PARTS_MAX; i++) {
-		struct part *p = &r->parts[i];
-		if (!p->started)
-			continue;
-		store_blob_t *b = p->blob;
-		p->blob = NULL;
-		if (store_blob_commit(b, p->sha, &p->size, &e))
-			return send_problem(a, r, c, &e);
-		memset(&in[n_in], 0, sizeof(in[n_in]));
-		snprintf(in[n_in].name, sizeof(in[n_in].name), "%s", in_names[i]);
-		snprintf(in[n_in].sha256, sizeof(in[n_in].sha256), "%s", p->sha);
-		in[n_in].size = p->size;
-		in[n_in].input = true;
-		n_in++;
-	}
-	if (exp && record_from && record_from[0]) {
-		store_reader_t *rd = reader(a, &e);
-		store_job_t src = {0};
-		if (!rd || store_job_get(rd, record_from, r->tenant, &src, &e))
-			return send_problem(a, r, c, &e);
-		bool ok = !strcmp(src.stage, "insert") && src.state == STORE_SUCCEEDED;
-		store_artifact_t *rec = &in[n_in];
-		memset(rec, 0, sizeof(*rec));
-		int rc = ok ? store_record_get(rd, record_from, r->tenant, rec->sha256, &e) : 0;
-		/* The record is one of the insert job's outputs: its size is known there. */
-		for (size_t i = 0; ok && !rc && i < src.n_artifacts; i++)
-			if (!src.artifacts[i].input && !strcmp(src.artifacts[i].sha256, rec->sha256))
-				rec->size = src.artifacts[i].size;
-		store_job_clear(&src);
-		if (!ok)
-			return fail(a, r, c, SD_ECONFLICT,
-				    "record_from job %s is not a succeeded insert job", record_from);
-		if (rc)
-			return send_problem(a, r, c, &e);
-		snprintf(rec->name, sizeof(rec->name), "input_record");
-		rec->input = true;
-		n_in++;
-	}
+	if (api_upload_finish(r->up, &f, &e) || api_upload_commit(r->up, in, &n_in, &e) ||
+	    (f.record_from && record_from_input(a, r, f.record_from, &in[n_in++], &e)))
+		return send_problem(a, r, c, &e);
 	store_job_new_t nj = {
-		.stage = stage, .tenant = r->tenant ? r->tenant : "", .name = name ? name : "",
-		.outputs = outputs ? outputs : "", .format = format ? format : "",
-		.record_from = record_from ? record_from : "", .inputs = in, .n_inputs = n_in,
-		.emit_record = emit_record,
+		.stage = f.stage, .tenant = r->tenant ? r->tenant : "", .name = f.name ? f.name : "",
+		.outputs = f.outputs ? f.outputs : "", .format = f.format ? f.format : "",
+		.record_from = f.record_from ? f.record_from : "", .inputs = in, .n_inputs = n_in,
+		.emit_record = f.emit_record,
 	};
 	char id[STORE_ID_LEN + 1];
 	if (a->ops.create(a->ops.ud, &nj, id, &e))
 		return send_problem(a, r, c, &e);
 	return send_job(a, r, c, id, 202, true, -1);
+}
+
+/* Body bytes of an upload: counted against max_upload, then parsed. */
+static void upload_feed(api_t *a, req_t *r, const char *data, size_t n)
+{
+	r->received += (int64_t)n;
+	atomic_fetch_add(&a->upload_bytes, n);
+	if (r->received > a->conf.max_upload && r->fail_code != SD_ETOOBIG) {
+		r->fail_code = sd_err(&r->fail, SD_ETOOBIG,
+				      "upload is over the limit of %" PRId64 " bytes",
+				      a->conf.max_upload);
+		api_upload_free(r->up); /* its blobs go now, not when the body ends */
+		r->up = NULL;
+	}
+	if (r->fail_code)
+		return; /* read and dropped until the end */
+	if (api_upload_feed(r->up, data, n, &r->fail))
+		r->fail_code = r->fail.code;
+}
+
+/*
+ * The first call of an upload: refuse at once what can be refused from the headers
+ * (draining, too many uploads, not multipart, far too large), else start parsing.
+ */
+static int upload_start(api_t *a, req_t *r, struct MHD_Connection *c)
+{
+	if (a->ops.draining(a->ops.ud))
+		return fail(a, r, c, SD_EUNAVAIL,
+			    "draining: the daemon is shutting down and takes no new jobs");
+	if (atomic_fetch_add(&a->uploads, 1) >= a->conf.max_uploads) {
+		atomic_fetch_sub(&a->uploads, 1);
+		return fail(a, r, c, SD_EUPLOADS,
+			    "%d uploads are in progress (max_uploads); retry later",
+			    a->conf.max_uploads);
+	}
+	r->upload_slot = true;
+	/* Too large: the answer waits for the body to be read (and dropped), since closing
+	 * a socket with unread data resets it before the client sees the 413; a body far
+	 * beyond the limit is cut off at once. */
+	const char *cl = header(c, "Content-Length");
+	long long clv = cl ? strtoll(cl, NULL, 10) : 0;
+	if (clv > a->conf.max_upload) {
+		r->fail_code = sd_err(&r->fail, SD_ETOOBIG,
+				      "upload of %lld bytes is over the limit of %" PRId64 " bytes",
+				      clv, a->conf.max_upload);
+		if (clv - a->conf.max_upload > DISCARD_MAX)
+			return send_problem(a, r, c, &r->fail);
+		return MHD_YES;
+	}
+	sd_error_t e;
+	if (api_upload_begin(a->store, a->conf.max_upload, header(c, "Content-Type"), &r->up, &e))
+		return send_problem(a, r, c, &e);
+	return MHD_YES;
 }
 
 /* ---- service endpoints ---- */
@@ -839,71 +740,51 @@ void api_routes_print(void)
 		printf("%s %s\n", routes[i].method, routes[i].path);
 }
 
-/* Matches url against a route pattern, capturing {params} (at most 2). */
-static bool match(const char *pat, const char *url, char params[2][STORE_ID_LEN + 64])
-{
-	int k = 0;
-	while (*pat && *url) {
-		if (*pat == '{') {
-			const char *pe = strchr(pat, '}');
-			const char *ue = strchr(url, '/');
-			size_t n = ue ? (size_t)(ue - url) : strlen(url);
-			if (!pe || n == 0 || n >= STORE_ID_LEN + 64 || k >= 2)
-				return false;
-			memcpy(params[k], url, n);
-			params[k++][n] = 0;
-			pat = pe + 1;
-			url += n;
-			continue;
-		}
-		if (*pat++ != *url++)
-			return false;
-	}
-	return !*pat && !*url;
-}
-
 /*
- * Authenticates /v1 requests when tokens exist; returns 0 or an HTTP status. Whether
- * any token exists is re-read at most once a second (tokens are created by another
- * process, `sparsityd token create`), not once per request.
+ * Authenticates /v1 requests when tokens exist; returns 0, SD_EAUTH, or the store's
+ * error (a database that cannot be read is the server's fault, not the client's).
+ * Whether any token exists is re-read at most once a second (tokens are created by
+ * another process, `sparsityd token create`), not once per request.
  */
 static int authorise(api_t *a, req_t *r, struct MHD_Connection *c, sd_error_t *e)
 {
 	store_reader_t *rd = reader(a, e);
 	if (!rd)
-		return 500;
+		return e->code;
 	int64_t now = now_ms();
 	bool exist = atomic_load(&a->tokens_on);
 	if (now - atomic_load(&a->tokens_checked_ms) > 1000) {
-		if (store_tokens_exist(rd, &exist, e))
-			return 500;
+		int rc = store_tokens_exist(rd, &exist, e);
+		if (rc)
+			return rc;
 		atomic_store(&a->tokens_on, exist);
 		atomic_store(&a->tokens_checked_ms, now);
 	}
 	if (!exist)
 		return 0;
 	const char *h = header(c, "Authorization");
-	if (!h || strncasecmp(h, "Bearer ", 7)) {
-		sd_err(e, SD_EAUTH, "this daemon requires a bearer token (Authorization: Bearer ...)");
-		return 401;
-	}
-	if (store_token_check(rd, h + 7, &r->tenant, e)) {
-		sd_err(e, SD_EAUTH, "unknown or revoked token");
-		return 401;
-	}
-	return 0;
+	if (!h)
+		return sd_err(e, SD_EAUTH,
+			      "this daemon requires a bearer token (Authorization: Bearer ...)");
+	const char *token = api_bearer_token(h);
+	if (!token)
+		return sd_err(e, SD_EAUTH, "the Authorization header is not 'Bearer <token>'");
+	int rc = store_token_check(rd, token, &r->tenant, e);
+	if (rc == SD_ENOTFOUND)
+		return sd_err(e, SD_EAUTH, "unknown or revoked token");
+	return rc;
 }
 
-static void req_free(req_t *r)
+static void req_free(api_t *a, req_t *r)
 {
 	if (!r)
 		return;
-	if (r->pp)
-		MHD_destroy_post_processor(r->pp);
-	for (int i = 0; i < PARTS_MAX; i++)
-		store_blob_abort(r->parts[i].blob);
-	for (int i = 0; i < N_TEXT; i++)
-		free(r->text[i]);
+	poll_done(a, r);
+	/* The last upload of a burst hands its buffers back to the system, so the daemon's
+	 * memory returns near idle instead of staying at the burst's peak. */
+	if (r->upload_slot && atomic_fetch_sub(&a->uploads, 1) == 1)
+		malloc_trim(0);
+	api_upload_free(r->up);
 	free(r->tenant);
 	free(r);
 }
@@ -911,11 +792,67 @@ static void req_free(req_t *r)
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 		      enum MHD_RequestTerminationCode toe)
 {
-	(void)cls, (void)c, (void)toe;
-	req_free(*con_cls);
+	(void)c, (void)toe;
+	req_free(cls, *con_cls);
 	*con_cls = NULL;
 }
 
+/*
+ * Finds the route; answers 404 or 405 itself. url is what libmicrohttpd decoded with
+ * unescape() below, which leaves %00 as it is, so a path never hides a NUL.
+ */
+static int route(api_t *a, req_t *r, struct MHD_Connection *c, const char *url,
+		 const char *method)
+{
+	const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
+	bool path_known = false;
+	char allow[64] = "";
+	size_t url_len = strlen(url);
+	for (size_t i = 0; i < N_ROUTES; i++) {
+		char params[2][API_PARAM_MAX];
+		if (!api_route_match(routes[i].path, url, url_len, params))
+			continue;
+		path_known = true;
+		size_t al = strlen(allow);
+		snprintf(allow + al, sizeof(allow) - al, "%s%s", al ? ", " : "", routes[i].method);
+		if (strcmp(routes[i].method, m) == 0) {
+			r->route = &routes[i];
+			memcpy(r->params, params, sizeof(params));
+		}
+	}
+	/* Every {id} is a job id: anything else names no job, whatever the route. */
+	if (r->route && strstr(r->route->path, "{id}") && !store_id_valid(r->params[0]))
+		return fail(a, r, c, SD_ENOTFOUND, "no job '%.64s' (job ids are 26 characters)",
+			    r->params[0]);
+	if (r->route)
+		return MHD_YES;
+	if (!path_known)
+		return fail(a, r, c, SD_ENOTFOUND, "no such endpoint: %.16s %.200s", method, url);
+	sd_error_t e;
+	sd_err(&e, SD_EMETHOD, "%.16s is not allowed on %.200s (allowed: %s)", method, url, allow);
+	struct MHD_Response *resp = problem_response(&e, 405);
+	if (resp)
+		MHD_add_response_header(resp, "Allow", allow);
+	return queue(a, r, c, 405, resp);
+}
+
+/* Whether method + url is the upload route (POST /v1/jobs), before any routing work. */
+static bool upload_route(const char *url, const char *method)
+{
+	for (size_t i = 0; i < N_ROUTES; i++)
+		if (routes[i].upload && !strcmp(routes[i].method, method) &&
+		    !strcmp(routes[i].path, url))
+			return true;
+	return false;
+}
+
+/*
+ * Request life: the first call (headers in) finds the route and, for uploads,
+ * authorises and starts the body parse so a refusal is not held up by the body. Every
+ * other request is answered only once its body (normally none) has been read:
+ * libmicrohttpd closes a connection whose answer was queued before the request was
+ * complete, and pollers want to keep theirs.
+ */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
 				  const char *method, const char *version,
 				  const char *upload_data, size_t *upload_data_size, void **con_cls)
@@ -929,98 +866,40 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			return MHD_NO;
 		r->api = a;
 		*con_cls = r;
-		const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
-		bool path_known = false;
-		char allow[64] = "";
-		for (size_t i = 0; i < N_ROUTES; i++) {
-			char params[2][STORE_ID_LEN + 64];
-			if (!match(routes[i].path, url, params))
-				continue;
-			path_known = true;
-			size_t al = strlen(allow);
-			snprintf(allow + al, sizeof(allow) - al, "%s%s", al ? ", " : "",
-				 routes[i].method);
-			if (strcmp(routes[i].method, m) == 0) {
-				r->route = &routes[i];
-				memcpy(r->params, params, sizeof(params));
-			}
-		}
-		if (!r->route) {
-			if (!path_known)
-				return fail(a, r, c, SD_ENOTFOUND, "no such endpoint: %s %s", method, url);
-			sd_error_t e;
-			sd_err(&e, SD_EMETHOD, "%s is not allowed on %s (allowed: %s)", method, url,
-			       allow);
-			struct MHD_Response *resp = problem_response(&e, 405);
-			if (resp)
-				MHD_add_response_header(resp, "Allow", allow);
-			return queue(a, r, c, 405, resp);
-		}
-		if (r->route->auth) {
-			sd_error_t e;
-			sd_err_clear(&e);
-			int st = authorise(a, r, c, &e);
-			if (st)
-				return send_problem_status(a, r, c, st, &e);
-		}
-		if (r->route->upload) {
-			if (a->ops.draining(a->ops.ud))
-				return fail(a, r, c, SD_EUNAVAIL,
-					    "draining: the daemon is shutting down and takes no new "
-					    "jobs");
-			/* Too large: the answer waits for the body to be read (and dropped),
-			 * since closing a socket with unread data resets it before the client
-			 * sees the 413; a body far beyond the limit is cut off at once. */
-			const char *cl = header(c, "Content-Length");
-			long long clv = cl ? strtoll(cl, NULL, 10) : 0;
-			if (clv > a->conf.max_upload) {
-				r->fail_status = 413;
-				sd_err(&r->fail, SD_ETOOBIG,
-				       "upload of %s bytes is over the limit of %" PRId64 " bytes", cl,
-				       a->conf.max_upload);
-				if (clv - a->conf.max_upload > DISCARD_MAX)
-					return send_problem_status(a, r, c, 413, &r->fail);
-			}
-			r->pp = MHD_create_post_processor(c, 256 * 1024, post_iter, r);
-			if (!r->pp)
-				return fail(a, r, c, SD_EUSAGE,
-					    "bad multipart: the body must be multipart/form-data "
-					    "(curl -F)");
+		if (!upload_route(url, method))
 			return MHD_YES;
-		}
-		if (strcmp(method, "POST") && strcmp(method, "DELETE"))
-			return r->route->fn(a, r, c);
-		return MHD_YES;
-	}
-	if (r->answered) {
-		*upload_data_size = 0; /* discard what follows an early answer */
-		return MHD_YES;
+		if (route(a, r, c, url, method) != MHD_YES || r->answered)
+			return MHD_YES;
+		sd_error_t e;
+		sd_err_clear(&e);
+		if (r->route->auth && authorise(a, r, c, &e))
+			return send_problem(a, r, c, &e);
+		return upload_start(a, r, c);
 	}
 	if (*upload_data_size) {
 		size_t n = *upload_data_size;
 		*upload_data_size = 0;
-		if (!r->pp)
-			return MHD_YES; /* bodies of bodiless routes are ignored */
-		r->received += (int64_t)n;
-		atomic_fetch_add(&a->upload_bytes, n);
-		if (r->received > a->conf.max_upload && r->fail_status != 413) {
-			r->fail_status = 413;
-			sd_err(&r->fail, SD_ETOOBIG, "upload is over the limit of %" PRId64 " bytes",
-			       a->conf.max_upload);
-			for (int i = 0; i < PARTS_MAX; i++) {
-				store_blob_abort(r->parts[i].blob);
-				r->parts[i].blob = NULL;
-			}
-		}
-		if (r->received > a->conf.max_upload + DISCARD_MAX)
-			return send_problem_status(a, r, c, 413, &r->fail);
-		if (r->fail_status)
-			return MHD_YES; /* read and dropped until the end */
-		if (MHD_post_process(r->pp, upload_data, n) != MHD_YES && !r->fail_status) {
-			r->fail_status = 400;
-			sd_err(&r->fail, SD_EUSAGE, "bad multipart body");
+		if (r->answered)
+			return MHD_YES; /* discard what follows an early answer */
+		if (r->route && r->route->upload) {
+			upload_feed(a, r, upload_data, n);
+			if (r->received > a->conf.max_upload + DISCARD_MAX)
+				return send_problem(a, r, c, &r->fail);
+		} else if ((r->received += (int64_t)n) > DISCARD_MAX) {
+			return fail(a, r, c, SD_ETOOBIG, "%.16s %.200s takes no request body", method,
+				    url);
 		}
 		return MHD_YES;
+	}
+	if (r->answered)
+		return MHD_YES;
+	if (!r->route && (route(a, r, c, url, method) != MHD_YES || r->answered))
+		return MHD_YES;
+	if (r->route->auth && !r->route->upload) {
+		sd_error_t e;
+		sd_err_clear(&e);
+		if (authorise(a, r, c, &e))
+			return send_problem(a, r, c, &e);
 	}
 	return r->route->fn(a, r, c);
 }
@@ -1077,6 +956,37 @@ static int read_all(const char *path, char **out, size_t *len)
 	return 0;
 }
 
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0'
+	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
+	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
+				      : -1;
+}
+
+/*
+ * Decodes %XX in a path or query value in place, as libmicrohttpd would, except %00:
+ * a NUL would end the C string early, so "/v1/jobs/<id>%00x" would look like the job's
+ * own path. Left encoded, it simply names nothing.
+ */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+	(void)cls, (void)c;
+	char *w = s;
+	for (const char *p = s; *p; p++) {
+		int hi, lo;
+		if (p[0] == '%' && (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0 &&
+		    (hi | lo)) {
+			*w++ = (char)(hi * 16 + lo);
+			p += 2;
+		} else {
+			*w++ = *p;
+		}
+	}
+	*w = 0;
+	return (size_t)(w - s);
+}
+
 int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **out,
 	      sd_error_t *e)
 {
@@ -1087,6 +997,7 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 	a->ops = *ops;
 	a->conf = *conf;
 	pthread_mutex_init(&a->mu, NULL);
+	pthread_cond_init(&a->polls_done, NULL);
 	pthread_key_create(&a->reader_key, thread_ctx_free);
 	if (read_all(conf->openapi, &a->openapi, &a->openapi_len)) {
 		api_stop(a);
@@ -1096,7 +1007,7 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 	struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
 	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_ITC;
 	if (inet_pton(AF_INET, conf->host, &v4->sin_addr) == 1) {
 		v4->sin_family = AF_INET;
 		v4->sin_port = htons((uint16_t)conf->port);
@@ -1113,7 +1024,8 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 				  MHD_OPTION_THREAD_POOL_SIZE, (unsigned)conf->threads,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
-				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)conf->idle_timeout,
+				  MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
 				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
 	if (!a->mhd) {
@@ -1125,24 +1037,41 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 	return 0;
 }
 
+/* Time api_stop gives resumed long-polls to be answered before connections close. */
+#define STOP_GRACE_MS 5000
+
 void api_stop(api_t *a)
 {
 	if (!a)
 		return;
 	if (a->mhd) {
-		/* Resume every long-poll first: MHD cannot stop with suspended connections. */
+		/* No new connections; every long-poll is resumed and answered with what it
+		 * has (304 or the job) before the server stops, instead of being cut off. */
+		MHD_socket ls = MHD_quiesce_daemon(a->mhd);
+		atomic_store(&a->stopping, true);
 		pthread_mutex_lock(&a->mu);
 		while (a->waiters) {
 			waiter_t *w = a->waiters;
 			a->waiters = w->next;
-			w->req->deadline_ms = 1;
 			MHD_resume_connection(w->conn);
 			free(w);
 		}
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += STOP_GRACE_MS / 1000;
+		while (a->polls > 0 &&
+		       pthread_cond_timedwait(&a->polls_done, &a->mu, &until) == 0)
+			;
+		if (a->polls > 0)
+			log_warn("api", "%d long-poll%s not answered within %d ms of stopping",
+				 a->polls, a->polls == 1 ? "" : "s", STOP_GRACE_MS);
 		pthread_mutex_unlock(&a->mu);
 		MHD_stop_daemon(a->mhd);
+		if (ls != MHD_INVALID_SOCKET)
+			close(ls);
 	}
 	pthread_key_delete(a->reader_key);
+	pthread_cond_destroy(&a->polls_done);
 	pthread_mutex_destroy(&a->mu);
 	free(a->openapi);
 	free(a);

@@ -7,12 +7,29 @@
  */
 #include "api_json.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "sd_str.h"
 #include "tensor.h"
 
-static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+/*
+ * jansson refuses a string that is not UTF-8 (json_string returns NULL and the member
+ * silently disappears). Names and messages come from models and clients, so such a
+ * string is shown with its stray bytes escaped instead: nothing is dropped.
+ */
+static json_t *jstr(const char *s)
+{
+	if (sd_utf8_valid(s, strlen(s)))
+		return json_string(s);
+	char *esc = sd_utf8_escape(s);
+	json_t *j = esc ? json_string(esc) : NULL;
+	free(esc);
+	return j;
+}
+
+static json_t *str_or_null(const char *s) { return s ? jstr(s) : json_null(); }
 
 static json_t *layer_json(const prune_layer_t *l, bool stats)
 {
@@ -20,25 +37,25 @@ static json_t *layer_json(const prune_layer_t *l, bool stats)
 	json_t *shape = json_array();
 	for (int d = 0; d < l->rank; d++)
 		json_array_append_new(shape, json_integer(l->shape[d]));
-	json_object_set_new(o, "name", json_string(l->name));
-	json_object_set_new(o, "type", json_string(l->type));
+	json_object_set_new(o, "name", jstr(l->name));
+	json_object_set_new(o, "type", jstr(l->type));
 	json_object_set_new(o, "weight", str_or_null(l->weight));
-	json_object_set_new(o, "weight_input", json_string(l->weight_input));
-	json_object_set_new(o, "dtype", l->dtype ? json_string(prune_dtype_name(l->dtype))
+	json_object_set_new(o, "weight_input", jstr(l->weight_input));
+	json_object_set_new(o, "dtype", l->dtype ? jstr(prune_dtype_name(l->dtype))
 						 : json_null());
 	json_object_set_new(o, "weight_shape", l->rank >= 0 ? shape : (json_decref(shape), json_null()));
 	json_object_set_new(o, "prune_axis", l->axis >= 0 ? json_integer(l->axis) : json_null());
 	static const char *const actions[] = {"pruned", "skipped", "checked"};
-	json_object_set_new(o, "action", json_string(actions[l->action]));
+	json_object_set_new(o, "action", jstr(actions[l->action]));
 	json_object_set_new(o, "reason", l->reason == PRUNE_SKIP_NONE
 						 ? json_null()
-						 : json_string(prune_skip_name(l->reason)));
+						 : jstr(prune_skip_name(l->reason)));
 	json_object_set_new(o, "masked", json_boolean(l->masked));
 	json_object_set_new(o, "detail", str_or_null(l->detail));
 	if (l->action == PRUNE_ACTION_PRUNED) {
 		json_object_set_new(o, "update_freq", json_integer(l->update_freq));
 		if (l->mask_var) {
-			json_object_set_new(o, "mask_var", json_string(l->mask_var));
+			json_object_set_new(o, "mask_var", jstr(l->mask_var));
 			json_object_set_new(o, "step_var", str_or_null(l->step_var));
 			json_object_set_new(o, "update_op", str_or_null(l->update_op));
 		}
@@ -61,17 +78,17 @@ json_t *api_json_result(const prune_result_t *r)
 {
 	json_t *doc = json_object();
 	json_t *model = json_object();
-	json_object_set_new(model, "format", json_string(prune_format_name(r->format)));
+	json_object_set_new(model, "format", jstr(prune_format_name(r->format)));
 	json_object_set_new(model, "format_source",
-			    json_string(r->format_stated ? "stated" : "detected"));
+			    jstr(r->format_stated ? "stated" : "detected"));
 	json_object_set_new(model, "nodes_in", json_integer((json_int_t)r->nodes_in));
 	json_object_set_new(model, "nodes_out", json_integer((json_int_t)r->nodes_out));
-	json_object_set_new(doc, "stage", json_string(r->stage));
+	json_object_set_new(doc, "stage", jstr(r->stage));
 	json_object_set_new(doc, "model", model);
 
 	json_t *outs = json_array();
 	for (size_t i = 0; i < r->n_outputs; i++)
-		json_array_append_new(outs, json_string(r->outputs[i]));
+		json_array_append_new(outs, jstr(r->outputs[i]));
 	json_object_set_new(doc, "outputs", outs);
 
 	/* Stages that read weight values report what they found; insert does not. */
@@ -98,9 +115,9 @@ json_t *api_json_result(const prune_result_t *r)
 	}
 	json_object_set_new(doc, "totals", tot);
 	if (r->init_op)
-		json_object_set_new(doc, "init_op", json_string(r->init_op));
+		json_object_set_new(doc, "init_op", jstr(r->init_op));
 	if (r->update_op)
-		json_object_set_new(doc, "update_op", json_string(r->update_op));
+		json_object_set_new(doc, "update_op", jstr(r->update_op));
 	return doc;
 }
 
@@ -109,19 +126,19 @@ json_t *api_json_problem(const sd_error_t *e)
 	json_t *o = json_object();
 	char type[128];
 	snprintf(type, sizeof(type), "https://sparsityd.dev/problems/%s", sd_err_type(e->code));
-	json_object_set_new(o, "type", json_string(type));
-	json_object_set_new(o, "title", json_string(sd_err_title(e->code)));
+	json_object_set_new(o, "type", jstr(type));
+	json_object_set_new(o, "title", jstr(sd_err_title(e->code)));
 	json_object_set_new(o, "status", json_integer(sd_err_http(e->code)));
-	json_object_set_new(o, "code", json_string(sd_err_type(e->code)));
-	json_object_set_new(o, "detail", json_string(e->msg));
+	json_object_set_new(o, "code", jstr(sd_err_type(e->code)));
+	json_object_set_new(o, "detail", jstr(e->msg));
 	if (e->file[0])
-		json_object_set_new(o, "file", json_string(e->file));
+		json_object_set_new(o, "file", jstr(e->file));
 	if (e->line) {
 		json_object_set_new(o, "line", json_integer(e->line));
 		json_object_set_new(o, "column", json_integer(e->col));
 	}
 	if (e->node[0])
-		json_object_set_new(o, "node", json_string(e->node));
+		json_object_set_new(o, "node", jstr(e->node));
 	return o;
 }
 
@@ -140,21 +157,21 @@ static json_t *time_or_null(int64_t ms)
 		return json_null();
 	char buf[40];
 	api_json_time(ms, buf, sizeof(buf));
-	return json_string(buf);
+	return jstr(buf);
 }
 
 static json_t *str_or_null_empty(const char *s)
 {
-	return s && s[0] ? json_string(s) : json_null();
+	return s && s[0] ? jstr(s) : json_null();
 }
 
 json_t *api_json_job(const store_job_t *j, bool with_artifacts)
 {
 	json_t *o = json_object();
-	json_object_set_new(o, "id", json_string(j->id));
-	json_object_set_new(o, "stage", json_string(j->stage));
-	json_object_set_new(o, "state", json_string(store_state_name(j->state)));
-	json_object_set_new(o, "name", json_string(j->name ? j->name : ""));
+	json_object_set_new(o, "id", jstr(j->id));
+	json_object_set_new(o, "stage", jstr(j->stage));
+	json_object_set_new(o, "state", jstr(store_state_name(j->state)));
+	json_object_set_new(o, "name", jstr(j->name ? j->name : ""));
 	json_t *outs = json_array();
 	for (const char *p = j->outputs; p && *p;) {
 		const char *end = strchr(p, ',');
@@ -176,8 +193,8 @@ json_t *api_json_job(const store_job_t *j, bool with_artifacts)
 	json_object_set_new(o, "result", result ? result : json_null());
 	if (j->error_code) {
 		json_t *err = json_object();
-		json_object_set_new(err, "code", json_string(j->error_code));
-		json_object_set_new(err, "message", json_string(j->error_msg ? j->error_msg : ""));
+		json_object_set_new(err, "code", jstr(j->error_code));
+		json_object_set_new(err, "message", jstr(j->error_msg ? j->error_msg : ""));
 		json_object_set_new(o, "error", err);
 	} else {
 		json_object_set_new(o, "error", json_null());
@@ -189,11 +206,11 @@ json_t *api_json_job(const store_job_t *j, bool with_artifacts)
 			json_t *ao = json_object();
 			char href[160];
 			snprintf(href, sizeof(href), "/v1/jobs/%s/artifacts/%s", j->id, a->name);
-			json_object_set_new(ao, "name", json_string(a->name));
-			json_object_set_new(ao, "kind", json_string(a->input ? "input" : "output"));
+			json_object_set_new(ao, "name", jstr(a->name));
+			json_object_set_new(ao, "kind", jstr(a->input ? "input" : "output"));
 			json_object_set_new(ao, "size", json_integer(a->size));
-			json_object_set_new(ao, "sha256", json_string(a->sha256));
-			json_object_set_new(ao, "href", json_string(href));
+			json_object_set_new(ao, "sha256", jstr(a->sha256));
+			json_object_set_new(ao, "href", jstr(href));
 			json_array_append_new(arts, ao);
 		}
 		json_object_set_new(o, "artifacts", arts);

@@ -34,7 +34,8 @@
 	X(UNAVAIL, -14, 503, "unavailable", 3, "service unavailable")                     \
 	X(AUTH, -15, 401, "unauthorized", 2, "authentication required")                    \
 	X(METHOD, -16, 405, "method-not-allowed", 2, "method not allowed")                \
-	X(RANGE, -17, 416, "range-not-satisfiable", 1, "range not satisfiable")
+	X(RANGE, -17, 416, "range-not-satisfiable", 1, "range not satisfiable")            \
+	X(UPLOADS, -18, 429, "too-many-uploads", 3, "too many uploads in progress")
 
 enum {
 	SD_OK = 0,

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 void sd_appendf(char **buf, size_t *len, const char *fmt, ...)
 {
@@ -21,4 +22,59 @@ void sd_appendf(char **buf, size_t *len, const char *fmt, ...)
 	va_end(ap);
 	*buf = p;
 	*len += (size_t)n;
+}
+
+/* Length of the well-formed UTF-8 sequence at s[0..n), or 0 if there is none. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	if (c < 0x80)
+		return 1;
+	size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
+						: c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+	if (!len || len > n)
+		return 0;
+	for (size_t i = 1; i < len; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	/* The second byte's range rules out overlong forms, surrogates and > U+10FFFF. */
+	if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f) ||
+	    (c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f))
+		return 0;
+	return len;
+}
+
+bool sd_utf8_valid(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	for (size_t i = 0; i < n;) {
+		size_t k = utf8_seq(p + i, n - i);
+		if (!k)
+			return false;
+		i += k;
+	}
+	return true;
+}
+
+char *sd_utf8_escape(const char *s)
+{
+	size_t n = strlen(s);
+	char *out = malloc(4 * n + 1);
+	if (!out)
+		return NULL;
+	const unsigned char *p = (const unsigned char *)s;
+	size_t o = 0;
+	for (size_t i = 0; i < n;) {
+		size_t k = utf8_seq(p + i, n - i);
+		if (k) {
+			memcpy(out + o, p + i, k);
+			o += k;
+			i += k;
+		} else {
+			o += (size_t)snprintf(out + o, 5, "\\x%02x", p[i]);
+			i++;
+		}
+	}
+	out[o] = 0;
+	return out;
 }

@@ -1,9 +1,11 @@
 /*
- * sd_str: growing a malloc'd text buffer (metrics pages, reports).
+ * sd_str: growing a malloc'd text buffer (metrics pages, reports), and UTF-8 checks for
+ * text that came from a client or a model and will be shown as JSON.
  */
 #ifndef SD_STR_H
 #define SD_STR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /*
@@ -12,5 +14,16 @@
  * its tail beats a crash, and the caller sees the shorter *len.
  */
 void sd_appendf(char **buf, size_t *len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Whether s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or code points
+ * past U+10FFFF). A NUL byte is valid UTF-8; callers that refuse it check it apart. */
+bool sd_utf8_valid(const char *s, size_t n);
+
+/*
+ * A malloc'd copy of the C string s in which every byte that is not part of well-formed
+ * UTF-8 is written as the four characters \xNN, so text from a model or a client can be
+ * shown (as JSON) without losing or hiding what was there. NULL on ENOMEM.
+ */
+char *sd_utf8_escape(const char *s);
 
 #endif

@@ -23,10 +23,16 @@ typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL } type_t;
 	X(http_threads, T_INT, "2", 1, 64, false, "HTTP threads (libmicrohttpd pool)")      \
 	X(max_upload, T_INT, "2147483648", 1, INT64_MAX, false,                            \
 	  "largest request body in bytes (a model and its config)")                       \
+	X(max_uploads, T_INT, "16", 1, 4096, false,                                       \
+	  "request bodies streaming at once; POST /v1/jobs answers 429 beyond")           \
+	X(hash_threads, T_INT, "2", 1, 64, false,                                         \
+	  "threads hashing uploads and outputs (SHA-256), shared by all of them")         \
+	X(idle_timeout, T_INT, "30", 1, 3600, false,                                      \
+	  "seconds a connection may send nothing before it is closed")                    \
 	X(queue_max, T_INT, "1000", 1, 1000000, true,                                     \
 	  "queued jobs beyond which POST /v1/jobs answers 429")                           \
-	X(max_attempts, T_INT, "3", 1, 100, false,                                        \
-	  "runs of a job (restarts included) before it fails")                            \
+	X(max_attempts, T_INT, "2", 1, 100, false,                                        \
+	  "runs of a job interrupted by a crash or kill before it fails")                 \
 	X(retention_hours, T_INT, "168", 0, 876000, true,                                 \
 	  "finished jobs older than this are deleted; 0 keeps them")                      \
 	X(log_level, T_LEVEL, "info", 0, 0, true, "error, warn, info or debug")             \

@@ -20,6 +20,9 @@ typedef struct conf {
 	int64_t workers;
 	int64_t http_threads;
 	int64_t max_upload;
+	int64_t max_uploads;
+	int64_t hash_threads;
+	int64_t idle_timeout;
 	int64_t queue_max;
 	int64_t max_attempts;
 	int64_t retention_hours;

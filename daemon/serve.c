@@ -622,6 +622,7 @@ int serve_main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	if (store_open(d->conf.data_dir, &d->store, &e) ||
+	    store_hashers_start(d->store, (int)d->conf.hash_threads, &e) ||
 	    store_reader_open(d->store, &d->reader, &e)) {
 		log_error("main", "cannot open the data directory %s: %s", d->conf.data_dir, e.msg);
 		if (d->store)
@@ -665,7 +666,8 @@ int serve_main(int argc, char **argv)
 	uv_timer_start(&d->poll, on_poll, POLL_TICK_MS, POLL_TICK_MS);
 
 	api_conf_t ac = {.host = host, .port = port, .threads = (int)d->conf.http_threads,
-			 .max_upload = d->conf.max_upload, .openapi = d->conf.openapi};
+			 .max_upload = d->conf.max_upload, .max_uploads = (int)d->conf.max_uploads,
+			 .idle_timeout = (int)d->conf.idle_timeout, .openapi = d->conf.openapi};
 	api_ops_t ops = {.create = op_create, .cancel = op_cancel, .remove = op_remove,
 			 .draining = op_draining, .metrics = op_metrics};
 	rc = api_start(&ac, d->store, &ops, &d->api, &e);

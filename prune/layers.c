@@ -34,9 +34,59 @@ bool prune_layer_type_known(const char *op)
 
 const char *prune_layer_types(void) { return "MatMul, Conv2D, Conv2DBackpropInput"; }
 
+/* Longest output name accepted; TensorFlow has no limit, real names stay far below. */
+#define OUTPUT_NAME_MAX 4096
+
+static bool name_char(unsigned char c, bool first)
+{
+	if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.')
+		return true;
+	return !first && (c == '_' || c == '/' || c == '>' || c == '-');
+}
+
+int prune_outputs_check(const char *csv, sd_error_t *e)
+{
+	size_t idx = 0;
+	for (const char *p = csv;; idx++) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		while (len && (*p == ' ' || *p == '\t'))
+			p++, len--;
+		while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+			len--;
+		if (!len)
+			return sd_err(e, SD_EUSAGE, "output %zu is empty (expected node names "
+						    "separated by commas, e.g. logits,probs)",
+				      idx + 1);
+		if (len > OUTPUT_NAME_MAX)
+			return sd_err(e, SD_EUSAGE, "output %zu is longer than %d bytes", idx + 1,
+				      OUTPUT_NAME_MAX);
+		const char *colon = memchr(p, ':', len);
+		size_t nlen = colon ? (size_t)(colon - p) : len;
+		for (size_t i = 0; i < nlen; i++)
+			if (!name_char((unsigned char)p[i], i == 0))
+				return sd_err(e, SD_EUSAGE,
+					      "output %zu ('%.*s') is not a TensorFlow node name: "
+					      "byte 0x%02x at %zu is not allowed",
+					      idx + 1, (int)(len < 64 ? len : 64), p,
+					      (unsigned char)p[i], i);
+		if (colon && (colon + 1 == p + len ||
+			      strspn(colon + 1, "0123456789") != (size_t)(p + len - colon - 1)))
+			return sd_err(e, SD_EUSAGE,
+				      "output %zu ('%.*s'): ':' must be followed by an output index",
+				      idx + 1, (int)(len < 64 ? len : 64), p);
+		if (!end)
+			return 0;
+		p = end + 1;
+	}
+}
+
 int prune_outputs_parse(prune_graph_t *g, const char *csv, const char ***out, size_t *n,
 			sd_error_t *e)
 {
+	int rc = prune_outputs_check(csv, e);
+	if (rc)
+		return rc;
 	arena_t *a = prune_graph_arena(g);
 	size_t cap = 1;
 	for (const char *p = csv; *p; p++)

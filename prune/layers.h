@@ -20,9 +20,18 @@
 #define PRUNE_MASKED_SUFFIX "/" PRUNE_SCOPE "/masked_weight"
 
 /*
+ * Checks the syntax of a comma-separated list of output names without a graph: each
+ * entry (blanks around it ignored) is a TensorFlow node name, [A-Za-z0-9.] then
+ * [A-Za-z0-9_./>-]*, optionally followed by ":N". Returns 0 or SD_EUSAGE saying which
+ * entry is wrong and why (empty, bad character, too long).
+ */
+SD_MUST_CHECK int prune_outputs_check(const char *csv, sd_error_t *e);
+
+/*
  * Parses a comma-separated list of output node names ("a,b", a ":N" suffix is
- * accepted and ignored) and checks each names a node. Returns 0 with the names in
- * *out (arena), or SD_EMODEL naming the missing output.
+ * accepted and ignored; syntax as prune_outputs_check) and checks each names a node.
+ * Returns 0 with the names in *out (arena), SD_EUSAGE for bad syntax, or SD_EMODEL
+ * naming the missing output.
  */
 SD_MUST_CHECK int prune_outputs_parse(prune_graph_t *g, const char *csv, const char ***out,
 				      size_t *n, sd_error_t *e);

@@ -125,6 +125,11 @@ int64_t store__now_ms(void)
 
 static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
+bool store_id_valid(const char *s)
+{
+	return strlen(s) == STORE_ID_LEN && strspn(s, crockford) == STORE_ID_LEN;
+}
+
 static int crockford_val(char c)
 {
 	const char *p = c ? strchr(crockford, c) : NULL;
@@ -558,10 +563,16 @@ fail:
 	return rc;
 }
 
+int store_hashers_start(store_t *s, int threads, sd_error_t *e)
+{
+	return store__hashpool_start(&s->hashers, threads, e);
+}
+
 void store_close(store_t *s)
 {
 	if (!s)
 		return;
+	store__hashpool_stop(s->hashers);
 	store__conn_close(&s->w);
 	if (s->lock_fd >= 0)
 		close(s->lock_fd); /* releases the flock if we held it */

@@ -54,6 +54,9 @@ bool store_transition_ok(store_state_t from, store_state_t to);
 #define STORE_ID_LEN 26     /* ids are 26-char ULID-like strings: time-ordered, random */
 #define STORE_SHA_HEX 64
 
+/* Whether s is a job id as this store makes them (26 Crockford base-32 characters). */
+bool store_id_valid(const char *s);
+
 /* One artifact of a job: an input ("model", "config", "record") or an output. */
 typedef struct store_artifact {
 	char name[64];
@@ -99,6 +102,14 @@ void store_job_clear(store_job_t *j);
  */
 SD_MUST_CHECK int store_open(const char *dir, store_t **out, sd_error_t *e);
 void store_close(store_t *s);
+
+/*
+ * Starts the pool of `threads` threads that hash blobs as they stream in (shared by all
+ * blobs of s, so concurrent uploads cost no thread each). Without it, blobs hash on the
+ * thread that appends. Call once, before any blob begins; store_close stops it.
+ * Returns 0, SD_ENOMEM, SD_EINTERNAL.
+ */
+SD_MUST_CHECK int store_hashers_start(store_t *s, int threads, sd_error_t *e);
 
 /* Schema version after migration (PRAGMA user_version). */
 int store_schema_version(store_t *s);

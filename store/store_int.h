@@ -11,6 +11,8 @@
 #ifndef STORE_INT_H
 #define STORE_INT_H
 
+#include <openssl/evp.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -116,6 +118,38 @@ typedef struct store__conn {
 	sqlite3_stmt *st[STORE__SQL__COUNT];
 } store__conn_t;
 
+/* ---- store_hash.c: the shared hashing pool ---- */
+
+#define STORE__HASH_RING 4 /* buffers a blob may have waiting to be hashed */
+
+typedef struct store__hashpool store__hashpool_t;
+
+/* One blob's SHA-256 as the pool sees it: its buffers in ring order. The counters are
+ * guarded by the pool's mutex; md is used by one thread at a time. */
+typedef struct store__hstream {
+	EVP_MD_CTX *md;
+	const unsigned char *buf[STORE__HASH_RING];
+	size_t len[STORE__HASH_RING];
+	int first, pending;     /* buf[first .. first + pending) wait or are being hashed */
+	bool queued, active, failed;
+	pthread_cond_t cv;      /* pending went down */
+	struct store__hstream *next;
+} store__hstream_t;
+
+/* Starts `threads` hashing threads. Returns 0, SD_ENOMEM, SD_EINTERNAL. */
+SD_MUST_CHECK int store__hashpool_start(store__hashpool_t **out, int threads, sd_error_t *e);
+/* Joins the threads (no stream may have buffers pending) and frees. Safe on NULL. */
+void store__hashpool_stop(store__hashpool_t *p);
+void store__hstream_init(store__hstream_t *h, EVP_MD_CTX *md);
+void store__hstream_deinit(store__hstream_t *h);
+/* Hands buf[0..len) to be hashed after what h was given before; returns once the caller
+ * may fill its next ring buffer. buf must stay untouched until hashed. With p NULL the
+ * caller hashes it now. Failures show in h->failed. */
+void store__hash_submit(store__hashpool_t *p, store__hstream_t *h, const unsigned char *buf,
+			size_t len);
+/* Waits until everything h was given is hashed. */
+void store__hash_wait(store__hashpool_t *p, store__hstream_t *h);
+
 struct store {
 	char *dir;     /* data directory, as given */
 	char *db_path; /* <dir>/sparsityd.db; readers open it too */
@@ -127,6 +161,7 @@ struct store {
 	 * strictly increasing even within one millisecond or across a clock step back. */
 	uint64_t id_ms;
 	uint8_t id_rand[10];
+	store__hashpool_t *hashers; /* NULL: blobs hash on the appending thread */
 };
 
 struct store_reader {
