@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -40,6 +41,7 @@
 
 #define SWEEP_EVERY_MS (10 * 60 * 1000)
 #define POLL_TICK_MS 250
+#define RETRY_MS 1000
 
 /* A state change asked for by an HTTP thread, done by the loop thread. */
 typedef enum { CMD_CREATE, CMD_CANCEL, CMD_DELETE } cmd_kind_t;
@@ -72,6 +74,10 @@ typedef struct worker {
 	store_artifact_t out[3];
 	size_t n_out;
 	const char *record_sha; /* out[] entry of the produced record, if any */
+	/* set on the loop thread once the work is done */
+	double secs;
+	size_t recorded;         /* out[] entries already in the store */
+	bool unrecorded;         /* the store refused the outcome; on_retry tries again */
 } worker_t;
 
 #define STAGES 4
@@ -83,7 +89,7 @@ static struct daemon {
 	conf_t conf;
 	uv_loop_t loop;
 	uv_signal_t sig_term, sig_int, sig_hup;
-	uv_timer_t sweep, poll;
+	uv_timer_t sweep, poll, retry;
 	uv_async_t wake;
 	store_t *store;
 	store_reader_t *reader; /* loop thread's own reads */
@@ -326,55 +332,97 @@ static void record_duration(const char *stage, double secs)
 	}
 }
 
-static void after_work_cb(uv_work_t *req, int status)
+/*
+ * Writes a finished stage's outcome (artifacts, record, final state) to the store.
+ * Each write is its own transaction and w->recorded counts those done, so after a
+ * failure (a full disk) a retry picks up where the last attempt stopped. Returns 0 or
+ * the store's error.
+ */
+static int record_outcome(worker_t *w, sd_error_t *e)
+{
+	store_t *s = the_daemon.store;
+	char note[SD_ERR_MSG_MAX + 32];
+	if (atomic_load(&w->cancel))
+		return store_job_transition(s, w->id, STORE_CANCELED, NULL, "canceled while running",
+					    e);
+	if (w->rc) {
+		store_job_update_t u = {.error_code = sd_err_type(w->rc), .error_msg = w->e.msg};
+		snprintf(note, sizeof(note), "failed: %s", w->e.msg);
+		return store_job_transition(s, w->id, STORE_FAILED, &u, note, e);
+	}
+	int rc = 0;
+	for (; !rc && w->recorded < w->n_out; w->recorded += !rc)
+		rc = store_artifact_add(s, w->id, &w->out[w->recorded], e);
+	if (!rc && w->record_sha && !(rc = store_record_set(s, w->id, w->record_sha, e)))
+		w->record_sha = NULL;
+	store_job_update_t u = {.result_json = w->result_json};
+	snprintf(note, sizeof(note), "succeeded in %.3f s", w->secs);
+	return rc ? rc : store_job_transition(s, w->id, STORE_SUCCEEDED, &u, note, e);
+}
+
+/* The outcome is in the store: log it, wake long-polls, free the slot. */
+static void worker_done(worker_t *w)
 {
 	struct daemon *d = &the_daemon;
-	worker_t *w = req->data;
-	sd_error_t e;
-	sd_err_clear(&e);
-	double secs = (double)(now_ms() - w->started_ms) / 1000.0;
-	record_duration(w->job.stage, secs);
-	int rc = w->rc;
-	if (status == UV_ECANCELED)
-		rc = sd_err(&w->e, SD_EINTERNAL, "the stage was not run (shutting down)");
-	if (atomic_load(&w->cancel)) {
-		if (store_job_transition(d->store, w->id, STORE_CANCELED, NULL, "canceled while running", &e))
-			jlog_error("sched", w->id, "cannot record cancel: %s", e.msg);
-		else
-			jlog_info("sched", w->id, "canceled after %.3f s", secs);
-	} else if (!rc) {
-		for (size_t i = 0; !rc && i < w->n_out; i++)
-			rc = store_artifact_add(d->store, w->id, &w->out[i], &e);
-		if (!rc && w->record_sha)
-			rc = store_record_set(d->store, w->id, w->record_sha, &e);
-		store_job_update_t u = {.result_json = w->result_json};
-		char note[64];
-		snprintf(note, sizeof(note), "succeeded in %.3f s", secs);
-		if (!rc)
-			rc = store_job_transition(d->store, w->id, STORE_SUCCEEDED, &u, note, &e);
-		if (rc)
-			jlog_error("sched", w->id, "cannot record success: %s", e.msg);
-		else
-			jlog_info("sched", w->id, "%s succeeded in %.3f s", w->job.stage, secs);
-	} else {
-		store_job_update_t u = {.error_code = sd_err_type(rc), .error_msg = w->e.msg};
-		char note[SD_ERR_MSG_MAX + 32];
-		snprintf(note, sizeof(note), "failed: %s", w->e.msg);
-		if (store_job_transition(d->store, w->id, STORE_FAILED, &u, note, &e))
-			jlog_error("sched", w->id, "cannot record failure: %s", e.msg);
-		/* Bad input is the client's business; anything else is the operator's. */
-		if (sd_err_exit(rc) == 1)
-			jlog_info("sched", w->id, "%s failed: %s", w->job.stage, w->e.msg);
-		else
-			jlog_error("sched", w->id, "%s failed: %s", w->job.stage, w->e.msg);
-	}
+	if (atomic_load(&w->cancel))
+		jlog_info("sched", w->id, "canceled after %.3f s", w->secs);
+	else if (!w->rc)
+		jlog_info("sched", w->id, "%s succeeded in %.3f s", w->job.stage, w->secs);
+	else if (sd_err_exit(w->rc) == 1) /* bad input is the client's business */
+		jlog_info("sched", w->id, "%s failed: %s", w->job.stage, w->e.msg);
+	else
+		jlog_error("sched", w->id, "%s failed: %s", w->job.stage, w->e.msg);
 	if (d->api)
 		api_job_changed(d->api, w->id);
 	free(w->result_json);
 	w->result_json = NULL;
 	store_job_clear(&w->job);
-	w->busy = false;
+	w->busy = w->unrecorded = false;
 	d->running--;
+}
+
+/* Retries outcomes the store could not take (disk full) once a second; the job stays
+ * running meanwhile, and at a restart it is requeued like any interrupted job. */
+static void on_retry(uv_timer_t *t)
+{
+	struct daemon *d = t->data;
+	int left = 0;
+	for (int k = 0; k < d->conf.workers; k++) {
+		worker_t *w = &d->workers[k];
+		if (!w->unrecorded)
+			continue;
+		sd_error_t e;
+		if (record_outcome(w, &e)) {
+			left++;
+			continue;
+		}
+		jlog_info("sched", w->id, "outcome recorded after the store recovered");
+		worker_done(w);
+	}
+	if (!left)
+		uv_timer_stop(t);
+	schedule();
+}
+
+static void after_work_cb(uv_work_t *req, int status)
+{
+	struct daemon *d = &the_daemon;
+	worker_t *w = req->data;
+	w->secs = (double)(now_ms() - w->started_ms) / 1000.0;
+	record_duration(w->job.stage, w->secs);
+	if (status == UV_ECANCELED)
+		w->rc = sd_err(&w->e, SD_EINTERNAL, "the stage was not run (shutting down)");
+	w->recorded = 0;
+	sd_error_t e;
+	sd_err_clear(&e);
+	if (record_outcome(w, &e)) {
+		jlog_error("sched", w->id, "cannot record the outcome, retrying every %d ms: %s",
+			   RETRY_MS, e.msg);
+		w->unrecorded = true;
+		uv_timer_start(&d->retry, on_retry, RETRY_MS, RETRY_MS);
+		return;
+	}
+	worker_done(w);
 	schedule();
 }
 
@@ -419,7 +467,12 @@ static void schedule(void)
 {
 	struct daemon *d = &the_daemon;
 	if (atomic_load(&d->draining)) {
-		if (d->running == 0)
+		/* Outcomes the store refuses do not hold the stop up: their jobs are still
+		 * running in the store and are requeued at the next start. */
+		int unrecorded = 0;
+		for (int k = 0; k < d->conf.workers; k++)
+			unrecorded += d->workers[k].unrecorded;
+		if (d->running == unrecorded)
 			uv_stop(&d->loop);
 		return;
 	}
@@ -620,6 +673,10 @@ int serve_main(int argc, char **argv)
 	snprintf(pool, sizeof(pool), "%d", (int)d->conf.workers);
 	setenv("UV_THREADPOOL_SIZE", pool, 1);
 	signal(SIGPIPE, SIG_IGN);
+	/* Upload and output buffers (512 KiB) and response bodies come and go in bursts;
+	 * a fixed mmap threshold gives each large one back to the system when freed,
+	 * instead of letting glibc raise the threshold and keep the burst's peak. */
+	mallopt(M_MMAP_THRESHOLD, 256 << 10);
 
 	if (store_open(d->conf.data_dir, &d->store, &e) ||
 	    store_hashers_start(d->store, (int)d->conf.hash_threads, &e) ||
@@ -661,7 +718,8 @@ int serve_main(int argc, char **argv)
 	uv_signal_start(&d->sig_hup, on_hup, SIGHUP);
 	uv_timer_init(&d->loop, &d->sweep);
 	uv_timer_init(&d->loop, &d->poll);
-	d->sweep.data = d->poll.data = d;
+	uv_timer_init(&d->loop, &d->retry);
+	d->sweep.data = d->poll.data = d->retry.data = d;
 	uv_timer_start(&d->sweep, on_sweep, 1000, SWEEP_EVERY_MS);
 	uv_timer_start(&d->poll, on_poll, POLL_TICK_MS, POLL_TICK_MS);
 
@@ -688,8 +746,13 @@ int serve_main(int argc, char **argv)
 	uv_close((uv_handle_t *)&d->sig_hup, close_cb);
 	uv_close((uv_handle_t *)&d->sweep, close_cb);
 	uv_close((uv_handle_t *)&d->poll, close_cb);
+	uv_close((uv_handle_t *)&d->retry, close_cb);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
 	uv_loop_close(&d->loop);
+	for (int k = 0; d->workers && k < d->conf.workers; k++) {
+		free(d->workers[k].result_json);
+		store_job_clear(&d->workers[k].job);
+	}
 	free(d->workers);
 	store_reader_close(d->reader);
 	store_close(d->store);

@@ -110,6 +110,15 @@ static const char *tok_desc(const tok_t *t, char *buf, size_t size)
 {
 	if (t->kind == T_EOF)
 		return "end of input";
+	/* A stray byte (binary data, a non-ASCII character) is named by value: printed raw
+	 * it would make the message itself invalid UTF-8. */
+	for (size_t i = 0; i < t->n && i < 40; i++)
+		if ((unsigned char)t->s[i] < 0x20 || (unsigned char)t->s[i] >= 0x7f) {
+			if (t->kind == T_STRING)
+				break; /* strings are shown escaped elsewhere; their text is fine */
+			snprintf(buf, size, "byte 0x%02x", (unsigned char)t->s[i]);
+			return buf;
+		}
 	int n = t->n > 40 ? 40 : (int)t->n;
 	snprintf(buf, size, "'%.*s%s'", n, t->s, t->n > 40 ? "..." : "");
 	return buf;
@@ -493,7 +502,7 @@ static int parse_enum(parser_t *p, const ProtobufCFieldDescriptor *f, int *out)
 		return perr(p, t, "expected enum value for field '%s', found %s", f->name,
 			    tok_desc(t, tb, sizeof(tb)));
 	tok_t start = *t;
-	uint64_t u;
+	uint64_t u = 0;
 	int rc = parse_int(p, f, PROTOBUF_C_TYPE_INT32, &u);
 	if (rc)
 		return rc;
@@ -646,7 +655,7 @@ static int parse_string(parser_t *p, const ProtobufCFieldDescriptor *f, char **d
 			    tok_desc(&p->tok, tb, sizeof(tb)));
 	lexpos_t save = p->lx;
 	tok_t first = p->tok;
-	size_t total = 0, k;
+	size_t total = 0, k = 0;
 	int rc;
 	while (p->tok.kind == T_STRING) {
 		if ((rc = unescape(p, &p->tok, NULL, &k)))
@@ -947,6 +956,9 @@ int pbtext_parse(const ProtobufCMessageDescriptor *desc, const char *text, size_
 	*out = NULL;
 	if (!text)
 		p.end = p.lx.p = p.lx.line_start = "";
+	/* Editors on some systems open a UTF-8 file with a byte order mark; it is not text. */
+	if (len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3))
+		p.lx.p = p.lx.line_start = text + 3;
 	int rc = lex(&p);
 	if (rc)
 		return rc;
