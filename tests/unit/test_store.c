@@ -1028,7 +1028,7 @@ START_TEST(blob_sha_vectors)
 	ck_assert_int_eq(size, 300 * 4096);
 	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
 
-	/* Past one 1 MiB buffer the hash runs on a helper thread: odd-sized appends that
+	/* Past one buffer the hash runs on the pool when there is one: odd-sized appends that
 	 * straddle buffers, and more buffers than the ring holds, must still hash to
 	 * exactly what a one-shot SHA-256 of the same bytes gives. */
 	size_t total = 9 * 1048576 + 12345;
@@ -1062,6 +1062,51 @@ START_TEST(blob_sha_vectors)
 	ck_assert_ptr_null(store_blob_path(g_s, "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"));
 }
 END_TEST
+
+/* One hashing thread shared by four blobs that fill in turn: each must hash to exactly
+ * its own bytes, whatever order the pool takes their buffers in. */
+START_TEST(blob_pool_interleaved)
+{
+	OK(store_hashers_start(g_s, 1, &g_e));
+	enum { N = 4 };
+	size_t total = 3 * 1048576 + 777;
+	unsigned char *data[N];
+	store_blob_t *b[N];
+	for (int k = 0; k < N; k++) {
+		data[k] = malloc(total);
+		for (size_t i = 0; i < total; i++)
+			data[k][i] = (unsigned char)((i + 31 * (size_t)k) * 2654435761u >> 11);
+		OK(store_blob_begin(g_s, 0, &b[k], &g_e));
+	}
+	for (size_t off = 0; off < total; off += 70001)
+		for (int k = 0; k < N; k++)
+			OK(store_blob_append(b[k], data[k] + off, off + 70001 < total ? 70001 : total - off,
+					     &g_e));
+	for (int k = 0; k < N; k++) {
+		char sha[STORE_SHA_HEX + 1], want[STORE_SHA_HEX + 1];
+		int64_t size;
+		unsigned char d[32];
+		unsigned int dn = 0;
+		ck_assert_int_eq(EVP_Digest(data[k], total, d, &dn, EVP_sha256(), NULL), 1);
+		for (int i = 0; i < 32; i++)
+			snprintf(want + 2 * i, 3, "%02x", d[i]);
+		if (k == N - 1) {
+			store_blob_abort(b[k]); /* an abort with buffers queued leaves nothing */
+		} else {
+			OK(store_blob_commit(b[k], sha, &size, &g_e));
+			ck_assert_str_eq(sha, want);
+		}
+		free(data[k]);
+	}
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
+}
+END_TEST
+
+static void setup_pool(void)
+{
+	setup();
+	OK(store_hashers_start(g_s, 2, &g_e));
+}
 
 START_TEST(blob_dedup_abort_limit)
 {
@@ -1266,7 +1311,14 @@ static Suite *store_suite(void)
 	tcase_add_test(blobs, blob_dedup_abort_limit);
 	tcase_add_test(blobs, crash_before_rename);
 	tcase_add_test(blobs, crash_after_rename_before_row);
+	tcase_add_test(blobs, blob_pool_interleaved);
 	suite_add_tcase(s, blobs);
+	TCase *pool = tcase_create("blobs hashed by the shared pool");
+	tcase_set_timeout(pool, 120);
+	tcase_add_checked_fixture(pool, setup_pool, teardown);
+	tcase_add_test(pool, blob_sha_vectors);
+	tcase_add_test(pool, blob_dedup_abort_limit);
+	suite_add_tcase(s, pool);
 	return s;
 }
 
