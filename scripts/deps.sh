@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 build_pkgs="meson ninja-build pkg-config gcc libc6-dev protobuf-c-compiler libprotobuf-c-dev
 libmicrohttpd-dev libjansson-dev libsqlite3-dev libuv1-dev libssl-dev"
-test_pkgs="check protobuf-compiler valgrind python3 python3-venv python3-pip curl jq"
+# clang + libclang-rt-14-dev: libFuzzer for the fuzz targets (tests/fuzz, -Dfuzz=true)
+test_pkgs="check protobuf-compiler valgrind python3 python3-venv python3-pip curl jq
+clang libclang-rt-14-dev"
 
 want="$build_pkgs"
 [ "${1:-}" = "--test" ] && want="$want $test_pkgs"
