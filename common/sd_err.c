@@ -7,8 +7,11 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Messages are bounded on purpose: a too-long detail is cut, never overflowed. */
+/* Messages are bounded on purpose: a too-long detail is cut, never overflowed. (clang
+ * has no such warning.) */
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wformat-truncation"
+#endif
 
 struct row {
 	int code;
@@ -43,6 +46,7 @@ void sd_err_clear(sd_error_t *e)
 		memset(e, 0, sizeof(*e));
 }
 
+__attribute__((format(printf, 3, 0)))
 static int vset(sd_error_t *e, int code, const char *fmt, va_list ap)
 {
 	if (!e)

@@ -18,18 +18,18 @@ set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${FUZZ_BUILD:-$root/build-fuzz}
 work=${FUZZ_WORK:-/tmp/sparsityd-fuzz}
-all="fuzz_graph fuzz_pbtext fuzz_record"
+all="fuzz_graph fuzz_pbtext fuzz_record fuzz_upload fuzz_http"
 
 usage() {
-  echo "usage: $0 [fuzz_graph|fuzz_pbtext|fuzz_record|all] [SECONDS]" >&2
+  echo "usage: $0 [fuzz_graph|fuzz_pbtext|fuzz_record|fuzz_upload|fuzz_http|all] [SECONDS]" >&2
   exit 2
 }
 
 [ $# -le 2 ] || usage
 case ${1:-all} in
   all) targets=$all ;;
-  fuzz_graph|fuzz_pbtext|fuzz_record) targets=$1 ;;
-  graph|pbtext|record) targets=fuzz_$1 ;;
+  fuzz_graph|fuzz_pbtext|fuzz_record|fuzz_upload|fuzz_http) targets=$1 ;;
+  graph|pbtext|record|upload|http) targets=fuzz_$1 ;;
   -h|--help) usage ;;
   *) echo "run: unknown target '$1'" >&2; usage ;;
 esac
@@ -39,6 +39,8 @@ case $secs in ''|*[!0-9]*) echo "run: SECONDS must be a number" >&2; usage ;; es
 max_len() {
   case $1 in
     fuzz_graph) echo 2097152 ;;
+    fuzz_upload) echo 1048576 ;;
+    fuzz_http) echo 65536 ;;
     *) echo 262144 ;;
   esac
 }
