@@ -93,6 +93,8 @@ static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm
 	int rc;
 	if (r->format && (rc = prune_format_parse(r->format, &fmt, e)))
 		return rc;
+	if (!a->limit)
+		a->limit = RUN_MEMORY_BASE + RUN_MEMORY_PER_BYTE * mm->len;
 	if (cm->data && (rc = prune_config_parse((const char *)cm->data, cm->len,
 						  name_of(r->config_name, r->config), a, &cfg, e)))
 		return rc;

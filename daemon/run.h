@@ -19,6 +19,15 @@
 
 /* Largest weight a stage accepts, in elements. */
 #define RUN_MAX_ELEMS ((size_t)1 << 32)
+/*
+ * Working memory of a stage (its arena: the unpacked graph, weights stored as typed or
+ * splat values, new nodes), beyond the mapped model file: 1 GiB plus 4 bytes per byte of
+ * model. A model whose weights are mostly typed values needs about its own size again;
+ * a few bytes claiming a splat of 2^32 floats would need 16 GiB and fail instead.
+ */
+#define RUN_MEMORY_BASE ((size_t)1 << 30)
+#define RUN_MEMORY_PER_BYTE 4
+
 /* Config and record files are small text; anything larger is a mistake. */
 #define RUN_TEXT_MAX ((size_t)64 << 20)
 
@@ -40,7 +49,9 @@ typedef struct run_req {
 bool run_stage_known(const char *stage);
 
 /*
- * Runs the stage. The result lives in arena a. Returns 0 or the SD_E* code of the
+ * Runs the stage. The result lives in arena a; an arena without a limit gets the
+ * budget above (RUN_MEMORY_BASE + RUN_MEMORY_PER_BYTE x the model's size), past which
+ * the stage fails with SD_ENOMEM naming the node. Returns 0 or the SD_E* code of the
  * failure with e filled (the engine's message, naming file:line:col or node/layer).
  */
 SD_MUST_CHECK int run_stage(const run_req_t *r, arena_t *a, prune_result_t *res,
