@@ -1,7 +1,8 @@
 #!/bin/sh
 # The whole test suite, from a fresh Debian 12 machine: installs what is missing,
-# builds twice (plain, and with AddressSanitizer + UndefinedBehaviorSanitizer), runs the
-# unit suites under the sanitizers and under valgrind, then the real-TensorFlow tests.
+# builds three times (plain; AddressSanitizer + UndefinedBehaviorSanitizer; clang with
+# libFuzzer), runs the unit suites under the sanitizers and under valgrind, a short run of
+# every fuzz target, then the pytest suites (real TensorFlow, a real daemon).
 set -eu
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh --test
@@ -20,6 +21,11 @@ echo "== unit tests under valgrind"
 meson test -C build --suite unit --print-errorlogs \
   --wrapper "valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect" \
   --timeout-multiplier 10
+
+echo "== fuzz smoke runs (libFuzzer, clang, ASan + UBSan; tests/fuzz/run.sh runs them long)"
+[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true \
+  -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug >/dev/null
+meson test -C build-fuzz --suite fuzz --print-errorlogs
 
 echo "== real-TensorFlow tests"
 SPARSITYD_BIN="$PWD/build/daemon/sparsityd" .venv/bin/python -m pytest tests/py -q -p no:cacheprovider "$@"
