@@ -39,6 +39,7 @@ typedef struct api_conf {
 	int port;
 	int threads;             /* HTTP thread pool size */
 	int64_t max_upload;      /* bytes, whole request body */
+	int max_connections;     /* client connections at once */
 	int max_uploads;         /* request bodies streaming at once; 429 beyond */
 	int idle_timeout;        /* seconds a connection may stay silent */
 	const char *openapi;     /* path of openapi.yaml served at /openapi.yaml */

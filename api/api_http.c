@@ -1026,7 +1026,7 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)conf->idle_timeout,
 				  MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
-				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
+				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)conf->max_connections,
 				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
 	if (!a->mhd) {
 		api_stop(a);

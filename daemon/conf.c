@@ -23,6 +23,8 @@ typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL } type_t;
 	X(http_threads, T_INT, "2", 1, 64, false, "HTTP threads (libmicrohttpd pool)")      \
 	X(max_upload, T_INT, "2147483648", 1, INT64_MAX, false,                            \
 	  "largest request body in bytes (a model and its config)")                       \
+	X(max_connections, T_INT, "1024", 8, 65536, false,                                \
+	  "open client connections at most; new ones are refused beyond")                 \
 	X(max_uploads, T_INT, "16", 1, 4096, false,                                       \
 	  "request bodies streaming at once; POST /v1/jobs answers 429 beyond")           \
 	X(hash_threads, T_INT, "2", 1, 64, false,                                         \

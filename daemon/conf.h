@@ -20,6 +20,7 @@ typedef struct conf {
 	int64_t workers;
 	int64_t http_threads;
 	int64_t max_upload;
+	int64_t max_connections;
 	int64_t max_uploads;
 	int64_t hash_threads;
 	int64_t idle_timeout;

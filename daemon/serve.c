@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -631,6 +632,20 @@ static bool loopback(const char *host)
 
 static void close_cb(uv_handle_t *h) { (void)h; }
 
+/* Each connection holds a descriptor, and so do blobs, SQLite and the model mappings:
+ * make room for max_connections plus those, up to the hard limit. */
+static void raise_fd_limit(rlim_t connections)
+{
+	struct rlimit rl;
+	rlim_t want = connections + 256;
+	if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur < want)
+		log_warn("main", "open file limit %llu is below max_connections + 256 (%llu)",
+			 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
+}
+
 int serve_main(int argc, char **argv)
 {
 	struct daemon *d = &the_daemon;
@@ -673,6 +688,7 @@ int serve_main(int argc, char **argv)
 	snprintf(pool, sizeof(pool), "%d", (int)d->conf.workers);
 	setenv("UV_THREADPOOL_SIZE", pool, 1);
 	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit((rlim_t)d->conf.max_connections);
 	/* Upload and output buffers (512 KiB) and response bodies come and go in bursts;
 	 * a fixed mmap threshold gives each large one back to the system when freed,
 	 * instead of letting glibc raise the threshold and keep the burst's peak. */
@@ -725,6 +741,7 @@ int serve_main(int argc, char **argv)
 
 	api_conf_t ac = {.host = host, .port = port, .threads = (int)d->conf.http_threads,
 			 .max_upload = d->conf.max_upload, .max_uploads = (int)d->conf.max_uploads,
+			 .max_connections = (int)d->conf.max_connections,
 			 .idle_timeout = (int)d->conf.idle_timeout, .openapi = d->conf.openapi};
 	api_ops_t ops = {.create = op_create, .cancel = op_cancel, .remove = op_remove,
 			 .draining = op_draining, .metrics = op_metrics};
