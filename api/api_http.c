@@ -351,7 +351,8 @@ static bool waiter_add(api_t *a, req_t *r, struct MHD_Connection *c)
 	return true;
 }
 
-/* A long-poll is being answered (or its connection is gone): api_stop waits for these. */
+/* A long-poll's request is complete: its answer has been sent (or its connection is
+ * gone). api_stop waits for these, so no answer is cut off by the server stopping. */
 static void poll_done(api_t *a, req_t *r)
 {
 	if (!r->suspended)
@@ -395,14 +396,15 @@ static int h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
 	char etag[API_PARAM_MAX + 64];
 	if (!rc)
 		job_etag(id, version, etag, sizeof(etag));
-	if (!rc && poll && api_etag_match(inm, etag) && now_ms() < r->deadline_ms &&
-	    waiter_add(a, r, c)) {
+	/* stopping is read again under the lock: api_stop sets it before it takes the lock
+	 * to resume every waiter, so no poll can suspend after that. */
+	if (!rc && poll && !atomic_load(&a->stopping) && api_etag_match(inm, etag) &&
+	    now_ms() < r->deadline_ms && waiter_add(a, r, c)) {
 		pthread_mutex_unlock(&a->mu);
 		return MHD_YES;
 	}
 	if (poll)
 		pthread_mutex_unlock(&a->mu);
-	poll_done(a, r);
 	if (rc)
 		return send_problem(a, r, c, &e);
 	if (api_etag_match(inm, etag))
@@ -496,6 +498,13 @@ static int h_job_log(api_t *a, req_t *r, struct MHD_Connection *c)
 	char *text = NULL;
 	if (!rd || store_event_log(rd, r->params[0], r->tenant, &text, &e))
 		return send_problem(a, r, c, &e);
+	if (!sd_utf8_valid(text, strlen(text))) {
+		/* Messages quote names from models; the page promises UTF-8. */
+		char *esc = sd_utf8_escape(text);
+		free(text);
+		if (!(text = esc))
+			return MHD_NO;
+	}
 	return send_text(a, r, c, 200, "text/plain; charset=utf-8", text, strlen(text), NULL);
 }
 
@@ -965,9 +974,11 @@ static int hexval(char c)
 }
 
 /*
- * Decodes %XX in a path or query value in place, as libmicrohttpd would, except %00:
- * a NUL would end the C string early, so "/v1/jobs/<id>%00x" would look like the job's
- * own path. Left encoded, it simply names nothing.
+ * Decodes %XX in a path or query value in place, as libmicrohttpd would, except %00
+ * and %2F: a NUL would end the C string early, so "/v1/jobs/<id>%00x" would look like
+ * the job's own path, and an encoded '/' would add a path segment the client did not
+ * write ("/v1/jobs/<id>%2Flog" is not the log). Left encoded, they name nothing; no
+ * query value of this API holds either.
  */
 static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
 {
@@ -976,7 +987,7 @@ static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
 	for (const char *p = s; *p; p++) {
 		int hi, lo;
 		if (p[0] == '%' && (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0 &&
-		    (hi | lo)) {
+		    (hi | lo) && !(hi == 2 && (lo == 0xf))) {
 			*w++ = (char)(hi * 16 + lo);
 			p += 2;
 		} else {

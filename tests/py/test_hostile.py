@@ -293,8 +293,9 @@ TEXT = [
              job_form("prune", CHAIN, CFG, fields=[("outputs", "out"), ("emit_record", "2")])),
     bad_post("text-emit_record-on-insert",
              job_form("insert", CHAIN, CFG, fields=[("outputs", "out"), ("emit_record", "true")])),
-    bad_post("text-emit_record-false-on-check",
-             job_form("check", CHAIN, fields=[("emit_record", "false")])),
+    # emit_record=false asks for nothing, so any stage takes it (clients may always send it)
+    ok_post("text-emit_record-false-on-check",
+            job_form("check", CHAIN, fields=[("emit_record", "false")])),
     bad_post("text-export-record-and-record_from",
              lambda c: job_form("export", CHAIN, record=c.record,
                                 fields=[("outputs", "out"), ("record_from", c.insert_id)])),
@@ -342,6 +343,9 @@ URLS = [
          check=_not_the_job),
     call("url-id-nul", "GET", lambda c: "/v1/jobs/%s%%00" % c.check_id, 404, "not-found"),
     call("url-nul-as-id", "GET", "/v1/jobs/%00", 404, "not-found"),
+    # an encoded '/' is not a path separator: this is not the job's log
+    call("url-encoded-slash-log", "GET", lambda c: "/v1/jobs/%s%%2Flog" % c.check_id, 404,
+         "not-found"),
     call("url-healthz-nul", "GET", "/healthz%00", 404, "not-found"),
     call("url-jobs-nul", "GET", "/v1/jobs%00?limit=1", 404, "not-found"),
     call("url-artifact-name-nul", "GET",
@@ -621,12 +625,14 @@ BAD_MODELS = [
     jc("model-const-content-size-disagrees", "check",
        X + H.const_node("w", [4, 4], b"\x00" * 32) +
        D._node("out", "MatMul", ["x", "w"], D._type_attr("T"))),
+    # a shape past the element limit is a size limit (too-large), named by its node
     jc("model-const-10e12-elements", "check",
        X + H.const_node("w", [10 ** 6, 10 ** 6], b"\x00" * 16) +
-       D._node("out", "MatMul", ["x", "w"], D._type_attr("T"))),
+       D._node("out", "MatMul", ["x", "w"], D._type_attr("T")), code="too-large"),
     jc("model-const-10e12-elements-prune", "prune",
        X + H.const_node("w", [10 ** 6, 10 ** 6], b"\x00" * 16) +
-       D._node("out", "MatMul", ["x", "w"], D._type_attr("T")), CFG, outputs="out"),
+       D._node("out", "MatMul", ["x", "w"], D._type_attr("T")), CFG, outputs="out",
+       code="too-large"),
     jc("model-const-negative-dims", "check",
        X + H.const_node("w", [-5, 4], b"\x00" * 80) +
        D._node("out", "MatMul", ["x", "w"], D._type_attr("T"))),
