@@ -25,6 +25,18 @@ struct store__hashpool {
 	pthread_t th[];
 };
 
+/* Puts h at the tail of the streams waiting for a thread; called with p->mu held. */
+static void enqueue(store__hashpool_t *p, store__hstream_t *h)
+{
+	h->queued = true;
+	h->next = NULL;
+	if (p->tail)
+		p->tail->next = h;
+	else
+		p->head = h;
+	p->tail = h;
+}
+
 static void *hash_main(void *arg)
 {
 	store__hashpool_t *p = arg;
@@ -48,15 +60,8 @@ static void *hash_main(void *arg)
 		h->first = (h->first + 1) % STORE__HASH_RING;
 		h->pending--;
 		h->active = false;
-		if (h->pending) {
-			h->queued = true;
-			h->next = NULL;
-			if (p->tail)
-				p->tail->next = h;
-			else
-				p->head = h;
-			p->tail = h;
-		}
+		if (h->pending)
+			enqueue(p, h);
 		pthread_cond_broadcast(&h->cv);
 	}
 	pthread_mutex_unlock(&p->mu);
@@ -119,13 +124,7 @@ void store__hash_submit(store__hashpool_t *p, store__hstream_t *h, const unsigne
 	h->len[slot] = len;
 	h->pending++;
 	if (!h->queued && !h->active) {
-		h->queued = true;
-		h->next = NULL;
-		if (p->tail)
-			p->tail->next = h;
-		else
-			p->head = h;
-		p->tail = h;
+		enqueue(p, h);
 		pthread_cond_signal(&p->work);
 	}
 	/* Buffers are handed over in ring order, so once fewer than all are pending the

@@ -641,6 +641,15 @@ static bool m_duplicate(mctx_t *m)
 	return true;
 }
 
+/* Number of fields in message p. */
+static size_t children(const tree_t *t, int32_t p)
+{
+	size_t k = 0;
+	for (int32_t c = t->n[p].first; c != NIL; c = t->n[c].next)
+		k++;
+	return k;
+}
+
 static bool m_delete(mctx_t *m)
 {
 	int32_t x = pick(m->t, m->r, m->root, false, is_any);
@@ -657,9 +666,7 @@ static bool m_swap(mctx_t *m)
 	int32_t p = pick(t, m->r, m->root, true, has_children);
 	if (p == NIL)
 		return false;
-	size_t k = 0;
-	for (int32_t c = t->n[p].first; c != NIL; c = t->n[c].next)
-		k++;
+	size_t k = children(t, p);
 	if (k < 2)
 		return false;
 	int32_t *v = malloc(k * sizeof(*v));
@@ -1081,9 +1088,7 @@ static bool m_cut(mctx_t *m)
 	int32_t p = pick(t, m->r, m->root, true, has_children);
 	if (p == NIL)
 		return false;
-	size_t k = 0;
-	for (int32_t c = t->n[p].first; c != NIL; c = t->n[c].next)
-		k++;
+	size_t k = children(t, p);
 	size_t keep = below(m->r, k);
 	int32_t c = t->n[p].first, prev = NIL;
 	for (size_t i = 0; i < keep; i++, c = t->n[c].next)

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.parse
@@ -371,6 +372,18 @@ def ts(s):
     assert m, "not an RFC 3339 UTC timestamp: %r" % s
     whole = calendar.timegm(tuple(int(x) for x in m.groups()[:6]))
     return whole + (float(m.group(7)) if m.group(7) else 0.0)
+
+
+def integrity(data_dir):
+    """PRAGMA integrity_check of the daemon's database is ok."""
+    db = os.path.join(data_dir, "sparsityd.db")
+    assert os.path.exists(db), "no %s" % db
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        rows = con.execute("PRAGMA integrity_check").fetchall()
+    finally:
+        con.close()
+    assert rows == [("ok",)], "integrity_check: %s" % rows
 
 
 def sha256(data):

@@ -9,7 +9,6 @@ completes after the restart.
 
 import json
 import os
-import sqlite3
 import time
 
 
@@ -19,17 +18,6 @@ from daemon import big_model, contract, daemons, serve_bin  # noqa: F401
 CHAIN = D.graph("chain.pbtxt")
 CFG = D.SAMPLE_CONFIG
 ARGS = ["--workers", "1", "--max-attempts", "3"]
-
-
-def integrity(data_dir):
-    db = os.path.join(data_dir, "sparsityd.db")
-    assert os.path.exists(db), "no %s" % db
-    con = sqlite3.connect(db, timeout=10)
-    try:
-        rows = con.execute("PRAGMA integrity_check").fetchall()
-    finally:
-        con.close()
-    assert rows == [("ok",)], "integrity_check: %s" % rows
 
 
 def du(path):
@@ -99,9 +87,9 @@ def test_kill9_during_upload(daemons, contract, big_model):
     finally:
         conn.close()
     assert killed
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
     dmn.start()
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
     jobs = all_jobs(dmn)
     ids = [j["id"] for j in jobs]
     for a in acked:
@@ -118,7 +106,7 @@ def test_kill9_during_upload(daemons, contract, big_model):
     # the daemon still takes uploads
     assert dmn.run_job("check", model=CHAIN)["state"] == "succeeded"
     assert dmn.stop() == 0
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
 
 
 def test_kill9_during_job(daemons, contract, big_model):
@@ -145,10 +133,10 @@ def test_kill9_during_job(daemons, contract, big_model):
     assert j["state"] == "running", "big job finished too fast to crash during it: %s" % (
         json.dumps(j)[:300],)
     dmn.kill()
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
 
     dmn.start()
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
     ids = [j["id"] for j in all_jobs(dmn)]
     for a in acked:
         assert a in ids, "job %s was answered 202 before the kill and is gone" % a
@@ -164,7 +152,7 @@ def test_kill9_during_job(daemons, contract, big_model):
     log = dmn.get("/v1/jobs/%s/log" % big).text
     assert len(log.splitlines()) >= 4, log
     assert dmn.stop() == 0
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
 
 
 def test_kill9_attempts_exhausted(daemons, contract, big_model):
@@ -183,7 +171,7 @@ def test_kill9_attempts_exhausted(daemons, contract, big_model):
     assert dmn.job(big).json()["state"] == "running"
     dmn.kill()
     dmn.start()
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
     j = dmn.wait_job(big)
     assert j["state"] == "failed", j
     assert j["error"] and j["error"]["code"] == "attempts-exhausted", j["error"]
@@ -222,7 +210,7 @@ def test_kill9_during_burst_of_uploads(daemons, contract):
     with lock:
         acked_now = list(acked)
     assert len(acked_now) >= 40, len(acked_now)
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
     dmn.start()
     ids = {j["id"] for j in all_jobs(dmn)}
     lost = [a for a in acked_now if a not in ids]
@@ -232,4 +220,4 @@ def test_kill9_during_burst_of_uploads(daemons, contract):
         assert dmn.wait_job(a)["state"] == "succeeded"
     artifacts_whole(dmn, contract)
     assert dmn.stop() == 0
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)

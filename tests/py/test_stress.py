@@ -12,7 +12,6 @@ import re
 import select
 import signal
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -26,15 +25,6 @@ from daemon import big_model, daemons, serve_bin  # noqa: F401 (fixtures)
 CHAIN = D.graph("chain.pbtxt")
 CFG = D.SAMPLE_CONFIG
 MiB = 1 << 20
-
-
-def integrity(data_dir):
-    con = sqlite3.connect(os.path.join(data_dir, "sparsityd.db"), timeout=30)
-    try:
-        rows = con.execute("PRAGMA integrity_check").fetchall()
-    finally:
-        con.close()
-    assert rows == [("ok",)], "PRAGMA integrity_check: %s" % rows
 
 
 def all_jobs(dmn):
@@ -277,7 +267,7 @@ def test_kill9_loop(daemons, tmp_path):
     loop_s = time.time() - t0
     print("\nkill -9 loop: %d iterations in %.1f s, %d jobs acknowledged" % (done, loop_s,
                                                                           len(acked)))
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
     dmn.start()
     # every job reaches a final state
     deadline = time.time() + 300
@@ -303,7 +293,7 @@ def test_kill9_loop(daemons, tmp_path):
         key = j["state"] + ("/" + j["error"]["code"] if j.get("error") else "")
         states[key] = states.get(key, 0) + 1
     print("final states: %s" % states)
-    integrity(dmn.data_dir)
+    D.integrity(dmn.data_dir)
     n = 0
     for s in jobs:
         j = dmn.job(s["id"]).json()
