@@ -21,6 +21,8 @@
  */
 static json_t *jstr(const char *s)
 {
+	if (!s)
+		return NULL; /* as json_string(NULL): the caller's set fails, nothing crashes */
 	if (sd_utf8_valid(s, strlen(s)))
 		return json_string(s);
 	char *esc = sd_utf8_escape(s);
