@@ -64,6 +64,7 @@ struct req {
 	const route_t *route;
 	char params[2][API_PARAM_MAX]; /* {id}, {name} */
 	char *tenant;                  /* NULL: no auth in force */
+	bool authed;
 	bool answered;
 	/* upload */
 	api_upload_t *up;
@@ -883,6 +884,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		sd_err_clear(&e);
 		if (r->route->auth && authorise(a, r, c, &e))
 			return send_problem(a, r, c, &e);
+		r->authed = true;
 		return upload_start(a, r, c);
 	}
 	if (*upload_data_size) {
@@ -902,13 +904,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	}
 	if (r->answered)
 		return MHD_YES;
-	if (!r->route && (route(a, r, c, url, method) != MHD_YES || r->answered))
-		return MHD_YES;
-	if (r->route->auth && !r->route->upload) {
+	if (!r->route) {
+		int rc = route(a, r, c, url, method);
+		if (rc != MHD_YES || r->answered)
+			return rc; /* MHD_NO (no answer could be queued) closes the connection */
+	}
+	/* Once per request: a resumed long-poll comes through here again. */
+	if (r->route->auth && !r->authed) {
 		sd_error_t e;
 		sd_err_clear(&e);
 		if (authorise(a, r, c, &e))
 			return send_problem(a, r, c, &e);
+		r->authed = true;
 	}
 	return r->route->fn(a, r, c);
 }
