@@ -625,17 +625,20 @@ static void upload_feed(api_t *a, req_t *r, const char *data, size_t n)
 {
 	r->received += (int64_t)n;
 	atomic_fetch_add(&a->upload_bytes, n);
-	if (r->received > a->conf.max_upload && r->fail_code != SD_ETOOBIG) {
+	if (r->fail_code)
+		return; /* read and dropped until the end */
+	if (r->received > a->conf.max_upload)
 		r->fail_code = sd_err(&r->fail, SD_ETOOBIG,
 				      "upload is over the limit of %" PRId64 " bytes",
 				      a->conf.max_upload);
-		api_upload_free(r->up); /* its blobs go now, not when the body ends */
+	else if (api_upload_feed(r->up, data, n, &r->fail))
+		r->fail_code = r->fail.code;
+	if (r->fail_code) {
+		/* Its blobs go now, before the answer: a client that retries after a 507
+		 * must find the space they held free again. */
+		api_upload_free(r->up);
 		r->up = NULL;
 	}
-	if (r->fail_code)
-		return; /* read and dropped until the end */
-	if (api_upload_feed(r->up, data, n, &r->fail))
-		r->fail_code = r->fail.code;
 }
 
 /*

@@ -163,6 +163,16 @@ class Daemon:
                                                                                    "replace")))
         return "\n".join(out)
 
+    def sanitizer_report(self):
+        """The AddressSanitizer / LeakSanitizer / UBSan report in the daemon's stderr, or ''."""
+        p = getattr(self, "stderr_path", None)
+        if not p or not os.path.exists(p):
+            return ""
+        with open(p, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        m = re.search(r"^(=+\d+=+ERROR: (Address|Leak)Sanitizer|.*runtime error:)", text, re.M)
+        return text[m.start():m.start() + 6000] if m else ""
+
     def _close_logs(self):
         for f in (getattr(self, "_out", None), getattr(self, "_err", None)):
             if f:
@@ -669,12 +679,17 @@ class DaemonFactory:
                 except AssertionError:
                     pass
             d._close_logs()
+        reports = [d.sanitizer_report() for d in self.all]
+        reports = [r for r in reports if r]
         # data directories hold copies of the big test model: do not leave GBs in /tmp
         # (the daemons' logs stay, beside them)
         for d in self.all:
             if os.path.ismount(d.data_dir):
                 continue
             shutil.rmtree(d.data_dir, ignore_errors=True)
+        # With a daemon built with AddressSanitizer (scripts/test.sh runs the HTTP suites
+        # so), a leak or memory error it reported fails the tests that used it.
+        assert not reports, "the daemon's sanitizer reported:\n" + "\n".join(reports)
 
 
 @pytest.fixture
