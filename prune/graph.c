@@ -409,11 +409,17 @@ static int unpack_binary(prune_graph_t *g, const uint8_t *buf, size_t len, bool 
 	if (rc == SD_ENOMEM)
 		return rc;
 	if (rc == 0 && n_refs && unpack_plain(g, small, small_len, meta) == 0 && g->gd) {
+		/* Every site is found before any is patched: a tensor may carry its
+		 * tensor_content twice (the last one counts, as in protobuf), and once the
+		 * first is patched the site no longer looks stripped. */
+		Tensorflow__TensorProto **site = arena_calloc(g->arena, n_refs, sizeof(*site));
+		if (!site)
+			return sd_err(e, SD_ENOMEM, "out of memory reading the model");
 		size_t i = 0;
-		while (i < n_refs && patch_site(g, &refs[i]))
+		while (i < n_refs && (site[i] = patch_site(g, &refs[i])))
 			i++;
 		for (size_t k = 0; i == n_refs && k < n_refs; k++)
-			patch_site(g, &refs[k])->tensor_content =
+			site[k]->tensor_content =
 				(ProtobufCBinaryData){refs[k].len, (uint8_t *)buf + refs[k].off};
 		if (i == n_refs)
 			return 0;

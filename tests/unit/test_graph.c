@@ -9,6 +9,7 @@
 #include "arena.h"
 #include "attr.h"
 #include "graph.h"
+#include "pbwire.h"
 #include "testutil.h"
 
 
@@ -192,6 +193,73 @@ START_TEST(bad_binary)
 }
 END_TEST
 
+/* Appends field `num` (length-delimited) holding p[0..n) to out; returns the new length. */
+static size_t put_len(uint8_t *out, size_t at, unsigned num, const void *p, size_t n)
+{
+	uint8_t *o = out + at;
+	o += pbwire_varint_put(o, (uint64_t)num << 3 | 2);
+	o += pbwire_varint_put(o, n);
+	memmove(o, p, n);
+	return (size_t)(o - out) + n;
+}
+
+/* Depth beyond the limit is refused before protobuf-c recurses; two tensor_content
+ * fields in one tensor (the last one counts) load without tripping the zero-copy patch. */
+START_TEST(deep_and_repeated_binary)
+{
+	static uint8_t a[40000], b[40000];
+	size_t n = put_len(a, 0, 2, "x", 1); /* AttrValue.s */
+	for (int level = 0; level < 300; level++) {
+		/* AttrValue.func (10) -> NameAttrList { name, attr { key, value } } */
+		size_t e1 = put_len(b, 0, 1, "k", 1);
+		e1 = put_len(b, e1, 2, a, n);
+		uint8_t entry[40000];
+		memcpy(entry, b, e1);
+		size_t nal = put_len(b, 0, 1, "f", 1);
+		nal = put_len(b, nal, 2, entry, e1);
+		memcpy(entry, b, nal);
+		n = put_len(a, 0, 10, entry, nal);
+		ck_assert(n < sizeof(a) - 64);
+	}
+	uint8_t node[40100];
+	size_t nn = put_len(node, 0, 1, "n", 1);
+	nn = put_len(node, nn, 2, "Const", 5);
+	size_t en = put_len(b, 0, 1, "a", 1);
+	en = put_len(b, en, 2, a, n);
+	nn = put_len(node, nn, 5, b, en);
+	static uint8_t graph[40200];
+	size_t gn = put_len(graph, 0, 1, node, nn);
+	prune_graph_t *g;
+	sd_error_t e;
+	ck_assert_int_eq(load(graph, gn, PRUNE_FMT_AUTO, &g, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "nests messages deeper than 100 levels");
+
+	/* tensor { dtype: DT_FLOAT shape { dim { size: 1024 } } content: A content: B } */
+	static uint8_t t[20000], v[20000], w[20000];
+	static float ca[1024], cb[1024];
+	for (int i = 0; i < 1024; i++)
+		ca[i] = 1.0f, cb[i] = 2.0f;
+	size_t tn = 0;
+	t[tn++] = 0x08, t[tn++] = 1; /* dtype */
+	uint8_t dim[4] = {0x08, 0x80, 0x08}, shp[8];
+	size_t sn = put_len(shp, 0, 2, dim, 3);
+	tn = put_len(t, tn, 2, shp, sn);
+	tn = put_len(t, tn, 4, ca, sizeof(ca));
+	tn = put_len(t, tn, 4, cb, sizeof(cb));
+	size_t vn = put_len(v, 0, 8, t, tn);
+	size_t wn = put_len(w, 0, 1, "value", 5);
+	wn = put_len(w, wn, 2, v, vn);
+	nn = put_len(node, 0, 1, "w", 1);
+	nn = put_len(node, nn, 2, "Const", 5);
+	nn = put_len(node, nn, 5, w, wn);
+	gn = put_len(graph, 0, 1, node, nn);
+	ck_assert_msg(load(graph, gn, PRUNE_FMT_GRAPHDEF, &g, &e) == 0, "%s", e.msg);
+	Tensorflow__AttrValue *val = prune_node_attr(prune_graph_node(g, 0), "value");
+	ck_assert_uint_eq(val->tensor->tensor_content.len, sizeof(cb));
+	ck_assert(!memcmp(val->tensor->tensor_content.data, cb, sizeof(cb)));
+}
+END_TEST
+
 START_TEST(input_strings)
 {
 	prune_input_t in;
@@ -258,6 +326,7 @@ int main(void)
 		text_round_trip,
 		bad_inputs,
 		bad_binary,
+		deep_and_repeated_binary,
 		input_strings,
 		add_and_remove,
 		NULL,
