@@ -5,6 +5,11 @@ import pathlib
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's own CPU Conv2D supports only NHWC; the oneDNN kernels take NCHW too. TF
+# turns oneDNN on by itself only on CPUs with AVX-512 (VNNI/BF16/AMX), so on an AVX2-only
+# machine the NCHW test models could not run at all. Asking for it makes every machine
+# run the same kernels.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf_keras (Keras 2) has graph mode; Keras 3 has not
 
 HERE = pathlib.Path(__file__).resolve().parent
