@@ -500,9 +500,11 @@ int store_recover(store_t *s, int max_attempts, int *requeued, int *failed, sd_e
 		return rc;
 	for (size_t i = 0; i < n && !rc; i++) {
 		if (attempts[i] >= max_attempts) {
-			char msg[160];
+			char msg[200];
 			snprintf(msg, sizeof(msg),
-				 "the job was interrupted %d times (limit %d); giving up",
+				 "the daemon stopped while running this job %d times in a row "
+				 "(max_attempts %d); it is not run again, in case its input is "
+				 "what stops it",
 				 attempts[i], max_attempts);
 			store_job_update_t upd = {.error_code = "attempts-exhausted",
 						  .error_msg = msg};
