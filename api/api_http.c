@@ -429,10 +429,9 @@ static int h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 	f.stage = query(c, "stage");
 	if (f.stage && !f.stage[0])
 		f.stage = NULL;
-	if (f.stage && strcmp(f.stage, "insert") && strcmp(f.stage, "export") &&
-	    strcmp(f.stage, "prune") && strcmp(f.stage, "check"))
-		return fail(a, r, c, SD_EUSAGE,
-			    "unknown stage '%s' (expected insert, export, prune or check)", f.stage);
+	prune_stage_t stage;
+	if (f.stage && prune_stage_parse(f.stage, &stage, &e))
+		return send_problem(a, r, c, &e);
 	f.after = query(c, "cursor");
 	if (f.after && !f.after[0])
 		f.after = NULL;
@@ -577,7 +576,10 @@ static int record_from_input(api_t *a, req_t *r, const char *job_id, store_artif
 	store_job_t src = {0};
 	if (!rd || store_job_get(rd, job_id, r->tenant, &src, e))
 		return e->code;
-	bool ok = !strcmp(src.stage, "insert") && src.state == STORE_SUCCEEDED;
+	/* The record export reads is the one insert writes, describing what it added. */
+	prune_stage_t st;
+	bool ok = !prune_stage_parse(src.stage, &st, NULL) && st == PRUNE_STAGE_INSERT &&
+		  src.state == STORE_SUCCEEDED;
 	memset(rec, 0, sizeof(*rec));
 	int rc = ok ? store_record_get(rd, job_id, r->tenant, rec->sha256, e) : 0;
 	/* The record is one of the insert job's outputs: its size is known there. */

@@ -85,7 +85,7 @@ json_t *api_json_result(const prune_result_t *r)
 			    jstr(r->format_stated ? "stated" : "detected"));
 	json_object_set_new(model, "nodes_in", json_integer((json_int_t)r->nodes_in));
 	json_object_set_new(model, "nodes_out", json_integer((json_int_t)r->nodes_out));
-	json_object_set_new(doc, "stage", jstr(r->stage));
+	json_object_set_new(doc, "stage", jstr(prune_stage_name(r->stage)));
 	json_object_set_new(doc, "model", model);
 
 	json_t *outs = json_array();
@@ -94,7 +94,7 @@ json_t *api_json_result(const prune_result_t *r)
 	json_object_set_new(doc, "outputs", outs);
 
 	/* Stages that read weight values report what they found; insert does not. */
-	bool stats = strcmp(r->stage, "insert") != 0;
+	bool stats = prune_stage_flags(r->stage) & PRUNE_STAGE_EXAMINES;
 	json_t *layers = json_array();
 	for (size_t i = 0; i < r->n_layers; i++)
 		json_array_append_new(layers, layer_json(&r->layers[i], stats));

@@ -13,7 +13,9 @@
 #include <string.h>
 
 #include "api_mpart.h"
+#include "graph.h"
 #include "layers.h"
+#include "stage.h"
 #include "sd_str.h"
 
 /* The text parts: where each goes in the upload, and whether it may repeat. */
@@ -181,39 +183,42 @@ int api_upload_finish(api_upload_t *u, api_form_t *f, sd_error_t *e)
 	for (int i = 0; i < API_FILE__COUNT; i++)
 		f->has_file[i] = u->file[i].seen;
 	if (!stage)
-		return sd_err(e, SD_EUSAGE, "missing part 'stage' (insert, export, prune, check)");
-	bool insert = !strcmp(stage, "insert"), prune = !strcmp(stage, "prune");
-	bool exp = !strcmp(stage, "export"), check = !strcmp(stage, "check");
-	if (!insert && !prune && !exp && !check)
-		return sd_err(e, SD_EUSAGE,
-			      "unknown stage '%s' (expected insert, export, prune or check)", stage);
+		return sd_err(e, SD_EUSAGE, "missing part 'stage' (%s)", prune_stage_list());
+	prune_stage_t st;
+	if ((rc = prune_stage_parse(stage, &st, e)))
+		return rc;
+	unsigned flags = prune_stage_flags(st);
 	if (!f->has_file[API_FILE_MODEL])
 		return sd_err(e, SD_EUSAGE, "missing part 'model' (the model file)");
-	if ((insert || prune) && !f->has_file[API_FILE_CONFIG])
+	if ((flags & PRUNE_STAGE_NEEDS_CONFIG) && !f->has_file[API_FILE_CONFIG])
 		return sd_err(e, SD_EUSAGE, "missing part 'config' (%s needs a config file)",
 			      stage);
-	if (exp && !f->has_file[API_FILE_RECORD] == !(record_from && record_from[0]))
+	bool has_record = f->has_file[API_FILE_RECORD], has_from = record_from && record_from[0];
+	if ((flags & PRUNE_STAGE_NEEDS_RECORD) && has_record == has_from)
 		return sd_err(e, SD_EUSAGE,
-			      "export needs exactly one of the parts 'record' and 'record_from'");
-	if (!check && !(outputs && outputs[0]))
+			      "%s needs exactly one of the parts 'record' and 'record_from'", stage);
+	if ((flags & PRUNE_STAGE_NEEDS_OUTPUTS) && !(outputs && outputs[0]))
 		return sd_err(e, SD_EUSAGE, "missing part 'outputs' (comma-separated node names)");
 	if (outputs && outputs[0] && (rc = prune_outputs_check(outputs, e))) {
 		sd_err_prefix(e, "part 'outputs'");
 		return rc;
 	}
-	if (format && format[0] && strcmp(format, "graphdef") && strcmp(format, "metagraph") &&
-	    strcmp(format, "pbtxt"))
-		return sd_err(e, SD_EUSAGE, "format '%s' is not one of graphdef, metagraph, pbtxt",
-			      format);
-	bool emit_record = emit && (!strcmp(emit, "true") || !strcmp(emit, "1"));
-	if (emit && !emit_record && strcmp(emit, "false") && strcmp(emit, "0"))
-		return sd_err(e, SD_EUSAGE, "emit_record must be true or false");
-	if (emit_record && !prune)
-		return sd_err(e, SD_EUSAGE,
-			      "emit_record is for prune jobs (insert always writes a record)");
+	prune_format_t fmt = PRUNE_FMT_AUTO;
+	if (format && format[0] && (rc = prune_format_parse(format, &fmt, e)))
+		return rc;
+	bool emit_record = false;
+	if (emit && (rc = sd_bool_parse(emit, &emit_record, e))) {
+		sd_err_prefix(e, "part 'emit_record'");
+		return rc;
+	}
+	if (emit_record && !(flags & PRUNE_STAGE_MAY_RECORD))
+		return sd_err(e, SD_EUSAGE, "emit_record is for stages that write a record on "
+					    "request (prune); %s does not",
+			      stage);
+	f->stage_id = st;
 	f->stage = stage;
 	f->outputs = outputs;
-	f->format = format;
+	f->format = fmt != PRUNE_FMT_AUTO ? prune_format_name(fmt) : NULL; /* "pb" is "graphdef" */
 	f->name = text(u, T_NAME);
 	f->record_from = record_from && record_from[0] ? record_from : NULL;
 	f->emit_record = emit_record;

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "sd_err.h"
+#include "stage.h"
 #include "store.h"
 
 #define API_UPLOAD_TEXT_MAX 65536
@@ -38,6 +39,7 @@ typedef struct api_upload api_upload_t;
  * outputs of repeated parts are joined with ','). */
 typedef struct api_form {
 	const char *stage, *outputs, *format, *name, *record_from;
+	prune_stage_t stage_id;
 	bool emit_record;
 	bool has_file[API_FILE__COUNT];
 } api_form_t;

@@ -78,3 +78,15 @@ char *sd_utf8_escape(const char *s)
 	out[o] = 0;
 	return out;
 }
+
+int sd_bool_parse(const char *s, bool *out, sd_error_t *e)
+{
+	static const char *const yes[] = {"true", "1", "yes"}, *const no[] = {"false", "0", "no"};
+	for (size_t i = 0; i < 3; i++) {
+		if (!strcmp(s, yes[i]) || !strcmp(s, no[i])) {
+			*out = !strcmp(s, yes[i]);
+			return 0;
+		}
+	}
+	return sd_err(e, SD_EUSAGE, "'%.32s' must be true or false", s);
+}

@@ -8,12 +8,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "sd_err.h"
+
 /*
  * Appends printf output to *buf (malloc'd or NULL; *len bytes used, kept
  * NUL-terminated). On allocation failure the buffer is left as it was: a page missing
  * its tail beats a crash, and the caller sees the shorter *len.
  */
 void sd_appendf(char **buf, size_t *len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The one boolean syntax of settings and form fields: true/1/yes or false/0/no.
+ * Returns 0, or SD_EUSAGE ("must be true or false"). */
+int sd_bool_parse(const char *s, bool *out, sd_error_t *e);
 
 /* Whether s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or code points
  * past U+10FFFF). A NUL byte is valid UTF-8; callers that refuse it check it apart. */

@@ -105,7 +105,9 @@ static void out_discard(outfile_t *o)
 
 static void print_table(const prune_result_t *r, const char *model)
 {
-	printf("sparsityd %s: %s (%s, %s), %zu nodes -> %zu nodes\n", r->stage, model,
+	unsigned flags = prune_stage_flags(r->stage);
+	printf("sparsityd %s: %s (%s, %s), %zu nodes -> %zu nodes\n", prune_stage_name(r->stage),
+	       model,
 	       prune_format_name(r->format), r->format_stated ? "stated" : "detected",
 	       r->nodes_in, r->nodes_out);
 	printf("%-40s %-20s %-20s %4s  %-8s %s\n", "LAYER", "TYPE", "WEIGHT SHAPE", "AXIS",
@@ -125,7 +127,7 @@ static void print_table(const prune_result_t *r, const char *model)
 		       actions[l->action], why ? prune_skip_name(l->reason) : "", why ? ": " : "",
 		       l->detail ? l->detail : "");
 	}
-	if (strcmp(r->stage, "check") == 0)
+	if (!(flags & PRUNE_STAGE_WRITES_MODEL))
 		printf("%zu layer%s: %zu checked, %zu skipped", r->n_layers,
 		       r->n_layers == 1 ? "" : "s", r->checked, r->skipped);
 	else
@@ -135,12 +137,12 @@ static void print_table(const prune_result_t *r, const char *model)
 		if (r->by_reason[k])
 			printf(" (%s: %zu)", prune_skip_name(k), r->by_reason[k]);
 	printf("\n");
-	if (strcmp(r->stage, "insert"))
+	if (flags & PRUNE_STAGE_EXAMINES)
 		printf("%zu layer%s exactly 2:4", r->layers_2of4, r->layers_2of4 == 1 ? "" : "s");
-	if (strcmp(r->stage, "insert") && strcmp(r->stage, "check"))
+	if ((flags & PRUNE_STAGE_EXAMINES) && (flags & PRUNE_STAGE_WRITES_MODEL))
 		printf("; %llu of %llu weights zeroed by this stage",
 		       (unsigned long long)r->weights_zeroed, (unsigned long long)r->weights);
-	if (strcmp(r->stage, "insert"))
+	if (flags & PRUNE_STAGE_EXAMINES)
 		printf("\n");
 	if (r->init_op)
 		printf("init op: %s   update op: %s\n", r->init_op, r->update_op);
@@ -245,7 +247,7 @@ static int parse_args(const char *cmd, int argc, char **argv, unsigned need, uns
  * Runs a stage with its outputs in temporary files that are renamed into place only
  * when everything succeeded.
  */
-static int run_cli(const char *stage, const args_t *a, const char *rec_out)
+static int run_cli(prune_stage_t stage, const args_t *a, const char *rec_out)
 {
 	arena_t arena;
 	arena_init(&arena, 0);
@@ -254,7 +256,8 @@ static int run_cli(const char *stage, const args_t *a, const char *rec_out)
 	sd_error_t e;
 	sd_err_clear(&e);
 	run_req_t r = {
-		.stage = stage, .model = a->model, .config = a->config, .record = a->record,
+		.stage = stage, .model = a->model, .config = a->config,
+		.record = rec_out ? NULL : a->record,
 		.outputs = a->outputs, .format = a->format,
 	};
 	int rc = 0;
@@ -276,35 +279,35 @@ static int run_cli(const char *stage, const args_t *a, const char *rec_out)
 	return rc ? fail(&e) : 0;
 }
 
-int cli_insert(int argc, char **argv)
+/* The options a stage takes, from what the stage table says it needs and writes. */
+static void stage_options(prune_stage_t st, unsigned *need, unsigned *allow)
 {
-	args_t a;
-	int rc = parse_args("insert", argc, argv,
-			    OPT_MODEL | OPT_CONFIG | OPT_OUTPUTS | OPT_RECORD | OPT_OUT,
-			    OPT_FORMAT | OPT_JSON | OPT_FSYNC, &a);
-	return rc >= 0 ? rc : run_cli("insert", &a, a.record);
+	unsigned f = prune_stage_flags(st);
+	*need = OPT_MODEL;
+	*allow = OPT_OUTPUTS | OPT_FORMAT | OPT_JSON;
+	if (f & PRUNE_STAGE_NEEDS_CONFIG)
+		*need |= OPT_CONFIG;
+	if (f & (PRUNE_STAGE_NEEDS_RECORD | PRUNE_STAGE_WRITES_RECORD))
+		*need |= OPT_RECORD;
+	if (f & PRUNE_STAGE_MAY_RECORD)
+		*allow |= OPT_RECORD;
+	if (f & PRUNE_STAGE_NEEDS_OUTPUTS)
+		*need |= OPT_OUTPUTS;
+	if (f & PRUNE_STAGE_WRITES_MODEL) {
+		*need |= OPT_OUT;
+		*allow |= OPT_FSYNC;
+	}
 }
 
-int cli_export(int argc, char **argv)
+int cli_stage(prune_stage_t st, int argc, char **argv)
 {
 	args_t a;
-	int rc = parse_args("export", argc, argv, OPT_MODEL | OPT_RECORD | OPT_OUTPUTS | OPT_OUT,
-			    OPT_FORMAT | OPT_JSON | OPT_FSYNC, &a);
-	return rc >= 0 ? rc : run_cli("export", &a, NULL);
-}
-
-int cli_prune(int argc, char **argv)
-{
-	args_t a;
-	int rc = parse_args("prune", argc, argv, OPT_MODEL | OPT_CONFIG | OPT_OUTPUTS | OPT_OUT,
-			    OPT_RECORD | OPT_FORMAT | OPT_JSON | OPT_FSYNC, &a);
-	return rc >= 0 ? rc : run_cli("prune", &a, a.record);
-}
-
-int cli_check(int argc, char **argv)
-{
-	args_t a;
-	int rc = parse_args("check", argc, argv, OPT_MODEL, OPT_OUTPUTS | OPT_FORMAT | OPT_JSON,
-			    &a);
-	return rc >= 0 ? rc : run_cli("check", &a, NULL);
+	unsigned need, allow;
+	stage_options(st, &need, &allow);
+	int rc = parse_args(prune_stage_name(st), argc, argv, need, allow, &a);
+	if (rc >= 0)
+		return rc;
+	/* --record names the record to read (NEEDS_RECORD) or the one to write. */
+	bool writes = prune_stage_flags(st) & (PRUNE_STAGE_WRITES_RECORD | PRUNE_STAGE_MAY_RECORD);
+	return run_cli(st, &a, writes ? a.record : NULL);
 }

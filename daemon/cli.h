@@ -8,10 +8,10 @@
 #ifndef CLI_H
 #define CLI_H
 
-int cli_insert(int argc, char **argv);
-int cli_export(int argc, char **argv);
-int cli_prune(int argc, char **argv);
-int cli_check(int argc, char **argv);
+#include "stage.h"
+
+/* `sparsityd <stage> ...`: the options come from the stage table (stage.h). */
+int cli_stage(prune_stage_t stage, int argc, char **argv);
 
 /* Prints the top-level usage to stdout (help) or stderr. */
 void cli_usage(int to_stderr);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "sd_log.h"
+#include "sd_str.h"
 
 typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL } type_t;
 
@@ -87,11 +88,7 @@ static int set(conf_t *c, const row_t *r, const char *v, const char *where, sd_e
 		return 0;
 	}
 	case T_BOOL:
-		if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes"))
-			*(bool *)p = true;
-		else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no"))
-			*(bool *)p = false;
-		else
+		if (sd_bool_parse(v, (bool *)p, e))
 			return sd_err(e, SD_EUSAGE, "%s: %s must be true or false", where, r->name);
 		return 0;
 	}

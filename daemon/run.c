@@ -10,13 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "checker.h"
 #include "config.h"
-#include "export.h"
 #include "graph.h"
-#include "insert.h"
 #include "layers.h"
-#include "oneshot.h"
 #include "record.h"
 
 typedef struct mapped {
@@ -69,12 +65,6 @@ static void unmap_file(mapped_t *m)
 	m->len = 0;
 }
 
-bool run_stage_known(const char *stage)
-{
-	return stage && (strcmp(stage, "insert") == 0 || strcmp(stage, "export") == 0 ||
-			 strcmp(stage, "prune") == 0 || strcmp(stage, "check") == 0);
-}
-
 static const char *name_of(const char *name, const char *path)
 {
 	return name ? name : path;
@@ -108,19 +98,12 @@ static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm
 	if (r->outputs && r->outputs[0] &&
 	    (rc = prune_outputs_parse(g, r->outputs, &outs, &n_outs, e)))
 		return rc;
-	if (strcmp(r->stage, "check") == 0)
-		return prune_check(g, outs, n_outs, RUN_MAX_ELEMS, res, e);
-	if (!n_outs)
-		return sd_err(e, SD_EUSAGE, "%s needs the model's outputs (--outputs a,b)",
-			      r->stage);
-	if (strcmp(r->stage, "insert") == 0)
-		rc = prune_insert(g, cfg, outs, n_outs, RUN_MAX_ELEMS, res, e);
-	else if (strcmp(r->stage, "prune") == 0)
-		rc = prune_oneshot(g, cfg, outs, n_outs, RUN_MAX_ELEMS, res, e);
-	else
-		rc = prune_export(g, rec, n_rec, outs, n_outs, RUN_MAX_ELEMS, res, e);
-	if (rc)
+	prune_stage_in_t in = {.config = cfg, .record = rec, .n_record = n_rec, .outputs = outs,
+			       .n_outputs = n_outs, .max_elems = RUN_MAX_ELEMS};
+	if ((rc = prune_stage_run(r->stage, g, &in, res, e)))
 		return rc;
+	if (!(prune_stage_flags(r->stage) & PRUNE_STAGE_WRITES_MODEL))
+		return 0;
 	if ((rc = prune_graph_save(g, PRUNE_FMT_AUTO, r->out_model, e)))
 		return rc;
 	if (r->out_record)
@@ -130,19 +113,18 @@ static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm
 
 int run_stage(const run_req_t *r, arena_t *a, prune_result_t *res, sd_error_t *e)
 {
-	if (!run_stage_known(r->stage))
-		return sd_err(e, SD_EUSAGE, "unknown stage '%s' (insert, export, prune, check)",
-			      r->stage ? r->stage : "");
-	bool needs_config = !strcmp(r->stage, "insert") || !strcmp(r->stage, "prune");
-	bool needs_record = !strcmp(r->stage, "export");
+	unsigned flags = prune_stage_flags(r->stage);
+	const char *name = prune_stage_name(r->stage);
+	bool needs_config = flags & PRUNE_STAGE_NEEDS_CONFIG;
+	bool needs_record = flags & PRUNE_STAGE_NEEDS_RECORD;
 	if (needs_config && !r->config)
-		return sd_err(e, SD_EUSAGE, "%s needs a config", r->stage);
+		return sd_err(e, SD_EUSAGE, "%s needs a config", name);
 	if (needs_record && !r->record)
-		return sd_err(e, SD_EUSAGE, "export needs a record");
-	if (strcmp(r->stage, "check") && !r->out_model)
-		return sd_err(e, SD_EUSAGE, "%s needs an output model", r->stage);
-	if (!strcmp(r->stage, "insert") && !r->out_record)
-		return sd_err(e, SD_EUSAGE, "insert needs an output record");
+		return sd_err(e, SD_EUSAGE, "%s needs a record", name);
+	if ((flags & PRUNE_STAGE_WRITES_MODEL) && !r->out_model)
+		return sd_err(e, SD_EUSAGE, "%s needs an output model", name);
+	if ((flags & PRUNE_STAGE_WRITES_RECORD) && !r->out_record)
+		return sd_err(e, SD_EUSAGE, "%s needs an output record", name);
 	mapped_t mm = {0}, cm = {0}, rm = {0};
 	int rc = 0;
 	if ((needs_config && (rc = map_file(r->config, name_of(r->config_name, r->config),

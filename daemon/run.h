@@ -16,6 +16,7 @@
 #include "arena.h"
 #include "result.h"
 #include "sd_err.h"
+#include "stage.h"
 
 /* Largest weight a stage accepts, in elements. */
 #define RUN_MAX_ELEMS ((size_t)1 << 32)
@@ -32,7 +33,7 @@
 #define RUN_TEXT_MAX ((size_t)64 << 20)
 
 typedef struct run_req {
-	const char *stage;        /* "insert", "export", "prune", "check" */
+	prune_stage_t stage;
 	const char *model;        /* path */
 	const char *model_name;   /* how messages name it (NULL: the path) */
 	const char *config;       /* insert, prune */
@@ -42,11 +43,8 @@ typedef struct run_req {
 	const char *outputs;      /* comma-separated; NULL allowed for check */
 	const char *format;       /* stated model format, or NULL to detect */
 	FILE *out_model;          /* insert, export, prune */
-	FILE *out_record;         /* insert (required), prune (optional) */
+	FILE *out_record;         /* WRITES_RECORD (required), MAY_RECORD (optional) */
 } run_req_t;
-
-/* Whether stage names one of the four stages. */
-bool run_stage_known(const char *stage);
 
 /*
  * Runs the stage. The result lives in arena a; an arena without a limit gets the

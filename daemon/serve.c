@@ -67,6 +67,7 @@ typedef struct worker {
 	atomic_bool cancel;
 	char id[STORE_ID_LEN + 1];
 	store_job_t job;         /* snapshot taken when it started */
+	prune_stage_t stage;     /* job.stage, parsed */
 	int64_t started_ms;
 	/* filled by the work callback */
 	int rc;
@@ -81,8 +82,6 @@ typedef struct worker {
 	bool unrecorded;         /* the store refused the outcome; on_retry tries again */
 } worker_t;
 
-#define STAGES 4
-static const char *const stage_names[STAGES] = {"insert", "export", "prune", "check"};
 static const double buckets[] = {0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300};
 #define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 
@@ -101,9 +100,9 @@ static struct daemon {
 	worker_t *workers;
 	int running;
 	/* stage durations, for /metrics */
-	uint64_t hist[STAGES][N_BUCKETS + 1];
-	double hist_sum[STAGES];
-	uint64_t hist_count[STAGES];
+	uint64_t hist[PRUNE_STAGE__COUNT][N_BUCKETS + 1];
+	double hist_sum[PRUNE_STAGE__COUNT];
+	uint64_t hist_count[PRUNE_STAGE__COUNT];
 } the_daemon;
 
 static int64_t now_ms(void)
@@ -168,20 +167,20 @@ static void op_metrics(void *ud, char **buf, size_t *len)
 	sd_appendf(buf, len, "# HELP sparsityd_stage_duration_seconds Wall time of finished stages.\n"
 			  "# TYPE sparsityd_stage_duration_seconds histogram\n");
 	pthread_mutex_lock(&d->mu);
-	for (int s = 0; s < STAGES; s++) {
+	for (int s = 0; s < PRUNE_STAGE__COUNT; s++) {
+		const char *name = prune_stage_name((prune_stage_t)s);
 		uint64_t cum = 0;
 		for (size_t b = 0; b < N_BUCKETS; b++) {
 			cum += d->hist[s][b];
 			sd_appendf(buf, len,
 				"sparsityd_stage_duration_seconds_bucket{stage=\"%s\",le=\"%g\"} %" PRIu64 "\n",
-				stage_names[s], buckets[b], cum);
+				name, buckets[b], cum);
 		}
 		sd_appendf(buf, len,
 			"sparsityd_stage_duration_seconds_bucket{stage=\"%s\",le=\"+Inf\"} %" PRIu64 "\n"
 			"sparsityd_stage_duration_seconds_sum{stage=\"%s\"} %.6f\n"
 			"sparsityd_stage_duration_seconds_count{stage=\"%s\"} %" PRIu64 "\n",
-			stage_names[s], d->hist_count[s], stage_names[s], d->hist_sum[s],
-			stage_names[s], d->hist_count[s]);
+			name, d->hist_count[s], name, d->hist_sum[s], name, d->hist_count[s]);
 	}
 	sd_appendf(buf, len, "# HELP sparsityd_workers_busy Stages running now.\n"
 			  "# TYPE sparsityd_workers_busy gauge\nsparsityd_workers_busy %d\n",
@@ -251,8 +250,10 @@ static void work_cb(uv_work_t *req)
 	char *mp = m ? store_blob_path(s, m->sha256) : NULL;
 	char *cp = c ? store_blob_path(s, c->sha256) : NULL;
 	char *rp = r ? store_blob_path(s, r->sha256) : NULL;
-	bool has_model = strcmp(j->stage, "check") != 0;
-	bool has_record = !strcmp(j->stage, "insert") || (!strcmp(j->stage, "prune") && j->emit_record);
+	unsigned flags = prune_stage_flags(w->stage);
+	bool has_model = flags & PRUNE_STAGE_WRITES_MODEL;
+	bool has_record = (flags & PRUNE_STAGE_WRITES_RECORD) ||
+			  ((flags & PRUNE_STAGE_MAY_RECORD) && j->emit_record);
 	store_blob_t *bm = NULL, *br = NULL;
 	FILE *fm = NULL, *fr = NULL;
 	arena_t arena;
@@ -266,7 +267,7 @@ static void work_cb(uv_work_t *req)
 		rc = sd_err(&w->e, SD_ENOMEM, "out of memory");
 	if (!rc) {
 		run_req_t rq = {
-			.stage = j->stage, .model = mp, .model_name = "model", .config = cp,
+			.stage = w->stage, .model = mp, .model_name = "model", .config = cp,
 			.config_name = "config", .record = rp, .record_name = "record",
 			.outputs = j->outputs, .format = j->format && j->format[0] ? j->format : NULL,
 			.out_model = fm, .out_record = fr,
@@ -316,21 +317,17 @@ static void work_cb(uv_work_t *req)
 
 static void schedule(void);
 
-static void record_duration(const char *stage, double secs)
+static void record_duration(prune_stage_t s, double secs)
 {
 	struct daemon *d = &the_daemon;
-	for (int s = 0; s < STAGES; s++) {
-		if (strcmp(stage, stage_names[s]))
-			continue;
-		size_t b = 0;
-		while (b < N_BUCKETS && secs > buckets[b])
-			b++;
-		pthread_mutex_lock(&d->mu);
-		d->hist[s][b]++;
-		d->hist_sum[s] += secs;
-		d->hist_count[s]++;
-		pthread_mutex_unlock(&d->mu);
-	}
+	size_t b = 0;
+	while (b < N_BUCKETS && secs > buckets[b])
+		b++;
+	pthread_mutex_lock(&d->mu);
+	d->hist[s][b]++;
+	d->hist_sum[s] += secs;
+	d->hist_count[s]++;
+	pthread_mutex_unlock(&d->mu);
 }
 
 /*
@@ -410,7 +407,7 @@ static void after_work_cb(uv_work_t *req, int status)
 	struct daemon *d = &the_daemon;
 	worker_t *w = req->data;
 	w->secs = (double)(now_ms() - w->started_ms) / 1000.0;
-	record_duration(w->job.stage, w->secs);
+	record_duration(w->stage, w->secs);
 	if (status == UV_ECANCELED)
 		w->rc = sd_err(&w->e, SD_EINTERNAL, "the stage was not run (shutting down)");
 	w->recorded = 0;
@@ -441,6 +438,14 @@ static void start_job(worker_t *w, const char *id)
 	}
 	if (store_job_get(d->reader, id, NULL, &w->job, &e)) {
 		jlog_error("sched", id, "cannot load the started job: %s", e.msg);
+		return;
+	}
+	if (prune_stage_parse(w->job.stage, &w->stage, &e)) {
+		/* Only a row written by something else than the API can hold this. */
+		store_job_update_t u = {.error_code = sd_err_type(SD_EINTERNAL), .error_msg = e.msg};
+		if (store_job_transition(d->store, id, STORE_FAILED, &u, e.msg, &e))
+			jlog_error("sched", id, "cannot fail a job of unknown stage: %s", e.msg);
+		store_job_clear(&w->job);
 		return;
 	}
 	snprintf(w->id, sizeof(w->id), "%s", id);

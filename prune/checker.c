@@ -21,7 +21,7 @@ static bool examinable(prune_skip_t r)
 int prune_check(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
 		size_t max_elems, prune_result_t *res, sd_error_t *e)
 {
-	prune_result_begin(res, "check", g, outputs, n_outputs);
+	prune_result_begin(res, PRUNE_STAGE_CHECK, g, outputs, n_outputs);
 	int rc = prune_layers_find(g, outputs, n_outputs, max_elems, &res->layers,
 				   &res->n_layers, e);
 	if (rc)

@@ -284,7 +284,7 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 		 prune_result_t *res, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
-	prune_result_begin(res, "export", g, outputs, n_outputs);
+	prune_result_begin(res, PRUNE_STAGE_EXPORT, g, outputs, n_outputs);
 	res->layers = arena_calloc(a, n_rec + 1, sizeof(*res->layers));
 	if (!res->layers)
 		return sd_err(e, SD_ENOMEM, "out of memory");

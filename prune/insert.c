@@ -592,7 +592,7 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 		 size_t n_outputs, size_t max_elems, prune_result_t *res, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
-	prune_result_begin(res, "insert", g, outputs, n_outputs);
+	prune_result_begin(res, PRUNE_STAGE_INSERT, g, outputs, n_outputs);
 	/* Checked first: on its own output every masked layer would look "not constant"
 	 * and the user would get a puzzling "no layer to prune". */
 	if (prune_graph_find(g, PRUNE_INIT_OP, strlen(PRUNE_INIT_OP)) >= 0 ||

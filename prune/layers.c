@@ -356,7 +356,7 @@ int prune_layer_weight_const(prune_graph_t *g, const prune_layer_t *l, size_t ma
 	return prune_tensor_read(v->tensor, max_elems, s->name, prune_graph_arena(g), out, e);
 }
 
-void prune_result_begin(prune_result_t *r, const char *stage, const prune_graph_t *g,
+void prune_result_begin(prune_result_t *r, prune_stage_t stage, const prune_graph_t *g,
 			const char *const *outputs, size_t n_outputs)
 {
 	r->stage = stage;

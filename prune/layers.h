@@ -61,7 +61,7 @@ SD_MUST_CHECK int prune_layer_weight_const(prune_graph_t *g, const prune_layer_t
 					   sd_error_t *e);
 
 /* Starts a stage's result: stage name, model format, node count and outputs of g. */
-void prune_result_begin(prune_result_t *r, const char *stage, const prune_graph_t *g,
+void prune_result_begin(prune_result_t *r, prune_stage_t stage, const prune_graph_t *g,
 			const char *const *outputs, size_t n_outputs);
 
 /*

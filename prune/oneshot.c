@@ -18,7 +18,7 @@
 int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
 		  size_t n_outputs, size_t max_elems, prune_result_t *res, sd_error_t *e)
 {
-	prune_result_begin(res, "prune", g, outputs, n_outputs);
+	prune_result_begin(res, PRUNE_STAGE_PRUNE, g, outputs, n_outputs);
 	int rc = prune_layers_find(g, outputs, n_outputs, max_elems, &res->layers,
 				   &res->n_layers, e);
 	if (rc)

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "graph.h"
+#include "stage.h"
 
 typedef enum prune_action {
 	PRUNE_ACTION_PRUNED = 0,
@@ -74,7 +75,7 @@ typedef struct prune_layer {
 } prune_layer_t;
 
 typedef struct prune_result {
-	const char *stage;         /* "insert", "export", "prune", "check" */
+	prune_stage_t stage;
 	prune_format_t format;
 	bool format_stated;
 	size_t nodes_in;

@@ -287,8 +287,9 @@ TEXT = [
     bad_post("text-empty-stage", job_form("", CHAIN)),
     bad_post("text-bad-format", job_form("check", CHAIN, fields=[("format", "onnx")])),
     bad_post("text-format-with-nul", job_form("check", CHAIN, fields=[("format", b"pbtxt\x00x")])),
-    bad_post("text-emit_record-yes",
-             job_form("prune", CHAIN, CFG, fields=[("outputs", "out"), ("emit_record", "yes")])),
+    # booleans read as the settings do: true/1/yes, false/0/no, nothing else
+    bad_post("text-emit_record-maybe",
+             job_form("prune", CHAIN, CFG, fields=[("outputs", "out"), ("emit_record", "maybe")])),
     bad_post("text-emit_record-2",
              job_form("prune", CHAIN, CFG, fields=[("outputs", "out"), ("emit_record", "2")])),
     bad_post("text-emit_record-on-insert",
