@@ -244,10 +244,13 @@ SD_MUST_CHECK int store_job_version(store_reader_t *r, const char *id, const cha
  * Lists jobs newest first. state/stage filters may be NULL. `after` is a cursor (the id
  * of the last job of the previous page) or NULL. Up to limit jobs (without artifacts)
  * go into *jobs (caller frees each with store_job_clear and the array with free);
- * limit 0 means 50, and at most 1000 are returned.
+ * limit 0 means STORE_LIST_DEFAULT, and at most STORE_LIST_MAX are returned (the API's
+ * `limit` has the same bounds).
  * *etag receives "<count>-<max version>" over all jobs matching tenant/state/stage
  * (regardless of the cursor), usable as the list's ETag; caller frees it.
  */
+#define STORE_LIST_DEFAULT 50
+#define STORE_LIST_MAX 200
 typedef struct store_filter {
 	const char *tenant; /* NULL = any */
 	const store_state_t *state;

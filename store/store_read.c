@@ -17,9 +17,6 @@
 #include <string.h>
 #include <time.h>
 
-/* store_job_list: limit 0 means LIST_DEFAULT; larger limits are cut to LIST_MAX. */
-#define LIST_DEFAULT 50
-#define LIST_MAX 1000
 
 int store_reader_open(store_t *s, store_reader_t **out, sd_error_t *e)
 {
@@ -205,7 +202,9 @@ int store_job_list(store_reader_t *r, const store_filter_t *f, store_job_t **job
 	*etag = NULL;
 	if (f->state && !store_state_name(*f->state))
 		return sd_err(e, SD_EUSAGE, "invalid state filter %d", (int)*f->state);
-	size_t limit = f->limit == 0 ? LIST_DEFAULT : f->limit > LIST_MAX ? LIST_MAX : f->limit;
+	size_t limit = f->limit == 0		   ? STORE_LIST_DEFAULT
+		       : f->limit > STORE_LIST_MAX ? STORE_LIST_MAX
+						   : f->limit;
 	store_job_t *list = NULL;
 	size_t cnt = 0;
 	char *tag = NULL;
