@@ -38,6 +38,7 @@
 #include "run.h"
 #include "sd_log.h"
 #include "sd_str.h"
+#include "sd_time.h"
 #include "store.h"
 
 #define SWEEP_EVERY_MS (10 * 60 * 1000)
@@ -104,13 +105,6 @@ static struct daemon {
 	double hist_sum[PRUNE_STAGE__COUNT];
 	uint64_t hist_count[PRUNE_STAGE__COUNT];
 } the_daemon;
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- HTTP-thread side: hand a command to the loop thread and wait ---- */
 
@@ -406,7 +400,7 @@ static void after_work_cb(uv_work_t *req, int status)
 {
 	struct daemon *d = &the_daemon;
 	worker_t *w = req->data;
-	w->secs = (double)(now_ms() - w->started_ms) / 1000.0;
+	w->secs = (double)(sd_now_ms() - w->started_ms) / 1000.0;
 	record_duration(w->stage, w->secs);
 	if (status == UV_ECANCELED)
 		w->rc = sd_err(&w->e, SD_EINTERNAL, "the stage was not run (shutting down)");
@@ -455,7 +449,7 @@ static void start_job(worker_t *w, const char *id)
 	w->record_sha = NULL;
 	w->rc = 0;
 	sd_err_clear(&w->e);
-	w->started_ms = now_ms();
+	w->started_ms = sd_now_ms();
 	w->req.data = w;
 	d->running++;
 	jlog_info("sched", id, "%s started (attempt %d)", w->job.stage, w->job.attempts);
@@ -617,7 +611,7 @@ static void on_sweep(uv_timer_t *t)
 		return;
 	int n = 0;
 	sd_error_t e;
-	if (store_sweep(d->store, now_ms() - d->conf.retention_hours * 3600 * 1000, &n, &e))
+	if (store_sweep(d->store, sd_now_ms() - d->conf.retention_hours * 3600 * 1000, &n, &e))
 		log_warn("store", "retention sweep failed: %s", e.msg);
 	else if (n)
 		log_info("store", "retention sweep deleted %d job%s", n, n == 1 ? "" : "s");

@@ -33,6 +33,8 @@
  */
 #include "store_int.h"
 
+#include "sd_time.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -116,13 +118,6 @@ void store__log_transition(const char *id, store_state_t from, store_state_t to,
 
 /* ---- time and ids ---- */
 
-int64_t store__now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 bool store_id_valid(const char *s)
@@ -174,7 +169,7 @@ static bool id_decode(const char *id, uint8_t b[16])
 
 int store__id_new(store_t *s, char id[STORE_ID_LEN + 1], sd_error_t *e)
 {
-	uint64_t now = (uint64_t)store__now_ms() & 0xFFFFFFFFFFFFull;
+	uint64_t now = (uint64_t)sd_now_ms() & 0xFFFFFFFFFFFFull;
 	if (now > s->id_ms) {
 		if (RAND_bytes(s->id_rand, sizeof(s->id_rand)) != 1)
 			return sd_err(e, SD_EINTERNAL, "cannot draw random bytes for a job id");

@@ -191,7 +191,6 @@ int store__bind_text(sqlite3_stmt *st, int i, const char *v);
 SD_MUST_CHECK int store__version_next(store_t *s, int64_t *v, sd_error_t *e);
 /* A new time-ordered id; writer thread. */
 SD_MUST_CHECK int store__id_new(store_t *s, char id[STORE_ID_LEN + 1], sd_error_t *e);
-int64_t store__now_ms(void);
 /* The one place a state change is reported (the lead's logging hooks in here). */
 void store__log_transition(const char *id, store_state_t from, store_state_t to,
 			   const char *note);

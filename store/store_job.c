@@ -20,6 +20,8 @@
  */
 #include "store_int.h"
 
+#include "sd_time.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,7 +132,7 @@ int store_job_create(store_t *s, const store_job_new_t *n, char id[STORE_ID_LEN 
 	int rc = store__id_new(s, nid, e);
 	if (rc)
 		return rc;
-	int64_t now = store__now_ms(), ver;
+	int64_t now = sd_now_ms(), ver;
 	if ((rc = store__begin(&s->w, true, e)) != 0)
 		return rc;
 	if ((rc = store__version_next(s, &ver, e)) != 0)
@@ -242,7 +244,7 @@ int store_job_transition(store_t *s, const char *id, store_state_t to,
 {
 	if (!store_state_name(to))
 		return sd_err(e, SD_EUSAGE, "invalid target state %d", (int)to);
-	int64_t now = store__now_ms(), ver;
+	int64_t now = sd_now_ms(), ver;
 	store_state_t from;
 	char (*shas)[STORE_SHA_HEX + 1] = NULL;
 	size_t n_shas = 0;
@@ -331,7 +333,7 @@ int store_job_progress(store_t *s, const char *id, int progress, sd_error_t *e)
 		return fail(s, rc);
 	store__bind_text(st, 1, id);
 	sqlite3_bind_int(st, 2, progress);
-	sqlite3_bind_int64(st, 3, store__now_ms());
+	sqlite3_bind_int64(st, 3, sd_now_ms());
 	sqlite3_bind_int64(st, 4, ver);
 	if ((rc = store__run(&s->w, st, e, "update progress")) != 0)
 		return fail(s, rc);
@@ -359,7 +361,7 @@ int store_artifact_add(store_t *s, const char *job_id, const store_artifact_t *a
 	int rc = begin_running(s, job_id, "outputs are added", e);
 	if (rc)
 		return rc;
-	int64_t now = store__now_ms();
+	int64_t now = sd_now_ms();
 	if ((rc = artifact_insert(s, job_id, a, false, e)) != 0 ||
 	    (rc = job_touch(s, job_id, now, e)) != 0)
 		return fail(s, rc);
@@ -371,7 +373,7 @@ int store_record_set(store_t *s, const char *job_id, const char *sha256, sd_erro
 	int rc = begin_running(s, job_id, "a record is set", e);
 	if (rc)
 		return rc;
-	int64_t now = store__now_ms();
+	int64_t now = sd_now_ms();
 	if ((rc = store__blob_exists(s, sha256, e)) != 0)
 		return fail(s, rc);
 	sqlite3_stmt *st;
@@ -396,7 +398,7 @@ int store_event_add(store_t *s, const char *job_id, const char *text, sd_error_t
 	int rc = store__begin(&s->w, true, e);
 	if (rc)
 		return rc;
-	int64_t now = store__now_ms();
+	int64_t now = sd_now_ms();
 	if ((rc = job_state(s, job_id, &(store_state_t){0}, NULL, e)) != 0 ||
 	    (rc = event_insert(s, job_id, now, text ? text : "", e)) != 0 ||
 	    (rc = job_touch(s, job_id, now, e)) != 0)

@@ -9,6 +9,8 @@
  */
 #include "store_int.h"
 
+#include "sd_time.h"
+
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdlib.h>
@@ -46,7 +48,7 @@ int store_token_create(store_t *s, const char *tenant, char *token, size_t cap,
 		goto out;
 	store__bind_text(st, 1, hash);
 	store__bind_text(st, 2, tenant ? tenant : "");
-	sqlite3_bind_int64(st, 3, store__now_ms());
+	sqlite3_bind_int64(st, 3, sd_now_ms());
 	if ((rc = store__run(&s->w, st, e, "insert token")) != 0)
 		goto out;
 	memcpy(token, plain, sizeof(plain));
