@@ -3,9 +3,9 @@
  *
  * Design: chunks of 1 MiB serve small requests by bumping an offset; a request larger
  * than a quarter chunk gets a dedicated chunk, so one huge tensor does not leave most of
- * a standard chunk unused. free() through the protobuf-c view is a no-op: nothing is
- * returned before arena_deinit(). Memory is counted against the budget when chunks are
- * taken from malloc, which is what bounds the process.
+ * a standard chunk unused. Nothing is returned before arena_deinit() (free() through
+ * protobuf-c's view, proto/pbarena.c, is a no-op). Memory is counted against the budget
+ * when chunks are taken from malloc, which is what bounds the process.
  */
 #include "arena.h"
 
@@ -25,21 +25,11 @@ struct arena_chunk {
 	_Alignas(ALIGN) unsigned char data[];
 };
 
-static void *pb_alloc(void *ctx, size_t n) { return arena_alloc(ctx, n ? n : 1); }
-static void pb_free(void *ctx, void *p)
-{
-	(void)ctx;
-	(void)p;
-}
-
 void arena_init(arena_t *a, size_t limit)
 {
 	a->head = NULL;
 	a->used = 0;
 	a->limit = limit;
-	a->pb.alloc = pb_alloc;
-	a->pb.free = pb_free;
-	a->pb.allocator_data = a;
 }
 
 void arena_deinit(arena_t *a)

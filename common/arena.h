@@ -7,12 +7,13 @@
  * of growing the process without bound, and the caller fails the job with SD_ENOMEM.
  * Large requests get a chunk of their own so small ones do not waste the tail.
  *
+ * protobuf-c allocates from an arena through the view in proto/pbarena.h.
+ *
  * Not thread-safe: one arena belongs to one thread at a time.
  */
 #ifndef ARENA_H
 #define ARENA_H
 
-#include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
 
 typedef struct arena_chunk arena_chunk_t;
@@ -21,7 +22,6 @@ typedef struct arena {
 	arena_chunk_t *head;
 	size_t used;   /* bytes handed out plus chunk overhead */
 	size_t limit;  /* 0 = unlimited */
-	ProtobufCAllocator pb; /* protobuf-c allocator view of this arena */
 } arena_t;
 
 /* Initialises an empty arena with a byte budget (0 = unlimited). Cannot fail. */

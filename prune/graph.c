@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "mask.h"
+#include "pbarena.h"
 #include "pbtext.h"
 #include "pbwire.h"
 #include "tensor.h"
@@ -367,13 +368,14 @@ static int meta_score(const uint8_t *buf, size_t len)
 
 static int unpack_plain(prune_graph_t *g, const uint8_t *buf, size_t len, bool meta)
 {
+	ProtobufCAllocator pa = pbarena_allocator(g->arena);
 	g->meta = NULL;
 	if (meta) {
-		g->meta = tensorflow__meta_graph_def__unpack(&g->arena->pb, len, buf);
+		g->meta = tensorflow__meta_graph_def__unpack(&pa, len, buf);
 		g->gd = g->meta ? g->meta->graph_def : NULL;
 		return g->meta ? 0 : -1;
 	}
-	g->gd = tensorflow__graph_def__unpack(&g->arena->pb, len, buf);
+	g->gd = tensorflow__graph_def__unpack(&pa, len, buf);
 	return g->gd ? 0 : -1;
 }
 

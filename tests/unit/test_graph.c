@@ -9,6 +9,7 @@
 #include "arena.h"
 #include "attr.h"
 #include "graph.h"
+#include "pbarena.h"
 #include "pbwire.h"
 #include "testutil.h"
 
@@ -106,7 +107,8 @@ START_TEST(unknown_fields_survive)
 	uint8_t *nb = tu_pack(&A, &n->base, &nlen);
 	size_t nulen;
 	uint8_t *nu = with_unknown(nb, nlen, &nulen);
-	Tensorflow__NodeDef *n2 = tensorflow__node_def__unpack(&A.pb, nulen, nu);
+	ProtobufCAllocator pa = pbarena_allocator(&A);
+	Tensorflow__NodeDef *n2 = tensorflow__node_def__unpack(&pa, nulen, nu);
 	ck_assert(n2 != NULL);
 	ck_assert_uint_eq(n2->base.n_unknown_fields, 1);
 	prune_graph_def(g)->node[0] = n2;
@@ -299,7 +301,8 @@ START_TEST(add_and_remove)
 	size_t len = tensorflow__node_def__get_packed_size(n);
 	uint8_t *buf = arena_alloc(&A, len);
 	tensorflow__node_def__pack(n, buf);
-	Tensorflow__NodeDef *back = tensorflow__node_def__unpack(&A.pb, len, buf);
+	ProtobufCAllocator pa = pbarena_allocator(&A);
+	Tensorflow__NodeDef *back = tensorflow__node_def__unpack(&pa, len, buf);
 	ck_assert_ptr_nonnull(back);
 	ck_assert_str_eq(back->name, "new/7");
 	ck_assert_str_eq(back->op, "AddN");

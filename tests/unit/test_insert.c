@@ -10,6 +10,7 @@
 #include "config.h"
 #include "insert.h"
 #include "layers.h"
+#include "pbarena.h"
 #include "record.h"
 #include "testutil.h"
 
@@ -199,8 +200,9 @@ START_TEST(metagraph_collections)
 	ck_assert_str_eq(m->collection_def[0]->key, "variables");
 	Tensorflow__CollectionDef__BytesList *bl = m->collection_def[0]->value->bytes_list;
 	ck_assert_uint_eq(bl->n_value, 6);
+	ProtobufCAllocator pa = pbarena_allocator(&A);
 	Tensorflow__VariableDef *vd =
-		tensorflow__variable_def__unpack(&A.pb, bl->value[0].len, bl->value[0].data);
+		tensorflow__variable_def__unpack(&pa, bl->value[0].len, bl->value[0].data);
 	ck_assert_str_eq(vd->variable_name, "mm1/sparsityd/mask:0");
 	ck_assert_str_eq(vd->initializer_name, "mm1/sparsityd/mask/Assign");
 	ck_assert_str_eq(vd->snapshot_name, "mm1/sparsityd/mask/Read/ReadVariableOp:0");

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "amct.pb-c.h"
+#include "pbarena.h"
 #include "pbtext.h"
 #include "tf_graph.pb-c.h"
 
@@ -200,7 +201,8 @@ START_TEST(roundtrip_vs_protoc)
 	ck_assert(memcmp(written4.p, written.p, written.n) == 0);
 
 	/* 5. A message unpacked from binary (not built by the reader) writes the same. */
-	ProtobufCMessage *u = protobuf_c_message_unpack(c->desc, &a.pb, ours.n,
+	ProtobufCAllocator pa = pbarena_allocator(&a);
+	ProtobufCMessage *u = protobuf_c_message_unpack(c->desc, &pa, ours.n,
 							(const uint8_t *)ours.p);
 	ck_assert_ptr_nonnull(u);
 	buf_t written5 = write_text(u);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "arena.h"
+#include "pbarena.h"
 #include "tensor.h"
 
 
@@ -458,7 +459,8 @@ START_TEST(write_sets_content)
 		uint8_t *buf = arena_alloc(&a, len);
 		ck_assert_ptr_nonnull(buf);
 		ck_assert_uint_eq(tensorflow__tensor_proto__pack(&p.tp, buf), len);
-		Tensorflow__TensorProto *back = tensorflow__tensor_proto__unpack(&a.pb, len, buf);
+		ProtobufCAllocator pa = pbarena_allocator(&a);
+		Tensorflow__TensorProto *back = tensorflow__tensor_proto__unpack(&pa, len, buf);
 		ck_assert_ptr_nonnull(back);
 		prune_tensor_t t2;
 		ck_assert_int_eq(prune_tensor_read(back, 1000, "w", &a, &t2, &e), 0);
