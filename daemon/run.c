@@ -4,6 +4,8 @@
 #include "run.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -70,6 +72,21 @@ static const char *name_of(const char *name, const char *path)
 	return name ? name : path;
 }
 
+static void phase(const run_req_t *r, int percent, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void phase(const run_req_t *r, int percent, const char *fmt, ...)
+{
+	if (!r->progress)
+		return;
+	char line[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	r->progress(r->progress_ud, percent, line);
+}
+
 /* The stage proper, once every input is mapped. */
 static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm,
 		      const mapped_t *mm, arena_t *a, prune_result_t *res, sd_error_t *e)
@@ -95,6 +112,9 @@ static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm
 	if ((rc = prune_graph_load(mm->data, mm->len, name_of(r->model_name, r->model), fmt,
 				   RUN_MAX_ELEMS, a, &g, e)))
 		return rc;
+	phase(r, 20, "model loaded: %s (%s), %zu bytes, %zu nodes",
+	      prune_format_name(prune_graph_format(g)),
+	      prune_graph_format_stated(g) ? "stated" : "detected", mm->len, prune_graph_count(g));
 	if (r->outputs && r->outputs[0] &&
 	    (rc = prune_outputs_parse(g, r->outputs, &outs, &n_outs, e)))
 		return rc;
@@ -102,12 +122,15 @@ static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm
 			       .n_outputs = n_outs, .max_elems = RUN_MAX_ELEMS};
 	if ((rc = prune_stage_run(r->stage, g, &in, res, e)))
 		return rc;
+	phase(r, 60, "%s done: %zu layers, %zu pruned, %zu checked, %zu skipped",
+	      prune_stage_name(r->stage), res->n_layers, res->pruned, res->checked, res->skipped);
 	if (!(prune_stage_flags(r->stage) & PRUNE_STAGE_WRITES_MODEL))
 		return 0;
 	if ((rc = prune_graph_save(g, PRUNE_FMT_AUTO, r->out_model, e)))
 		return rc;
-	if (r->out_record)
-		rc = prune_record_write(res, a, r->out_record, e);
+	phase(r, 90, "model written: %zu nodes", prune_graph_count(g));
+	if (r->out_record && !(rc = prune_record_write(res, a, r->out_record, e)))
+		phase(r, 95, "record written: %zu layers", res->pruned);
 	return rc;
 }
 

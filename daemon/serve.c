@@ -44,6 +44,7 @@
 #define SWEEP_EVERY_MS (10 * 60 * 1000)
 #define POLL_TICK_MS 250
 #define RETRY_MS 1000
+#define PHASES_MAX 8
 
 /* A state change asked for by an HTTP thread, done by the loop thread. */
 typedef enum { CMD_CREATE, CMD_CANCEL, CMD_DELETE } cmd_kind_t;
@@ -77,6 +78,11 @@ typedef struct worker {
 	store_artifact_t out[3];
 	size_t n_out;
 	const char *record_sha; /* out[] entry of the produced record, if any */
+	/* phases the stage reported (work thread) not yet written (loop thread); pmu */
+	pthread_mutex_t pmu;
+	char phases[PHASES_MAX][256];
+	int n_phases;
+	int percent;
 	/* set on the loop thread once the work is done */
 	double secs;
 	size_t recorded;         /* out[] entries already in the store */
@@ -234,6 +240,41 @@ static int finish_output(worker_t *w, FILE *f, store_blob_t **b, const char *nam
 	return 0;
 }
 
+/* A phase of the stage ended (work thread): kept for the loop thread, which writes it. */
+static void on_progress(void *ud, int percent, const char *what)
+{
+	worker_t *w = ud;
+	pthread_mutex_lock(&w->pmu);
+	if (w->n_phases < PHASES_MAX)
+		snprintf(w->phases[w->n_phases++], sizeof(w->phases[0]), "%s", what);
+	w->percent = percent;
+	pthread_mutex_unlock(&w->pmu);
+	uv_async_send(&the_daemon.wake);
+}
+
+/* Writes the phases a worker's stage reported to the job's log and progress (loop
+ * thread). A failed write only costs the line: the outcome is what must not be lost. */
+static void flush_progress(worker_t *w)
+{
+	struct daemon *d = &the_daemon;
+	char phases[PHASES_MAX][256];
+	pthread_mutex_lock(&w->pmu);
+	int n = w->n_phases, percent = w->percent;
+	memcpy(phases, w->phases, sizeof(phases[0]) * (size_t)n);
+	w->n_phases = 0;
+	pthread_mutex_unlock(&w->pmu);
+	if (!n)
+		return;
+	sd_error_t e;
+	for (int i = 0; i < n; i++)
+		if (store_event_add(d->store, w->id, phases[i], &e))
+			jlog_warn("sched", w->id, "cannot log a phase: %s", e.msg);
+	if (store_job_progress(d->store, w->id, percent, &e))
+		jlog_warn("sched", w->id, "cannot record progress: %s", e.msg);
+	if (d->api)
+		api_job_changed(d->api, w->id);
+}
+
 static void work_cb(uv_work_t *req)
 {
 	worker_t *w = req->data;
@@ -264,7 +305,7 @@ static void work_cb(uv_work_t *req)
 			.stage = w->stage, .model = mp, .model_name = "model", .config = cp,
 			.config_name = "config", .record = rp, .record_name = "record",
 			.outputs = j->outputs, .format = j->format && j->format[0] ? j->format : NULL,
-			.out_model = fm, .out_record = fr,
+			.out_model = fm, .out_record = fr, .progress = on_progress, .progress_ud = w,
 		};
 		rc = run_stage(&rq, &arena, &res, &w->e);
 	}
@@ -334,12 +375,16 @@ static int record_outcome(worker_t *w, sd_error_t *e)
 {
 	store_t *s = the_daemon.store;
 	char note[SD_ERR_MSG_MAX + 32];
-	if (atomic_load(&w->cancel))
-		return store_job_transition(s, w->id, STORE_CANCELED, NULL, "canceled while running",
-					    e);
+	if (atomic_load(&w->cancel)) {
+		snprintf(note, sizeof(note), "canceled while running, after %.3f s", w->secs);
+		return store_job_transition(s, w->id, STORE_CANCELED, NULL, note, e);
+	}
 	if (w->rc) {
-		store_job_update_t u = {.error_code = sd_err_type(w->rc), .error_msg = w->e.msg};
-		snprintf(note, sizeof(note), "failed: %s", w->e.msg);
+		/* Bad input is the client's business; anything else is the operator's. */
+		store_job_update_t u = {.error_code = sd_err_type(w->rc), .error_msg = w->e.msg,
+					.alarm = sd_err_exit(w->rc) != 1};
+		snprintf(note, sizeof(note), "%s failed after %.3f s: %s",
+			 prune_stage_name(w->stage), w->secs, w->e.msg);
 		return store_job_transition(s, w->id, STORE_FAILED, &u, note, e);
 	}
 	int rc = 0;
@@ -348,22 +393,14 @@ static int record_outcome(worker_t *w, sd_error_t *e)
 	if (!rc && w->record_sha && !(rc = store_record_set(s, w->id, w->record_sha, e)))
 		w->record_sha = NULL;
 	store_job_update_t u = {.result_json = w->result_json};
-	snprintf(note, sizeof(note), "succeeded in %.3f s", w->secs);
+	snprintf(note, sizeof(note), "%s succeeded in %.3f s", prune_stage_name(w->stage), w->secs);
 	return rc ? rc : store_job_transition(s, w->id, STORE_SUCCEEDED, &u, note, e);
 }
 
-/* The outcome is in the store: log it, wake long-polls, free the slot. */
+/* The outcome is in the store (which logged it): wake long-polls, free the slot. */
 static void worker_done(worker_t *w)
 {
 	struct daemon *d = &the_daemon;
-	if (atomic_load(&w->cancel))
-		jlog_info("sched", w->id, "canceled after %.3f s", w->secs);
-	else if (!w->rc)
-		jlog_info("sched", w->id, "%s succeeded in %.3f s", w->job.stage, w->secs);
-	else if (sd_err_exit(w->rc) == 1) /* bad input is the client's business */
-		jlog_info("sched", w->id, "%s failed: %s", w->job.stage, w->e.msg);
-	else
-		jlog_error("sched", w->id, "%s failed: %s", w->job.stage, w->e.msg);
 	if (d->api)
 		api_job_changed(d->api, w->id);
 	free(w->result_json);
@@ -404,6 +441,7 @@ static void after_work_cb(uv_work_t *req, int status)
 	record_duration(w->stage, w->secs);
 	if (status == UV_ECANCELED)
 		w->rc = sd_err(&w->e, SD_EINTERNAL, "the stage was not run (shutting down)");
+	flush_progress(w);
 	w->recorded = 0;
 	sd_error_t e;
 	sd_err_clear(&e);
@@ -452,7 +490,6 @@ static void start_job(worker_t *w, const char *id)
 	w->started_ms = sd_now_ms();
 	w->req.data = w;
 	d->running++;
-	jlog_info("sched", id, "%s started (attempt %d)", w->job.stage, w->job.attempts);
 	if (d->api)
 		api_job_changed(d->api, id);
 	int rc = uv_queue_work(&d->loop, &w->req, work_cb, after_work_cb);
@@ -532,10 +569,7 @@ static int do_cancel(cmd_t *c)
 		jlog_info("api", c->id, "cancel requested while running");
 		return store_event_add(d->store, c->id, "cancel requested", c->e);
 	}
-	if ((rc = store_job_transition(d->store, c->id, STORE_CANCELED, NULL, "canceled", c->e)))
-		return rc;
-	jlog_info("api", c->id, "canceled");
-	return 0;
+	return store_job_transition(d->store, c->id, STORE_CANCELED, NULL, "canceled", c->e);
 }
 
 static int do_delete(cmd_t *c)
@@ -559,6 +593,9 @@ static void on_wake(uv_async_t *h)
 	cmd_t *list = d->cmds;
 	d->cmds = NULL;
 	pthread_mutex_unlock(&d->mu);
+	for (int k = 0; k < d->conf.workers; k++)
+		if (d->workers[k].busy)
+			flush_progress(&d->workers[k]);
 	bool changed = false;
 	while (list) {
 		cmd_t *c = list;
@@ -720,6 +757,8 @@ int serve_main(int argc, char **argv)
 			 requeued, requeued == 1 ? "" : "s", failed);
 
 	d->workers = calloc((size_t)d->conf.workers, sizeof(*d->workers));
+	for (int k = 0; d->workers && k < d->conf.workers; k++)
+		pthread_mutex_init(&d->workers[k].pmu, NULL);
 	pthread_mutex_init(&d->mu, NULL);
 	uv_loop_init(&d->loop);
 	uv_async_init(&d->loop, &d->wake, on_wake);
@@ -768,6 +807,7 @@ int serve_main(int argc, char **argv)
 	for (int k = 0; d->workers && k < d->conf.workers; k++) {
 		free(d->workers[k].result_json);
 		store_job_clear(&d->workers[k].job);
+		pthread_mutex_destroy(&d->workers[k].pmu);
 	}
 	free(d->workers);
 	store_reader_close(d->reader);

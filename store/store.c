@@ -33,6 +33,8 @@
  */
 #include "store_int.h"
 
+#include "sd_log.h"
+
 #include "sd_time.h"
 
 #include <errno.h>
@@ -103,17 +105,16 @@ bool store__terminal(store_state_t st)
 }
 
 void store__log_transition(const char *id, store_state_t from, store_state_t to,
-			   const char *note)
+			   const char *note, bool alarm)
 {
-	/*
-	 * The single log line of a state change goes here, once the transaction has
-	 * committed (so the log never reports a change the database does not hold).
-	 * There is no log module yet; the lead wires "[store] job <id>: from -> to (note)".
-	 */
-	(void)id;
-	(void)from;
-	(void)to;
-	(void)note;
+	/* The one log line of a state change, written once the transaction has committed,
+	 * so the log never reports a change the database does not hold. */
+	if (alarm)
+		jlog_error("store", id, "%s -> %s%s%s", store_state_name(from),
+			   store_state_name(to), note && note[0] ? ": " : "", note ? note : "");
+	else
+		jlog_info("store", id, "%s -> %s%s%s", store_state_name(from),
+			  store_state_name(to), note && note[0] ? ": " : "", note ? note : "");
 }
 
 /* ---- time and ids ---- */

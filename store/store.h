@@ -161,7 +161,9 @@ SD_MUST_CHECK int store_job_create(store_t *s, const store_job_new_t *n,
  * The one way a job changes state: checks the transition table, updates the row
  * (timestamps, attempts on -> running, version), appends an event with `note`, all in
  * one transaction. Fields in `upd` (may be NULL) that are non-NULL are written too
- * (result_json, error_code, error_msg). Progress is reset to 0 on -> queued/running and
+ * (result_json, error_code, error_msg). Once committed, the change is logged as one
+ * line, "[store] job <id>: <from> -> <to>: <note>" (at error level with upd->alarm).
+ * Progress is reset to 0 on -> queued/running and
  * set to 100 on -> succeeded. running -> queued also drops the outputs (artifacts,
  * record) of the interrupted attempt. Returns 0, SD_ENOTFOUND, SD_ECONFLICT
  * (transition not allowed: e->msg says "cannot go from <from> to <to>"), SD_EIO.
@@ -170,6 +172,7 @@ typedef struct store_job_update {
 	const char *result_json;
 	const char *error_code;
 	const char *error_msg;
+	bool alarm; /* the operator's business (an internal failure): logged as an error */
 } store_job_update_t;
 SD_MUST_CHECK int store_job_transition(store_t *s, const char *id, store_state_t to,
 				       const store_job_update_t *upd, const char *note,

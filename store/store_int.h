@@ -193,7 +193,7 @@ SD_MUST_CHECK int store__version_next(store_t *s, int64_t *v, sd_error_t *e);
 SD_MUST_CHECK int store__id_new(store_t *s, char id[STORE_ID_LEN + 1], sd_error_t *e);
 /* The one place a state change is reported (the lead's logging hooks in here). */
 void store__log_transition(const char *id, store_state_t from, store_state_t to,
-			   const char *note);
+			   const char *note, bool alarm);
 bool store__terminal(store_state_t st);
 
 /* ---- store_blob.c ---- */

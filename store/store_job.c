@@ -288,7 +288,7 @@ int store_job_transition(store_t *s, const char *id, store_state_t to,
 		free(shas);
 		return rc;
 	}
-	store__log_transition(id, from, to, note);
+	store__log_transition(id, from, to, note, upd && upd->alarm);
 	release_all(s, shas, n_shas);
 	return 0;
 undo:
