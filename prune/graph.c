@@ -25,10 +25,10 @@
 
 #include "mask.h"
 #include "pbarena.h"
+#include "pbstrip.h"
 #include "pbtext.h"
 #include "pbwire.h"
 #include "tensor.h"
-#include "wire.h"
 
 /* A hash slot keeps the name's hash so probing rarely touches the name itself. */
 typedef struct slot {
@@ -381,7 +381,7 @@ static int unpack_plain(prune_graph_t *g, const uint8_t *buf, size_t len, bool m
 
 /* The tensor a stripped payload belongs to, or NULL if the unpacked message does not
  * have the place the walk saw (then the caller unpacks the plain way). */
-static Tensorflow__TensorProto *patch_site(prune_graph_t *g, const prune_wire_ref_t *r)
+static Tensorflow__TensorProto *patch_site(prune_graph_t *g, const pbstrip_ref_t *r)
 {
 	if (r->node >= g->gd->n_node || r->attr >= g->gd->node[r->node]->n_attr)
 		return NULL;
@@ -394,7 +394,7 @@ static Tensorflow__TensorProto *patch_site(prune_graph_t *g, const prune_wire_re
 
 /*
  * Unpacks without copying large weights: they stay where they are in buf (see
- * prune_wire). Falls back to protobuf-c's copying unpack when the walk disagrees.
+ * pbstrip). Falls back to protobuf-c's copying unpack when the walk disagrees.
  */
 static int unpack_binary(prune_graph_t *g, const uint8_t *buf, size_t len, bool meta,
 			 sd_error_t *e)
@@ -406,8 +406,8 @@ static int unpack_binary(prune_graph_t *g, const uint8_t *buf, size_t len, bool 
 		return rc;
 	uint8_t *small;
 	size_t small_len, n_refs;
-	prune_wire_ref_t *refs;
-	rc = prune_wire_strip(buf, len, meta, g->arena, &small, &small_len, &refs, &n_refs, e);
+	pbstrip_ref_t *refs;
+	rc = pbstrip_graph(buf, len, meta, g->arena, &small, &small_len, &refs, &n_refs, e);
 	if (rc == SD_ENOMEM)
 		return rc;
 	if (rc == 0 && n_refs && unpack_plain(g, small, small_len, meta) == 0 && g->gd) {

@@ -1,5 +1,5 @@
 /*
- * prune_wire: strips large tensor payloads from a binary model (see wire.h).
+ * pbstrip: strips large tensor payloads from a binary model (see pbstrip.h).
  *
  * The walk knows only the path to the payloads: MetaGraphDef.graph_def (2) ->
  * GraphDef.node (1) -> NodeDef.attr (5) -> entry.value (2) -> AttrValue.tensor (8) ->
@@ -8,7 +8,7 @@
  * written with its new length, so the output is canonical protobuf that any decoder
  * reads. Work is proportional to the model's non-weight bytes.
  */
-#include "wire.h"
+#include "pbstrip.h"
 
 #include <string.h>
 
@@ -23,7 +23,7 @@ typedef struct walk {
 	const uint8_t *base;
 	uint8_t *out;      /* NULL while sizing */
 	size_t pos;
-	prune_wire_ref_t *refs;
+	pbstrip_ref_t *refs;
 	size_t n_refs, cap_refs;
 	size_t node, attr; /* ordinals of the current node and attr entry */
 	arena_t *a;
@@ -48,7 +48,7 @@ static void add_ref(walk_t *w, size_t off, size_t len)
 		return; /* refs are recorded once, in the writing pass */
 	if (w->n_refs == w->cap_refs) {
 		size_t cap = w->cap_refs ? 2 * w->cap_refs : 64;
-		prune_wire_ref_t *r = arena_grow(w->a, w->refs, w->n_refs, cap, sizeof(*r));
+		pbstrip_ref_t *r = arena_grow(w->a, w->refs, w->n_refs, cap, sizeof(*r));
 		if (!r) {
 			w->oom = true;
 			return;
@@ -56,7 +56,7 @@ static void add_ref(walk_t *w, size_t off, size_t len)
 		w->refs = r;
 		w->cap_refs = cap;
 	}
-	w->refs[w->n_refs++] = (prune_wire_ref_t){w->node, w->attr, off, len};
+	w->refs[w->n_refs++] = (pbstrip_ref_t){w->node, w->attr, off, len};
 }
 
 static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len);
@@ -104,7 +104,7 @@ static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 			if (field != down[lv])
 				break;
 			if (lv == L_TENSOR) {
-				if (v >= PRUNE_WIRE_MIN_BYTES) {
+				if (v >= PBSTRIP_MIN_BYTES) {
 					add_ref(w, (size_t)(payload - w->base), v);
 					continue; /* dropped from the output */
 				}
@@ -141,8 +141,8 @@ static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 	return 0;
 }
 
-int prune_wire_strip(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,
-		     size_t *out_len, prune_wire_ref_t **refs, size_t *n_refs, sd_error_t *e)
+int pbstrip_graph(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,
+		  size_t *out_len, pbstrip_ref_t **refs, size_t *n_refs, sd_error_t *e)
 {
 	walk_t w = {.base = buf, .a = a};
 	enum level top = meta ? L_META : L_GRAPH;

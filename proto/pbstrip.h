@@ -1,14 +1,17 @@
 /*
- * prune_wire: zero-copy loading of large weights.
+ * pbstrip: a binary TensorFlow model without its large weights, for zero-copy loading.
  *
  * protobuf-c copies every bytes field when it unpacks, which would hold each weight
  * twice (the input and the copy). This module rewrites the binary model without the
  * large NodeDef.attr[].value.tensor.tensor_content payloads and records where each one
- * lies in the input, so the loader unpacks a small message and points those
- * tensor_content fields straight into the input buffer.
+ * lies in the input, so the loader (prune/graph.c) unpacks a small message and points
+ * those tensor_content fields straight into the input buffer. It works on the wire
+ * format alone, beside the encoder (pbwire), and knows nothing of the engine.
+ *
+ * Memory: everything it returns is in the caller's arena. Thread safety: reentrant.
  */
-#ifndef PRUNE_WIRE_H
-#define PRUNE_WIRE_H
+#ifndef PBSTRIP_H
+#define PBSTRIP_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -18,15 +21,15 @@
 #include "sd_err.h"
 
 /* Payloads smaller than this are left in place: the bookkeeping would cost more. */
-#define PRUNE_WIRE_MIN_BYTES 4096
+#define PBSTRIP_MIN_BYTES 4096
 
 /* One stripped payload: node ordinal, attr ordinal within it, and the bytes. */
-typedef struct prune_wire_ref {
+typedef struct pbstrip_ref {
 	size_t node;
 	size_t attr;
 	size_t off;
 	size_t len;
-} prune_wire_ref_t;
+} pbstrip_ref_t;
 
 /*
  * Copies the binary GraphDef (meta = false) or MetaGraphDef (meta = true) in buf into
@@ -34,7 +37,7 @@ typedef struct prune_wire_ref {
  * arena). Returns 0, -1 when the wire format is malformed (the caller falls back to a
  * plain unpack, which reports the error), or SD_ENOMEM.
  */
-int prune_wire_strip(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,
-		     size_t *out_len, prune_wire_ref_t **refs, size_t *n_refs, sd_error_t *e);
+int pbstrip_graph(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,
+		  size_t *out_len, pbstrip_ref_t **refs, size_t *n_refs, sd_error_t *e);
 
 #endif
