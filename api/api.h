@@ -27,6 +27,9 @@ typedef struct api_ops {
 	void *ud;
 	int (*create)(void *ud, const store_job_new_t *n, char id[STORE_ID_LEN + 1],
 		      sd_error_t *e);
+	/* Inputs committed for a job that will not be created (a later input failed):
+	 * their blobs go unless a row names them. Blocks like create. */
+	void (*release)(void *ud, const store_artifact_t *in, size_t n);
 	int (*cancel)(void *ud, const char *id, const char *tenant, sd_error_t *e);
 	int (*remove)(void *ud, const char *id, const char *tenant, sd_error_t *e);
 	bool (*draining)(void *ud);

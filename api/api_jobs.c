@@ -419,9 +419,16 @@ int api__h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c)
 	api_form_t f;
 	store_artifact_t in[API_FILE__COUNT + 1];
 	size_t n_in = 0;
-	if (api_upload_finish(r->up, &f, &e) || api_upload_commit(r->up, in, &n_in, &e) ||
-	    (f.record_from && record_from_input(a, r, f.record_from, &in[n_in++], &e)))
+	store_artifact_t from;
+	if (api_upload_finish(r->up, &f, &e) ||
+	    (f.record_from && record_from_input(a, r, f.record_from, &from, &e)))
 		return api__send_problem(a, r, c, &e);
+	if (api_upload_commit(r->up, in, &n_in, &e)) {
+		a->ops.release(a->ops.ud, in, n_in); /* the ones committed before the failure */
+		return api__send_problem(a, r, c, &e);
+	}
+	if (f.record_from)
+		in[n_in++] = from;
 	store_job_new_t nj = {
 		.stage = f.stage, .tenant = r->tenant ? r->tenant : "", .name = f.name ? f.name : "",
 		.outputs = f.outputs ? f.outputs : "", .format = f.format ? f.format : "",

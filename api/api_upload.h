@@ -69,7 +69,8 @@ SD_MUST_CHECK int api_upload_finish(api_upload_t *u, api_form_t *f, sd_error_t *
 /*
  * Commits the file parts to the blob store and describes them as input artifacts
  * (input_model, input_config, input_record) in in[0..*n). Call after finish. Returns 0,
- * SD_ENOSPACE, SD_EIO, SD_ENOMEM.
+ * SD_ENOSPACE, SD_EIO, SD_ENOMEM; on failure in[0..*n) are the blobs committed before
+ * it, which no job names: the caller releases them (store_blob_release).
  */
 SD_MUST_CHECK int api_upload_commit(api_upload_t *u, store_artifact_t in[API_FILE__COUNT],
 				    size_t *n, sd_error_t *e);

@@ -47,12 +47,12 @@
 #define PHASES_MAX 8
 
 /* A state change asked for by an HTTP thread, done by the loop thread. */
-typedef enum { CMD_CREATE, CMD_CANCEL, CMD_DELETE } cmd_kind_t;
+typedef enum { CMD_CREATE, CMD_CANCEL, CMD_DELETE, CMD_RELEASE } cmd_kind_t;
 
 typedef struct cmd {
 	struct cmd *next;
 	cmd_kind_t kind;
-	const store_job_new_t *job; /* CMD_CREATE */
+	const store_job_new_t *job; /* CMD_CREATE, CMD_RELEASE (only its inputs) */
 	const char *id;             /* CMD_CANCEL, CMD_DELETE */
 	const char *tenant;
 	char new_id[STORE_ID_LEN + 1];
@@ -138,6 +138,15 @@ static int op_create(void *ud, const store_job_new_t *n, char id[STORE_ID_LEN + 
 	if (!rc)
 		memcpy(id, c.new_id, sizeof(c.new_id));
 	return rc;
+}
+
+static void op_release(void *ud, const store_artifact_t *in, size_t n)
+{
+	(void)ud;
+	store_job_new_t j = {.inputs = in, .n_inputs = n};
+	sd_error_t e;
+	cmd_t c = {.kind = CMD_RELEASE, .job = &j, .e = &e};
+	(void)submit(&c);
 }
 
 static int op_cancel(void *ud, const char *id, const char *tenant, sd_error_t *e)
@@ -375,6 +384,12 @@ static int record_outcome(worker_t *w, sd_error_t *e)
 {
 	store_t *s = the_daemon.store;
 	char note[SD_ERR_MSG_MAX + 32];
+	if (atomic_load(&w->cancel) || w->rc) {
+		/* Outputs the stage committed will not be listed: they go. */
+		for (size_t i = 0; i < w->n_out; i++)
+			store_blob_release(s, w->out[i].sha256);
+		w->n_out = 0;
+	}
 	if (atomic_load(&w->cancel)) {
 		snprintf(note, sizeof(note), "canceled while running, after %.3f s", w->secs);
 		return store_job_transition(s, w->id, STORE_CANCELED, NULL, note, e);
@@ -553,6 +568,13 @@ static int do_create(cmd_t *c)
 	return 0;
 }
 
+/* Inputs committed for a job that was not created go, unless a row names them. */
+static void release_inputs(const store_job_new_t *j)
+{
+	for (size_t i = 0; i < j->n_inputs; i++)
+		store_blob_release(the_daemon.store, j->inputs[i].sha256);
+}
+
 static int do_cancel(cmd_t *c)
 {
 	struct daemon *d = &the_daemon;
@@ -600,9 +622,12 @@ static void on_wake(uv_async_t *h)
 	while (list) {
 		cmd_t *c = list;
 		list = c->next;
-		c->rc = c->kind == CMD_CREATE ? do_create(c)
+		c->rc = c->kind == CMD_CREATE	? do_create(c)
 			: c->kind == CMD_CANCEL ? do_cancel(c)
-						: do_delete(c);
+			: c->kind == CMD_DELETE ? do_delete(c)
+						: 0;
+		if (c->kind == CMD_RELEASE || (c->kind == CMD_CREATE && c->rc))
+			release_inputs(c->job);
 		changed |= c->rc == 0;
 		if (!c->rc && c->kind == CMD_CANCEL && d->api)
 			api_job_changed(d->api, c->id);
@@ -781,7 +806,8 @@ int serve_main(int argc, char **argv)
 			 .max_upload = d->conf.max_upload, .max_uploads = (int)d->conf.max_uploads,
 			 .max_connections = (int)d->conf.max_connections,
 			 .idle_timeout = (int)d->conf.idle_timeout, .openapi = d->conf.openapi};
-	api_ops_t ops = {.create = op_create, .cancel = op_cancel, .remove = op_remove,
+	api_ops_t ops = {.create = op_create, .release = op_release, .cancel = op_cancel,
+			 .remove = op_remove,
 			 .draining = op_draining, .metrics = op_metrics};
 	rc = api_start(&ac, d->store, &ops, &d->api, &e);
 	if (rc) {

@@ -140,6 +140,11 @@ SD_MUST_CHECK int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX +
 /* Drops an uncommitted blob (its temporary file); frees b. Safe on NULL. */
 void store_blob_abort(store_blob_t *b);
 
+/* A committed blob that no row will adopt (its upload or stage failed, or its job was
+ * canceled): removes the file unless a row names it. Loop thread (reads through the
+ * writer connection). A failure only leaves an orphan for the sweep at the next open. */
+void store_blob_release(store_t *s, const char *sha256);
+
 /* ---- writes: loop thread (the writer connection) ---- */
 
 /* The fields a new job starts with; artifacts are its inputs (already committed blobs). */

@@ -362,6 +362,12 @@ void store_blob_abort(store_blob_t *b)
 	free(b);
 }
 
+void store_blob_release(store_t *s, const char *sha256)
+{
+	if (store__sha_ok(sha256))
+		store__blob_release(s, sha256);
+}
+
 void store__blob_release(store_t *s, const char *sha)
 {
 	sqlite3_stmt *st;

@@ -1,0 +1,58 @@
+"""No leaked blobs: files that no job ends up naming are removed at once, not at the next
+restart (a refused upload's committed inputs, the outputs of a canceled or failed stage).
+
+After each scenario the blob files on disk are exactly the blobs some job still names.
+HTTP only: no TensorFlow.
+"""
+
+import hashlib
+import os
+
+import daemon as D
+from daemon import CFG, CHAIN, start_big
+
+
+def blob_files(data_dir):
+    root = os.path.join(data_dir, "blobs")
+    out = set()
+    for sub in os.listdir(root):
+        for name in os.listdir(os.path.join(root, sub)):
+            out.add(name)
+    return out
+
+
+def named_blobs(dmn):
+    names = set()
+    for j in dmn.get("/v1/jobs?limit=200").json()["jobs"]:
+        for a in dmn.job(j["id"]).json()["artifacts"]:
+            names.add(a["sha256"])
+    return names
+
+
+def test_refused_and_canceled_leave_no_blob(daemons, contract, big_model):
+    dmn = daemons.new(args=["--workers", "1", "--queue-max", "1"])
+    big = start_big(dmn, contract, big_model)
+    queued = D.submit_ok(dmn, contract, "check", model=CHAIN)
+    # the queue is full: this upload is committed, then refused; its model must go
+    with open(CHAIN, "rb") as f:
+        model = f.read() + b"\n# unique bytes for this test\n"
+    r = dmn.submit("check", model=model)
+    D.assert_problem(r, 429, "queue-full")
+    assert hashlib.sha256(model).hexdigest() not in blob_files(dmn.data_dir), (
+        "a refused upload's model stayed on disk")
+    # cancel the running stage: whatever outputs it committed are not listed, so they go
+    r = dmn.request("POST", "/v1/jobs/%s/cancel" % big["id"])
+    assert r.status == 200, r.describe()
+    assert dmn.wait_job(big["id"])["state"] == "canceled"
+    assert dmn.wait_job(queued["id"])["state"] == "succeeded"
+    assert blob_files(dmn.data_dir) == named_blobs(dmn)
+
+
+def test_failed_stage_leaves_no_blob(daemons, contract):
+    dmn = daemons.new()
+    # a prune whose outputs name no node fails after loading: nothing but its inputs stays
+    j = D.submit_ok(dmn, contract, "prune", model=CHAIN, config=CFG, outputs="nowhere")
+    assert dmn.wait_job(j["id"])["state"] == "failed"
+    ok = D.submit_ok(dmn, contract, "prune", model=CHAIN, config=CFG, outputs="out")
+    assert dmn.wait_job(ok["id"])["state"] == "succeeded"
+    assert blob_files(dmn.data_dir) == named_blobs(dmn)
