@@ -56,6 +56,17 @@ bool sd_utf8_valid(const char *s, size_t n)
 	return true;
 }
 
+void sd_hex(const void *p, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+	const unsigned char *d = p;
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = digits[d[i] >> 4];
+		out[2 * i + 1] = digits[d[i] & 15];
+	}
+	out[2 * n] = 0;
+}
+
 char *sd_utf8_escape(const char *s)
 {
 	size_t n = strlen(s);
@@ -71,7 +82,10 @@ char *sd_utf8_escape(const char *s)
 			o += k;
 			i += k;
 		} else {
-			o += (size_t)snprintf(out + o, 5, "\\x%02x", p[i]);
+			out[o++] = '\\';
+			out[o++] = 'x';
+			sd_hex(p + i, 1, out + o);
+			o += 2;
 			i++;
 		}
 	}

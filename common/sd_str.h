@@ -1,6 +1,7 @@
 /*
- * sd_str: growing a malloc'd text buffer (metrics pages, reports), and UTF-8 checks for
- * text that came from a client or a model and will be shown as JSON.
+ * sd_str: growing a malloc'd text buffer (metrics pages, reports), UTF-8 checks for
+ * text that came from a client or a model and will be shown as JSON, and the one hex
+ * encoder (digests, tokens, escaped bytes).
  */
 #ifndef SD_STR_H
 #define SD_STR_H
@@ -20,6 +21,12 @@ void sd_appendf(char **buf, size_t *len, const char *fmt, ...) __attribute__((fo
 /* The one boolean syntax of settings and form fields: true/1/yes or false/0/no.
  * Returns 0, or SD_EUSAGE ("must be true or false"). */
 int sd_bool_parse(const char *s, bool *out, sd_error_t *e);
+
+/*
+ * Writes the 2n lowercase hex digits of the n bytes at p to out, then a NUL: out needs
+ * 2n + 1 bytes. Cannot fail; any thread.
+ */
+void sd_hex(const void *p, size_t n, char *out);
 
 /* Whether s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or code points
  * past U+10FFFF). A NUL byte is valid UTF-8; callers that refuse it check it apart. */

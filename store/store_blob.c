@@ -32,6 +32,8 @@
  */
 #include "store_int.h"
 
+#include "sd_str.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -89,16 +91,6 @@ bool store__sha_ok(const char *sha)
 	return true;
 }
 
-static void hex(const unsigned char *d, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = digits[d[i] >> 4];
-		out[2 * i + 1] = digits[d[i] & 15];
-	}
-	out[2 * n] = 0;
-}
-
 int store__sha256_hex(const void *data, size_t len, char out[STORE_SHA_HEX + 1],
 		      sd_error_t *e)
 {
@@ -106,7 +98,7 @@ int store__sha256_hex(const void *data, size_t len, char out[STORE_SHA_HEX + 1],
 	unsigned int n = 0;
 	if (EVP_Digest(data, len, d, &n, EVP_sha256(), NULL) != 1 || n != 32)
 		return sd_err(e, SD_EINTERNAL, "store: SHA-256 failed");
-	hex(d, 32, out);
+	sd_hex(d, 32, out);
 	return 0;
 }
 
@@ -279,7 +271,7 @@ int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1], int64_t *
 		goto out;
 	}
 	char sha[STORE_SHA_HEX + 1];
-	hex(d, 32, sha);
+	sd_hex(d, 32, sha);
 	if (fsync(b->fd) != 0) {
 		int err = errno;
 		rc = sd_err(e, io_code(err), "store: fsync %s: %s", rel(b->s, b->tmp_path),

@@ -9,6 +9,7 @@
  */
 #include "store_int.h"
 
+#include "sd_str.h"
 #include "sd_time.h"
 
 #include <openssl/crypto.h>
@@ -30,14 +31,8 @@ int store_token_create(store_t *s, const char *tenant, char *token, size_t cap,
 	if (RAND_bytes(raw, sizeof(raw)) != 1)
 		return sd_err(e, SD_EINTERNAL, "cannot draw random bytes for a token");
 	char plain[STORE_TOKEN_MAX];
-	static const char digits[] = "0123456789abcdef";
 	memcpy(plain, TOKEN_PREFIX, sizeof(TOKEN_PREFIX) - 1);
-	char *p = plain + sizeof(TOKEN_PREFIX) - 1;
-	for (size_t i = 0; i < sizeof(raw); i++) {
-		*p++ = digits[raw[i] >> 4];
-		*p++ = digits[raw[i] & 15];
-	}
-	*p = 0;
+	sd_hex(raw, sizeof(raw), plain + sizeof(TOKEN_PREFIX) - 1);
 	OPENSSL_cleanse(raw, sizeof(raw));
 	char hash[STORE_SHA_HEX + 1];
 	int rc = store__sha256_hex(plain, strlen(plain), hash, e);
