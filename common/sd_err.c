@@ -121,3 +121,10 @@ const char *sd_err_type(int code) { return lookup(code)->type; }
 const char *sd_err_title(int code) { return lookup(code)->title; }
 int sd_err_http(int code) { return lookup(code)->http; }
 int sd_err_exit(int code) { return lookup(code)->exitc; }
+
+void sd_err_print(FILE *f)
+{
+#define SD__ERR_PRINT(nm, val, ht, ty, ex, ti) fprintf(f, "%s\t%d\t%s\t%d\t%s\n", #nm, ht, ty, ex, ti);
+	SD_ERR_MAP(SD__ERR_PRINT)
+#undef SD__ERR_PRINT
+}

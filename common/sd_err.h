@@ -13,6 +13,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #define SD_MUST_CHECK __attribute__((warn_unused_result))
 
@@ -35,7 +36,8 @@
 	X(AUTH, -15, 401, "unauthorized", 2, "authentication required")                    \
 	X(METHOD, -16, 405, "method-not-allowed", 2, "method not allowed")                \
 	X(RANGE, -17, 416, "range-not-satisfiable", 1, "range not satisfiable")            \
-	X(UPLOADS, -18, 429, "too-many-uploads", 3, "too many uploads in progress")
+	X(UPLOADS, -18, 429, "too-many-uploads", 3, "too many uploads in progress")         \
+	X(ATTEMPTS, -19, 500, "attempts-exhausted", 3, "interrupted too often")
 
 enum {
 	SD_OK = 0,
@@ -85,6 +87,10 @@ int sd_err_at(sd_error_t *e, int code, const char *file, int line, int col,
 
 /* Prefixes the existing message with "prefix: " (for adding context on the way up). */
 void sd_err_prefix(sd_error_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prints the table, one row a line: NAME, HTTP status, problem type, exit status and
+ * title separated by tabs (`sparsityd --print-errors`, held against openapi.yaml). */
+void sd_err_print(FILE *f);
 
 /* Table lookups; unknown codes map to the INTERNAL row. Never NULL. */
 const char *sd_err_name(int code);  /* "MODEL" */

@@ -209,7 +209,13 @@ int conf_parse(conf_t *c, int argc, char **argv, bool *print, sd_error_t *e)
 
 int conf_reload(conf_t *c, sd_error_t *e)
 {
-	return c->config[0] ? read_file(c, c->config, true, e) : 0;
+	/* All or nothing: the file is applied to a copy, which replaces the settings only
+	 * when every line was good (a reload that fails on line 3 changes nothing). */
+	conf_t next = *c;
+	int rc = c->config[0] ? read_file(&next, c->config, true, e) : 0;
+	if (!rc)
+		*c = next;
+	return rc;
 }
 
 void conf_print(const conf_t *c, bool flags)

@@ -44,7 +44,8 @@ void conf_defaults(conf_t *c);
  */
 SD_MUST_CHECK int conf_parse(conf_t *c, int argc, char **argv, bool *print, sd_error_t *e);
 
-/* Re-reads c->config for the settings marked reloadable (SIGHUP). */
+/* Re-reads c->config for the settings marked reloadable (SIGHUP); on any error c is left
+ * exactly as it was. */
 SD_MUST_CHECK int conf_reload(conf_t *c, sd_error_t *e);
 
 /* Writes the effective settings as a config file, each with its help (--print-config),

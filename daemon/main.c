@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "sd_err.h"
 #include "serve.h"
 
 #ifndef SPARSITYD_VERSION
@@ -22,6 +23,10 @@ int main(int argc, char **argv)
 	prune_stage_t st;
 	if (prune_stage_parse(cmd, &st, NULL) == 0)
 		return cli_stage(st, argc - 1, argv + 1);
+	if (strcmp(cmd, "--print-errors") == 0) {
+		sd_err_print(stdout);
+		return 0;
+	}
 	if (strcmp(cmd, "--print-stages") == 0) {
 		/* For the test that holds openapi.yaml's stage enums against the table. */
 		for (int i = 0; i < PRUNE_STAGE__COUNT; i++)

@@ -726,7 +726,7 @@ int serve_main(int argc, char **argv)
 	}
 	if (conf_parse(&d->conf, argc, argv, &print, &e)) {
 		fprintf(stderr, "sparsityd serve: %s\n", e.msg);
-		return 2;
+		return sd_err_exit(SD_EUSAGE);
 	}
 	if (print) {
 		conf_print(&d->conf, false);
@@ -736,13 +736,13 @@ int serve_main(int argc, char **argv)
 	int rc = sd_log_level_parse(d->conf.log_level, &lvl);
 	if (rc || sd_log_init(lvl, d->conf.log_file[0] ? d->conf.log_file : NULL)) {
 		fprintf(stderr, "sparsityd serve: cannot open log file %s\n", d->conf.log_file);
-		return 2;
+		return sd_err_exit(SD_EUSAGE);
 	}
 	char host[128];
 	int port;
 	if (conf_listen_split(d->conf.listen, host, sizeof(host), &port, &e)) {
 		fprintf(stderr, "sparsityd serve: %s\n", e.msg);
-		return 2;
+		return sd_err_exit(SD_EUSAGE);
 	}
 	/* libuv sizes its pool on first use: one thread per worker. */
 	char pool[16];
@@ -761,7 +761,7 @@ int serve_main(int argc, char **argv)
 		log_error("main", "cannot open the data directory %s: %s", d->conf.data_dir, e.msg);
 		if (d->store)
 			store_close(d->store);
-		return 3;
+		return sd_err_exit(SD_EIO);
 	}
 	bool tokens = false;
 	if (store_tokens_exist(d->reader, &tokens, &e) == 0 && !tokens && !loopback(host) &&
@@ -772,7 +772,7 @@ int serve_main(int argc, char **argv)
 			  d->conf.listen, d->conf.data_dir);
 		store_reader_close(d->reader);
 		store_close(d->store);
-		return 2;
+		return sd_err_exit(SD_EUSAGE);
 	}
 	int requeued = 0, failed = 0;
 	if (store_recover(d->store, (int)d->conf.max_attempts, &requeued, &failed, &e))
@@ -841,7 +841,7 @@ int serve_main(int argc, char **argv)
 	pthread_mutex_destroy(&d->mu);
 	log_info("main", "stopped");
 	sd_log_deinit();
-	return rc ? 3 : 0;
+	return rc ? sd_err_exit(rc) : 0;
 }
 
 int serve_token_main(int argc, char **argv)
@@ -849,7 +849,7 @@ int serve_token_main(int argc, char **argv)
 	const char *tenant = NULL, *dir = "./var";
 	if (argc < 2 || strcmp(argv[1], "create")) {
 		fprintf(stderr, "usage: sparsityd token create --tenant NAME [--data-dir DIR]\n");
-		return 2;
+		return sd_err_exit(SD_EUSAGE);
 	}
 	for (int i = 2; i < argc; i++) {
 		if (!strcmp(argv[i], "--tenant") && i + 1 < argc)
@@ -858,25 +858,25 @@ int serve_token_main(int argc, char **argv)
 			dir = argv[++i];
 		else {
 			fprintf(stderr, "sparsityd token: unexpected argument '%s'\n", argv[i]);
-			return 2;
+			return sd_err_exit(SD_EUSAGE);
 		}
 	}
 	if (!tenant || !tenant[0]) {
 		fprintf(stderr, "sparsityd token create: --tenant NAME is required\n");
-		return 2;
+		return sd_err_exit(SD_EUSAGE);
 	}
 	store_t *s;
 	sd_error_t e;
 	char token[128];
 	if (store_open(dir, &s, &e)) {
 		fprintf(stderr, "sparsityd token: %s\n", e.msg);
-		return 3;
+		return sd_err_exit(SD_EIO);
 	}
 	int rc = store_token_create(s, tenant, token, sizeof(token), &e);
 	store_close(s);
 	if (rc) {
 		fprintf(stderr, "sparsityd token: %s\n", e.msg);
-		return 3;
+		return sd_err_exit(SD_EIO);
 	}
 	printf("%s\n", token);
 	return 0;

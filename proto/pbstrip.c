@@ -148,12 +148,12 @@ int pbstrip_graph(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t
 	enum level top = meta ? L_META : L_GRAPH;
 	size_t size;
 	if (stripped_size(&w, top, buf, len, &size))
-		return -1;
+		return PBSTRIP_MALFORMED;
 	w.out = arena_alloc(a, size ? size : 1);
 	if (!w.out)
 		return sd_err(e, SD_ENOMEM, "out of memory reading the model");
 	if (walk(&w, top, buf, len) || w.pos != size)
-		return -1;
+		return PBSTRIP_MALFORMED;
 	if (w.oom)
 		return sd_err(e, SD_ENOMEM, "out of memory reading the model");
 	*out = w.out;

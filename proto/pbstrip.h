@@ -34,10 +34,11 @@ typedef struct pbstrip_ref {
 /*
  * Copies the binary GraphDef (meta = false) or MetaGraphDef (meta = true) in buf into
  * *out without the large tensor_content payloads, listing them in *refs (both in the
- * arena). Returns 0, -1 when the wire format is malformed (the caller falls back to a
- * plain unpack, which reports the error), or SD_ENOMEM.
+ * arena). Returns 0, PBSTRIP_MALFORMED when the wire format is malformed (the caller
+ * falls back to a plain unpack, which reports the error), or SD_ENOMEM.
  */
-int pbstrip_graph(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,
+#define PBSTRIP_MALFORMED 1 /* positive: never an SD_E* code */
+SD_MUST_CHECK int pbstrip_graph(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,
 		  size_t *out_len, pbstrip_ref_t **refs, size_t *n_refs, sd_error_t *e);
 
 #endif

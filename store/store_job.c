@@ -508,7 +508,7 @@ int store_recover(store_t *s, int max_attempts, int *requeued, int *failed, sd_e
 				 "(max_attempts %d); it is not run again, in case its input is "
 				 "what stops it",
 				 attempts[i], max_attempts);
-			store_job_update_t upd = {.error_code = "attempts-exhausted",
+			store_job_update_t upd = {.error_code = sd_err_type(SD_EATTEMPTS),
 						  .error_msg = msg};
 			rc = store_job_transition(s, ids[i], STORE_FAILED, &upd,
 						  "interrupted; attempts exhausted", e);
