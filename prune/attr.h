@@ -2,7 +2,9 @@
  * prune_attr: building AttrValues and small constant tensors for nodes a stage adds.
  *
  * Every constructor allocates from the arena and returns NULL when it is exhausted;
- * callers check once per node (prune_attr_ok) rather than after every attribute.
+ * callers pass the results straight into a node's attribute list and check them once,
+ * when the node is added (insert.c's mk_named fails the stage with SD_ENOMEM if any
+ * value is NULL), rather than after every attribute.
  */
 #ifndef PRUNE_ATTR_H
 #define PRUNE_ATTR_H
@@ -26,7 +28,8 @@ Tensorflow__TensorShapeProto *prune_shape_new(arena_t *a, const int64_t *dims, i
 
 /* Tensor attributes: int32 values of shape dims (rank 0 = one scalar), an int64 scalar,
  * and a splat of a float value in dtype (one stored value filling `dims`, as TensorFlow
- * allows). */
+ * allows). prune_attr_splat also returns NULL for a dtype other than float, double,
+ * half and bfloat16; its callers pass a layer's dtype, which layer discovery checked. */
 Tensorflow__AttrValue *prune_attr_i32(arena_t *a, const int32_t *v, const int64_t *dims,
 				      int rank);
 Tensorflow__AttrValue *prune_attr_i64_scalar(arena_t *a, int64_t v);

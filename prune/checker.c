@@ -1,8 +1,14 @@
 /*
- * prune_checker: reads every layer's weight and reports its 2:4 state (see check.h).
+ * prune_checker: the check stage, a report on the 2:4 state of a model's layers (see
+ * checker.h).
  *
- * Read-only: weights stored in tensor_content are examined where they lie, so checking
- * a model costs one pass over its weights and no copy.
+ * Not every layer's weight is read: only layers whose skip reason leaves the values
+ * meaningful (none, axis too short to prune, weight shared by several layers) are
+ * examined, and only when the weight is a Const; a variable's values are not in the
+ * graph, so that layer is reported as skipped (not a constant). Weights stored in
+ * tensor_content are examined where they lie in the model, without a copy; weights in
+ * the typed value fields or the splat form are decoded into the arena first
+ * (prune_tensor_read). The graph is never modified.
  */
 #include "checker.h"
 

@@ -343,19 +343,6 @@ int prune_layers_find(prune_graph_t *g, const char *const *outputs, size_t n_out
 	return 0;
 }
 
-int prune_layer_weight_const(prune_graph_t *g, const prune_layer_t *l, size_t max_elems,
-			     prune_tensor_t *out, sd_error_t *e)
-{
-	ptrdiff_t idx = l->weight ? prune_graph_find(g, l->weight, strlen(l->weight)) : -1;
-	const Tensorflow__NodeDef *s = idx >= 0 ? prune_graph_node(g, (size_t)idx) : NULL;
-	if (!s || strcmp(s->op, "Const"))
-		return sd_err_node(e, SD_EMODEL, l->name,
-				   "layer '%s': weight is not a constant (freeze the graph first)",
-				   l->name);
-	Tensorflow__AttrValue *v = prune_node_attr(s, "value");
-	return prune_tensor_read(v->tensor, max_elems, s->name, prune_graph_arena(g), out, e);
-}
-
 void prune_result_begin(prune_result_t *r, prune_stage_t stage, const prune_graph_t *g,
 			const char *const *outputs, size_t n_outputs)
 {

@@ -51,15 +51,6 @@ SD_MUST_CHECK int prune_layers_find(prune_graph_t *g, const char *const *outputs
 bool prune_layer_type_known(const char *op);
 const char *prune_layer_types(void);
 
-/*
- * The weight tensor of a Const-backed layer, decoded (see prune_tensor_read). Returns
- * SD_EMODEL if the layer's weight is not a Const.
- */
-struct prune_tensor;
-SD_MUST_CHECK int prune_layer_weight_const(prune_graph_t *g, const prune_layer_t *l,
-					   size_t max_elems, struct prune_tensor *out,
-					   sd_error_t *e);
-
 /* Starts a stage's result: stage name, model format, node count and outputs of g. */
 void prune_result_begin(prune_result_t *r, prune_stage_t stage, const prune_graph_t *g,
 			const char *const *outputs, size_t n_outputs);
