@@ -47,8 +47,7 @@ static json_t *layer_json(const prune_layer_t *l, bool stats)
 						 : json_null());
 	json_object_set_new(o, "weight_shape", l->rank >= 0 ? shape : (json_decref(shape), json_null()));
 	json_object_set_new(o, "prune_axis", l->axis >= 0 ? json_integer(l->axis) : json_null());
-	static const char *const actions[] = {"pruned", "skipped", "checked"};
-	json_object_set_new(o, "action", jstr(actions[l->action]));
+	json_object_set_new(o, "action", jstr(prune_action_name(l->action)));
 	json_object_set_new(o, "reason", l->reason == PRUNE_SKIP_NONE
 						 ? json_null()
 						 : jstr(prune_skip_name(l->reason)));

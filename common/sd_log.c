@@ -7,6 +7,8 @@
  */
 #include "sd_log.h"
 
+#include "sd_assert.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -117,4 +119,17 @@ void sd_log_write(sd_log_level_t l, const char *tag, const char *job, const char
 	line[len++] = '\n';
 	ssize_t w = write(atomic_load(&cur_fd), line, len);
 	(void)w;
+}
+
+void sd__assert_abort(const char *cond, const char *file, int line)
+{
+	sd_log_write(SD_LOG_ERROR, "assert", NULL, "%s:%d: '%s' does not hold; aborting",
+		     file, line, cond);
+	abort();
+}
+
+void sd__assert_log(const char *cond, const char *file, int line)
+{
+	sd_log_write(SD_LOG_ERROR, "assert", NULL, "%s:%d: '%s' does not hold", file, line,
+		     cond);
 }

@@ -121,10 +121,9 @@ static void print_table(const prune_result_t *r, const char *model)
 				off += (size_t)snprintf(shape + off, sizeof(shape) - off, "%s%lld",
 							d ? "x" : "", (long long)l->shape[d]);
 		}
-		static const char *const actions[] = {"pruned", "skipped", "checked"};
 		bool why = l->action == PRUNE_ACTION_SKIPPED;
 		printf("%-40s %-20s %-20s %4d  %-8s %s%s%s\n", l->name, l->type, shape, l->axis,
-		       actions[l->action], why ? prune_skip_name(l->reason) : "", why ? ": " : "",
+		       prune_action_name(l->action), why ? prune_skip_name(l->reason) : "", why ? ": " : "",
 		       l->detail ? l->detail : "");
 	}
 	if (!(flags & PRUNE_STAGE_WRITES_MODEL))

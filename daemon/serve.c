@@ -36,6 +36,7 @@
 #include "arena.h"
 #include "conf.h"
 #include "run.h"
+#include "sd_assert.h"
 #include "sd_log.h"
 #include "sd_str.h"
 #include "sd_time.h"
@@ -105,7 +106,7 @@ static struct daemon {
 	cmd_t *cmds;
 	atomic_bool draining;
 	worker_t *workers;
-	int running;
+	atomic_int running;     /* written by the loop thread, read by /metrics */
 	/* stage durations, for /metrics */
 	uint64_t hist[PRUNE_STAGE__COUNT][N_BUCKETS + 1];
 	double hist_sum[PRUNE_STAGE__COUNT];
@@ -464,7 +465,7 @@ static void after_work_cb(uv_work_t *req, int status)
 		jlog_error("sched", w->id, "cannot record the outcome, retrying every %d ms: %s",
 			   RETRY_MS, e.msg);
 		w->unrecorded = true;
-		uv_timer_start(&d->retry, on_retry, RETRY_MS, RETRY_MS);
+		sd_require(uv_timer_start(&d->retry, on_retry, RETRY_MS, RETRY_MS) == 0);
 		return;
 	}
 	worker_done(w);
@@ -781,26 +782,34 @@ int serve_main(int argc, char **argv)
 		log_warn("store", "recovered after a crash: %d job%s requeued, %d failed (attempts exhausted)",
 			 requeued, requeued == 1 ? "" : "s", failed);
 
+	/* Start-up resources the daemon cannot run without: a failure (no memory, no file
+	 * descriptors) ends the start-up with a logged cause, before any handle exists. */
 	d->workers = calloc((size_t)d->conf.workers, sizeof(*d->workers));
-	for (int k = 0; d->workers && k < d->conf.workers; k++)
+	if (sd_fails_assert(d->workers != NULL) || sd_fails_assert(uv_loop_init(&d->loop) == 0)) {
+		free(d->workers);
+		store_reader_close(d->reader);
+		store_close(d->store);
+		return sd_err_exit(SD_ENOMEM);
+	}
+	for (int k = 0; k < d->conf.workers; k++)
 		pthread_mutex_init(&d->workers[k].pmu, NULL);
 	pthread_mutex_init(&d->mu, NULL);
-	uv_loop_init(&d->loop);
-	uv_async_init(&d->loop, &d->wake, on_wake);
+	/* With a live loop these only fail on arguments this code gets wrong. */
+	sd_require(uv_async_init(&d->loop, &d->wake, on_wake) == 0);
 	d->wake.data = d;
-	uv_signal_init(&d->loop, &d->sig_term);
-	uv_signal_init(&d->loop, &d->sig_int);
-	uv_signal_init(&d->loop, &d->sig_hup);
+	sd_require(uv_signal_init(&d->loop, &d->sig_term) == 0);
+	sd_require(uv_signal_init(&d->loop, &d->sig_int) == 0);
+	sd_require(uv_signal_init(&d->loop, &d->sig_hup) == 0);
 	d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
-	uv_signal_start(&d->sig_term, on_stop_signal, SIGTERM);
-	uv_signal_start(&d->sig_int, on_stop_signal, SIGINT);
-	uv_signal_start(&d->sig_hup, on_hup, SIGHUP);
-	uv_timer_init(&d->loop, &d->sweep);
-	uv_timer_init(&d->loop, &d->poll);
-	uv_timer_init(&d->loop, &d->retry);
+	sd_require(uv_signal_start(&d->sig_term, on_stop_signal, SIGTERM) == 0);
+	sd_require(uv_signal_start(&d->sig_int, on_stop_signal, SIGINT) == 0);
+	sd_require(uv_signal_start(&d->sig_hup, on_hup, SIGHUP) == 0);
+	sd_require(uv_timer_init(&d->loop, &d->sweep) == 0);
+	sd_require(uv_timer_init(&d->loop, &d->poll) == 0);
+	sd_require(uv_timer_init(&d->loop, &d->retry) == 0);
 	d->sweep.data = d->poll.data = d->retry.data = d;
-	uv_timer_start(&d->sweep, on_sweep, 1000, SWEEP_EVERY_MS);
-	uv_timer_start(&d->poll, on_poll, POLL_TICK_MS, POLL_TICK_MS);
+	sd_require(uv_timer_start(&d->sweep, on_sweep, 1000, SWEEP_EVERY_MS) == 0);
+	sd_require(uv_timer_start(&d->poll, on_poll, POLL_TICK_MS, POLL_TICK_MS) == 0);
 
 	api_conf_t ac = {.host = host, .port = port, .threads = (int)d->conf.http_threads,
 			 .max_upload = d->conf.max_upload, .max_uploads = (int)d->conf.max_uploads,
@@ -829,8 +838,9 @@ int serve_main(int argc, char **argv)
 	uv_close((uv_handle_t *)&d->poll, close_cb);
 	uv_close((uv_handle_t *)&d->retry, close_cb);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
-	uv_loop_close(&d->loop);
-	for (int k = 0; d->workers && k < d->conf.workers; k++) {
+	/* Every handle was closed above; a busy loop here means one was missed. */
+	(void)sd_fails_assert(uv_loop_close(&d->loop) == 0);
+	for (int k = 0; k < d->conf.workers; k++) {
 		free(d->workers[k].result_json);
 		store_job_clear(&d->workers[k].job);
 		pthread_mutex_destroy(&d->workers[k].pmu);

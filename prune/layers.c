@@ -10,9 +10,17 @@
 
 #include <string.h>
 
+#include "sd_assert.h"
 #include "tensor.h"
 
 static const char *const layer_types[] = {"MatMul", "Conv2D", "Conv2DBackpropInput"};
+
+const char *prune_action_name(prune_action_t a)
+{
+	static const char *const names[PRUNE_ACTION__COUNT] = {"pruned", "skipped", "checked"};
+	sd_require((unsigned)a < PRUNE_ACTION__COUNT); /* set by the engine, never by input */
+	return names[a];
+}
 
 const char *prune_skip_name(prune_skip_t r)
 {

@@ -18,7 +18,11 @@ typedef enum prune_action {
 	PRUNE_ACTION_PRUNED = 0,
 	PRUNE_ACTION_SKIPPED,
 	PRUNE_ACTION_CHECKED,      /* check: the weight's values were examined */
+	PRUNE_ACTION__COUNT
 } prune_action_t;
+
+/* "pruned", "skipped", "checked" (what the result JSON and the CLI show). */
+const char *prune_action_name(prune_action_t a);
 
 /* Skip reasons (SPEC section 3); the string form is what users see. */
 #define PRUNE_SKIP_MAP(X)                                                      \

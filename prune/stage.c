@@ -10,6 +10,7 @@
 #include "export.h"
 #include "insert.h"
 #include "oneshot.h"
+#include "sd_assert.h"
 
 /* The run functions differ in what they take; each adapter passes what its stage needs. */
 static int run_insert(prune_graph_t *g, const prune_stage_in_t *in, prune_result_t *r,
@@ -51,11 +52,10 @@ static const struct {
 #undef PRUNE__STAGE_ROW
 };
 
-/* An out-of-range stage is a corrupted value, not input: nothing sensible can follow. */
+/* Stages come from prune_stage_parse: one out of range is a corrupted value. */
 static unsigned checked(prune_stage_t s)
 {
-	if ((unsigned)s >= PRUNE_STAGE__COUNT)
-		abort();
+	sd_require((unsigned)s < PRUNE_STAGE__COUNT);
 	return (unsigned)s;
 }
 
