@@ -36,7 +36,7 @@ static prune_layer_t *to_layers(const prune_record_entry_t *ents, size_t n, aren
 		l->update_op = "update";
 	}
 	memset(res, 0, sizeof(*res));
-	res->stage = "insert";
+	res->stage = PRUNE_STAGE_INSERT;
 	res->layers = ls;
 	res->n_layers = n;
 	res->pruned = n;
