@@ -28,11 +28,11 @@ echo "== fuzz smoke runs (libFuzzer, clang, ASan + UBSan; tests/fuzz/run.sh runs
 meson test -C build-fuzz --suite fuzz --print-errorlogs
 
 echo "== HTTP suites against the daemon built with ASan + UBSan (a report fails them)"
-# The big test model shrinks to 4 layers: under ASan its prune would outlast the
-# tests' time windows.
+# meson's 'http' suite (tests/py/meson.build): the TensorFlow-free pytest files, run by
+# .venv's Python against build-san's sparsityd. The big test model shrinks to 4 layers:
+# under ASan its prune would outlast the tests' time windows.
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 SPARSITYD_TEST_BIG_LAYERS=4 \
-  SPARSITYD_BIN="$PWD/build-san/daemon/sparsityd" .venv/bin/python -m pytest -q \
-  -p no:cacheprovider tests/py/test_hostile.py tests/py/test_daemon_api.py tests/py/test_routes.py
+  meson test -C build-san --suite http --print-errorlogs
 
 echo "== real-TensorFlow tests"
 SPARSITYD_BIN="$PWD/build/daemon/sparsityd" .venv/bin/python -m pytest tests/py -q -p no:cacheprovider "$@"

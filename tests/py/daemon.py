@@ -4,6 +4,9 @@ Starts a real `sparsityd serve` on a free loopback port with a fresh data direct
 for /readyz, talks to it with http.client only (no third-party HTTP library), builds
 multipart bodies, checks responses against openapi.yaml, and makes models without
 TensorFlow (a raw protobuf writer for big synthetic GraphDefs, so a job can take seconds).
+The job helpers at the end (submit_ok, run_ok, wait_state, start_big, cli) are what the
+test_api_*.py files share. Standard library only at import time (openapi.yaml's checker
+imports pyyaml and jsonschema when it is made); the fixtures are in conftest.py.
 """
 
 import hashlib
@@ -628,28 +631,12 @@ def graph(name):
 
 
 # ---------------------------------------------------------------------------------------
-# pytest fixtures (import them into a test module with `from daemon import ...`)
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def serve_bin():
-    """The sparsityd binary, which must have `serve` (the HTTP daemon)."""
-    path = binary_path()
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail("sparsityd binary not found at %s (build it, or set SPARSITYD_BIN)" % path)
-    if not serve_available(path):
-        pytest.fail("`%s serve --help` fails: the HTTP daemon is not built" % path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def contract():
-    return Contract()
+# Daemons for a test or a module (conftest.py's daemons and module_daemons fixtures)
 
 
 class DaemonFactory:
+    """Starts daemons in fresh data directories under root; close() stops them all."""
+
     def __init__(self, binary, root):
         self.binary = binary
         self.root = str(root)
@@ -692,29 +679,61 @@ class DaemonFactory:
         assert not reports, "the daemon's sanitizer reported:\n" + "\n".join(reports)
 
 
-@pytest.fixture
-def daemons(serve_bin, tmp_path):
-    f = DaemonFactory(serve_bin, tmp_path)
-    yield f
-    f.close()
-
-
-@pytest.fixture(scope="module")
-def module_daemons(serve_bin, tmp_path_factory):
-    f = DaemonFactory(serve_bin, tmp_path_factory.mktemp("daemon"))
-    yield f
-    f.close()
-
-
+# The big synthetic model of conftest.py's big_model fixture: BIG_LAYERS MatMul layers of
+# BIG_K x BIG_K float32, so a prune job takes seconds.
 BIG_LAYERS = int(os.environ.get("SPARSITYD_TEST_BIG_LAYERS", "12"))
 BIG_K = int(os.environ.get("SPARSITYD_TEST_BIG_K", "4096"))
 
 
-@pytest.fixture(scope="session")
-def big_model(tmp_path_factory):
-    """A big binary GraphDef (default 4 MatMul layers of 4096x4096 float32, 256 MiB) so a
-    prune job takes a few seconds. Output node "out"."""
-    d = tmp_path_factory.mktemp("bigmodel")
-    path = write_mlp(os.path.join(str(d), "big.pb"), BIG_LAYERS, BIG_K)
-    yield path
-    os.unlink(path)
+# ---------------------------------------------------------------------------------------
+# Jobs, as the test_api_*.py files submit and wait for them
+
+CHAIN = graph("chain.pbtxt")  # const weights, 2 prunable MatMul layers, output "out"
+CFG = SAMPLE_CONFIG
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+def submit_ok(dmn, contract, stage, **kw):
+    r = dmn.submit(stage, **kw)
+    assert r.status == 202, r.describe()
+    j = contract.check(r)
+    assert r.header("location") == "/v1/jobs/" + j["id"], r.describe()
+    return j
+
+
+def run_ok(dmn, contract, stage, **kw):
+    j = submit_ok(dmn, contract, stage, **kw)
+    j = dmn.wait_job(j["id"])
+    assert j["state"] == "succeeded", json.dumps(j, indent=1)
+    r = dmn.job(j["id"])
+    return contract.check(r)
+
+
+def cli(binary, *args):
+    p = subprocess.run([binary] + [str(a) for a in args], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, "%s\n%s\n%s" % (args, p.stdout, p.stderr)
+    return p
+
+
+def wait_state(dmn, job_id, states, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        j = dmn.job(job_id).json()
+        if j["state"] in states:
+            return j
+        time.sleep(0.02)
+    raise AssertionError("job %s never reached %s" % (job_id, states))
+
+
+def start_big(dmn, contract, big_model):
+    """Submits a prune job on the big model and waits until it is running."""
+    r = dmn.submit_file("prune", big_model, config=CFG, outputs="out")
+    assert r.status == 202, r.describe()
+    j = contract.check(r)
+    wait_state(dmn, j["id"], ("running", "succeeded", "failed"))
+    j = dmn.job(j["id"]).json()
+    assert j["state"] == "running", (
+        "the big job finished before the test could use it running; make it bigger with "
+        "SPARSITYD_TEST_BIG_LAYERS: %s" % json.dumps(j)[:500])
+    return j

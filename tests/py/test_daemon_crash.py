@@ -11,9 +11,7 @@ import json
 import os
 import time
 
-
 import daemon as D
-from daemon import big_model, contract, daemons, serve_bin  # noqa: F401
 
 CHAIN = D.graph("chain.pbtxt")
 CFG = D.SAMPLE_CONFIG

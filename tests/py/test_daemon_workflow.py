@@ -18,7 +18,6 @@ import daemon as D
 import ref24
 import sdrun
 import workflow
-from daemon import big_model, contract, daemons, serve_bin  # noqa: F401
 from sdrun import UPDATE_OP, tname
 from workflow import node_map, trace_const
 

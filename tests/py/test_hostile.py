@@ -21,7 +21,6 @@ import pytest
 
 import daemon as D
 import hostile as H
-from daemon import big_model, daemons, module_daemons, serve_bin  # noqa: F401
 from hostile import form, job_form, part, raw
 
 CHAIN_PATH = D.graph("chain.pbtxt")

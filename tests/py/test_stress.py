@@ -20,7 +20,6 @@ import pytest
 
 import daemon as D
 import hostile as H
-from daemon import big_model, daemons, serve_bin  # noqa: F401 (fixtures)
 
 CHAIN = D.graph("chain.pbtxt")
 CFG = D.SAMPLE_CONFIG

@@ -14,7 +14,7 @@
 #include "api_upload.h"
 #include "sd_err.h"
 #include "store.h"
-#include "tu_run.h"
+#include "testutil.h"
 
 /* ---- multipart: a recorder of what the parser reports ---- */
 
@@ -169,8 +169,7 @@ static store_t *g_s;
 
 static void setup(void)
 {
-	snprintf(g_dir, sizeof(g_dir), "/tmp/api-test-XXXXXX");
-	ck_assert(mkdtemp(g_dir) != NULL);
+	tu_mkdtemp(g_dir, sizeof(g_dir), "api-test");
 	sd_error_t e;
 	ck_assert_msg(store_open(g_dir, &g_s, &e) == 0, "%s", e.msg);
 }
@@ -178,9 +177,7 @@ static void setup(void)
 static void teardown(void)
 {
 	store_close(g_s);
-	char cmd[128];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", g_dir);
-	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_int_eq(tu_rm_rf(g_dir), 0);
 }
 
 /* Builds a body from name/value pairs (a name starting with '@' is a file part). */
@@ -349,19 +346,12 @@ START_TEST(parse_headers)
 }
 END_TEST
 
-static Suite *api_suite(void)
+int main(void)
 {
-	Suite *s = suite_create("api");
-	TCase *t = tcase_create("parsers");
-	tcase_add_test(t, mpart_every_chunking);
-	tcase_add_test(t, mpart_refusals);
-	tcase_add_test(t, parse_headers);
-	suite_add_tcase(s, t);
-	TCase *up = tcase_create("uploads");
-	tcase_add_checked_fixture(up, setup, teardown);
-	tcase_add_test(up, upload_form_rules);
-	suite_add_tcase(s, up);
-	return s;
+	const tu_case_t cases[] = {
+		{"parsers", TU_TESTS(mpart_every_chunking, mpart_refusals, parse_headers)},
+		{"uploads", TU_TESTS(upload_form_rules), .setup = setup, .teardown = teardown},
+		{NULL},
+	};
+	return tu_main("api", cases);
 }
-
-int main(void) { return tu_run(api_suite()); }

@@ -7,7 +7,7 @@
 
 #include "config.h"
 #include "layers.h"
-#include "testutil.h"
+#include "testutil_prune.h"
 
 
 static int parse(const char *text, prune_config_t **c, sd_error_t *e)
@@ -152,5 +152,6 @@ int main(void)
 		defaults,
 		NULL,
 	};
-	return tu_main("config", tests);
+	const tu_case_t cases[] = {{"config", tests, TU_ARENA}, {NULL}};
+	return tu_main("config", cases);
 }

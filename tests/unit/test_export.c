@@ -17,7 +17,7 @@
 #include "mask.h"
 #include "oneshot.h"
 #include "record.h"
-#include "testutil.h"
+#include "testutil_prune.h"
 
 
 static prune_config_t *cfg(const char *text)
@@ -381,5 +381,6 @@ int main(void)
 		record_errors,
 		NULL,
 	};
-	return tu_main("export", tests);
+	const tu_case_t cases[] = {{"export", tests, TU_ARENA}, {NULL}};
+	return tu_main("export", cases);
 }

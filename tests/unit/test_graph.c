@@ -11,7 +11,7 @@
 #include "graph.h"
 #include "pbarena.h"
 #include "pbwire.h"
-#include "testutil.h"
+#include "testutil_prune.h"
 
 
 static int load(const void *buf, size_t len, prune_format_t fmt, prune_graph_t **g,
@@ -334,5 +334,6 @@ int main(void)
 		add_and_remove,
 		NULL,
 	};
-	return tu_main("graph", tests);
+	const tu_case_t cases[] = {{"graph", tests, TU_ARENA}, {NULL}};
+	return tu_main("graph", cases);
 }

@@ -12,7 +12,7 @@
 #include "layers.h"
 #include "pbarena.h"
 #include "record.h"
-#include "testutil.h"
+#include "testutil_prune.h"
 
 
 static prune_config_t *cfg(const char *text)
@@ -257,5 +257,6 @@ int main(void)
 		scope_collisions,
 		NULL,
 	};
-	return tu_main("insert", tests);
+	const tu_case_t cases[] = {{"insert", tests, TU_ARENA}, {NULL}};
+	return tu_main("insert", cases);
 }

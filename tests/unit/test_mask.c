@@ -13,9 +13,6 @@
  * Workload: a few million elements, well under a second without sanitizers.
  */
 #include <check.h>
-
-#include "ref_float.h"
-#include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,7 +20,9 @@
 #include <string.h>
 
 #include "mask.h"
+#include "ref_float.h"
 #include "tensor.h"
+#include "testutil.h"
 
 
 static const int all_dtypes[] = {DT_F32, DT_F64, DT_F16, DT_BF16};
@@ -695,27 +694,16 @@ START_TEST(is_2of4_cases)
 }
 END_TEST
 
-static Suite *mask_suite(void)
+int main(void)
 {
-	Suite *s = suite_create("mask");
-	TCase *tc = tcase_create("kernel");
-	tcase_set_timeout(tc, 120);
-	tcase_add_test(tc, every_group_of_four);
-	tcase_add_test(tc, known_groups);
-	tcase_add_test(tc, c_from_1_to_9);
-	tcase_add_test(tc, every_axis_random_shapes);
-	tcase_add_test(tc, subnormals_and_inf);
-	tcase_add_test(tc, nan_is_an_error);
-	tcase_add_test(tc, bad_axis);
-	suite_add_tcase(s, tc);
-	TCase *tu = tcase_create("apply");
-	tcase_add_test(tu, apply_gives_signed_zeros);
-	tcase_add_test(tu, bits_and_apply_long);
-	tcase_add_test(tu, pieces_equal_two_passes);
-	tcase_add_test(tu, batch_on_threads);
-	tcase_add_test(tu, is_2of4_cases);
-	suite_add_tcase(s, tu);
-	return s;
+	const tu_case_t cases[] = {
+		{"kernel",
+		 TU_TESTS(every_group_of_four, known_groups, c_from_1_to_9, every_axis_random_shapes,
+			  subnormals_and_inf, nan_is_an_error, bad_axis),
+		 .timeout = 120},
+		{"apply", TU_TESTS(apply_gives_signed_zeros, bits_and_apply_long,
+				   pieces_equal_two_passes, batch_on_threads, is_2of4_cases)},
+		{NULL},
+	};
+	return tu_main("mask", cases);
 }
-
-int main(void) { return tu_run(mask_suite()); }

@@ -12,8 +12,6 @@
  * past the end of the (not NUL-terminated) input.
  */
 #include <check.h>
-
-#include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,6 +23,7 @@
 #include "amct.pb-c.h"
 #include "pbarena.h"
 #include "pbtext.h"
+#include "testutil.h"
 #include "tf_graph.pb-c.h"
 
 #ifndef SRCDIR
@@ -940,45 +939,22 @@ START_TEST(scale_many_nodes)
 }
 END_TEST
 
-static Suite *pbtext_suite(void)
+int main(void)
 {
-	Suite *s = suite_create("pbtext");
-	TCase *tc = tcase_create("roundtrip");
-	tcase_set_timeout(tc, 120);
-	tcase_add_loop_test(tc, roundtrip_vs_protoc, 0, sizeof(rt_cases) / sizeof(rt_cases[0]));
-	suite_add_tcase(s, tc);
-
-	tc = tcase_create("errors");
-	tcase_set_timeout(tc, 60);
-	tcase_add_loop_test(tc, error_messages, 0, sizeof(err_cases) / sizeof(err_cases[0]));
-	tcase_add_test(tc, error_defaults);
-	tcase_add_test(tc, error_field_cb_veto);
-	tcase_add_test(tc, error_nesting);
-	tcase_add_test(tc, error_nomem);
-	suite_add_tcase(s, tc);
-
-	tc = tcase_create("niceties");
-	tcase_add_test(tc, nicety_comments_separators_colon);
-	tcase_add_test(tc, nicety_lists);
-	tcase_add_test(tc, nicety_last_wins_and_merge);
-	tcase_add_test(tc, nicety_oneof);
-	tcase_add_test(tc, nicety_scalars);
-	tcase_add_test(tc, nicety_strings);
-	tcase_add_test(tc, nicety_maps);
-	suite_add_tcase(s, tc);
-
-	tc = tcase_create("writer");
-	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, writer_format);
-	tcase_add_test(tc, writer_shortest_floats);
-	tcase_add_test(tc, writer_eio);
-	suite_add_tcase(s, tc);
-
-	tc = tcase_create("scale");
-	tcase_set_timeout(tc, 300);
-	tcase_add_test(tc, scale_many_nodes);
-	suite_add_tcase(s, tc);
-	return s;
+	const tu_case_t cases[] = {
+		{"roundtrip", .timeout = 120, .loop = roundtrip_vs_protoc,
+		 .loop_n = sizeof(rt_cases) / sizeof(rt_cases[0])},
+		{"errors",
+		 TU_TESTS(error_defaults, error_field_cb_veto, error_nesting, error_nomem),
+		 .timeout = 60, .loop = error_messages,
+		 .loop_n = sizeof(err_cases) / sizeof(err_cases[0])},
+		{"niceties",
+		 TU_TESTS(nicety_comments_separators_colon, nicety_lists, nicety_last_wins_and_merge,
+			  nicety_oneof, nicety_scalars, nicety_strings, nicety_maps)},
+		{"writer", TU_TESTS(writer_format, writer_shortest_floats, writer_eio),
+		 .timeout = 60},
+		{"scale", TU_TESTS(scale_many_nodes), .timeout = 300},
+		{NULL},
+	};
+	return tu_main("pbtext", cases);
 }
-
-int main(void) { return tu_run(pbtext_suite()); }

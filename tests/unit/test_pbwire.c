@@ -16,7 +16,7 @@
 #include "graph.h"
 #include "pbtext.h"
 #include "pbwire.h"
-#include "testutil.h"
+#include "testutil_prune.h"
 
 /* pbwire_write(m) and protobuf_c_message_pack(m) agree byte for byte. */
 static void same_as_protobuf_c(const ProtobufCMessage *m)
@@ -224,5 +224,6 @@ int main(void)
 		text_fixtures, edge_values, unknown_fields, block_boundaries,
 		refuses_over_2gib, full_disk, NULL,
 	};
-	return tu_main("pbwire", tests);
+	const tu_case_t cases[] = {{"pbwire", tests, TU_ARENA}, {NULL}};
+	return tu_main("pbwire", cases);
 }

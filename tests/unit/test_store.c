@@ -13,10 +13,7 @@
  * Run with CK_FORK=no (as meson does) so ASan and valgrind see one process.
  */
 #include <check.h>
-
-#include "tu_run.h"
 #include <dirent.h>
-#include <ftw.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -27,6 +24,7 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "testutil.h"
 
 #define SHA_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 #define SHA_EMPTY "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -59,19 +57,6 @@ static sd_error_t g_e;
 	ck_assert_msg(strstr(g_e.msg, (needle)) != NULL, "message '%s' lacks '%s'", g_e.msg, \
 		      (needle))
 
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(p);
-}
-
-static void rm_rf(const char *dir)
-{
-	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static char *path_in(const char *rel)
 {
 	static char buf[512];
@@ -101,22 +86,20 @@ static void reopen(void)
 
 static void setup(void)
 {
-	snprintf(g_dir, sizeof(g_dir), "/tmp/store-test-XXXXXX");
-	ck_assert(mkdtemp(g_dir) != NULL);
+	tu_mkdtemp(g_dir, sizeof(g_dir), "store-test");
 	open_all();
 }
 
 static void teardown(void)
 {
 	close_all();
-	rm_rf(g_dir);
+	tu_rm_rf(g_dir);
 }
 
 /* An empty directory to run tests that set up the database file themselves. */
 static void setup_bare(void)
 {
-	snprintf(g_dir, sizeof(g_dir), "/tmp/store-test-XXXXXX");
-	ck_assert(mkdtemp(g_dir) != NULL);
+	tu_mkdtemp(g_dir, sizeof(g_dir), "store-test");
 }
 
 static size_t count_entries(const char *dir)
@@ -1271,55 +1254,28 @@ START_TEST(readers_on_other_threads)
 }
 END_TEST
 
-static Suite *store_suite(void)
+int main(void)
 {
-	Suite *s = suite_create("store");
-	TCase *schema = tcase_create("schema");
-	tcase_add_checked_fixture(schema, setup, teardown);
-	tcase_add_test(schema, migrate_empty_and_reopen);
-	tcase_add_test(schema, second_open_is_shared);
-	suite_add_tcase(s, schema);
-	TCase *bare = tcase_create("schema-bare");
-	tcase_add_checked_fixture(bare, setup_bare, teardown);
-	tcase_add_test(bare, migrate_v0_with_foreign_table);
-	tcase_add_test(bare, migrate_refuses_conflicts);
-	suite_add_tcase(s, bare);
-	TCase *jobs = tcase_create("jobs");
-	tcase_set_timeout(jobs, 120);
-	tcase_add_checked_fixture(jobs, setup, teardown);
-	tcase_add_test(jobs, state_names);
-	tcase_add_test(jobs, every_transition);
-	tcase_add_test(jobs, transition_fields_and_versions);
-	tcase_add_test(jobs, progress_rules);
-	tcase_add_test(jobs, ids_are_time_ordered);
-	tcase_add_test(jobs, create_and_get);
-	tcase_add_test(jobs, tenant_isolation);
-	tcase_add_test(jobs, list_filters_pagination_etag);
-	tcase_add_test(jobs, job_counts);
-	tcase_add_test(jobs, event_log_text);
-	tcase_add_test(jobs, artifacts_and_records);
-	tcase_add_test(jobs, delete_and_blob_release);
-	tcase_add_test(jobs, recover_requeues_and_gives_up);
-	tcase_add_test(jobs, sweep_retention);
-	tcase_add_test(jobs, tokens);
-	tcase_add_test(jobs, readers_on_other_threads);
-	suite_add_tcase(s, jobs);
-	TCase *blobs = tcase_create("blobs");
-	tcase_set_timeout(blobs, 120);
-	tcase_add_checked_fixture(blobs, setup, teardown);
-	tcase_add_test(blobs, blob_sha_vectors);
-	tcase_add_test(blobs, blob_dedup_abort_limit);
-	tcase_add_test(blobs, crash_before_rename);
-	tcase_add_test(blobs, crash_after_rename_before_row);
-	tcase_add_test(blobs, blob_pool_interleaved);
-	suite_add_tcase(s, blobs);
-	TCase *pool = tcase_create("blobs hashed by the shared pool");
-	tcase_set_timeout(pool, 120);
-	tcase_add_checked_fixture(pool, setup_pool, teardown);
-	tcase_add_test(pool, blob_sha_vectors);
-	tcase_add_test(pool, blob_dedup_abort_limit);
-	suite_add_tcase(s, pool);
-	return s;
+	const tu_case_t cases[] = {
+		{"schema", TU_TESTS(migrate_empty_and_reopen, second_open_is_shared),
+		 .setup = setup, .teardown = teardown},
+		{"schema-bare", TU_TESTS(migrate_v0_with_foreign_table, migrate_refuses_conflicts),
+		 .setup = setup_bare, .teardown = teardown},
+		{"jobs",
+		 TU_TESTS(state_names, every_transition, transition_fields_and_versions,
+			  progress_rules, ids_are_time_ordered, create_and_get, tenant_isolation,
+			  list_filters_pagination_etag, job_counts, event_log_text,
+			  artifacts_and_records, delete_and_blob_release,
+			  recover_requeues_and_gives_up, sweep_retention, tokens,
+			  readers_on_other_threads),
+		 .setup = setup, .teardown = teardown, .timeout = 120},
+		{"blobs",
+		 TU_TESTS(blob_sha_vectors, blob_dedup_abort_limit, crash_before_rename,
+			  crash_after_rename_before_row, blob_pool_interleaved),
+		 .setup = setup, .teardown = teardown, .timeout = 120},
+		{"blobs hashed by the shared pool", TU_TESTS(blob_sha_vectors, blob_dedup_abort_limit),
+		 .setup = setup_pool, .teardown = teardown, .timeout = 120},
+		{NULL},
+	};
+	return tu_main("store", cases);
 }
-
-int main(void) { return tu_run(store_suite()); }

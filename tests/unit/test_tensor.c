@@ -11,9 +11,6 @@
  * Workload: a few million conversions, well under a second without sanitizers.
  */
 #include <check.h>
-
-#include "ref_float.h"
-#include "tu_run.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,7 +19,9 @@
 
 #include "arena.h"
 #include "pbarena.h"
+#include "ref_float.h"
 #include "tensor.h"
+#include "testutil.h"
 
 
 static const int all_dtypes[] = {DT_F32, DT_F64, DT_F16, DT_BF16};
@@ -627,28 +626,18 @@ START_TEST(float_to_16_rounding)
 }
 END_TEST
 
-static Suite *tensor_suite(void)
+int main(void)
 {
-	Suite *s = suite_create("tensor");
-	TCase *tr = tcase_create("read_write");
-	tcase_add_test(tr, dtype_names_and_sizes);
-	tcase_add_test(tr, storage_forms);
-	tcase_add_test(tr, half_val_high_bits_and_negative);
-	tcase_add_test(tr, scalar_and_empty);
-	tcase_add_test(tr, size_mismatch);
-	tcase_add_test(tr, more_values_than_elements);
-	tcase_add_test(tr, bad_dtype);
-	tcase_add_test(tr, shape_checks);
-	tcase_add_test(tr, claimed_10e12_elements);
-	tcase_add_test(tr, write_sets_content);
-	suite_add_tcase(s, tr);
-	TCase *tc = tcase_create("convert");
-	tcase_set_timeout(tc, 120);
-	tcase_add_test(tc, half_round_trip_all_patterns);
-	tcase_add_test(tc, bf16_round_trip_all_patterns);
-	tcase_add_test(tc, float_to_16_rounding);
-	suite_add_tcase(s, tc);
-	return s;
+	const tu_case_t cases[] = {
+		{"read_write",
+		 TU_TESTS(dtype_names_and_sizes, storage_forms, half_val_high_bits_and_negative,
+			  scalar_and_empty, size_mismatch, more_values_than_elements, bad_dtype,
+			  shape_checks, claimed_10e12_elements, write_sets_content)},
+		{"convert",
+		 TU_TESTS(half_round_trip_all_patterns, bf16_round_trip_all_patterns,
+			  float_to_16_rounding),
+		 .timeout = 120},
+		{NULL},
+	};
+	return tu_main("tensor", cases);
 }
-
-int main(void) { return tu_run(tensor_suite()); }

@@ -1,96 +1,97 @@
 /*
- * Helpers shared by the engine's unit suites: reading test data files and loading
- * models from them. Header-only so each suite stays a single translation unit.
+ * What every unit suite shares, whatever it links: the one way a suite is run
+ * (tu_main over a table of test cases) and a fresh temporary directory per test.
+ * It includes only check and libc, so the store and API suites (which link the store,
+ * not the engine) can use it; the engine's helpers (test data, models, an arena per
+ * test) are in testutil_prune.h, which includes this one.
+ *
+ * Every test_*.c ends the same way:
+ *
+ *	int main(void)
+ *	{
+ *		const tu_case_t cases[] = {
+ *			{"kernel", TU_TESTS(a, b), .timeout = 120},
+ *			{"store", TU_TESTS(c), .setup = setup, .teardown = teardown},
+ *			{NULL},
+ *		};
+ *		return tu_main("mask", cases);
+ *	}
+ *
+ * Header-only so each suite stays a single translation unit.
  */
 #ifndef TESTUTIL_H
 #define TESTUTIL_H
 
 #include <check.h>
+#include <errno.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
-#include "arena.h"
-#include "graph.h"
-#include "sd_err.h"
-#include "tu_run.h"
+/* One test case: its tests run in order, each inside the checked fixture if one is set. */
+typedef struct tu_case {
+	const char *name;          /* NULL ends the table */
+	const TTest *const *tests; /* NULL-terminated (TU_TESTS), or NULL for none */
+	void (*setup)(void);       /* checked fixture around every test, or NULL */
+	void (*teardown)(void);
+	double timeout;            /* seconds when forked; 0 keeps check's default */
+	const TTest *loop;         /* a loop test run before the others, i = 0 .. loop_n-1 */
+	int loop_n;
+} tu_case_t;
 
-/* Reads SRCDIR/tests/unit/data/<rel> into an arena buffer; *len gets its size. */
-static inline char *tu_read(arena_t *a, const char *rel, size_t *len)
-{
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/tests/unit/data/%s", SRCDIR, rel);
-	FILE *f = fopen(path, "rb");
-	ck_assert_msg(f != NULL, "cannot open %s", path);
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *buf = arena_alloc(a, (size_t)n + 1);
-	ck_assert(buf != NULL);
-	ck_assert_int_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-	buf[n] = 0;
-	fclose(f);
-	*len = (size_t)n;
-	return buf;
-}
-
-/* Loads a test model; fails the test with the engine's message if it does not load. */
-static inline prune_graph_t *tu_graph(arena_t *a, const char *rel)
-{
-	size_t len;
-	char *buf = tu_read(a, rel, &len);
-	prune_graph_t *g = NULL;
-	sd_error_t e;
-	sd_err_clear(&e);
-	int rc = prune_graph_load((uint8_t *)buf, len, rel, PRUNE_FMT_AUTO, 1u << 30, a, &g,
-				  &e);
-	ck_assert_msg(rc == 0, "load %s: %s", rel, e.msg);
-	return g;
-}
-
-/* Packs a message into an arena buffer. */
-static inline uint8_t *tu_pack(arena_t *a, const ProtobufCMessage *m, size_t *len)
-{
-	*len = protobuf_c_message_get_packed_size(m);
-	uint8_t *buf = arena_alloc(a, *len + 1);
-	ck_assert(buf != NULL);
-	protobuf_c_message_pack(m, buf);
-	return buf;
-}
-
-/* Saves g in fmt to memory. */
-static inline char *tu_save(prune_graph_t *g, prune_format_t fmt, size_t *len)
-{
-	char *buf = NULL;
-	FILE *f = open_memstream(&buf, len);
-	sd_error_t e;
-	ck_assert_int_eq(prune_graph_save(g, fmt, f, &e), 0);
-	fclose(f);
-	return buf; /* caller frees */
-}
-
-/* Every engine suite gets a fresh arena per test. */
-static arena_t A __attribute__((unused));
-static void tu_setup(void) { arena_init(&A, 0); }
-static void tu_teardown(void) { arena_deinit(&A); }
+/* A NULL-terminated list of tests for tu_case_t.tests. */
+#define TU_TESTS(...) ((const TTest *const[]){__VA_ARGS__, NULL})
 
 /*
- * Runs the tests (NULL-terminated) as one suite with the arena fixture; returns the
- * process exit status.
+ * Runs the cases (a table ended by a NULL name) as one suite and turns the result into
+ * the process exit status.
  */
-static inline int tu_main(const char *name, const TTest *const *tests)
+static inline int tu_main(const char *suite, const tu_case_t *cases)
 {
-	Suite *s = suite_create(name);
-	TCase *tc = tcase_create(name);
-	tcase_add_checked_fixture(tc, tu_setup, tu_teardown);
-	for (size_t i = 0; tests[i]; i++)
-		tcase_add_test(tc, tests[i]);
-	suite_add_tcase(s, tc);
-	return tu_run(s);
+	Suite *s = suite_create(suite);
+	for (const tu_case_t *c = cases; c->name; c++) {
+		TCase *tc = tcase_create(c->name);
+		if (c->timeout > 0)
+			tcase_set_timeout(tc, c->timeout);
+		if (c->setup || c->teardown)
+			tcase_add_checked_fixture(tc, c->setup, c->teardown);
+		if (c->loop)
+			tcase_add_loop_test(tc, c->loop, 0, c->loop_n);
+		for (size_t i = 0; c->tests && c->tests[i]; i++)
+			tcase_add_test(tc, c->tests[i]);
+		suite_add_tcase(s, tc);
+	}
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
-#define ck_assert_msg_has(e, needle)                                                     \
-	ck_assert_msg(strstr((e).msg, (needle)) != NULL, "message '%s' lacks '%s'", (e).msg, \
-		      (needle))
+/*
+ * Makes a fresh, empty directory /tmp/<prefix>-XXXXXX; its path goes to dir (cap bytes).
+ * Fails the test if it cannot.
+ */
+static inline void tu_mkdtemp(char *dir, size_t cap, const char *prefix)
+{
+	snprintf(dir, cap, "/tmp/%s-XXXXXX", prefix);
+	ck_assert_msg(mkdtemp(dir) != NULL, "mkdtemp %s: %s", dir, strerror(errno));
+}
+
+static inline int tu_rm_one_(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+/* rm -rf dir without a shell (symbolic links are removed, not followed); 0 when done. */
+static inline int tu_rm_rf(const char *dir)
+{
+	return nftw(dir, tu_rm_one_, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 #endif
