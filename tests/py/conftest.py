@@ -1,9 +1,9 @@
 """Every fixture of the pytest suites, in one place.
 
 Two kinds of suite share this file. The HTTP-only ones (test_api_*.py, test_hostile.py,
-test_routes.py, test_daemon_crash.py, test_stress.py) talk to a real `sparsityd serve`
-and need only pytest, pyyaml and jsonschema; meson runs them as the 'http' suite. The
-others drive real TensorFlow. Nothing here imports TensorFlow at collection time: the
+test_daemon_crash.py, test_stress.py and the others tests/py/meson.build lists) talk to a
+real `sparsityd serve` and need only pytest, pyyaml and jsonschema; meson runs them as
+the suites 'http' and 'http-long'. The others drive real TensorFlow. Nothing here imports TensorFlow at collection time: the
 model builders (models.py) are imported by the first test that asks model_cache for a
 model, so `pytest tests/py/test_hostile.py` runs in a venv without TensorFlow.
 
