@@ -221,12 +221,20 @@ START_TEST(upload_form_rules)
 	ck_assert_str_eq(f.outputs, "a,b/c:1");
 	ck_assert_str_eq(f.name, "caf\xc3\xa9");
 	ck_assert(f.emit_record && f.has_file[API_FILE_MODEL] && f.has_file[API_FILE_CONFIG]);
+	ck_assert_int_eq(f.stage_id, PRUNE_STAGE_PRUNE);
+	ck_assert_ptr_null(f.format);
 	store_artifact_t in[API_FILE__COUNT];
 	size_t n;
 	ck_assert_int_eq(api_upload_commit(u, in, &n, &e), 0);
 	ck_assert_uint_eq(n, 2);
 	ck_assert_str_eq(in[0].name, "input_model");
 	ck_assert_int_eq(in[0].size, 1);
+	api_upload_free(u);
+	/* The CLI's format names and booleans mean the same here. */
+	const char *alias[] = {"stage", "check", "@model", "M", "format", "pb", "emit_record", "no"};
+	ck_assert_msg(upload(alias, 8, &u, &f, &e) == 0, "%s", e.msg);
+	ck_assert_str_eq(f.format, "graphdef");
+	ck_assert(!f.emit_record);
 	api_upload_free(u);
 
 	static const struct {
@@ -249,9 +257,9 @@ START_TEST(upload_form_rules)
 		{{"stage", "check"}, 2, "missing part 'model'"},
 		{{"stage", "insert", "@model", "M", "outputs", "a"}, 6, "needs a config"},
 		{{"stage", "export", "@model", "M", "outputs", "a"}, 6, "exactly one"},
-		{{"stage", "check", "@model", "M", "format", "pb"}, 6, "not one of"},
-		{{"stage", "check", "@model", "M", "emit_record", "yes"}, 6, "true or false"},
-		{{"stage", "check", "@model", "M", "emit_record", "true"}, 6, "for prune jobs"},
+		{{"stage", "check", "@model", "M", "format", "onnx"}, 6, "unknown model format"},
+		{{"stage", "check", "@model", "M", "emit_record", "maybe"}, 6, "true or false"},
+		{{"stage", "check", "@model", "M", "emit_record", "true"}, 6, "check does not"},
 		{{"stage", "check", "@model", "M", "bogus", "x"}, 6, "unknown part 'bogus'"},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
