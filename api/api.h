@@ -16,8 +16,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "sd_err.h"
-#include "store.h"
+#include "common/sd_err.h"
+#include "store/store.h"
 
 typedef struct api api_t;
 

@@ -11,7 +11,7 @@
  * (req_t) is freed in the completion callback, which also aborts blobs a failed or cut
  * upload left behind: nothing half-written is ever referenced.
  */
-#include "api_int.h"
+#include "api/api_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,10 +22,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "api_json.h"
-#include "sd_log.h"
-#include "sd_str.h"
-#include "sd_time.h"
+#include "api/api_json.h"
+#include "common/sd_log.h"
+#include "common/sd_str.h"
+#include "common/sd_time.h"
 
 /* ---- service endpoints ---- */
 

@@ -18,9 +18,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "api.h"
-#include "api_parse.h"
-#include "api_upload.h"
+#include "api/api.h"
+#include "api/api_parse.h"
+#include "api/api_upload.h"
 
 #define WAIT_MAX_S 60
 /* How much of a refused body is read and dropped so the client sees the answer. */

@@ -9,7 +9,7 @@
  * api_upload (multipart parse, blobs), and the last call commits the blobs and hands the
  * job to the loop thread.
  */
-#include "api_int.h"
+#include "api/api_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,10 +19,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "api_json.h"
-#include "sd_str.h"
-#include "sd_time.h"
-#include "stage.h"
+#include "api/api_json.h"
+#include "common/sd_str.h"
+#include "common/sd_time.h"
+#include "prune/stage.h"
 
 /* ---- per-thread state: a store reader and rendered job bodies ---- */
 

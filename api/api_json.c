@@ -5,14 +5,14 @@
  * so a failed allocation deep inside surfaces as a NULL document at the end instead of
  * a crash; the caller reports it as out of memory.
  */
-#include "api_json.h"
+#include "api/api_json.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "sd_str.h"
-#include "tensor.h"
+#include "common/sd_str.h"
+#include "prune/tensor.h"
 
 /*
  * jansson refuses a string that is not UTF-8 (json_string returns NULL and the member

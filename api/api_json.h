@@ -10,9 +10,9 @@
 
 #include <jansson.h>
 
-#include "result.h"
-#include "sd_err.h"
-#include "store.h"
+#include "common/sd_err.h"
+#include "prune/result.h"
+#include "store/store.h"
 
 /* The result document of a stage (see README "Result JSON"). NULL on ENOMEM. */
 json_t *api_json_result(const prune_result_t *r);

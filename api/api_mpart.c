@@ -12,7 +12,7 @@
  * holds no CR, a held tail is always a prefix of the delimiter itself: `held` counts how
  * much of it was seen, and on a mismatch those bytes are replayed from delim[].
  */
-#include "api_mpart.h"
+#include "api/api_mpart.h"
 
 #include <string.h>
 #include <strings.h>

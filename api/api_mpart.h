@@ -22,7 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "sd_err.h"
+#include "common/sd_err.h"
 
 #define API_MPART_BOUNDARY_MAX 70
 #define API_MPART_HEADERS_MAX 8192

@@ -4,7 +4,7 @@
  * Every input here comes straight from a client: lengths are bounded, numbers are
  * parsed with overflow checks, and nothing is allocated.
  */
-#include "api_parse.h"
+#include "api/api_parse.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -4,14 +4,14 @@
  * api__queue, which adds Cache-Control, counts the status for /metrics and marks the
  * request answered.
  */
-#include "api_int.h"
+#include "api/api_int.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_json.h"
-#include "sd_log.h"
+#include "api/api_json.h"
+#include "common/sd_log.h"
 
 int api__queue(api_t *a, req_t *r, struct MHD_Connection *c, int status,
 		 struct MHD_Response *resp)

@@ -6,17 +6,17 @@
  * the job until the body is complete (api_upload_finish), so an upload cut in the
  * middle leaves only blobs that api_upload_free removes.
  */
-#include "api_upload.h"
+#include "api/api_upload.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_mpart.h"
-#include "graph.h"
-#include "layers.h"
-#include "stage.h"
-#include "sd_str.h"
+#include "api/api_mpart.h"
+#include "common/sd_str.h"
+#include "prune/graph.h"
+#include "prune/layers.h"
+#include "prune/stage.h"
 
 /* The text parts: where each goes in the upload, and whether it may repeat. */
 typedef enum text_field {

@@ -19,9 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sd_err.h"
-#include "stage.h"
-#include "store.h"
+#include "common/sd_err.h"
+#include "prune/stage.h"
+#include "store/store.h"
 
 #define API_UPLOAD_TEXT_MAX 65536
 

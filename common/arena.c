@@ -7,7 +7,7 @@
  * protobuf-c's view, proto/pbarena.c, is a no-op). Memory is counted against the budget
  * when chunks are taken from malloc, which is what bounds the process.
  */
-#include "arena.h"
+#include "common/arena.h"
 
 #include <stdarg.h>
 #include <stdint.h>

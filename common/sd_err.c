@@ -1,7 +1,7 @@
 /*
  * sd_err: error records and the code table (see sd_err.h for the convention).
  */
-#include "sd_err.h"
+#include "common/sd_err.h"
 
 #include <stdarg.h>
 #include <stdio.h>

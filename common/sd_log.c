@@ -5,9 +5,9 @@
  * O_APPEND descriptor, which keeps lines whole across threads without a lock and
  * cooperates with external rotation (the daemon reopens on SIGHUP).
  */
-#include "sd_log.h"
+#include "common/sd_log.h"
 
-#include "sd_assert.h"
+#include "common/sd_assert.h"
 
 #include <errno.h>
 #include <fcntl.h>

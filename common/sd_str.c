@@ -1,7 +1,7 @@
 /*
  * sd_str: see sd_str.h.
  */
-#include "sd_str.h"
+#include "common/sd_str.h"
 
 #include <stdarg.h>
 #include <stdio.h>

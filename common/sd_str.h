@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "sd_err.h"
+#include "common/sd_err.h"
 
 /*
  * Appends printf output to *buf (malloc'd or NULL; *len bytes used, kept

@@ -6,7 +6,7 @@
  * renamed into place only when complete, so an interrupted run never leaves a half
  * model or record where a training script would pick it up.
  */
-#include "cli.h"
+#include "daemon/cli.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,10 +17,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "api_json.h"
-#include "arena.h"
-#include "run.h"
-#include "sd_err.h"
+#include "api/api_json.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
+#include "daemon/run.h"
 
 
 void cli_usage(int to_stderr)

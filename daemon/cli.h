@@ -8,7 +8,7 @@
 #ifndef CLI_H
 #define CLI_H
 
-#include "stage.h"
+#include "prune/stage.h"
 
 /* `sparsityd <stage> ...`: the options come from the stage table (stage.h). */
 int cli_stage(prune_stage_t stage, int argc, char **argv);

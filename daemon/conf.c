@@ -1,7 +1,7 @@
 /*
  * conf: settings table, flags, config file and --print-config (see conf.h).
  */
-#include "conf.h"
+#include "daemon/conf.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sd_log.h"
-#include "sd_str.h"
+#include "common/sd_log.h"
+#include "common/sd_str.h"
 
 typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL } type_t;
 

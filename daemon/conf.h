@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "sd_err.h"
+#include "common/sd_err.h"
 
 typedef struct conf {
 	char listen[128];

@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli.h"
-#include "sd_err.h"
-#include "serve.h"
+#include "common/sd_err.h"
+#include "daemon/cli.h"
+#include "daemon/serve.h"
 
 #ifndef SPARSITYD_VERSION
 #define SPARSITYD_VERSION "0.1.0"

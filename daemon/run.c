@@ -1,7 +1,7 @@
 /*
  * run: loads inputs, runs one stage, writes outputs (see run.h).
  */
-#include "run.h"
+#include "daemon/run.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -12,10 +12,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "graph.h"
-#include "layers.h"
-#include "record.h"
+#include "prune/config.h"
+#include "prune/graph.h"
+#include "prune/layers.h"
+#include "prune/record.h"
 
 typedef struct mapped {
 	uint8_t *data;

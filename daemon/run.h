@@ -13,10 +13,10 @@
 
 #include <stdio.h>
 
-#include "arena.h"
-#include "result.h"
-#include "sd_err.h"
-#include "stage.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
+#include "prune/result.h"
+#include "prune/stage.h"
 
 /* Largest weight a stage accepts, in elements. */
 #define RUN_MAX_ELEMS ((size_t)1 << 32)

@@ -14,7 +14,7 @@
  * jobs (POST answers 503), let running stages finish, then stop the HTTP server and
  * close every handle; queued jobs stay queued for the next start.
  */
-#include "serve.h"
+#include "daemon/serve.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -31,16 +31,16 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "api.h"
-#include "api_json.h"
-#include "arena.h"
-#include "conf.h"
-#include "run.h"
-#include "sd_assert.h"
-#include "sd_log.h"
-#include "sd_str.h"
-#include "sd_time.h"
-#include "store.h"
+#include "api/api.h"
+#include "api/api_json.h"
+#include "common/arena.h"
+#include "common/sd_assert.h"
+#include "common/sd_log.h"
+#include "common/sd_str.h"
+#include "common/sd_time.h"
+#include "daemon/conf.h"
+#include "daemon/run.h"
+#include "store/store.h"
 
 #define SWEEP_EVERY_MS (10 * 60 * 1000)
 #define POLL_TICK_MS 250

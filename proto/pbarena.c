@@ -4,7 +4,7 @@
  * protobuf-c may ask for zero bytes; the arena is asked for one instead, so every block
  * protobuf-c gets has an address of its own.
  */
-#include "pbarena.h"
+#include "proto/pbarena.h"
 
 static void *pbarena_alloc(void *ctx, size_t n) { return arena_alloc(ctx, n ? n : 1); }
 

@@ -15,7 +15,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
-#include "arena.h"
+#include "common/arena.h"
 
 /*
  * Returns an allocator that allocates from a; its free is a no-op (nothing is returned

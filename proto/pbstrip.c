@@ -8,11 +8,11 @@
  * written with its new length, so the output is canonical protobuf that any decoder
  * reads. Work is proportional to the model's non-weight bytes.
  */
-#include "pbstrip.h"
+#include "proto/pbstrip.h"
 
 #include <string.h>
 
-#include "pbwire.h"
+#include "proto/pbwire.h"
 
 enum level { L_META, L_GRAPH, L_NODE, L_ENTRY, L_VALUE, L_TENSOR };
 

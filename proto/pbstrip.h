@@ -17,8 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "arena.h"
-#include "sd_err.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
 
 /* Payloads smaller than this are left in place: the bookkeeping would cost more. */
 #define PBSTRIP_MIN_BYTES 4096

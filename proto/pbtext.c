@@ -35,7 +35,7 @@
  * count of a repeated field, the has_ flag of a proto2 optional scalar, or the case
  * member of a oneof.
  */
-#include "pbtext.h"
+#include "proto/pbtext.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -47,7 +47,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "pbwire.h"
+#include "proto/pbwire.h"
 
 #define MAX_DEPTH 100
 /* Longest number literal accepted; far beyond any float's significant digits. */

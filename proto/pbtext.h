@@ -20,8 +20,8 @@
 #include <protobuf-c/protobuf-c.h>
 #include <stdio.h>
 
-#include "arena.h"
-#include "sd_err.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
 
 /*
  * Optional hook called for every field as it is read, before its value, so a caller

@@ -8,14 +8,14 @@
  * protobuf-c's packer exactly (a proto3 -0.0 is "zero" there too), so the output is
  * the same bytes; the unit test holds it to that on every message we have.
  */
-#include "pbwire.h"
+#include "proto/pbwire.h"
 
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
+#include "common/arena.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "pbwire copies fixed-width fields and packed arrays as they lie in memory"

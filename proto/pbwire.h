@@ -23,7 +23,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "sd_err.h"
+#include "common/sd_err.h"
 
 /*
  * A bytes field whose value pbwire asks for as it writes, instead of copying it from

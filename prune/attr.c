@@ -1,11 +1,11 @@
 /*
  * prune_attr: AttrValue and TensorProto constructors (see attr.h).
  */
-#include "attr.h"
+#include "prune/attr.h"
 
 #include <string.h>
 
-#include "tensor.h"
+#include "prune/tensor.h"
 
 static Tensorflow__AttrValue *attr_new(arena_t *a, Tensorflow__AttrValue__ValueCase c)
 {

@@ -12,8 +12,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "arena.h"
-#include "tf_types.pb-c.h"
+#include "common/arena.h"
+#include "proto/tf_types.pb-c.h"
 
 Tensorflow__AttrValue *prune_attr_type(arena_t *a, int dtype);
 Tensorflow__AttrValue *prune_attr_bool(arena_t *a, bool b);

@@ -10,12 +10,12 @@
  * the typed value fields or the splat form are decoded into the arena first
  * (prune_tensor_read). The graph is never modified.
  */
-#include "checker.h"
+#include "prune/checker.h"
 
 #include <string.h>
 
-#include "layers.h"
-#include "sparsify.h"
+#include "prune/layers.h"
+#include "prune/sparsify.h"
 
 /* Reasons that leave the weight's values meaningful to examine. */
 static bool examinable(prune_skip_t r)

@@ -9,8 +9,8 @@
 #ifndef PRUNE_CHECKER_H
 #define PRUNE_CHECKER_H
 
-#include "graph.h"
-#include "result.h"
+#include "prune/graph.h"
+#include "prune/result.h"
 
 /*
  * Examines the layers on the path to outputs (all layers when n_outputs is 0).

@@ -7,15 +7,15 @@
  * point at the line and column the user wrote. Quantization fields are refused in the
  * hook itself: sparsityd only prunes, and saying so beats "unknown field".
  */
-#include "config.h"
+#include "prune/config.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "amct.pb-c.h"
-#include "layers.h"
-#include "pbtext.h"
+#include "proto/amct.pb-c.h"
+#include "proto/pbtext.h"
+#include "prune/layers.h"
 
 typedef struct pos {
 	const ProtobufCMessage *msg;

@@ -15,9 +15,9 @@
 
 #include <stddef.h>
 
-#include "arena.h"
-#include "result.h"
-#include "sd_err.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
+#include "prune/result.h"
 
 typedef struct prune_config prune_config_t;
 

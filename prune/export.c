@@ -8,14 +8,14 @@
  * frozen state exactly as the graph's own SelectV2 would pick it, so the exported model
  * computes the same outputs as the masked one.
  */
-#include "export.h"
+#include "prune/export.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "layers.h"
-#include "mask.h"
-#include "sparsify.h"
+#include "prune/layers.h"
+#include "prune/mask.h"
+#include "prune/sparsify.h"
 
 static bool has_prefix(const char *s, const char *prefix)
 {

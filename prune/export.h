@@ -12,9 +12,9 @@
 #ifndef PRUNE_EXPORT_H
 #define PRUNE_EXPORT_H
 
-#include "graph.h"
-#include "record.h"
-#include "result.h"
+#include "prune/graph.h"
+#include "prune/record.h"
+#include "prune/result.h"
 
 /*
  * Runs export on g in place (weights are masked when g is saved, see

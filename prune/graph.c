@@ -17,18 +17,18 @@
  * entries) start with a string key, and fields 3 (SaverDef) and 5..7 are
  * length-delimited. If the guess unpacks to no nodes the other reading is tried.
  */
-#include "graph.h"
+#include "prune/graph.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "mask.h"
-#include "pbarena.h"
-#include "pbstrip.h"
-#include "pbtext.h"
-#include "pbwire.h"
-#include "tensor.h"
+#include "proto/pbarena.h"
+#include "proto/pbstrip.h"
+#include "proto/pbtext.h"
+#include "proto/pbwire.h"
+#include "prune/mask.h"
+#include "prune/tensor.h"
 
 /* A hash slot keeps the name's hash so probing rarely touches the name itself. */
 typedef struct slot {

@@ -21,9 +21,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "arena.h"
-#include "sd_err.h"
-#include "tf_graph.pb-c.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
+#include "proto/tf_graph.pb-c.h"
 
 typedef enum prune_format {
 	PRUNE_FMT_AUTO = 0,

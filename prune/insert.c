@@ -18,15 +18,15 @@
  * Errors while building are latched in the builder (first one wins), so the straight
  * line code below reads like the graph it makes.
  */
-#include "insert.h"
+#include "prune/insert.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
 #include <string.h>
 
-#include "attr.h"
-#include "layers.h"
-#include "tensor.h"
+#include "prune/attr.h"
+#include "prune/layers.h"
+#include "prune/tensor.h"
 
 /*
  * Shared parts: AttrValues every node of a kind carries (nodes may share them), and

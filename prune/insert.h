@@ -22,10 +22,10 @@
 #ifndef PRUNE_INSERT_H
 #define PRUNE_INSERT_H
 
-#include "config.h"
-#include "graph.h"
-#include "layers.h"
-#include "result.h"
+#include "prune/config.h"
+#include "prune/graph.h"
+#include "prune/layers.h"
+#include "prune/result.h"
 
 #define PRUNE_INIT_OP "sparsityd/init"
 #define PRUNE_UPDATE_OP "sparsityd/update"

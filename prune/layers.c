@@ -6,12 +6,12 @@
  * are deterministic. Weight tracing follows at most graph-size hops, so a malformed
  * Identity cycle cannot loop forever.
  */
-#include "layers.h"
+#include "prune/layers.h"
 
 #include <string.h>
 
-#include "sd_assert.h"
-#include "tensor.h"
+#include "common/sd_assert.h"
+#include "prune/tensor.h"
 
 static const char *const layer_types[] = {"MatMul", "Conv2D", "Conv2DBackpropInput"};
 

@@ -12,8 +12,8 @@
 #ifndef PRUNE_LAYERS_H
 #define PRUNE_LAYERS_H
 
-#include "graph.h"
-#include "result.h"
+#include "prune/graph.h"
+#include "prune/result.h"
 
 /* Every node insert adds lives under "<layer>/" PRUNE_SCOPE "/" or PRUNE_SCOPE "/". */
 #define PRUNE_SCOPE "sparsityd"

@@ -31,7 +31,7 @@
  * prune_mask_is_2of4 on check. Throughput target: several GB/s of float32 per core.
  * Reentrant, no allocation; keep[] has one byte per element (0 or 1).
  */
-#include "mask.h"
+#include "prune/mask.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

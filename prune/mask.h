@@ -18,8 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sd_err.h"
-#include "tensor.h"
+#include "common/sd_err.h"
+#include "prune/tensor.h"
 
 /*
  * Computes keep[i] = 1 for kept elements, 0 for pruned ones, along `axis` of w.

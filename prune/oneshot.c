@@ -6,14 +6,14 @@
  * it masked: the weights are never copied, not even for a weight another node also
  * reads.
  */
-#include "oneshot.h"
+#include "prune/oneshot.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "layers.h"
-#include "mask.h"
-#include "sparsify.h"
+#include "prune/layers.h"
+#include "prune/mask.h"
+#include "prune/sparsify.h"
 
 int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
 		  size_t n_outputs, size_t max_elems, prune_result_t *res, sd_error_t *e)

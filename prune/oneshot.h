@@ -8,9 +8,9 @@
 #ifndef PRUNE_ONESHOT_H
 #define PRUNE_ONESHOT_H
 
-#include "config.h"
-#include "graph.h"
-#include "result.h"
+#include "prune/config.h"
+#include "prune/graph.h"
+#include "prune/result.h"
 
 /*
  * Runs the prune stage on g in place (weights are masked when g is saved, see

@@ -2,14 +2,14 @@
  * prune_record: builds the InnerScaleOffsetRecord message for a stage result and
  * writes it with the text codec (see record.h).
  */
-#include "record.h"
+#include "prune/record.h"
 
 #include <string.h>
 
-#include "amct.pb-c.h"
-#include "layers.h"
-#include "pbtext.h"
-#include "tensor.h"
+#include "proto/amct.pb-c.h"
+#include "proto/pbtext.h"
+#include "prune/layers.h"
+#include "prune/tensor.h"
 
 typedef struct attrs {
 	arena_t *a;

@@ -13,9 +13,9 @@
 
 #include <stdio.h>
 
-#include "arena.h"
-#include "result.h"
-#include "sd_err.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
+#include "prune/result.h"
 
 /* What export needs from one record entry. Strings live in the arena. */
 typedef struct prune_record_entry {

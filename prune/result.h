@@ -11,8 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "graph.h"
-#include "stage.h"
+#include "prune/graph.h"
+#include "prune/stage.h"
 
 typedef enum prune_action {
 	PRUNE_ACTION_PRUNED = 0,

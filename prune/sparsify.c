@@ -1,13 +1,13 @@
 /*
  * prune_sparsify: weight * mask into the weight constant (see sparsify.h).
  */
-#include "sparsify.h"
+#include "prune/sparsify.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "attr.h"
-#include "mask.h"
+#include "prune/attr.h"
+#include "prune/mask.h"
 
 /* True when every reader of node idx is the layer, an ignored node, or an Identity
  * whose readers pass the same test. Control edges read no value. An Identity nobody

@@ -12,10 +12,10 @@
 
 #include <stdint.h>
 
-#include "graph.h"
-#include "mask.h"
-#include "result.h"
-#include "tensor.h"
+#include "prune/graph.h"
+#include "prune/mask.h"
+#include "prune/result.h"
+#include "prune/tensor.h"
 
 /* Consumers for which this returns true do not count as readers of the constant. */
 typedef bool (*prune_ignore_cb)(void *ud, const Tensorflow__NodeDef *consumer);

@@ -1,16 +1,16 @@
 /*
  * prune_stage: the stage table (see stage.h).
  */
-#include "stage.h"
+#include "prune/stage.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "checker.h"
-#include "export.h"
-#include "insert.h"
-#include "oneshot.h"
-#include "sd_assert.h"
+#include "common/sd_assert.h"
+#include "prune/checker.h"
+#include "prune/export.h"
+#include "prune/insert.h"
+#include "prune/oneshot.h"
 
 /* The run functions differ in what they take; each adapter passes what its stage needs. */
 static int run_insert(prune_graph_t *g, const prune_stage_in_t *in, prune_result_t *r,

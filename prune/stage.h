@@ -13,7 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "sd_err.h"
+#include "common/sd_err.h"
 
 /* What a stage takes and produces (bits of prune_stage_info_t.flags). */
 enum {

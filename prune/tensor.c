@@ -18,7 +18,7 @@
  *
  * Workload: one read and one write per pruned layer, each a memcpy or less. Reentrant.
  */
-#include "tensor.h"
+#include "prune/tensor.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -16,9 +16,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "arena.h"
-#include "sd_err.h"
-#include "tf_types.pb-c.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
+#include "proto/tf_types.pb-c.h"
 
 #define PRUNE_MAX_RANK 8
 

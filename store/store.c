@@ -31,11 +31,11 @@
  * Workload: a handful of writes per job (create, a few transitions, progress steps,
  * artifacts) and frequent small reads (polls, lists); tens of thousands of jobs.
  */
-#include "store_int.h"
+#include "store/store_int.h"
 
-#include "sd_log.h"
+#include "common/sd_log.h"
 
-#include "sd_time.h"
+#include "common/sd_time.h"
 
 #include <errno.h>
 #include <fcntl.h>

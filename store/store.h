@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sd_err.h"
+#include "common/sd_err.h"
 
 typedef struct store store_t;
 typedef struct store_reader store_reader_t;

@@ -30,9 +30,9 @@
  *
  * Workload: uploads of models, configs and records (MB to GB) and stage outputs.
  */
-#include "store_int.h"
+#include "store/store_int.h"
 
-#include "sd_str.h"
+#include "common/sd_str.h"
 
 #include <dirent.h>
 #include <errno.h>

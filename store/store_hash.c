@@ -12,7 +12,7 @@
  *
  * Workload: uploads and stage outputs, MB to GB, at up to a few GB/s in total.
  */
-#include "store_int.h"
+#include "store/store_int.h"
 
 #include <stdlib.h>
 

@@ -17,7 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "store.h"
+#include "store/store.h"
 
 #define STORE__SCHEMA_VERSION 2
 

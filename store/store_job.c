@@ -18,9 +18,9 @@
  * - Blob files are released only after the transaction that dropped their last row
  *   has committed: a rollback must never find its blob gone.
  */
-#include "store_int.h"
+#include "store/store_int.h"
 
-#include "sd_time.h"
+#include "common/sd_time.h"
 
 #include <stdio.h>
 #include <stdlib.h>

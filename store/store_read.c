@@ -10,7 +10,7 @@
  * tenant is indistinguishable from a missing one (SD_ENOTFOUND), so ids do not leak
  * across tenants.
  */
-#include "store_int.h"
+#include "store/store_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,10 +7,10 @@
  * bits need no slow password hash: guessing is hopeless, and the lookup by hash needs
  * no constant-time compare (timing can at most reveal bits of a hash, not the token).
  */
-#include "store_int.h"
+#include "store/store_int.h"
 
-#include "sd_str.h"
-#include "sd_time.h"
+#include "common/sd_str.h"
+#include "common/sd_time.h"
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>

@@ -24,12 +24,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "arena.h"
-#include "config.h"
-#include "graph.h"
-#include "insert.h"
-#include "layers.h"
-#include "tf_graph.pb-c.h"
+#include "common/arena.h"
+#include "proto/tf_graph.pb-c.h"
+#include "prune/config.h"
+#include "prune/graph.h"
+#include "prune/insert.h"
+#include "prune/layers.h"
 
 static const char sample_cfg[] =
 	"prune_config { n_out_of_m_pruner { l1_selective_prune { update_freq: 0 } } }\n";

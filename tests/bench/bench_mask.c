@@ -21,8 +21,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "mask.h"
-#include "tensor.h"
+#include "prune/mask.h"
+#include "prune/tensor.h"
 
 #define RUNS 5
 #define TARGET_GBS 1.0

@@ -14,10 +14,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "checker.h"
 #include "fuzz_util.h"
-#include "graph.h"
-#include "layers.h"
+#include "prune/checker.h"
+#include "prune/graph.h"
+#include "prune/layers.h"
 
 /* RUN_MAX_ELEMS of daemon/run.h: what the CLI and the daemon pass to the engine. */
 #define MAX_ELEMS ((size_t)1 << 32)

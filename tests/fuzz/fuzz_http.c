@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_parse.h"
+#include "api/api_parse.h"
 
 static const char *const patterns[] = {"/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/cancel",
 				       "/v1/jobs/{id}/artifacts/{name}", "/healthz"};

@@ -16,12 +16,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "amct.pb-c.h"
-#include "config.h"
 #include "fuzz_util.h"
-#include "pbtext.h"
-#include "record.h"
-#include "tf_graph.pb-c.h"
+#include "proto/amct.pb-c.h"
+#include "proto/pbtext.h"
+#include "proto/tf_graph.pb-c.h"
+#include "prune/config.h"
+#include "prune/record.h"
 
 /* Layers as layer discovery would report them for a small model. */
 static const prune_layer_t layer_template[] = {

@@ -10,8 +10,8 @@
 #include <string.h>
 
 #include "fuzz_util.h"
-#include "layers.h"
-#include "record.h"
+#include "prune/layers.h"
+#include "prune/record.h"
 
 /* The layers a stage would have reported for these entries (pruned, with insertion
  * names so the scope attr is written). */

@@ -14,8 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "api_upload.h"
-#include "store.h"
+#include "api/api_upload.h"
+#include "store/store.h"
 
 static store_t *g_store;
 static char g_tmp[128];

@@ -15,8 +15,8 @@
 #include <string.h>
 #include <sys/types.h>
 
-#include "arena.h"
-#include "sd_err.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
 
 /*
  * The CLI and the daemon give a stage an unlimited arena. The targets use a 1 GiB

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "tf_types.pb-c.h"
+#include "proto/tf_types.pb-c.h"
 
 #define DT_F32 TENSORFLOW__DATA_TYPE__DT_FLOAT
 #define DT_F64 TENSORFLOW__DATA_TYPE__DT_DOUBLE

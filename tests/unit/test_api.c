@@ -9,11 +9,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "api_mpart.h"
-#include "api_parse.h"
-#include "api_upload.h"
-#include "sd_err.h"
-#include "store.h"
+#include "api/api_mpart.h"
+#include "api/api_parse.h"
+#include "api/api_upload.h"
+#include "common/sd_err.h"
+#include "store/store.h"
 #include "testutil.h"
 
 /* ---- multipart: a recorder of what the parser reports ---- */

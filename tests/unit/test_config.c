@@ -5,8 +5,8 @@
 #include <check.h>
 #include <string.h>
 
-#include "config.h"
-#include "layers.h"
+#include "prune/config.h"
+#include "prune/layers.h"
 #include "testutil_prune.h"
 
 

@@ -8,15 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "attr.h"
-#include "checker.h"
-#include "config.h"
-#include "export.h"
-#include "insert.h"
-#include "layers.h"
-#include "mask.h"
-#include "oneshot.h"
-#include "record.h"
+#include "prune/attr.h"
+#include "prune/checker.h"
+#include "prune/config.h"
+#include "prune/export.h"
+#include "prune/insert.h"
+#include "prune/layers.h"
+#include "prune/mask.h"
+#include "prune/oneshot.h"
+#include "prune/record.h"
 #include "testutil_prune.h"
 
 

@@ -6,11 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
-#include "attr.h"
-#include "graph.h"
-#include "pbarena.h"
-#include "pbwire.h"
+#include "common/arena.h"
+#include "proto/pbarena.h"
+#include "proto/pbwire.h"
+#include "prune/attr.h"
+#include "prune/graph.h"
 #include "testutil_prune.h"
 
 

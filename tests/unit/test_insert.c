@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
-#include "insert.h"
-#include "layers.h"
-#include "pbarena.h"
-#include "record.h"
+#include "proto/pbarena.h"
+#include "prune/config.h"
+#include "prune/insert.h"
+#include "prune/layers.h"
+#include "prune/record.h"
 #include "testutil_prune.h"
 
 

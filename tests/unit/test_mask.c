@@ -19,9 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mask.h"
+#include "prune/mask.h"
+#include "prune/tensor.h"
 #include "ref_float.h"
-#include "tensor.h"
 #include "testutil.h"
 
 

@@ -20,11 +20,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "amct.pb-c.h"
-#include "pbarena.h"
-#include "pbtext.h"
+#include "proto/amct.pb-c.h"
+#include "proto/pbarena.h"
+#include "proto/pbtext.h"
+#include "proto/tf_graph.pb-c.h"
 #include "testutil.h"
-#include "tf_graph.pb-c.h"
 
 #ifndef SRCDIR
 #define SRCDIR "."

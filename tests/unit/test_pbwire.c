@@ -10,12 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "amct.pb-c.h"
-#include "arena.h"
-#include "attr.h"
-#include "graph.h"
-#include "pbtext.h"
-#include "pbwire.h"
+#include "common/arena.h"
+#include "proto/amct.pb-c.h"
+#include "proto/pbtext.h"
+#include "proto/pbwire.h"
+#include "prune/attr.h"
+#include "prune/graph.h"
 #include "testutil_prune.h"
 
 /* pbwire_write(m) and protobuf_c_message_pack(m) agree byte for byte. */

@@ -17,10 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
-#include "pbarena.h"
+#include "common/arena.h"
+#include "proto/pbarena.h"
+#include "prune/tensor.h"
 #include "ref_float.h"
-#include "tensor.h"
 #include "testutil.h"
 
 

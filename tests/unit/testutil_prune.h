@@ -12,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
-#include "graph.h"
-#include "sd_err.h"
+#include "common/arena.h"
+#include "common/sd_err.h"
+#include "prune/graph.h"
 #include "testutil.h"
 
 /* Reads SRCDIR/tests/unit/data/<rel> into an arena buffer; *len gets its size. */
