@@ -387,6 +387,39 @@ def ts(s):
     return whole + (float(m.group(7)) if m.group(7) else 0.0)
 
 
+def all_jobs(dmn):
+    """Every job the daemon lists, across all pages."""
+    jobs, cursor = [], None
+    for _ in range(10000):
+        r = dmn.get("/v1/jobs?limit=200" + ("&cursor=" + cursor if cursor else ""))
+        assert r.status == 200, r.describe()
+        b = r.json()
+        jobs += b["jobs"]
+        cursor = b["next_cursor"]
+        if not cursor:
+            return jobs
+    raise AssertionError("the job list does not end")
+
+
+def mount_tmpfs(path, size):
+    """Mounts a tmpfs of `size` (e.g. "2m") at path (made if missing) for a full-disk test;
+    skips the test when that is not allowed here (it needs root; CI runs as root)."""
+    import pytest
+    os.makedirs(path, exist_ok=True)
+    try:
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", path],
+                           capture_output=True, text=True, timeout=20)
+    except OSError as e:
+        pytest.skip("cannot run mount for a full-disk tmpfs: %s" % e)
+    if p.returncode != 0:
+        pytest.skip("cannot mount a %s tmpfs for a full disk (needs root / CAP_SYS_ADMIN): %s"
+                    % (size, p.stderr.strip()))
+
+
+def umount(path):
+    subprocess.run(["umount", "-l", path], capture_output=True)
+
+
 def integrity(data_dir):
     """PRAGMA integrity_check of the daemon's database is ok."""
     db = os.path.join(data_dir, "sparsityd.db")

@@ -29,22 +29,10 @@ def du(path):
     return total
 
 
-def all_jobs(dmn):
-    jobs, cursor = [], None
-    while True:
-        r = dmn.get("/v1/jobs?limit=200" + ("&cursor=" + cursor if cursor else ""))
-        assert r.status == 200, r.describe()
-        b = r.json()
-        jobs += b["jobs"]
-        cursor = b["next_cursor"]
-        if not cursor:
-            return jobs
-
-
 def artifacts_whole(dmn, contract):
     """Every artifact of every job: size and sha256 as listed."""
     n = 0
-    for s in all_jobs(dmn):
+    for s in D.all_jobs(dmn):
         j = contract.check(dmn.job(s["id"]))
         for a in j["artifacts"]:
             r = dmn.get(a["href"])
@@ -88,7 +76,7 @@ def test_kill9_during_upload(daemons, contract, big_model):
     D.integrity(dmn.data_dir)
     dmn.start()
     D.integrity(dmn.data_dir)
-    jobs = all_jobs(dmn)
+    jobs = D.all_jobs(dmn)
     ids = [j["id"] for j in jobs]
     for a in acked:
         assert a in ids, "job %s was answered 202 before the kill and is gone" % a
@@ -135,7 +123,7 @@ def test_kill9_during_job(daemons, contract, big_model):
 
     dmn.start()
     D.integrity(dmn.data_dir)
-    ids = [j["id"] for j in all_jobs(dmn)]
+    ids = [j["id"] for j in D.all_jobs(dmn)]
     for a in acked:
         assert a in ids, "job %s was answered 202 before the kill and is gone" % a
     # no partial output: whatever is listed now is whole
@@ -210,7 +198,7 @@ def test_kill9_during_burst_of_uploads(daemons, contract):
     assert len(acked_now) >= 40, len(acked_now)
     D.integrity(dmn.data_dir)
     dmn.start()
-    ids = {j["id"] for j in all_jobs(dmn)}
+    ids = {j["id"] for j in D.all_jobs(dmn)}
     lost = [a for a in acked_now if a not in ids]
     assert not lost, "%d of %d jobs answered 202 are gone after kill -9: %s" % (
         len(lost), len(acked_now), lost[:5])

@@ -26,19 +26,6 @@ CFG = D.SAMPLE_CONFIG
 MiB = 1 << 20
 
 
-def all_jobs(dmn):
-    jobs, cursor = [], None
-    for _ in range(10000):
-        r = dmn.get("/v1/jobs?limit=200" + ("&cursor=" + cursor if cursor else ""))
-        assert r.status == 200, r.describe()
-        b = r.json()
-        jobs += b["jobs"]
-        cursor = b["next_cursor"]
-        if not cursor:
-            return jobs
-    raise AssertionError("the job list does not end")
-
-
 def upload_head(content_length, first_bytes=100 * 1024, stage="check"):
     """The bytes of a POST /v1/jobs whose multipart body claims content_length bytes, up to
     the first first_bytes bytes of the model part."""
@@ -278,7 +265,7 @@ def test_kill9_loop(daemons, tmp_path):
         time.sleep(0.5)
     assert not busy, "jobs still queued/running 300 s after the last start: %s" % [
         (j["id"], j["state"]) for j in busy[:10]]
-    jobs = all_jobs(dmn)
+    jobs = D.all_jobs(dmn)
     by_id = {j["id"]: j for j in jobs}
     lost = [a for a in acked if a not in by_id]
     assert not lost, "%d of %d jobs answered 202 are gone: %s" % (len(lost), len(acked),
@@ -338,14 +325,7 @@ def test_disk_full(daemons, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the full-disk test mounts a tmpfs, which needs root (CI runs as root)")
     mnt = str(tmp_path / "small-disk")
-    os.makedirs(mnt)
-    try:
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", mnt],
-                           capture_output=True, text=True, timeout=20)
-    except OSError as e:
-        pytest.skip("cannot run mount: %s" % e)
-    if p.returncode != 0:
-        pytest.skip("cannot mount a tmpfs for the full disk: %s" % p.stderr.strip())
+    D.mount_tmpfs(mnt, "96m")
     filler = os.path.join(mnt, "filler")
     try:
         dmn = daemons.new(data_dir=mnt, args=["--workers", "1"])
@@ -397,7 +377,7 @@ def test_disk_full(daemons, tmp_path):
     finally:
         for dd in daemons.all:
             dd.kill()
-        subprocess.run(["umount", "-l", mnt], capture_output=True)
+        D.umount(mnt)
 
 
 # ---------------------------------------------------------------------------------------
