@@ -17,13 +17,12 @@ struct row {
 	int code;
 	int http;
 	int exitc;
-	const char *name;
 	const char *type;
 	const char *title;
 };
 
 static const struct row rows[] = {
-#define SD__ERR_ROW(nm, val, ht, ty, ex, ti) {val, ht, ex, #nm, ty, ti},
+#define SD__ERR_ROW(nm, val, ht, ty, ex, ti) {val, ht, ex, ty, ti},
 	SD_ERR_MAP(SD__ERR_ROW)
 #undef SD__ERR_ROW
 };
@@ -116,7 +115,6 @@ void sd_err_prefix(sd_error_t *e, const char *fmt, ...)
 	snprintf(e->msg, sizeof(e->msg), "%s: %s", pre, old);
 }
 
-const char *sd_err_name(int code) { return lookup(code)->name; }
 const char *sd_err_type(int code) { return lookup(code)->type; }
 const char *sd_err_title(int code) { return lookup(code)->title; }
 int sd_err_http(int code) { return lookup(code)->http; }

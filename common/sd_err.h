@@ -93,7 +93,6 @@ void sd_err_prefix(sd_error_t *e, const char *fmt, ...) __attribute__((format(pr
 void sd_err_print(FILE *f);
 
 /* Table lookups; unknown codes map to the INTERNAL row. Never NULL. */
-const char *sd_err_name(int code);  /* "MODEL" */
 const char *sd_err_type(int code);  /* "bad-model" */
 const char *sd_err_title(int code); /* "model rejected" */
 int sd_err_http(int code);

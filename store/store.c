@@ -443,7 +443,6 @@ static int migrate(store_t *s, sd_error_t *e)
 		if ((rc = store__commit(&s->w, e)) != 0)
 			return rc;
 	}
-	s->schema_version = v;
 	return 0;
 }
 
@@ -577,7 +576,3 @@ void store_close(store_t *s)
 	free(s);
 }
 
-int store_schema_version(store_t *s)
-{
-	return s->schema_version;
-}

@@ -111,8 +111,6 @@ void store_close(store_t *s);
  */
 SD_MUST_CHECK int store_hashers_start(store_t *s, int threads, sd_error_t *e);
 
-/* Schema version after migration (PRAGMA user_version). */
-int store_schema_version(store_t *s);
 
 /* Path of the blob with this SHA-256 (hex); caller frees. NULL on ENOMEM or when
  * sha256 is not 64 lowercase hex digits (so a name can never escape blobs/). Any thread. */

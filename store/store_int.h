@@ -156,7 +156,6 @@ struct store {
 	int lock_fd;   /* <dir>/lock; flock'ed when owner */
 	bool owner;    /* first opener of the directory: sweeps at open (see store.c) */
 	store__conn_t w; /* the writer connection: loop thread only */
-	int schema_version;
 	/* Last id handed out (ms part and 80 random bits), so ids from this store are
 	 * strictly increasing even within one millisecond or across a clock step back. */
 	uint64_t id_ms;

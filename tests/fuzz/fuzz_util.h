@@ -55,7 +55,7 @@ static inline void fuzz_expect(const char *what, int rc, const sd_error_t *e, in
 	if (rc == 0)
 		return;
 	if (fuzz_verbose())
-		fprintf(stderr, "fuzz: %s: %s: %s\n", what, sd_err_name(rc), e->msg);
+		fprintf(stderr, "fuzz: %s: %s: %s\n", what, sd_err_type(rc), e->msg);
 	va_list ap;
 	va_start(ap, n);
 	bool ok = false;
@@ -64,7 +64,7 @@ static inline void fuzz_expect(const char *what, int rc, const sd_error_t *e, in
 			ok = true;
 	va_end(ap);
 	if (!ok || e->msg[0] == '\0') {
-		fprintf(stderr, "fuzz: %s returned %d (%s) %s: '%s'\n", what, rc, sd_err_name(rc),
+		fprintf(stderr, "fuzz: %s returned %d (%s) %s: '%s'\n", what, rc, sd_err_type(rc),
 			ok ? "without a message" : "which its header does not document", e->msg);
 		abort();
 	}

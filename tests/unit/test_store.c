@@ -200,9 +200,24 @@ static void db_exec(const char *sql)
 
 /* ---- schema ---- */
 
+/* The schema version the database file carries (PRAGMA user_version). */
+static int schema_version(void)
+{
+	sqlite3 *db;
+	ck_assert_int_eq(sqlite3_open_v2(path_in("sparsityd.db"), &db, SQLITE_OPEN_READONLY, NULL),
+			 SQLITE_OK);
+	sqlite3_stmt *st;
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+	int v = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return v;
+}
+
 START_TEST(migrate_empty_and_reopen)
 {
-	ck_assert_int_eq(store_schema_version(g_s), 2);
+	ck_assert_int_eq(schema_version(), 2);
 	struct stat st;
 	ck_assert_int_eq(stat(path_in("sparsityd.db"), &st), 0);
 	ck_assert_int_eq(stat(path_in("blobs"), &st), 0);
@@ -210,7 +225,7 @@ START_TEST(migrate_empty_and_reopen)
 	char id[STORE_ID_LEN + 1];
 	new_job("prune", "", id);
 	reopen();
-	ck_assert_int_eq(store_schema_version(g_s), 2);
+	ck_assert_int_eq(schema_version(), 2);
 	ck_assert_int_eq(db_int("PRAGMA user_version"), 2);
 	store_job_t j = get_job(id);
 	ck_assert_str_eq(j.stage, "prune");
@@ -220,7 +235,7 @@ START_TEST(migrate_empty_and_reopen)
 	close_all();
 	db_exec("ALTER TABLE jobs DROP COLUMN emit_record; PRAGMA user_version = 1;");
 	open_all();
-	ck_assert_int_eq(store_schema_version(g_s), 2);
+	ck_assert_int_eq(schema_version(), 2);
 	j = get_job(id);
 	ck_assert_str_eq(j.stage, "prune");
 	ck_assert(!j.emit_record);
@@ -241,7 +256,7 @@ START_TEST(migrate_v0_with_foreign_table)
 	db_exec("CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('keep me');");
 	ck_assert_int_eq(db_int("PRAGMA user_version"), 0);
 	open_all();
-	ck_assert_int_eq(store_schema_version(g_s), 2);
+	ck_assert_int_eq(schema_version(), 2);
 	char id[STORE_ID_LEN + 1];
 	new_job("insert", "", id);
 	close_all();
@@ -281,7 +296,7 @@ START_TEST(second_open_is_shared)
 	OK(store_blob_append(b, "in flight", 9, &g_e));
 	store_t *s2 = NULL;
 	OK(store_open(g_dir, &s2, &g_e));
-	ck_assert_int_eq(store_schema_version(s2), 2);
+	ck_assert_int_eq(schema_version(), 2);
 	ck_assert_uint_eq(count_entries(path_in("tmp")), 1);
 	char tok[STORE_TOKEN_MAX];
 	OK(store_token_create(s2, "cli", tok, sizeof(tok), &g_e));
