@@ -72,6 +72,14 @@ static const char *name_of(const char *name, const char *path)
 	return name ? name : path;
 }
 
+/* The stage's layers move progress from 20% (model loaded) to 60% (stage done). */
+static void layer_progress(void *ud, size_t done, size_t total)
+{
+	const run_req_t *r = ud;
+	if (total)
+		r->progress(r->progress_ud, 20 + (int)(40 * done / total), NULL);
+}
+
 static void phase(const run_req_t *r, int percent, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
@@ -118,8 +126,9 @@ static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm
 	if (r->outputs && r->outputs[0] &&
 	    (rc = prune_outputs_parse(g, r->outputs, &outs, &n_outs, e)))
 		return rc;
+	prune_progress_t layers = {.fn = r->progress ? layer_progress : NULL, .ud = (void *)r};
 	prune_stage_in_t in = {.config = cfg, .record = rec, .n_record = n_rec, .outputs = outs,
-			       .n_outputs = n_outs, .max_elems = RUN_MAX_ELEMS};
+			       .n_outputs = n_outs, .max_elems = RUN_MAX_ELEMS, .progress = &layers};
 	if ((rc = prune_stage_run(r->stage, g, &in, res, e)))
 		return rc;
 	phase(r, 60, "%s done: %zu layers, %zu pruned, %zu checked, %zu skipped",

@@ -44,9 +44,10 @@ typedef struct run_req {
 	const char *format;       /* stated model format, or NULL to detect */
 	FILE *out_model;          /* insert, export, prune */
 	FILE *out_record;         /* WRITES_RECORD (required), MAY_RECORD (optional) */
-	/* Told at the end of each phase (inputs read, model loaded, stage done, outputs
-	 * written) with the percent done and one line saying what happened; may be NULL.
-	 * Called on the thread that runs the stage. */
+	/* Told the percent done at the end of each phase (model loaded, stage done, outputs
+	 * written) with one line saying what happened, and as the stage's layers are done
+	 * with `what` NULL; may be NULL. Called on the stage's threads, several at once
+	 * while masks are computed on all cores. */
 	void (*progress)(void *ud, int percent, const char *what);
 	void *progress_ud;
 } run_req_t;

@@ -84,6 +84,7 @@ typedef struct worker {
 	char phases[PHASES_MAX][256];
 	int n_phases;
 	int percent;
+	int percent_written;     /* loop thread */
 	/* set on the loop thread once the work is done */
 	double secs;
 	size_t recorded;         /* out[] entries already in the store */
@@ -255,11 +256,14 @@ static void on_progress(void *ud, int percent, const char *what)
 {
 	worker_t *w = ud;
 	pthread_mutex_lock(&w->pmu);
-	if (w->n_phases < PHASES_MAX)
+	if (what && w->n_phases < PHASES_MAX)
 		snprintf(w->phases[w->n_phases++], sizeof(w->phases[0]), "%s", what);
-	w->percent = percent;
+	bool moved = percent > w->percent; /* layers finish out of order on several cores */
+	if (moved)
+		w->percent = percent;
 	pthread_mutex_unlock(&w->pmu);
-	uv_async_send(&the_daemon.wake);
+	if (what || moved)
+		uv_async_send(&the_daemon.wake);
 }
 
 /* Writes the phases a worker's stage reported to the job's log and progress (loop
@@ -273,8 +277,9 @@ static void flush_progress(worker_t *w)
 	memcpy(phases, w->phases, sizeof(phases[0]) * (size_t)n);
 	w->n_phases = 0;
 	pthread_mutex_unlock(&w->pmu);
-	if (!n)
+	if (!n && percent == w->percent_written)
 		return;
+	w->percent_written = percent;
 	sd_error_t e;
 	for (int i = 0; i < n; i++)
 		if (store_event_add(d->store, w->id, phases[i], &e))
@@ -500,6 +505,7 @@ static void start_job(worker_t *w, const char *id)
 	w->busy = true;
 	atomic_store(&w->cancel, false);
 	w->n_out = 0;
+	w->percent = w->percent_written = w->n_phases = 0; /* no stage thread of w runs */
 	w->record_sha = NULL;
 	w->rc = 0;
 	sd_err_clear(&w->e);

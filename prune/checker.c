@@ -25,7 +25,8 @@ static bool examinable(prune_skip_t r)
 }
 
 int prune_check(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
-		size_t max_elems, prune_result_t *res, sd_error_t *e)
+		size_t max_elems, const prune_progress_t *progress, prune_result_t *res,
+		sd_error_t *e)
 {
 	prune_result_begin(res, PRUNE_STAGE_CHECK, g, outputs, n_outputs);
 	int rc = prune_layers_find(g, outputs, n_outputs, max_elems, &res->layers,
@@ -34,6 +35,7 @@ int prune_check(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
 		return rc;
 	arena_t *a = prune_graph_arena(g);
 	for (size_t i = 0; i < res->n_layers; i++) {
+		prune_progress_report(progress, i, res->n_layers);
 		prune_layer_t *l = &res->layers[i];
 		const Tensorflow__NodeDef *wn =
 			l->weight ? prune_graph_node(g, l->weight_node) : NULL;
@@ -58,6 +60,7 @@ int prune_check(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
 					  w.n ? 100.0 * (double)l->zeros / (double)w.n : 0.0,
 					  l->masked ? " (masked by sparsityd)" : "");
 	}
+	prune_progress_report(progress, res->n_layers, res->n_layers);
 	prune_result_count(res);
 	return 0;
 }

@@ -10,6 +10,7 @@
 #define PRUNE_CHECKER_H
 
 #include "prune/graph.h"
+#include "prune/progress.h"
 #include "prune/result.h"
 
 /*
@@ -17,7 +18,7 @@
  * Returns 0, SD_EMODEL (malformed weight), SD_ETOOBIG, SD_ENOMEM.
  */
 SD_MUST_CHECK int prune_check(prune_graph_t *g, const char *const *outputs,
-			      size_t n_outputs, size_t max_elems, prune_result_t *res,
-			      sd_error_t *e);
+			      size_t n_outputs, size_t max_elems, const prune_progress_t *progress,
+			      prune_result_t *res, sd_error_t *e);
 
 #endif

@@ -281,7 +281,7 @@ static int sweep(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
 
 int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec,
 		 const char *const *outputs, size_t n_outputs, size_t max_elems,
-		 prune_result_t *res, sd_error_t *e)
+		 const prune_progress_t *progress, prune_result_t *res, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
 	prune_result_begin(res, PRUNE_STAGE_EXPORT, g, outputs, n_outputs);
@@ -301,7 +301,7 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 		res->n_layers = i + 1;
 	}
 	if (!rc)
-		rc = prune_mask_batch(jobs, n_rec, 0, e);
+		rc = prune_mask_batch(jobs, n_rec, 0, progress, e);
 	for (size_t i = 0; !rc && i < n_rec; i++) {
 		rc = finish_layer(&x, &rec[i], &res->layers[i], &p[i], &jobs[i]);
 		res->weights += res->layers[i].elems;

@@ -14,6 +14,7 @@
 
 #include "prune/graph.h"
 #include "prune/record.h"
+#include "prune/progress.h"
 #include "prune/result.h"
 
 /*
@@ -25,6 +26,7 @@
  */
 SD_MUST_CHECK int prune_export(prune_graph_t *g, const prune_record_entry_t *rec,
 			       size_t n_rec, const char *const *outputs, size_t n_outputs,
-			       size_t max_elems, prune_result_t *res, sd_error_t *e);
+			       size_t max_elems, const prune_progress_t *progress,
+			       prune_result_t *res, sd_error_t *e);
 
 #endif

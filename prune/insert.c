@@ -589,7 +589,8 @@ static int check_scopes(prune_graph_t *g, const prune_result_t *res, sd_error_t 
 }
 
 int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
-		 size_t n_outputs, size_t max_elems, prune_result_t *res, sd_error_t *e)
+		 size_t n_outputs, size_t max_elems, const prune_progress_t *progress,
+		 prune_result_t *res, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
 	prune_result_begin(res, PRUNE_STAGE_INSERT, g, outputs, n_outputs);
@@ -632,6 +633,7 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 		res->weights += (uint64_t)l->shape[0] * (uint64_t)l->shape[1] *
 				(l->rank == 4 ? (uint64_t)l->shape[2] * (uint64_t)l->shape[3] : 1);
 		k++;
+		prune_progress_report(progress, k, res->pruned);
 	}
 	if ((rc = group_op(g, PRUNE_INIT_OP, inits, 2 * k, e)) ||
 	    (rc = group_op(g, PRUNE_UPDATE_OP, updates, k, e)))

@@ -25,6 +25,7 @@
 #include "prune/config.h"
 #include "prune/graph.h"
 #include "prune/layers.h"
+#include "prune/progress.h"
 #include "prune/result.h"
 
 #define PRUNE_INIT_OP "sparsityd/init"
@@ -37,6 +38,7 @@
  */
 SD_MUST_CHECK int prune_insert(prune_graph_t *g, const prune_config_t *cfg,
 			       const char *const *outputs, size_t n_outputs, size_t max_elems,
-			       prune_result_t *res, sd_error_t *e);
+			       const prune_progress_t *progress, prune_result_t *res,
+			       sd_error_t *e);
 
 #endif

@@ -550,6 +550,8 @@ typedef struct batch {
 	prune_mask_job_t *jobs;
 	size_t n;
 	atomic_size_t next;
+	atomic_size_t done;
+	const prune_progress_t *progress;
 	int *rc; /* per job */
 } batch_t;
 
@@ -621,6 +623,7 @@ static void *batch_worker(void *arg)
 			}
 		}
 		b->rc[i] = run_job(j, keep, NULL);
+		prune_progress_report(b->progress, atomic_fetch_add(&b->done, 1) + 1, b->n);
 	}
 	free(keep);
 	return NULL;
@@ -638,15 +641,17 @@ static int auto_threads(const prune_mask_job_t *jobs, size_t n)
 	return cpus > 8 ? 8 : (int)cpus;
 }
 
-int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads, sd_error_t *e)
+int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads,
+		     const prune_progress_t *progress, sd_error_t *e)
 {
 	if (threads <= 0)
 		threads = auto_threads(jobs, n);
 	int *rc = calloc(n + 1, sizeof(*rc));
 	if (!rc)
 		return sd_err(e, SD_ENOMEM, "out of memory");
-	batch_t b = {.jobs = jobs, .n = n, .rc = rc};
+	batch_t b = {.jobs = jobs, .n = n, .rc = rc, .progress = progress};
 	atomic_init(&b.next, 0);
+	atomic_init(&b.done, 0);
 	pthread_t tid[8];
 	int started = 0;
 	for (int t = 1; t < threads && t < 8 && (size_t)t < n; t++)

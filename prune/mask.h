@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "common/sd_err.h"
+#include "prune/progress.h"
 #include "prune/tensor.h"
 
 /*
@@ -83,7 +84,7 @@ typedef struct prune_mask_job {
  * SD_ENOMEM).
  */
 SD_MUST_CHECK int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads,
-				   sd_error_t *e);
+				   const prune_progress_t *progress, sd_error_t *e);
 
 /*
  * dst := src * mask for n elements of dtype starting at element `first` of a tensor

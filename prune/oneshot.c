@@ -16,7 +16,8 @@
 #include "prune/sparsify.h"
 
 int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
-		  size_t n_outputs, size_t max_elems, prune_result_t *res, sd_error_t *e)
+		  size_t n_outputs, size_t max_elems, const prune_progress_t *progress,
+		  prune_result_t *res, sd_error_t *e)
 {
 	prune_result_begin(res, PRUNE_STAGE_PRUNE, g, outputs, n_outputs);
 	int rc = prune_layers_find(g, outputs, n_outputs, max_elems, &res->layers,
@@ -71,7 +72,7 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 					      .bits = bits};
 		at[nj++] = i;
 	}
-	if ((rc = prune_mask_batch(jobs, nj, 0, e)))
+	if ((rc = prune_mask_batch(jobs, nj, 0, progress, e)))
 		return rc;
 	for (size_t k = 0; k < nj; k++) {
 		prune_layer_t *l = &res->layers[at[k]];

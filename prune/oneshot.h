@@ -10,6 +10,7 @@
 
 #include "prune/config.h"
 #include "prune/graph.h"
+#include "prune/progress.h"
 #include "prune/result.h"
 
 /*
@@ -20,6 +21,7 @@
  */
 SD_MUST_CHECK int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg,
 				const char *const *outputs, size_t n_outputs, size_t max_elems,
-				prune_result_t *res, sd_error_t *e);
+				const prune_progress_t *progress, prune_result_t *res,
+				sd_error_t *e);
 
 #endif

@@ -16,26 +16,28 @@
 static int run_insert(prune_graph_t *g, const prune_stage_in_t *in, prune_result_t *r,
 		      sd_error_t *e)
 {
-	return prune_insert(g, in->config, in->outputs, in->n_outputs, in->max_elems, r, e);
+	return prune_insert(g, in->config, in->outputs, in->n_outputs, in->max_elems, in->progress,
+			    r, e);
 }
 
 static int run_export(prune_graph_t *g, const prune_stage_in_t *in, prune_result_t *r,
 		      sd_error_t *e)
 {
 	return prune_export(g, in->record, in->n_record, in->outputs, in->n_outputs,
-			    in->max_elems, r, e);
+			    in->max_elems, in->progress, r, e);
 }
 
 static int run_prune(prune_graph_t *g, const prune_stage_in_t *in, prune_result_t *r,
 		     sd_error_t *e)
 {
-	return prune_oneshot(g, in->config, in->outputs, in->n_outputs, in->max_elems, r, e);
+	return prune_oneshot(g, in->config, in->outputs, in->n_outputs, in->max_elems,
+			     in->progress, r, e);
 }
 
 static int run_check(prune_graph_t *g, const prune_stage_in_t *in, prune_result_t *r,
 		     sd_error_t *e)
 {
-	return prune_check(g, in->outputs, in->n_outputs, in->max_elems, r, e);
+	return prune_check(g, in->outputs, in->n_outputs, in->max_elems, in->progress, r, e);
 }
 
 typedef int (*run_fn)(prune_graph_t *g, const prune_stage_in_t *in, prune_result_t *r,

@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #include "common/sd_err.h"
+#include "prune/progress.h"
 
 /* What a stage takes and produces (bits of prune_stage_info_t.flags). */
 enum {
@@ -75,6 +76,7 @@ typedef struct prune_stage_in {
 	const char *const *outputs;               /* n_outputs may be 0 unless NEEDS_OUTPUTS */
 	size_t n_outputs;
 	size_t max_elems;                         /* largest weight, in elements */
+	const prune_progress_t *progress;         /* per layer; may be NULL */
 } prune_stage_in_t;
 
 /*

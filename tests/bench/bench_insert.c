@@ -73,7 +73,7 @@ static int op(const char *path, const char *outputs, int do_insert)
 		if (!rc)
 			rc = prune_outputs_parse(g, outputs, &outs, &n, &e);
 		if (!rc)
-			rc = prune_insert(g, cfg, outs, n, (size_t)1 << 32, &r, &e);
+			rc = prune_insert(g, cfg, outs, n, (size_t)1 << 32, NULL, &r, &e);
 	}
 	double t2 = now();
 	if (!rc) {

@@ -63,7 +63,7 @@ static void explore(prune_graph_t *g, uint8_t sel)
 	prune_result_t res;
 	memset(&res, 0, sizeof(res));
 	sd_err_clear(&e);
-	fuzz_expect("prune_check", prune_check(g, direct, 1, MAX_ELEMS, &res, &e), &e, 3,
+	fuzz_expect("prune_check", prune_check(g, direct, 1, MAX_ELEMS, NULL, &res, &e), &e, 3,
 		    SD_EMODEL, SD_ETOOBIG, SD_ENOMEM);
 
 	if (sel & 4) {

@@ -111,7 +111,7 @@ static prune_graph_t *inserted(const char *config, prune_record_entry_t **rec, s
 	const char *outs[] = {"out"};
 	prune_result_t r = {0};
 	sd_error_t e;
-	int rc = prune_insert(g, cfg(config), outs, 1, 1u << 20, &r, &e);
+	int rc = prune_insert(g, cfg(config), outs, 1, 1u << 20, NULL, &r, &e);
 	ck_assert_msg(rc == 0, "%s", e.msg);
 	char *text = NULL;
 	size_t len;
@@ -130,7 +130,7 @@ static int export(prune_graph_t *g, prune_record_entry_t *rec, size_t n, prune_r
 	const char *outs[] = {"out", "peek"};
 	memset(r, 0, sizeof(*r));
 	sd_err_clear(e);
-	return prune_export(g, rec, n, outs, 2, 1u << 20, r, e);
+	return prune_export(g, rec, n, outs, 2, 1u << 20, NULL, r, e);
 }
 
 /* The weight w with the kernel's 2:4 mask applied along axis. */
@@ -323,7 +323,7 @@ START_TEST(prune_equals_export_at_step_0)
 	prune_graph_t *p = tu_graph(&A, "graphs/chain.pbtxt");
 	const char *outs[] = {"out", "peek"};
 	prune_result_t pr = {0};
-	int rc = prune_oneshot(p, cfg(FREQ(0)), outs, 2, 1u << 20, &pr, &e);
+	int rc = prune_oneshot(p, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &pr, &e);
 	ck_assert_msg(rc == 0, "%s", e.msg);
 	ck_assert_uint_eq(pr.pruned, 2);
 	p = reloaded(p);
@@ -334,21 +334,21 @@ START_TEST(prune_equals_export_at_step_0)
 
 	/* check agrees: both layers now 2:4; the original graph's are not. */
 	prune_result_t cr = {0};
-	ck_assert_int_eq(prune_check(p, NULL, 0, 1u << 20, &cr, &e), 0);
+	ck_assert_int_eq(prune_check(p, NULL, 0, 1u << 20, NULL, &cr, &e), 0);
 	ck_assert_uint_eq(cr.checked, 2);
 	ck_assert_uint_eq(cr.layers_2of4, 2);
 	prune_graph_t *o = tu_graph(&A, "graphs/chain.pbtxt");
-	ck_assert_int_eq(prune_check(o, NULL, 0, 1u << 20, &cr, &e), 0);
+	ck_assert_int_eq(prune_check(o, NULL, 0, 1u << 20, NULL, &cr, &e), 0);
 	ck_assert_uint_eq(cr.layers_2of4, 0);
 	ck_assert_int_eq(cr.layers[1].reason, PRUNE_SKIP_NONE);
 
 	/* prune refuses an inserted graph, check reports it as masked. */
 	prune_graph_t *m = inserted(FREQ(0), &rec, &n);
-	ck_assert_int_eq(prune_check(m, NULL, 0, 1u << 20, &cr, &e), 0);
+	ck_assert_int_eq(prune_check(m, NULL, 0, 1u << 20, NULL, &cr, &e), 0);
 	ck_assert(cr.layers[0].masked);
 	ck_assert_int_eq(cr.layers[0].action, PRUNE_ACTION_CHECKED);
 	memset(&pr, 0, sizeof(pr));
-	ck_assert_int_eq(prune_oneshot(m, cfg(FREQ(0)), outs, 2, 1u << 20, &pr, &e), SD_EMODEL);
+	ck_assert_int_eq(prune_oneshot(m, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &pr, &e), SD_EMODEL);
 	ck_assert_msg_has(e, "use export");
 }
 END_TEST

@@ -39,7 +39,7 @@ START_TEST(small_graph)
 	const char *outs[] = {"out"};
 	prune_result_t r = {0};
 	sd_error_t e;
-	int rc = prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, &r, &e);
+	int rc = prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, NULL, &r, &e);
 	ck_assert_msg(rc == 0, "%s", e.msg);
 	ck_assert_uint_eq(r.n_layers, 7);
 	static const struct {
@@ -115,7 +115,7 @@ START_TEST(small_graph)
 
 	/* Inserting into the output again is refused with a clear message. */
 	prune_result_t r2 = {0};
-	ck_assert_int_eq(prune_insert(g2, cfg(SAMPLE), outs, 1, 1u << 20, &r2, &e), SD_EMODEL);
+	ck_assert_int_eq(prune_insert(g2, cfg(SAMPLE), outs, 1, 1u << 20, NULL, &r2, &e), SD_EMODEL);
 	ck_assert_msg_has(e, "already carries sparsityd nodes");
 }
 END_TEST
@@ -129,7 +129,7 @@ START_TEST(update_freq_and_conv)
 	int rc = prune_insert(g,
 			      cfg("prune_config { n_out_of_m_pruner { l1_selective_prune {"
 				  " update_freq: 3 } } }"),
-			      outs, 1, 1u << 20, &r, &e);
+			      outs, 1, 1u << 20, NULL, &r, &e);
 	ck_assert_msg(rc == 0, "%s", e.msg);
 	ck_assert_uint_eq(r.pruned, 2);
 	ck_assert_int_eq(r.layers[0].axis, 2);
@@ -194,7 +194,7 @@ START_TEST(metagraph_collections)
 			 0);
 	const char *outs[] = {"out"};
 	prune_result_t r = {0};
-	ck_assert_int_eq(prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, &r, &e), 0);
+	ck_assert_int_eq(prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, NULL, &r, &e), 0);
 	Tensorflow__MetaGraphDef *m = prune_graph_meta(g);
 	ck_assert_uint_eq(m->n_collection_def, 2);
 	ck_assert_str_eq(m->collection_def[0]->key, "variables");
@@ -231,7 +231,7 @@ START_TEST(scope_collisions)
 		ck_assert_ptr_nonnull(prune_graph_add(g, &spec, &e));
 		const char *outs[] = {"out"};
 		prune_result_t r = {0};
-		int rc = prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, &r, &e);
+		int rc = prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, NULL, &r, &e);
 		if (!cases[i].want) {
 			ck_assert_msg(rc == 0, "%s", e.msg);
 			/* nodes added without a lookup are found afterwards */

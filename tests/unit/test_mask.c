@@ -565,7 +565,7 @@ START_TEST(batch_on_threads)
 					     .bits = calloc(nb, 1)};
 	}
 	sd_error_t e;
-	ck_assert_int_eq(prune_mask_batch(jobs, JOBS, 4, &e), 0);
+	ck_assert_int_eq(prune_mask_batch(jobs, JOBS, 4, NULL, &e), 0);
 	for (int j = 0; j < JOBS; j++) {
 		ck_assert(memcmp(jobs[j].bits, want[j], (c[j].t.n + 7) / 8) == 0);
 		ck_assert_uint_eq(jobs[j].counts.zeroed, wc[j].zeroed);
@@ -575,7 +575,7 @@ START_TEST(batch_on_threads)
 	put(c[6].t.dtype, c[6].t.data, 5, NAN);
 	jobs[2].layer = "second";
 	jobs[6].layer = "sixth";
-	ck_assert_int_eq(prune_mask_batch(jobs, JOBS, 4, &e), SD_EMODEL);
+	ck_assert_int_eq(prune_mask_batch(jobs, JOBS, 4, NULL, &e), SD_EMODEL);
 	ck_assert_ptr_nonnull(strstr(e.msg, "'second'"));
 	ck_assert_ptr_nonnull(strstr(e.msg, "flat index 77"));
 	for (int j = 0; j < JOBS; j++) {
