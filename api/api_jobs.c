@@ -136,7 +136,7 @@ static int send_job(api_t *a, req_t *r, struct MHD_Connection *c, const char *id
 	return api__queue(a, r, c, status, resp);
 }
 
-static int api__not_modified(api_t *a, req_t *r, struct MHD_Connection *c, const char *etag)
+static int not_modified(api_t *a, req_t *r, struct MHD_Connection *c, const char *etag)
 {
 	struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
 	if (!resp)
@@ -221,7 +221,7 @@ int api__h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (rc)
 		return api__send_problem(a, r, c, &e);
 	if (api_etag_match(inm, etag))
-		return api__not_modified(a, r, c, etag);
+		return not_modified(a, r, c, etag);
 	return send_job(a, r, c, id, 200, false, version);
 }
 
@@ -268,7 +268,7 @@ int api__h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 	free(tag);
 	int ret;
 	if (api_etag_match(api__header(c, "If-None-Match"), etag)) {
-		ret = api__not_modified(a, r, c, etag);
+		ret = not_modified(a, r, c, etag);
 	} else {
 		json_t *doc = json_object(), *arr = json_array();
 		for (size_t i = 0; i < n; i++)
@@ -342,7 +342,7 @@ int api__h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 	int64_t size = art->size;
 	store_job_clear(&j);
 	if (api_etag_match(api__header(c, "If-None-Match"), etag))
-		return api__not_modified(a, r, c, etag);
+		return not_modified(a, r, c, etag);
 	char *path = store_blob_path(a->store, sha);
 	int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
 	free(path);

@@ -29,12 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
-size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
-			       unsigned int seed);
-size_t LLVMFuzzerCustomCrossOver(const uint8_t *data1, size_t size1, const uint8_t *data2,
-				 size_t size2, uint8_t *out, size_t max_out_size,
-				 unsigned int seed);
+#include "pbmutate.h"
 
 #define MAX_NODES ((size_t)1 << 20)
 #define MAX_FIELD ((1u << 29) - 1)
