@@ -45,7 +45,6 @@ typedef struct api_conf {
 	int max_connections;     /* client connections at once */
 	int max_uploads;         /* request bodies streaming at once; 429 beyond */
 	int idle_timeout;        /* seconds a connection may stay silent */
-	const char *openapi;     /* path of openapi.yaml served at /openapi.yaml */
 } api_conf_t;
 
 /* Starts listening. Returns 0, SD_EIO (bind failed: e says why). Loop thread. */

@@ -41,13 +41,17 @@ static int h_readyz(api_t *a, req_t *r, struct MHD_Connection *c)
 	return api__send_json(a, r, c, 200, json_pack("{s:s}", "status", "ready"), NULL);
 }
 
+/* Generated from openapi.yaml at build time (api/embed.py). */
+extern const unsigned char api__openapi_spec[];
+extern const size_t api__openapi_spec_len;
+
 static int h_openapi(api_t *a, req_t *r, struct MHD_Connection *c)
 {
-	char *copy = malloc(a->openapi_len + 1);
+	char *copy = malloc(api__openapi_spec_len);
 	if (!copy)
 		return MHD_NO;
-	memcpy(copy, a->openapi, a->openapi_len);
-	return api__send_text(a, r, c, 200, "application/yaml", copy, a->openapi_len, NULL);
+	memcpy(copy, api__openapi_spec, api__openapi_spec_len);
+	return api__send_text(a, r, c, 200, "application/yaml", copy, api__openapi_spec_len, NULL);
 }
 
 static int h_metrics(api_t *a, req_t *r, struct MHD_Connection *c)
@@ -276,32 +280,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 /* ---- life cycle ---- */
 
-static int read_all(const char *path, char **out, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return -1;
-	char *buf = NULL;
-	size_t cap = 0, n = 0, got;
-	do {
-		if (n + 65536 > cap) {
-			char *p = realloc(buf, cap = n + 65536);
-			if (!p) {
-				free(buf);
-				fclose(f);
-				return -1;
-			}
-			buf = p;
-		}
-		got = fread(buf + n, 1, cap - n, f);
-		n += got;
-	} while (got);
-	fclose(f);
-	*out = buf;
-	*len = n;
-	return 0;
-}
-
 static int hexval(char c)
 {
 	return c >= '0' && c <= '9' ? c - '0'
@@ -347,10 +325,6 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_cond_init(&a->polls_done, NULL);
 	pthread_key_create(&a->reader_key, api__thread_ctx_free);
-	if (read_all(conf->openapi, &a->openapi, &a->openapi_len)) {
-		api_stop(a);
-		return sd_err(e, SD_EIO, "cannot read %s: %s", conf->openapi, strerror(errno));
-	}
 	struct sockaddr_storage ss = {0};
 	struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
 	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
@@ -421,7 +395,6 @@ void api_stop(api_t *a)
 	pthread_key_delete(a->reader_key);
 	pthread_cond_destroy(&a->polls_done);
 	pthread_mutex_destroy(&a->mu);
-	free(a->openapi);
 	free(a);
 }
 

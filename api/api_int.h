@@ -69,8 +69,6 @@ struct api {
 	store_t *store;
 	api_ops_t ops;
 	api_conf_t conf;
-	char *openapi;
-	size_t openapi_len;
 	pthread_key_t reader_key;
 	pthread_mutex_t mu; /* waiters */
 	pthread_cond_t polls_done;

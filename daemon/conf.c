@@ -41,8 +41,7 @@ typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL } type_t;
 	X(log_level, T_LEVEL, "info", 0, 0, true, "error, warn, info or debug")             \
 	X(log_file, T_STR, "", 0, 0, false, "log file (reopened on SIGHUP); empty: stderr") \
 	X(insecure, T_BOOL, "false", 0, 0, false,                                         \
-	  "allow a non-loopback listen address without API tokens")                       \
-	X(openapi, T_STR, SPARSITYD_OPENAPI, 0, 0, false, "openapi.yaml served at /openapi.yaml")
+	  "allow a non-loopback listen address without API tokens")
 
 typedef struct row {
 	const char *name;

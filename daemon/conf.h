@@ -30,7 +30,6 @@ typedef struct conf {
 	char log_level[16];
 	char log_file[1024];
 	bool insecure;
-	char openapi[1024];
 	char config[1024];   /* the file the settings came from, "" if none */
 } conf_t;
 

@@ -820,7 +820,7 @@ int serve_main(int argc, char **argv)
 	api_conf_t ac = {.host = host, .port = port, .threads = (int)d->conf.http_threads,
 			 .max_upload = d->conf.max_upload, .max_uploads = (int)d->conf.max_uploads,
 			 .max_connections = (int)d->conf.max_connections,
-			 .idle_timeout = (int)d->conf.idle_timeout, .openapi = d->conf.openapi};
+			 .idle_timeout = (int)d->conf.idle_timeout};
 	api_ops_t ops = {.create = op_create, .release = op_release, .cancel = op_cancel,
 			 .remove = op_remove,
 			 .draining = op_draining, .metrics = op_metrics};

@@ -74,7 +74,6 @@ def test_readme_settings_are_the_settings_table(serve_bin):
     for help_line, setting in re.findall(r"^# (.*)\n(\w+) = .*$", out, re.M):
         default = re.search(r"\(default: (.*)\)$", help_line).group(1)
         code[setting] = (default, "reloaded on SIGHUP" in help_line)
-    code.pop("openapi")  # a build path, not a setting to document
     doc = readme_settings()
     assert sorted(doc) == sorted(code), "README settings %s != --print-config %s" % (
         sorted(doc), sorted(code))
