@@ -27,10 +27,13 @@ if [ -n "$missing" ]; then
 fi
 
 if [ "${1:-}" = "--test" ]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import tensorflow, tf_keras, pytest" 2>/dev/null; then
-    echo "deps: creating .venv with tests/py/requirements.txt (TensorFlow is a test dependency only)"
-    python3 -m venv .venv
+  # The venv is (re)filled whenever tests/py/requirements.txt changes; the stamp is its hash.
+  want_sum=$(sha256sum tests/py/requirements.txt | cut -d' ' -f1)
+  if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$want_sum" ]; then
+    echo "deps: filling .venv from tests/py/requirements.txt (TensorFlow is a test dependency only)"
+    [ -x .venv/bin/python ] || python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q -r tests/py/requirements.txt
+    echo "$want_sum" > .venv/.requirements.sha256
   fi
 fi

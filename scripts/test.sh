@@ -2,10 +2,13 @@
 # The whole test suite, from a fresh Debian 12 machine: installs what is missing,
 # builds three times (plain; AddressSanitizer + UndefinedBehaviorSanitizer; clang with
 # libFuzzer), runs the unit suites under the sanitizers and under valgrind, a short run of
-# every fuzz target, then the pytest suites (real TensorFlow, a real daemon).
+# every fuzz target, then the pytest suites (real TensorFlow, a real daemon). The Python
+# tests import the package as users get it: `pip install .` into .venv, every run.
 set -eu
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh --test
+echo "== pip install . into .venv (the sparsityd package and binary the Python tests use)"
+.venv/bin/pip install -q .
 
 [ -f build/build.ninja ] || meson setup build >/dev/null
 ninja -C build

@@ -6,6 +6,8 @@ Every class derives from SparsitydError, so ``except SparsitydError`` catches th
 - JobFailed: a job ended ``failed`` or ``canceled`` (a ProblemError built from the
   job's ``error`` object, so the same ``code``/``line``/``column`` attributes apply).
 - EngineError: a local ``sparsityd`` CLI run exited non-zero.
+- WaitTimeout: ``Client.wait``/``Client.run`` gave up before the job finished (also a
+  TimeoutError).
 
 Location fields (``file``, ``line``, ``column``, ``node``, ``layer``) are None when the
 source does not name them. The daemon sends them as problem members; a job's error and
@@ -18,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-__all__ = ["SparsitydError", "ProblemError", "JobFailed", "EngineError"]
+__all__ = ["SparsitydError", "ProblemError", "JobFailed", "EngineError", "WaitTimeout"]
 
 LOCATION_FIELDS = ("file", "line", "column", "node", "layer")
 
@@ -110,3 +112,13 @@ class EngineError(SparsitydError):
         for f in LOCATION_FIELDS:
             setattr(self, f, loc.get(f))
         super().__init__(f"sparsityd exited with status {returncode}: {self.message}")
+
+
+class WaitTimeout(SparsitydError, TimeoutError):
+    """A job had not finished when the caller's timeout ran out; ``job`` is the last job
+    document seen (the job itself goes on running)."""
+
+    def __init__(self, job: Mapping[str, Any], timeout: float):
+        self.job = dict(job)
+        self.timeout = timeout
+        super().__init__(f"job {self.job.get('id')} still {self.job.get('state')} after {timeout:g} s")
