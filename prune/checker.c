@@ -55,10 +55,11 @@ int prune_check(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
 			return rc;
 		prune_sparsify_stats(l, &w);
 		l->action = PRUNE_ACTION_CHECKED;
-		l->detail = arena_sprintf(a, "%s along axis %d, %.1f%% zeros%s",
+		l->detail = arena_sprintf(a, "%s along axis %d, %.1f%% zeros%s%s%s%s",
 					  l->is_2of4 ? "2:4" : "not 2:4", l->axis,
 					  w.n ? 100.0 * (double)l->zeros / (double)w.n : 0.0,
-					  l->masked ? " (masked by sparsityd)" : "");
+					  l->cast ? ", read through Cast '" : "", l->cast ? l->cast : "",
+					  l->cast ? "'" : "", l->masked ? " (masked by sparsityd)" : "");
 	}
 	prune_progress_report(progress, res->n_layers, res->n_layers);
 	prune_result_count(res);

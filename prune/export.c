@@ -140,12 +140,23 @@ static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t 
 	const char *step_name = arena_sprintf(a, "%s/step", r->scope);
 	if (!mw_name || !mv_name || !step_name)
 		return sd_err(e, SD_ENOMEM, "out of memory");
-	if (ln->n_input < 2 || strcmp(ln->input[1], mw_name))
+	size_t slot;
+	ptrdiff_t rd = prune_weight_reader(g, (size_t)li, &slot);
+	if (rd < 0 || strcmp(prune_graph_node(g, (size_t)rd)->input[slot], mw_name))
 		return sd_err_node(e, SD_EMODEL, r->name,
 				   "layer '%s' does not read '%s': the model does not carry the "
 				   "insertion the record describes (export takes the frozen graph "
 				   "of an inserted model)",
 				   r->name, mw_name);
+	if ((size_t)rd != l->node) {
+		l->cast = prune_graph_node(g, (size_t)rd)->name;
+		l->cast_node = (size_t)rd;
+	}
+	if (!l->cast != !r->cast || (l->cast && strcmp(l->cast, r->cast)))
+		return sd_err_node(e, SD_ERECORD, r->name,
+				   "layer '%s': the Cast its weight goes through is '%s' in the "
+				   "model but '%s' in the record",
+				   r->name, l->cast ? l->cast : "(none)", r->cast ? r->cast : "(none)");
 	ptrdiff_t mwi = prune_graph_find(g, mw_name, strlen(mw_name));
 	ptrdiff_t mvi = prune_graph_find(g, mv_name, strlen(mv_name));
 	const Tensorflow__NodeDef *mw = mwi >= 0 ? prune_graph_node(g, (size_t)mwi) : NULL;
@@ -208,13 +219,12 @@ static int finish_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *
 	prune_graph_t *g = x->g;
 	ptrdiff_t wci = prune_graph_find(g, p->wc->name, strlen(p->wc->name));
 	bool moved;
-	int rc = prune_sparsify(g, &x->cons, l, l->node, (size_t)wci, &p->w, job->bits,
-				job->counts, job->is_2of4, ignore_scope, (void *)r->scope,
-				&moved, x->e);
+	int rc = prune_sparsify(g, &x->cons, l, (size_t)wci, &p->w, job->bits, job->counts,
+				job->is_2of4, ignore_scope, (void *)r->scope, &moved, x->e);
 	if (rc)
 		return rc;
 	if (!moved)
-		prune_graph_node(g, l->node)->input[1] = (char *)r->weight_input;
+		*prune_layer_weight_ref(g, l) = (char *)r->weight_input;
 	l->detail = arena_sprintf(prune_graph_arena(g), "step %lld, %s mask%s",
 				  (long long)p->step, job->stored ? "stored" : "fresh",
 				  moved ? ", shared weight copied" : "");
@@ -312,10 +322,10 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 	/* A layer still reading a masked weight was inserted but not recorded. */
 	for (size_t i = 0; i < prune_graph_count(g); i++) {
 		const Tensorflow__NodeDef *n = prune_graph_node(g, i);
-		if (!prune_layer_type_known(n->op) || n->n_input < 2)
-			continue;
-		size_t len = strlen(n->input[1]), sl = strlen(PRUNE_MASKED_SUFFIX);
-		if (len > sl && strcmp(n->input[1] + len - sl, PRUNE_MASKED_SUFFIX) == 0)
+		size_t slot;
+		ptrdiff_t rd = prune_layer_type_known(n->op) ? prune_weight_reader(g, i, &slot) : -1;
+		if (rd >= 0 &&
+		    prune_names_masked_weight(prune_graph_node(g, (size_t)rd)->input[slot]))
 			return sd_err_node(e, SD_ERECORD, n->name,
 					   "layer '%s' carries a sparsityd mask that the record does "
 					   "not list (use the record written with this model)",

@@ -52,41 +52,61 @@ static bool name_char(unsigned char c, bool first)
 	return !first && (c == '_' || c == '/' || c == '>' || c == '-');
 }
 
+/* One entry of an output list: the text before the next comma, blanks around it
+ * trimmed. Returns where the next entry starts, or NULL after the last. */
+static const char *output_entry(const char *p, const char **s, size_t *len)
+{
+	const char *end = strchr(p, ',');
+	size_t n = end ? (size_t)(end - p) : strlen(p);
+	while (n && (*p == ' ' || *p == '\t'))
+		p++, n--;
+	while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+		n--;
+	*s = p;
+	*len = n;
+	return end ? end + 1 : NULL;
+}
+
 int prune_outputs_check(const char *csv, sd_error_t *e)
 {
-	size_t idx = 0;
-	for (const char *p = csv;; idx++) {
-		const char *end = strchr(p, ',');
-		size_t len = end ? (size_t)(end - p) : strlen(p);
-		while (len && (*p == ' ' || *p == '\t'))
-			p++, len--;
-		while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-			len--;
+	const char *p, *next = csv;
+	size_t len, idx = 0;
+	while (next) {
+		next = output_entry(next, &p, &len);
+		idx++;
+		int show = (int)(len < 64 ? len : 64);
 		if (!len)
 			return sd_err(e, SD_EUSAGE, "output %zu is empty (expected node names "
 						    "separated by commas, e.g. logits,probs)",
-				      idx + 1);
+				      idx);
 		if (len > OUTPUT_NAME_MAX)
-			return sd_err(e, SD_EUSAGE, "output %zu is longer than %d bytes", idx + 1,
+			return sd_err(e, SD_EUSAGE, "output %zu is longer than %d bytes", idx,
 				      OUTPUT_NAME_MAX);
+		/* GraphDef inputs write control dependencies this way; users copy them. */
+		if (*p == '^')
+			return sd_err(e, SD_EUSAGE,
+				      "output %zu ('%.*s') is a control input, not an output: name "
+				      "the node (logits) or its tensor (logits:0) without '^'",
+				      idx, show, p);
 		const char *colon = memchr(p, ':', len);
 		size_t nlen = colon ? (size_t)(colon - p) : len;
+		if (!nlen)
+			return sd_err(e, SD_EUSAGE, "output %zu ('%.*s') has no node name before ':'",
+				      idx, show, p);
 		for (size_t i = 0; i < nlen; i++)
 			if (!name_char((unsigned char)p[i], i == 0))
 				return sd_err(e, SD_EUSAGE,
 					      "output %zu ('%.*s') is not a TensorFlow node name: "
 					      "byte 0x%02x at %zu is not allowed",
-					      idx + 1, (int)(len < 64 ? len : 64), p,
-					      (unsigned char)p[i], i);
+					      idx, show, p, (unsigned char)p[i], i);
 		if (colon && (colon + 1 == p + len ||
 			      strspn(colon + 1, "0123456789") != (size_t)(p + len - colon - 1)))
 			return sd_err(e, SD_EUSAGE,
-				      "output %zu ('%.*s'): ':' must be followed by an output index",
-				      idx + 1, (int)(len < 64 ? len : 64), p);
-		if (!end)
-			return 0;
-		p = end + 1;
+				      "output %zu ('%.*s'): ':' must be followed by an output index, "
+				      "a number as in logits:0",
+				      idx, show, p);
 	}
+	return 0;
 }
 
 int prune_outputs_parse(prune_graph_t *g, const char *csv, const char ***out, size_t *n,
@@ -102,27 +122,17 @@ int prune_outputs_parse(prune_graph_t *g, const char *csv, const char ***out, si
 	const char **names = arena_calloc(a, cap, sizeof(*names));
 	if (!names)
 		return sd_err(e, SD_ENOMEM, "out of memory");
-	size_t k = 0;
-	for (const char *p = csv; *p;) {
-		const char *end = strchr(p, ',');
-		size_t len = end ? (size_t)(end - p) : strlen(p);
-		while (len && (*p == ' '))
-			p++, len--;
-		while (len && p[len - 1] == ' ')
-			len--;
+	size_t k = 0, len;
+	for (const char *p, *next = csv; next;) {
+		next = output_entry(next, &p, &len);
 		const char *colon = memchr(p, ':', len);
 		size_t nlen = colon ? (size_t)(colon - p) : len;
-		if (nlen) {
-			if (prune_graph_find(g, p, nlen) < 0)
-				return sd_err(e, SD_EMODEL, "output '%.*s' is not a node of the graph",
-					      (int)nlen, p);
-			if (!(names[k++] = arena_strndup(a, p, nlen)))
-				return sd_err(e, SD_ENOMEM, "out of memory");
-		}
-		p = end ? end + 1 : p + len;
+		if (prune_graph_find(g, p, nlen) < 0)
+			return sd_err(e, SD_EMODEL, "output '%.*s' is not a node of the graph",
+				      (int)nlen, p);
+		if (!(names[k++] = arena_strndup(a, p, nlen)))
+			return sd_err(e, SD_ENOMEM, "out of memory");
 	}
-	if (k == 0)
-		return sd_err(e, SD_EUSAGE, "no outputs given (--outputs a,b)");
 	*out = names;
 	*n = k;
 	return 0;
@@ -183,6 +193,36 @@ ptrdiff_t prune_trace(const prune_graph_t *g, const char *input)
 	return -1;
 }
 
+ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot)
+{
+	const Tensorflow__NodeDef *n = prune_graph_node(g, layer);
+	if (n->n_input < 2)
+		return -1;
+	*slot = 1;
+	if (n->input[1][0] == '^')
+		return (ptrdiff_t)layer;
+	ptrdiff_t c = prune_trace(g, n->input[1]);
+	if (c < 0)
+		return (ptrdiff_t)layer;
+	const Tensorflow__NodeDef *cn = prune_graph_node(g, (size_t)c);
+	if (strcmp(cn->op, "Cast") || cn->n_input < 1 || cn->input[0][0] == '^')
+		return (ptrdiff_t)layer;
+	*slot = 0;
+	return c;
+}
+
+char **prune_layer_weight_ref(const prune_graph_t *g, const prune_layer_t *l)
+{
+	return l->cast ? &prune_graph_node(g, l->cast_node)->input[0]
+		       : &prune_graph_node(g, l->node)->input[1];
+}
+
+bool prune_names_masked_weight(const char *input)
+{
+	size_t len = strlen(input), sl = strlen(PRUNE_MASKED_SUFFIX);
+	return len > sl && strcmp(input + len - sl, PRUNE_MASKED_SUFFIX) == 0;
+}
+
 /* The weight's source: a Const or variable reached through prune_trace, or -1. */
 static ptrdiff_t trace_weight(const prune_graph_t *g, const char *input)
 {
@@ -235,13 +275,22 @@ static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDe
 	l->type = n->op;
 	l->rank = -1;
 	l->axis = -1;
-	l->weight_input = n->n_input > 1 ? n->input[1] : "";
-	ptrdiff_t mw = n->n_input > 1 ? prune_graph_find_input(g, n->input[1]) : -1;
+	l->weight_input = "";
+	size_t slot;
+	ptrdiff_t rd = prune_weight_reader(g, l->node, &slot);
+	if (rd >= 0) {
+		const Tensorflow__NodeDef *reader = prune_graph_node(g, (size_t)rd);
+		l->weight_input = reader->input[slot];
+		if ((size_t)rd != l->node) {
+			l->cast = reader->name;
+			l->cast_node = (size_t)rd;
+		}
+	}
+	ptrdiff_t mw = rd >= 0 ? prune_graph_find_input(g, l->weight_input) : -1;
 	if (mw >= 0) {
 		const Tensorflow__NodeDef *m = prune_graph_node(g, (size_t)mw);
-		size_t len = strlen(m->name), sl = strlen(PRUNE_MASKED_SUFFIX);
-		if (strcmp(m->op, "Mul") == 0 && m->n_input == 2 && len > sl &&
-		    strcmp(m->name + len - sl, PRUNE_MASKED_SUFFIX) == 0) {
+		if (strcmp(m->op, "Mul") == 0 && m->n_input == 2 &&
+		    prune_names_masked_weight(m->name)) {
 			l->masked = true;
 			l->weight_input = m->input[0];
 		}
@@ -254,10 +303,13 @@ static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDe
 		skip(l, PRUNE_SKIP_TRANSPOSE_A, "MatMul with transpose_a=true");
 		return 0;
 	}
-	ptrdiff_t src = n->n_input > 1 ? trace_weight(g, l->weight_input) : -1;
+	ptrdiff_t src = rd >= 0 ? trace_weight(g, l->weight_input) : -1;
 	if (src < 0) {
 		skip(l, PRUNE_SKIP_NOT_CONSTANT,
-		     "weight does not trace back to a Const, VariableV2 or VarHandleOp");
+		     l->cast ? arena_sprintf(a, "weight read through Cast '%s' does not trace "
+						"back to a Const, VariableV2 or VarHandleOp",
+					     l->cast)
+			     : "weight does not trace back to a Const, VariableV2 or VarHandleOp");
 		return 0;
 	}
 	const Tensorflow__NodeDef *s = prune_graph_node(g, (size_t)src);

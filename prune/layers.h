@@ -3,7 +3,10 @@
  *
  * A layer is a MatMul, Conv2D or Conv2DBackpropInput node on the data path to the
  * requested outputs. Its weight is input 1 traced back through Identity and
- * ReadVariableOp to a Const, VariableV2 or VarHandleOp. This module decides everything
+ * ReadVariableOp to a Const, VariableV2 or VarHandleOp, possibly through one Cast on
+ * the way (Keras mixed precision reads a float32 variable and casts it to float16 for
+ * the layer): the mask then has the variable's dtype and applies before the Cast.
+ * This module decides everything
  * that depends only on the graph (transpose_a, dtype, traceability, shape, sharing,
  * axis length); the config's skip lists and prune configs are applied by prune_config.
  *
@@ -22,16 +25,17 @@
 /*
  * Checks the syntax of a comma-separated list of output names without a graph: each
  * entry (blanks around it ignored) is a TensorFlow node name, [A-Za-z0-9.] then
- * [A-Za-z0-9_./>-]*, optionally followed by ":N". Returns 0 or SD_EUSAGE saying which
- * entry is wrong and why (empty, bad character, too long).
+ * [A-Za-z0-9_./>-]*, optionally followed by ":N" (a tensor name such as logits:0).
+ * Returns 0 or SD_EUSAGE saying which entry is wrong and why (empty, a control input
+ * "^name", a suffix that is not an output index, bad character, too long).
  */
 SD_MUST_CHECK int prune_outputs_check(const char *csv, sd_error_t *e);
 
 /*
- * Parses a comma-separated list of output node names ("a,b", a ":N" suffix is
- * accepted and ignored; syntax as prune_outputs_check) and checks each names a node.
- * Returns 0 with the names in *out (arena), SD_EUSAGE for bad syntax, or SD_EMODEL
- * naming the missing output.
+ * Parses a comma-separated list of outputs ("a,b"; syntax as prune_outputs_check) and
+ * checks each names a node. A tensor name "x:N" stands for its node x: the stages keep
+ * what x depends on, whichever of its outputs is meant. Returns 0 with the node names
+ * in *out (arena), SD_EUSAGE for bad syntax, or SD_EMODEL naming the missing output.
  */
 SD_MUST_CHECK int prune_outputs_parse(prune_graph_t *g, const char *csv, const char ***out,
 				      size_t *n, sd_error_t *e);
@@ -62,6 +66,25 @@ void prune_result_begin(prune_result_t *r, prune_stage_t stage, const prune_grap
  * the graph (a malformed cycle).
  */
 ptrdiff_t prune_trace(const prune_graph_t *g, const char *input);
+
+/*
+ * Where layer node `layer` takes in its weight, found in the graph: the layer's input
+ * 1, or the input 0 of a Cast that input 1 leads to through Identity / ReadVariableOp.
+ * Returns the index of that node (the layer or the Cast) and sets *slot to the input,
+ * or -1 when the layer has no input 1.
+ */
+ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot);
+
+/*
+ * The input string through which discovered layer l reads what the mask multiplies
+ * (node l->cast_node's input 0 when l->cast is set, else l->node's input 1): a stage
+ * rewires the layer by assigning to it. Indexes are discovery-time ones, so only
+ * valid while no node has been removed.
+ */
+char **prune_layer_weight_ref(const prune_graph_t *g, const prune_layer_t *l);
+
+/* Whether an input string names a masked weight made by insert ("L/sparsityd/masked_weight"). */
+bool prune_names_masked_weight(const char *input);
 
 /* Sums up actions and reasons of layers[] into r (pruned, skipped, by_reason). */
 void prune_result_count(prune_result_t *r);

@@ -78,12 +78,12 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 		prune_layer_t *l = &res->layers[at[k]];
 		bool moved;
 		/* The 2:4 kernel's mask is 2:4 by construction. */
-		if ((rc = prune_sparsify(g, &cons, l, l->node, l->weight_node, &ws[k], jobs[k].bits,
+		if ((rc = prune_sparsify(g, &cons, l, l->weight_node, &ws[k], jobs[k].bits,
 					 jobs[k].counts, true, NULL, NULL, &moved, e)))
 			return rc;
 		if (moved)
 			l->detail = arena_sprintf(a, "%s (shared weight copied to '%s')", l->detail,
-						  prune_graph_node(g, l->node)->input[1]);
+						  *prune_layer_weight_ref(g, l));
 		res->weights += l->elems;
 		res->weights_zeroed += l->zeroed;
 	}

@@ -64,7 +64,7 @@ static void attr_ints(attrs_t *s, const char *name, const int64_t *v, int n)
 	}
 }
 
-#define RECORD_ATTRS 12
+#define RECORD_ATTRS 13
 
 int prune_record_write(const prune_result_t *res, arena_t *a, FILE *f, sd_error_t *e)
 {
@@ -91,6 +91,7 @@ int prune_record_write(const prune_result_t *res, arena_t *a, FILE *f, sd_error_
 		attr_str(&s, "layer_type", l->type);
 		attr_str(&s, "dtype", prune_dtype_name(l->dtype));
 		attr_str(&s, "weight_input", l->weight_input);
+		attr_str(&s, "cast", l->cast);
 		attr_str(&s, "weight", l->weight);
 		if (l->mask_var)
 			attr_str(&s, "scope", arena_sprintf(a, "%s/%s", l->name, PRUNE_SCOPE));
@@ -165,7 +166,7 @@ int prune_record_read(const char *text, size_t len, const char *file, arena_t *a
 			if (strcmp(ents[j].name, pn->name) == 0)
 				return sd_err_node(e, SD_ERECORD, pn->name,
 						   "%s: layer '%s' is recorded twice", file, pn->name);
-		const Amct__AttrProto *shape, *axis, *freq, *type, *win, *scope;
+		const Amct__AttrProto *shape, *axis, *freq, *type, *win, *scope, *cast;
 		if ((rc = need(file, pn, "mask_shape", AMCT__ATTR_PROTO__ATTR_TYPE__INTS, &shape, e)) ||
 		    (rc = need(file, pn, "prune_axis", AMCT__ATTR_PROTO__ATTR_TYPE__INT, &axis, e)) ||
 		    (rc = need(file, pn, "update_freq", AMCT__ATTR_PROTO__ATTR_TYPE__INT, &freq, e)) ||
@@ -190,7 +191,12 @@ int prune_record_read(const char *text, size_t len, const char *file, arena_t *a
 		scope = find_attr(pn, "scope");
 		en->scope = scope && scope->has_s ? bytes_str(a, &scope->s)
 						   : arena_sprintf(a, "%s/%s", pn->name, PRUNE_SCOPE);
-		if (!en->layer_type || !en->weight_input || !en->scope)
+		/* Optional: only a layer reading its weight through a Cast has one. */
+		if ((cast = find_attr(pn, "cast")) &&
+		    (rc = need(file, pn, "cast", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &cast, e)))
+			return rc;
+		en->cast = cast ? bytes_str(a, &cast->s) : NULL;
+		if (!en->layer_type || !en->weight_input || !en->scope || (cast && !en->cast))
 			return sd_err(e, SD_ENOMEM, "out of memory");
 	}
 	if (k == 0)

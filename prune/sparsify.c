@@ -7,23 +7,25 @@
 #include <string.h>
 
 #include "prune/attr.h"
+#include "prune/layers.h"
 #include "prune/mask.h"
 
-/* True when every reader of node idx is the layer, an ignored node, or an Identity
- * whose readers pass the same test. Control edges read no value. An Identity nobody
- * reads is an endpoint a session may fetch, so it counts as a reader. */
+/* True when every reader of node idx is `reader` (the layer or its Cast), an ignored
+ * node, or an Identity whose readers pass the same test. Control edges read no value.
+ * An Identity nobody reads is an endpoint a session may fetch, so it counts as a
+ * reader. */
 static bool exclusive(const prune_graph_t *g, const prune_consumers_t *c, size_t idx,
-		      size_t layer_idx, prune_ignore_cb ignore, void *ud, int depth)
+		      size_t reader, prune_ignore_cb ignore, void *ud, int depth)
 {
 	if (depth > 64)
 		return false;
 	for (size_t k = c->off[idx]; k < c->off[idx + 1]; k++) {
 		size_t q = c->list[k];
 		const Tensorflow__NodeDef *n = prune_graph_node(g, q);
-		if (c->ctrl[k] || q == layer_idx || (ignore && ignore(ud, n)))
+		if (c->ctrl[k] || q == reader || (ignore && ignore(ud, n)))
 			continue;
 		if ((strcmp(n->op, "Identity") == 0 || strcmp(n->op, "ReadVariableOp") == 0) &&
-		    c->off[q + 1] > c->off[q] && exclusive(g, c, q, layer_idx, ignore, ud, depth + 1))
+		    c->off[q + 1] > c->off[q] && exclusive(g, c, q, reader, ignore, ud, depth + 1))
 			continue;
 		return false;
 	}
@@ -40,14 +42,16 @@ void prune_sparsify_stats(prune_layer_t *l, const prune_tensor_t *w)
 }
 
 int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *l,
-		   size_t layer_idx, size_t cidx, const prune_tensor_t *w, const uint8_t *bits,
+		   size_t cidx, const prune_tensor_t *w, const uint8_t *bits,
 		   prune_mask_counts_t counts, bool is_2of4, prune_ignore_cb ignore, void *ud,
 		   bool *moved, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
 	Tensorflow__NodeDef *cn = prune_graph_node(g, cidx);
 	Tensorflow__TensorProto *tp;
-	*moved = !exclusive(g, c, cidx, layer_idx, ignore, ud, 0);
+	/* The node that reads the weight for the layer: the layer, or its Cast. */
+	size_t reader = l->cast ? l->cast_node : l->node;
+	*moved = !exclusive(g, c, cidx, reader, ignore, ud, 0);
 	if (!*moved) {
 		tp = prune_node_attr(cn, "value")->tensor;
 	} else {
@@ -64,7 +68,7 @@ int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *
 		Tensorflow__NodeDef *nn = prune_graph_add(g, &spec, e);
 		if (!nn)
 			return e && e->code ? e->code : SD_EMODEL;
-		prune_graph_node(g, layer_idx)->input[1] = nn->name;
+		*prune_layer_weight_ref(g, l) = nn->name;
 		tp = v->tensor;
 	}
 	int rc = prune_tensor_write(tp, w, a, e);

@@ -104,10 +104,12 @@ static void freeze(prune_graph_t *g, int64_t step, const float *mask_vals)
 	}
 }
 
-/* Inserts into chain.pbtxt, returns the record entries (through a real record file). */
-static prune_graph_t *inserted(const char *config, prune_record_entry_t **rec, size_t *n)
+/* Inserts into a test graph whose output is "out", returns the record entries (through
+ * a real record file). */
+static prune_graph_t *inserted_into(const char *file, const char *config,
+				    prune_record_entry_t **rec, size_t *n)
 {
-	prune_graph_t *g = tu_graph(&A, "graphs/chain.pbtxt");
+	prune_graph_t *g = tu_graph(&A, file);
 	const char *outs[] = {"out"};
 	prune_result_t r = {0};
 	sd_error_t e;
@@ -122,6 +124,11 @@ static prune_graph_t *inserted(const char *config, prune_record_entry_t **rec, s
 	free(text);
 	ck_assert_int_eq(prune_record_read(copy, len, "r.txt", &A, rec, n, &e), 0);
 	return g;
+}
+
+static prune_graph_t *inserted(const char *config, prune_record_entry_t **rec, size_t *n)
+{
+	return inserted_into("graphs/chain.pbtxt", config, rec, n);
 }
 
 static int export(prune_graph_t *g, prune_record_entry_t *rec, size_t n, prune_result_t *r,
@@ -353,6 +360,82 @@ START_TEST(prune_equals_export_at_step_0)
 }
 END_TEST
 
+/* Keras mixed precision (cast.pbtxt): Const float32 -> Identity -> Cast -> layer. */
+START_TEST(weight_through_cast)
+{
+	prune_graph_t *orig = tu_graph(&A, "graphs/cast.pbtxt");
+	prune_tensor_t w = value(orig, "w"), w2 = value(orig, "w2");
+	prune_record_entry_t *rec;
+	size_t n;
+	prune_graph_t *g = inserted_into("graphs/cast.pbtxt", FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	const char *outs[] = {"out"};
+	prune_result_t r = {0};
+	sd_error_t e;
+	int rc = prune_export(g, rec, n, outs, 1, 1u << 20, NULL, &r, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	/* Exactly the original nodes, the Cast pointed back at the weight, which holds
+	 * weight * mask in float32. */
+	ck_assert_uint_eq(prune_graph_count(g), prune_graph_count(orig));
+	for (size_t i = 0; i < prune_graph_count(orig); i++)
+		ck_assert_ptr_nonnull(node(g, prune_graph_node(orig, i)->name));
+	ck_assert_str_eq(node(g, "mm/Cast")->input[0], "w/read");
+	ck_assert_str_eq(node(g, "mm")->input[1], "mm/Cast");
+	ck_assert_str_eq(node(g, "mm2")->input[1], "w2");
+	ck_assert(r.layers[0].is_2of4 && r.layers[1].is_2of4);
+	prune_graph_t *out = reloaded(g);
+	assert_same(value(out, "w"), expected(w, 0));
+	assert_same(value(out, "w2"), expected(w2, 0));
+
+	/* prune on the frozen original: the same weights; check reads them through the Cast. */
+	prune_graph_t *p = tu_graph(&A, "graphs/cast.pbtxt");
+	prune_result_t pr = {0};
+	ck_assert_int_eq(prune_oneshot(p, cfg(FREQ(0)), outs, 1, 1u << 20, NULL, &pr, &e), 0);
+	ck_assert_uint_eq(pr.pruned, 2);
+	ck_assert_str_eq(node(p, "mm/Cast")->input[0], "w/read");
+	p = reloaded(p);
+	assert_same(value(p, "w"), value(out, "w"));
+	assert_same(value(p, "w2"), value(out, "w2"));
+	prune_result_t cr = {0};
+	ck_assert_int_eq(prune_check(p, outs, 1, 1u << 20, NULL, &cr, &e), 0);
+	ck_assert_uint_eq(cr.checked, 2);
+	ck_assert_uint_eq(cr.layers_2of4, 2);
+	ck_assert_ptr_nonnull(strstr(cr.layers[0].detail, "read through Cast 'mm/Cast'"));
+
+	/* A weight something else reads too: the Cast gets the sparse copy. */
+	p = tu_graph(&A, "graphs/cast.pbtxt");
+	prune_node_spec_t peek = {.name = "peek", .op = "Identity",
+				  .inputs = (const char *const[]){"w"}, .n_inputs = 1};
+	ck_assert_ptr_nonnull(prune_graph_add(p, &peek, &e));
+	const char *outs2[] = {"out", "peek"};
+	memset(&pr, 0, sizeof(pr));
+	ck_assert_int_eq(prune_oneshot(p, cfg(FREQ(0)), outs2, 2, 1u << 20, NULL, &pr, &e), 0);
+	ck_assert_str_eq(node(p, "mm/Cast")->input[0], "mm/weight_2of4");
+	ck_assert_str_eq(node(p, "mm")->input[1], "mm/Cast");
+	p = reloaded(p);
+	assert_same(value(p, "w"), w);
+	assert_same(value(p, "mm/weight_2of4"), expected(w, 0));
+
+	/* A record that does not name the Cast the model has is refused. */
+	g = inserted_into("graphs/cast.pbtxt", FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	rec[0].cast = NULL;
+	memset(&r, 0, sizeof(r));
+	ck_assert_int_eq(prune_export(g, rec, n, outs, 1, 1u << 20, NULL, &r, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "the Cast its weight goes through is 'mm/Cast' in the model but "
+			     "'(none)' in the record");
+	ck_assert_str_eq(e.node, "mm");
+
+	/* A mask behind a Cast that the record leaves out is found too. */
+	g = inserted_into("graphs/cast.pbtxt", FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	ck_assert_str_eq(rec[1].name, "mm2");
+	ck_assert_int_eq(prune_export(g, rec + 1, 1, outs, 1, 1u << 20, NULL, &r, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "does not list");
+	ck_assert_str_eq(e.node, "mm");
+}
+END_TEST
+
 START_TEST(record_errors)
 {
 	prune_record_entry_t *rec;
@@ -368,6 +451,16 @@ START_TEST(record_errors)
 	const char *bad = "prune_record { selective_prune { name: 3 } }";
 	ck_assert_int_eq(prune_record_read(bad, strlen(bad), "r", &A, &rec, &n, &e), SD_ERECORD);
 	ck_assert_int_eq(e.line, 1);
+	const char *int_cast = "prune_record { selective_prune { name: \"a\""
+			       " attr { name: \"mask_shape\" type: INTS ints: 4 ints: 4 }"
+			       " attr { name: \"prune_axis\" type: INT i: 0 }"
+			       " attr { name: \"update_freq\" type: INT i: 0 }"
+			       " attr { name: \"layer_type\" type: STRING s: \"MatMul\" }"
+			       " attr { name: \"weight_input\" type: STRING s: \"w\" }"
+			       " attr { name: \"cast\" type: INT i: 3 } } }";
+	ck_assert_int_eq(prune_record_read(int_cast, strlen(int_cast), "r", &A, &rec, &n, &e),
+			 SD_ERECORD);
+	ck_assert_msg_has(e, "attr 'cast' has no value of the expected type");
 }
 END_TEST
 
@@ -378,6 +471,7 @@ int main(void)
 		export_stored_mask,
 		export_errors,
 		prune_equals_export_at_step_0,
+		weight_through_cast,
 		record_errors,
 		NULL,
 	};

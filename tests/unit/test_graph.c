@@ -1,6 +1,7 @@
 /*
  * Unit tests for prune_graph: format detection, round trips that keep unknown fields,
- * and every bad input of SPEC section 2, each failing with the node named.
+ * and every bad input of SPEC section 2, each failing with the node named; and the
+ * --outputs lists every stage parses against a graph.
  */
 #include <check.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include "proto/pbwire.h"
 #include "prune/attr.h"
 #include "prune/graph.h"
+#include "prune/layers.h"
 #include "testutil_prune.h"
 
 
@@ -280,6 +282,50 @@ START_TEST(input_strings)
 }
 END_TEST
 
+/* Parses csv against small.pbtxt; returns the code, e holds the message. */
+static int outputs(const char *csv, const char ***o, size_t *n, sd_error_t *e)
+{
+	prune_graph_t *g = tu_graph(&A, "graphs/small.pbtxt");
+	sd_err_clear(e);
+	return prune_outputs_parse(g, csv, o, n, e);
+}
+
+START_TEST(output_lists)
+{
+	const char **o;
+	size_t n;
+	sd_error_t e;
+	/* A tensor name stands for its node, whichever output it names. */
+	ck_assert_int_eq(outputs("out:0", &o, &n, &e), 0);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(o[0], "out");
+	ck_assert_int_eq(outputs(" mm1:1,\tout:0\t, w2/read ", &o, &n, &e), 0);
+	ck_assert_uint_eq(n, 3);
+	ck_assert_str_eq(o[0], "mm1");
+	ck_assert_str_eq(o[1], "out");
+	ck_assert_str_eq(o[2], "w2/read");
+
+	ck_assert_int_eq(outputs("out,^mm1", &o, &n, &e), SD_EUSAGE);
+	ck_assert_msg_has(e, "output 2 ('^mm1') is a control input");
+	ck_assert_int_eq(outputs("out:b", &o, &n, &e), SD_EUSAGE);
+	ck_assert_msg_has(e, "output 1 ('out:b'): ':' must be followed by an output index");
+	ck_assert_int_eq(outputs("out:", &o, &n, &e), SD_EUSAGE);
+	ck_assert_msg_has(e, "('out:')");
+	ck_assert_int_eq(outputs("out:0:1", &o, &n, &e), SD_EUSAGE);
+	ck_assert_msg_has(e, "output index");
+	ck_assert_int_eq(outputs(":0", &o, &n, &e), SD_EUSAGE);
+	ck_assert_msg_has(e, "no node name before ':'");
+	ck_assert_int_eq(outputs("out,", &o, &n, &e), SD_EUSAGE);
+	ck_assert_msg_has(e, "output 2 is empty");
+	ck_assert_int_eq(outputs("logits:0", &o, &n, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "output 'logits' is not a node");
+	/* The graph-free check (the daemon's upload) says the same. */
+	ck_assert_int_eq(prune_outputs_check("a, ^b", &e), SD_EUSAGE);
+	ck_assert_msg_has(e, "output 2 ('^b') is a control input");
+	ck_assert_int_eq(prune_outputs_check("a:1,b:0", &e), 0);
+}
+END_TEST
+
 START_TEST(add_and_remove)
 {
 	prune_graph_t *g = tu_graph(&A, "graphs/small.pbtxt");
@@ -331,6 +377,7 @@ int main(void)
 		bad_binary,
 		deep_and_repeated_binary,
 		input_strings,
+		output_lists,
 		add_and_remove,
 		NULL,
 	};

@@ -215,6 +215,69 @@ END_TEST
 
 /* A node already in a scope insert creates is refused up front, naming it; the same
  * scope under a layer that is not pruned is not insert's business. */
+/* Keras mixed precision: the mask applies to the float32 value before the Cast. */
+START_TEST(weight_through_cast)
+{
+	prune_graph_t *g = tu_graph(&A, "graphs/cast.pbtxt");
+	const char *outs[] = {"out"};
+	prune_result_t r = {0};
+	sd_error_t e;
+	int rc = prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, NULL, &r, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	ck_assert_uint_eq(r.n_layers, 3);
+	const prune_layer_t *mm = &r.layers[0], *mi = &r.layers[1], *m2 = &r.layers[2];
+	ck_assert_str_eq(mm->name, "mm");
+	ck_assert_int_eq(mm->action, PRUNE_ACTION_PRUNED);
+	ck_assert_str_eq(mm->cast, "mm/Cast");
+	ck_assert_str_eq(mm->weight, "w");
+	ck_assert_str_eq(mm->weight_input, "w/read");
+	ck_assert_int_eq(mm->dtype, TENSORFLOW__DATA_TYPE__DT_FLOAT);
+	/* An int32 weight cast to float16 is not a float weight to prune. */
+	ck_assert_int_eq(mi->reason, PRUNE_SKIP_DTYPE);
+	ck_assert_str_eq(mi->cast, "mm_int/Cast");
+	/* A Cast on the layer's data input is not its weight's. */
+	ck_assert_int_eq(m2->action, PRUNE_ACTION_PRUNED);
+	ck_assert_ptr_null(m2->cast);
+	ck_assert_str_eq(node(g, "mm2")->input[1], "mm2/sparsityd/masked_weight");
+	ck_assert_str_eq(node(g, "h32")->input[0], "mm_int");
+
+	/* The layer still reads the Cast; the Cast reads the float32 masked weight. */
+	ck_assert_str_eq(node(g, "mm")->input[1], "mm/Cast");
+	ck_assert_str_eq(node(g, "mm/Cast")->input[0], "mm/sparsityd/masked_weight");
+	const Tensorflow__NodeDef *mw = node(g, "mm/sparsityd/masked_weight");
+	ck_assert_str_eq(mw->input[0], "w/read");
+	ck_assert_int_eq(prune_node_attr(mw, "T")->type, TENSORFLOW__DATA_TYPE__DT_FLOAT);
+	ck_assert_int_eq(prune_node_attr(node(g, "mm/sparsityd/mask"), "dtype")->type,
+			 TENSORFLOW__DATA_TYPE__DT_FLOAT);
+	ck_assert_str_eq(node(g, "mm/sparsityd/fresh/abs")->input[0], "w/read");
+
+	/* The record names the Cast (only for the layer that has one) and reads back. */
+	char *text = NULL;
+	size_t len;
+	FILE *f = open_memstream(&text, &len);
+	ck_assert_int_eq(prune_record_write(&r, &A, f, &e), 0);
+	fclose(f);
+	char *copy = arena_strndup(&A, text, len);
+	free(text);
+	prune_record_entry_t *rec;
+	size_t n;
+	ck_assert_int_eq(prune_record_read(copy, len, "r.txt", &A, &rec, &n, &e), 0);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(rec[0].cast, "mm/Cast");
+	ck_assert_str_eq(rec[0].weight_input, "w/read");
+	ck_assert_ptr_null(rec[1].cast);
+
+	/* Discovery on the inserted graph sees the masked weight behind the Cast. */
+	prune_layer_t *l;
+	ck_assert_int_eq(prune_layers_find(g, outs, 1, 1u << 20, &l, &n, &e), 0);
+	ck_assert(l[0].masked);
+	ck_assert_str_eq(l[0].cast, "mm/Cast");
+	ck_assert_str_eq(l[0].weight_input, "w/read");
+	ck_assert_str_eq(l[0].weight, "w");
+	ck_assert(l[2].masked && !l[2].cast);
+}
+END_TEST
+
 START_TEST(scope_collisions)
 {
 	static const struct {
@@ -254,6 +317,7 @@ int main(void)
 		update_freq_and_conv,
 		shared_weight,
 		metagraph_collections,
+		weight_through_cast,
 		scope_collisions,
 		NULL,
 	};
