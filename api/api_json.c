@@ -119,6 +119,12 @@ json_t *api_json_result(const prune_result_t *r)
 		json_object_set_new(doc, "init_op", jstr(r->init_op));
 	if (r->update_op)
 		json_object_set_new(doc, "update_op", jstr(r->update_op));
+	if (r->n_warnings) {
+		json_t *w = json_array();
+		for (size_t i = 0; i < r->n_warnings; i++)
+			json_array_append_new(w, jstr(r->warnings[i]));
+		json_object_set_new(doc, "warnings", w);
+	}
 	return doc;
 }
 

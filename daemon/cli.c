@@ -145,6 +145,8 @@ static void print_table(const prune_result_t *r, const char *model)
 		printf("\n");
 	if (r->init_op)
 		printf("init op: %s   update op: %s\n", r->init_op, r->update_op);
+	for (size_t i = 0; i < r->n_warnings; i++)
+		printf("warning: %s\n", r->warnings[i]);
 }
 
 static int print_json(const prune_result_t *r, sd_error_t *e)

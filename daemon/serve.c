@@ -324,6 +324,8 @@ static void work_cb(uv_work_t *req)
 		};
 		rc = run_stage(&rq, &arena, &res, &w->e);
 	}
+	for (size_t i = 0; !rc && i < res.n_warnings; i++)
+		jlog_warn("prune", w->id, "%s", res.warnings[i]);
 	if (!rc && fm)
 		rc = finish_output(w, fm, &bm, "model");
 	else if (fm)

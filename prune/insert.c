@@ -26,6 +26,7 @@
 
 #include "prune/attr.h"
 #include "prune/layers.h"
+#include "prune/saver.h"
 #include "prune/tensor.h"
 
 /*
@@ -411,8 +412,9 @@ static int insert_layer(prune_graph_t *g, shared_t *sh, prune_layer_t *l,
 	if (b.rc)
 		return b.rc;
 
-	/* Point the layer at the masked weight. */
-	layer->input[1] = (char *)mw;
+	/* Point the layer at the masked weight (through its Cast, if it reads one: the mask
+	 * applies to the variable's own value, in its dtype). */
+	*prune_layer_weight_ref(g, l) = (char *)mw;
 	l->mask_var = lv->mask.handle;
 	l->step_var = lv->step.handle;
 	l->update_op = us;
@@ -535,6 +537,39 @@ static int add_node_name(prune_graph_t *g, Tensorflow__CollectionDef *c, const c
 	return 0;
 }
 
+/*
+ * Has the MetaGraphDef's saver save and restore the variables of the k pruned layers
+ * (vars, in layer order); a saver it leaves as is becomes a warning of the result.
+ */
+static int extend_saver(prune_graph_t *g, prune_result_t *res, const layer_vars_t *vars,
+			size_t k, sd_error_t *e)
+{
+	arena_t *a = prune_graph_arena(g);
+	prune_saver_var_t *sv = arena_calloc(a, 2 * k + 1, sizeof(*sv));
+	if (!sv)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	for (size_t i = 0, j = 0; i < res->n_layers; i++) {
+		if (res->layers[i].action != PRUNE_ACTION_PRUNED)
+			continue;
+		sv[2 * j] = (prune_saver_var_t){vars[j].mask.handle, vars[j].mask.read,
+						 res->layers[i].dtype};
+		sv[2 * j + 1] = (prune_saver_var_t){vars[j].step.handle, vars[j].step.read,
+						     TENSORFLOW__DATA_TYPE__DT_INT64};
+		j++;
+	}
+	const char *warning;
+	int rc = prune_saver_extend(g, sv, 2 * k, &warning, e);
+	if (rc || !warning)
+		return rc;
+	const char **w = arena_grow(a, res->warnings, res->n_warnings, res->n_warnings + 1,
+				    sizeof(*w));
+	if (!w)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	w[res->n_warnings++] = warning;
+	res->warnings = w;
+	return 0;
+}
+
 /* ---- the stage ---- */
 
 /* A NoOp that depends on every op in deps (control inputs). */
@@ -653,7 +688,8 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 			if ((rc = add_variable_def(g, vc, &vars[i].mask, e)) ||
 			    (rc = add_variable_def(g, vc, &vars[i].step, e)))
 				return rc;
-		if ((rc = add_node_name(g, uc, PRUNE_UPDATE_OP, e)))
+		if ((rc = add_node_name(g, uc, PRUNE_UPDATE_OP, e)) ||
+		    (rc = extend_saver(g, res, vars, k, e)))
 			return rc;
 	}
 	res->nodes_out = prune_graph_count(g);

@@ -6,14 +6,17 @@
  * scalar), the 2:4 mask of the current weight computed with stock ops
  * (Abs, Transpose, Pad, Reshape, TopKV2, OneHot, Sum, Slice, StopGradient), and
  *   mask_value    = SelectV2(refresh(step), fresh_mask, mask)
- *   masked_weight = weight * mask_value      -> L's input 1
+ *   masked_weight = weight * mask_value      -> L's input 1 (or, when L reads its
+ *                                              weight through a Cast, the Cast's input)
  * with refresh(step) = (update_freq == 0 ? step == 0 : step % update_freq == 0).
  * The forward path reads each variable once and assigns nothing, so the inference
  * graph freezes with convert_variables_to_constants. The state update is a separate
  * op: update_mask assigns mask_value to mask, then update_step adds 1 to step.
  * Graph-wide, "sparsityd/init" initialises every new variable (mask to ones, step to 0)
  * and "sparsityd/update" runs every layer's update. For a MetaGraphDef the variables
- * join the "variables" collection and the update op the "update_ops" collection.
+ * join the "variables" collection and the update op the "update_ops" collection, and
+ * the Saver its saver_def names saves and restores them too (prune/saver.h; a saver
+ * left as is becomes a warning of the result).
  *
  * The names are a pure function of the layer name, so a second insert of a graph with
  * the same layers (training vs inference) yields the same variable names and a

@@ -54,9 +54,13 @@ typedef struct prune_layer {
 	const char *name;
 	const char *type;
 	size_t node;               /* index in the graph at discovery time */
-	const char *weight_input;  /* input 1 as written in the graph */
+	const char *weight_input;  /* what the mask multiplies: input 1 as written in the
+				      graph, or the input of the Cast the layer reads it through */
 	const char *weight;        /* the Const/VariableV2/VarHandleOp it traces to, or NULL */
 	size_t weight_node;        /* its index at discovery time (valid when weight is set) */
+	const char *cast;          /* the Cast between weight and layer (Keras mixed precision
+				      reads a float32 variable as float16), or NULL */
+	size_t cast_node;          /* its index at discovery time (valid when cast is set) */
 	int dtype;                 /* DataType of the weight, 0 if unknown */
 	int rank;                  /* -1 if unknown */
 	int64_t shape[4];
@@ -97,6 +101,10 @@ typedef struct prune_result {
 	size_t layers_2of4;        /* export/prune/check: examined layers that are 2:4 */
 	const char *init_op;       /* insert only */
 	const char *update_op;     /* insert only */
+	/* Things the user should know that did not stop the stage, one sentence each (insert:
+	 * a saver it could not extend, see prune/saver.h). */
+	const char **warnings;
+	size_t n_warnings;
 } prune_result_t;
 
 #endif
