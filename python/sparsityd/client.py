@@ -5,9 +5,10 @@
     job = c.run("prune", "model.pb", config="prune.cfg", outputs=["logits"], out_dir="out")
     job["paths"]["model"]                         # out/model, SHA-256 checked
 
-HTTP goes through httpx: one pooled connection per thread of use, explicit timeouts, and
-a request body given as an iterator of chunks with a Content-Length computed up front, so
-a multipart upload is read from disk 1 MiB at a time while it is sent.
+HTTP goes through urllib3 (a pool of keep-alive connections, explicit timeouts). A
+multipart upload is an iterator of chunks with a Content-Length computed up front, read
+from disk 1 MiB at a time while it is sent; a download is read 1 MiB at a time into the
+.part file and the running SHA-256.
 
 Retries (``retries`` bounds them, per request):
 - 429 and 503 answers are retried after their Retry-After (else an exponential backoff);
@@ -27,14 +28,18 @@ Retries (``retries`` bounds them, per request):
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
 import time
+import urllib.parse
 import uuid
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-import httpx
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError
+from urllib3.exceptions import HTTPError as TransportError
 
 from . import _progress
 from .errors import JobFailed, ProblemError, SparsitydError, WaitTimeout
@@ -43,7 +48,7 @@ __all__ = ["Client"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TERMINAL = ("succeeded", "failed", "canceled")
-CHUNK = 1 << 20  # upload read size: big enough for throughput, small for memory
+CHUNK = 1 << 20  # read size of uploads and downloads: throughput without memory
 LONG_POLL = 30  # seconds one held GET waits (the API allows 0..60)
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 8.0
@@ -71,7 +76,7 @@ def _backoff(attempt: int) -> float:
     return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
 
 
-def _retry_after(resp: httpx.Response, attempt: int) -> float:
+def _retry_after(resp: urllib3.BaseHTTPResponse, attempt: int) -> float:
     value = (resp.headers.get("retry-after") or "").strip()
     if value.isdigit():
         return min(RETRY_AFTER_MAX, float(value))
@@ -84,33 +89,38 @@ def _retry_after(resp: httpx.Response, attempt: int) -> float:
     return _backoff(attempt)
 
 
-def _problem(resp: httpx.Response) -> ProblemError:
+def _problem(resp: urllib3.BaseHTTPResponse) -> ProblemError:
     """The ProblemError of an error answer (read already). A body that is not problem+json
     (e.g. libmicrohttpd's own 431 page) still gives status, a code and a detail."""
     problem: Any = None
     ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in ("application/problem+json", "application/json"):
         try:
-            problem = resp.json()
+            problem = json.loads(resp.data)
         except ValueError:
             problem = None
     if not isinstance(problem, dict):
-        text = resp.text.strip()
-        problem = {"status": resp.status_code, "code": f"http-{resp.status_code}",
-                   "title": resp.reason_phrase,
-                   "detail": text[:500] or resp.reason_phrase or "no detail"}
-    return ProblemError(problem, status=resp.status_code)
+        text = resp.data.decode("utf-8", "replace").strip()
+        problem = {"status": resp.status, "code": f"http-{resp.status}", "title": resp.reason,
+                   "detail": text[:500] or resp.reason or "no detail"}
+    return ProblemError(problem, status=resp.status)
+
+
+def _json(resp: urllib3.BaseHTTPResponse) -> Any:
+    return json.loads(resp.data)
 
 
 class _Body:
     """One attempt's multipart body: yields its bytes, reading files CHUNK at a time.
     sent_all turns True only once the consumer has asked for more after the last chunk,
-    i.e. the transport has written every byte."""
+    i.e. the transport has written every byte. A file that cannot be read is kept in
+    error (the transport would report it as a broken connection)."""
 
     def __init__(self, segments: list, bar) -> None:
         self.segments = segments
         self.bar = bar
         self.sent_all = False
+        self.error: OSError | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         for seg in self.segments:
@@ -118,10 +128,19 @@ class _Body:
                 yield seg
                 continue
             path, size = seg
-            with open(path, "rb") as f:
+            try:
+                f = open(path, "rb")
+            except OSError as e:
+                self.error = e
+                raise
+            with f:
                 left = size
                 while left:
-                    b = f.read(min(CHUNK, left))
+                    try:
+                        b = f.read(min(CHUNK, left))
+                    except OSError as e:
+                        self.error = e
+                        raise
                     if not b:
                         raise SparsitydError(f"{path} shrank while it was being uploaded")
                     left -= len(b)
@@ -169,8 +188,8 @@ class _Multipart:
 
 
 class Client:
-    """A client of one sparsityd daemon, pooling its connections (httpx.Client). One
-    instance may serve several threads; their progress bars would interleave.
+    """A client of one sparsityd daemon, pooling its connections. One instance may serve
+    several threads; their progress bars would interleave.
 
     url, token: default to env SPARSITYD_URL (else http://127.0.0.1:8080) and
     SPARSITYD_TOKEN (sent as ``Authorization: Bearer``; none when unset or empty).
@@ -193,14 +212,16 @@ class Client:
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.progress = progress
-        headers = {"User-Agent": "sparsityd-python"}
+        self._headers = {"User-Agent": "sparsityd-python"}
         if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.url, headers=headers,
-                                  timeout=httpx.Timeout(self.timeout))
+            self._headers["Authorization"] = f"Bearer {token}"
+        # a daemon behind a reverse proxy may live under a path
+        self._prefix = urllib3.util.parse_url(self.url).path or ""
+        self._pool = urllib3.connection_from_url(self.url, maxsize=8, block=False,
+                                                 retries=False)
 
     def close(self) -> None:
-        self._http.close()
+        self._pool.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -217,7 +238,7 @@ class Client:
               headers: Mapping[str, str] | None = None, upload: _Multipart | None = None,
               read_timeout: float | None = None, stream: bool = False,
               accept: Iterable[int] = (), bar=None,
-              idempotent: bool | None = None) -> tuple[httpx.Response, bool]:
+              idempotent: bool | None = None) -> tuple[urllib3.BaseHTTPResponse, bool]:
         """Sends one request with the retries of the module doc. Returns the response
         (open when stream, for the caller to close) and whether an earlier attempt may
         have reached the daemon unanswered. An error status not in accept raises
@@ -225,11 +246,16 @@ class Client:
         answer was lost may be sent again."""
         if idempotent is None:
             idempotent = method in ("GET", "DELETE")
-        timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout)
+        # the connect timeout also bounds each write: urllib3 sets it on the socket
+        # until the request is sent
+        timeout = urllib3.Timeout(connect=self.timeout, read=read_timeout or self.timeout)
+        target = self._prefix + path
+        if params:
+            target += "?" + urllib.parse.urlencode(params)
         lost = False
         attempt = 0
         while True:
-            hdrs = dict(headers or {})
+            hdrs = {**self._headers, **(headers or {})}
             body = None
             if upload is not None:
                 body, length = upload.body(bar)
@@ -237,12 +263,15 @@ class Client:
                 hdrs["Content-Length"] = str(length)
                 if attempt:
                     bar.reset()
-            req = self._http.build_request(method, path, params=params, headers=hdrs,
-                                           content=body, timeout=timeout)
             try:
-                resp = self._http.send(req, stream=stream)
-            except httpx.TransportError as e:
-                reached = not isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+                resp = self._pool.urlopen(method, target, body=body, headers=hdrs,
+                                          timeout=timeout, retries=False, redirect=False,
+                                          preload_content=not stream, decode_content=False)
+            except TransportError as e:
+                if body is not None and body.error is not None:
+                    raise SparsitydError(f"{method} {path}: reading the upload failed: "
+                                         f"{body.error}") from body.error
+                reached = not isinstance(e, ConnectTimeoutError)
                 if reached and upload is not None and body.sent_all:
                     raise SparsitydError(
                         f"{method} {path}: the whole upload was sent but the answer was lost "
@@ -259,23 +288,24 @@ class Client:
                 time.sleep(_backoff(attempt))
                 attempt += 1
                 continue
-            status = resp.status_code
+            status = resp.status
             if status in (429, 503) and attempt < self.retries:
                 delay = _retry_after(resp, attempt)
-                resp.close()
+                resp.drain_conn()
+                resp.release_conn()
                 time.sleep(delay)
                 attempt += 1
                 continue
             if status >= 400 and status not in accept:
                 if stream:
-                    resp.read()
-                    resp.close()
+                    resp.read(cache_content=True)
+                    resp.release_conn()
                 raise _problem(resp)
             return resp, lost
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         resp, _ = self._send(method, path, **kw)
-        return resp.json()
+        return _json(resp)
 
     # -- jobs --
 
@@ -306,7 +336,7 @@ class Client:
             resp, _ = self._send("POST", "/v1/jobs", upload=upload, bar=bar)
         finally:
             bar.close()
-        return resp.json()
+        return _json(resp)
 
     def get(self, job) -> dict:
         """The job document (GET /v1/jobs/{id})."""
@@ -320,7 +350,7 @@ class Client:
         jid = _job_id(job)
         deadline = None if timeout is None else time.monotonic() + timeout
         resp, _ = self._send("GET", f"/v1/jobs/{jid}")
-        doc, etag = resp.json(), resp.headers.get("etag")
+        doc, etag = _json(resp), resp.headers.get("etag")
         while doc.get("state") not in TERMINAL:
             wait = LONG_POLL
             if deadline is not None:
@@ -331,9 +361,9 @@ class Client:
             headers = {"If-None-Match": etag} if etag else {}
             resp, _ = self._send("GET", f"/v1/jobs/{jid}", params={"wait": wait},
                                  headers=headers, read_timeout=wait + self.timeout)
-            if resp.status_code == 304:
+            if resp.status == 304:
                 continue
-            doc, etag = resp.json(), resp.headers.get("etag")
+            doc, etag = _json(resp), resp.headers.get("etag")
         if doc["state"] != "succeeded":
             raise JobFailed(doc)
         return doc
@@ -358,7 +388,7 @@ class Client:
     def log(self, job) -> str:
         """The job's event log, one event a line."""
         resp, _ = self._send("GET", f"/v1/jobs/{_job_id(job)}/log")
-        return resp.text
+        return resp.data.decode("utf-8", "replace")
 
     def cancel(self, job) -> dict:
         """Cancels a queued or running job; returns the job (a running one may still
@@ -367,18 +397,18 @@ class Client:
         # a cancel whose answer was lost may be repeated: it makes nothing
         resp, lost = self._send("POST", f"/v1/jobs/{jid}/cancel", accept=(409,),
                                  idempotent=True)
-        if resp.status_code == 409:
+        if resp.status == 409:
             if lost:
                 doc = self.get(jid)
                 if doc.get("state") == "canceled":
                     return doc
             raise _problem(resp)
-        return resp.json()
+        return _json(resp)
 
     def delete(self, job) -> None:
         """Deletes a finished job with its artifacts and log."""
         resp, lost = self._send("DELETE", f"/v1/jobs/{_job_id(job)}", accept=(404,))
-        if resp.status_code == 404 and not lost:
+        if resp.status == 404 and not lost:
             raise _problem(resp)
 
     # -- artifacts --
@@ -397,12 +427,12 @@ class Client:
             try:
                 self._download_once(url, name, path)
                 return path
-            except (httpx.TransportError, _Restart) as e:
+            except (TransportError, _Restart) as e:
                 # a cut body leaves the .part behind: the next attempt resumes it
                 if attempt >= self.retries:
                     raise SparsitydError(f"download of {url}: {e} (gave up after "
                                          f"{attempt + 1} attempts)") from e
-                if isinstance(e, httpx.TransportError):
+                if isinstance(e, TransportError):
                     time.sleep(_backoff(attempt))
                 attempt += 1
 
@@ -413,13 +443,13 @@ class Client:
         if have and os.path.exists(tag_file):
             with open(tag_file, encoding="ascii", errors="replace") as f:
                 tag = f.read().strip()
-        headers = {"Accept-Encoding": "identity"}
+        headers = {}
         if have and tag:
             headers["Range"] = f"bytes={have}-"
             headers["If-Range"] = tag
         resp, _ = self._send("GET", url, headers=headers, stream=True, accept=(416,))
         try:
-            if resp.status_code == 416:
+            if resp.status == 416:
                 # the .part is not a prefix of this artifact (as long or longer)
                 _remove(part, tag_file)
                 raise _Restart("the partial file does not fit the artifact")
@@ -429,7 +459,7 @@ class Client:
                 raise SparsitydError(f"{url}: the ETag {etag!r} is not a quoted SHA-256")
             sha = m.group(1)
             digest = hashlib.sha256()
-            if resp.status_code == 206:
+            if resp.status == 206:
                 # checked here too: a server that ignores If-Range sends a range of
                 # whatever the artifact is now
                 start = _range_start(resp.headers.get("content-range", ""))
@@ -450,13 +480,15 @@ class Client:
             bar.update(have)
             try:
                 with open(part, mode) as f:
-                    for chunk in resp.iter_raw():
+                    while chunk := resp.read(CHUNK):
                         f.write(chunk)
                         digest.update(chunk)
                         bar.update(len(chunk))
             finally:
                 bar.close()
         finally:
+            # after a full read the connection is back in the pool already; after a cut
+            # or an early exit, this drops it instead of reusing it mid-body
             resp.close()
         got = digest.hexdigest()
         if got != sha:

@@ -462,7 +462,7 @@ def test_refused_connections_are_retried(daemons):
         t0 = time.monotonic()
         with pytest.raises(SparsitydError) as ei:
             c.get("01ARZ3NDEKTSV4RRFFQ69G5FAV")
-        assert "ConnectError" in str(ei.value) and "2 attempts" in str(ei.value)
+        assert "refused" in str(ei.value) and "2 attempts" in str(ei.value), str(ei.value)
         assert time.monotonic() - t0 >= 0.25, "no backoff between the attempts"
     starter = threading.Timer(0.3, dmn.start)
     starter.start()
