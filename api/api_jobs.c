@@ -349,7 +349,11 @@ int api__h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (fd < 0)
 		return api__fail(a, r, c, SD_EIO, "artifact '%s' is missing on disk", r->params[1]);
 	int64_t from = 0, to = size - 1;
-	int rg = api_range_parse(api__header(c, "Range"), size, &from, &to);
+	/* A resumed download whose partial bytes came from another artifact gets it whole. */
+	const char *range = api_if_range_holds(api__header(c, "If-Range"), etag)
+				    ? api__header(c, "Range")
+				    : NULL;
+	int rg = api_range_parse(range, size, &from, &to);
 	if (rg < 0) {
 		close(fd);
 		sd_err(&e, SD_ERANGE, "range not satisfiable (artifact has %" PRId64 " bytes)",

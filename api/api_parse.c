@@ -101,6 +101,18 @@ bool api_etag_match(const char *inm, const char *etag)
 	return false;
 }
 
+bool api_if_range_holds(const char *if_range, const char *etag)
+{
+	if (!if_range)
+		return true;
+	while (*if_range == ' ' || *if_range == '\t')
+		if_range++;
+	size_t n = strlen(if_range), el = strlen(etag);
+	while (n && (if_range[n - 1] == ' ' || if_range[n - 1] == '\t'))
+		n--;
+	return n == el && !strncmp(if_range, etag, n);
+}
+
 #define BEARER_MAX 512
 
 const char *api_bearer_token(const char *h)

@@ -33,6 +33,12 @@ int api_range_parse(const char *h, int64_t size, int64_t *from, int64_t *to);
  * tags compared weakly, or "*"). */
 bool api_etag_match(const char *inm, const char *etag);
 
+/* Whether a Range may be honoured under an If-Range value (may be NULL: no condition).
+ * RFC 9110 13.1.5: only an entity tag equal to etag by strong comparison holds; a weak
+ * tag, another tag, or a date (nothing here has a Last-Modified) asks for the whole
+ * resource. */
+bool api_if_range_holds(const char *if_range, const char *etag);
+
 /*
  * The token of an Authorization value (may be NULL) of the Bearer scheme (scheme name
  * case-insensitive, RFC 6750 token68 characters, at most 512). NULL when there is none

@@ -1,5 +1,5 @@
-"""Reading a job and its artifacts: byte ranges, entity tags and If-None-Match (lists,
-weak comparison, "*"), and a big artifact streamed from disk, not copied into the heap.
+"""Reading a job and its artifacts: byte ranges, If-Range, entity tags and If-None-Match
+(lists, weak comparison, "*"), and a big artifact streamed from disk, not copied into the heap.
 """
 
 import re
@@ -32,6 +32,15 @@ def test_artifact_ranges(d, contract):
     assert r.status == 304 and r.body == b"", r.describe()
     r = d.get(a["href"], headers={"If-None-Match": '"%s"' % ("0" * 64)})
     assert r.status == 200 and r.body == full
+    # If-Range: the artifact's own ETag keeps the range, anything else gets it whole
+    etag = '"%s"' % a["sha256"]
+    r = d.get(a["href"], headers={"Range": "bytes=5-", "If-Range": etag})
+    assert r.status == 206 and r.body == full[5:], r.describe()
+    for other in ('"%s"' % ("0" * 64), "W/" + etag, "Wed, 21 Oct 2015 07:28:00 GMT"):
+        r = d.get(a["href"], headers={"Range": "bytes=5-", "If-Range": other})
+        assert r.status == 200 and r.body == full, (other, r.describe())
+        assert r.header("content-range") is None
+        contract.check(r)
     assert_problem(d.get("/v1/jobs/%s/artifacts/nope" % job["id"]), 404, "not-found")
     assert_problem(d.get("/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/artifacts/model"), 404, "not-found")
 

@@ -328,6 +328,15 @@ START_TEST(parse_headers)
 	ck_assert(!api_etag_match(NULL, "\"x\""));
 	ck_assert(!api_etag_match("W/,W/", "\"x\""));
 
+	ck_assert(api_if_range_holds(NULL, "\"x\""));
+	ck_assert(api_if_range_holds("\"x\"", "\"x\""));
+	ck_assert(api_if_range_holds(" \"x\"\t", "\"x\""));
+	ck_assert(!api_if_range_holds("W/\"x\"", "\"x\""));
+	ck_assert(!api_if_range_holds("\"y\"", "\"x\""));
+	ck_assert(!api_if_range_holds("\"x\"x", "\"x\""));
+	ck_assert(!api_if_range_holds("", "\"x\""));
+	ck_assert(!api_if_range_holds("Wed, 21 Oct 2015 07:28:00 GMT", "\"x\""));
+
 	ck_assert_str_eq(api_bearer_token("Bearer abc"), "abc");
 	ck_assert_str_eq(api_bearer_token("bearer  abc=="), "abc==");
 	ck_assert_ptr_null(api_bearer_token("Bearer "));
