@@ -78,7 +78,9 @@ static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 	while (at < len) {
 		size_t start = at;
 		uint64_t key, v;
-		if (!pbwire_varint_get(p, len, &at, &key))
+		/* Field number 0 does not exist (a file of zeros would otherwise be walked and
+		 * copied whole before protobuf-c refused it). */
+		if (!pbwire_varint_get(p, len, &at, &key) || key >> 3 == 0)
 			return -1;
 		unsigned field = (unsigned)(key >> 3), wire = key & 7;
 		switch (wire) {

@@ -616,7 +616,9 @@ int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf, 
 		if (at >= stack[depth].end)
 			return 0;
 		uint64_t key, v;
-		if (!pbwire_varint_get(buf, stack[depth].end, &at, &key))
+		/* Field number 0 does not exist: stop at once rather than walk a file of zeros
+		 * two bytes at a time (protobuf-c refuses it). */
+		if (!pbwire_varint_get(buf, stack[depth].end, &at, &key) || key >> 3 == 0)
 			return 0;
 		switch (key & 7) {
 		case WT_VARINT:

@@ -12,6 +12,7 @@
 
 #include "common/arena.h"
 #include "proto/amct.pb-c.h"
+#include "proto/pbstrip.h"
 #include "proto/pbtext.h"
 #include "proto/pbwire.h"
 #include "prune/attr.h"
@@ -218,11 +219,32 @@ START_TEST(full_disk)
 }
 END_TEST
 
+/* Field number 0 does not exist: a file of zeros is malformed at its first byte, not a
+ * run of empty fields to walk (and copy) to its end before protobuf-c refuses it. */
+START_TEST(field_zero_is_malformed)
+{
+	static const uint8_t zeros[64];
+	sd_error_t e;
+	uint8_t *out;
+	size_t out_len, n_refs;
+	pbstrip_ref_t *refs;
+	ck_assert_int_eq(pbstrip_graph(zeros, sizeof(zeros), false, &A, &out, &out_len, &refs,
+				       &n_refs, &e),
+			 PBSTRIP_MALFORMED);
+	ck_assert_int_eq(pbstrip_graph(zeros, sizeof(zeros), true, &A, &out, &out_len, &refs,
+				       &n_refs, &e),
+			 PBSTRIP_MALFORMED);
+	ck_assert_int_eq(pbwire_check_depth(&tensorflow__graph_def__descriptor, zeros,
+					    sizeof(zeros), SD_EMODEL, &e),
+			 0);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *const tests[] = {
 		text_fixtures, edge_values, unknown_fields, block_boundaries,
-		refuses_over_2gib, full_disk, NULL,
+		refuses_over_2gib, full_disk, field_zero_is_malformed, NULL,
 	};
 	const tu_case_t cases[] = {{"pbwire", tests, TU_ARENA}, {NULL}};
 	return tu_main("pbwire", cases);
