@@ -39,7 +39,7 @@ def installed_bin():
 def test_the_installed_package_is_imported():
     import sparsityd
     where = os.path.realpath(sparsityd.__file__)
-    assert not where.startswith(os.path.realpath(REPO) + os.sep), (
+    assert not where.startswith(os.path.join(os.path.realpath(REPO), "python") + os.sep), (
         "tests import sparsityd from the source tree (%s), not the installed package: "
         "run `pip install .` (scripts/test.sh does) and unset PYTHONPATH" % where)
     for f in ("py.typed", "client.py", "errors.py", "tensorflow.py", "_version.py"):
@@ -76,9 +76,9 @@ def test_optional_parts_stay_optional():
     # import sparsityd loads neither the HTTP library nor TensorFlow; the client needs
     # only its HTTP library
     py("import sys, sparsityd\n"
-       "assert 'httpx' not in sys.modules and 'tensorflow' not in sys.modules, sys.modules\n"
+       "assert 'urllib3' not in sys.modules and 'tensorflow' not in sys.modules, sys.modules\n"
        "from sparsityd import Client, ProblemError, JobFailed, EngineError, SparsitydError\n"
-       "assert 'httpx' in sys.modules and 'tensorflow' not in sys.modules\n",
+       "assert 'urllib3' in sys.modules and 'tensorflow' not in sys.modules\n",
        env_without_bin())
 
 
