@@ -115,14 +115,7 @@ static prune_graph_t *inserted_into(const char *file, const char *config,
 	sd_error_t e;
 	int rc = prune_insert(g, cfg(config), outs, 1, 1u << 20, NULL, &r, &e);
 	ck_assert_msg(rc == 0, "%s", e.msg);
-	char *text = NULL;
-	size_t len;
-	FILE *f = open_memstream(&text, &len);
-	ck_assert_int_eq(prune_record_write(&r, &A, f, &e), 0);
-	fclose(f);
-	char *copy = arena_strndup(&A, text, len);
-	free(text);
-	ck_assert_int_eq(prune_record_read(copy, len, "r.txt", &A, rec, n, &e), 0);
+	tu_record_roundtrip(&r, rec, n);
 	return g;
 }
 

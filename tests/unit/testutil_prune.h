@@ -15,6 +15,7 @@
 #include "common/arena.h"
 #include "common/sd_err.h"
 #include "prune/graph.h"
+#include "prune/record.h"
 #include "testutil.h"
 
 /* Reads SRCDIR/tests/unit/data/<rel> into an arena buffer; *len gets its size. */
@@ -75,6 +76,22 @@ static inline char *tu_save(prune_graph_t *g, prune_format_t fmt, size_t *len)
 static arena_t A __attribute__((unused));
 static void tu_arena_setup(void) { arena_init(&A, 0); }
 static void tu_arena_teardown(void) { arena_deinit(&A); }
+
+/* The record of an insert result, written as text and read back (into A), as a user's
+ * record file would be. */
+static inline void tu_record_roundtrip(const prune_result_t *r, prune_record_entry_t **rec,
+				       size_t *n)
+{
+	sd_error_t e;
+	char *text = NULL;
+	size_t len;
+	FILE *f = open_memstream(&text, &len);
+	ck_assert_int_eq(prune_record_write(r, &A, f, &e), 0);
+	fclose(f);
+	char *copy = arena_strndup(&A, text, len);
+	free(text);
+	ck_assert_msg(prune_record_read(copy, len, "r.txt", &A, rec, n, &e) == 0, "%s", e.msg);
+}
 #define TU_ARENA .setup = tu_arena_setup, .teardown = tu_arena_teardown
 
 #define ck_assert_msg_has(e, needle)                                                     \
