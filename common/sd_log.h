@@ -9,8 +9,17 @@
  *   info   the life of the service and of each job (start, stop, job created,
  *          started, finished, with durations);
  *   debug  per-request detail for diagnosis.
- * Each line: "2026-11-25T20:50:48.123Z info [sched] job 01J...: message". Group tags
- * name the subsystem: [main], [api], [store], [sched], [prune].
+ * Group tags (the "component") name the subsystem: [main], [api], [store], [sched],
+ * [prune].
+ *
+ * Formats (log_format):
+ *   text  2026-11-25T20:50:48.123Z info [sched] job 01J...: message
+ *   json  {"time":"2026-11-25T20:50:48.123Z","level":"info","component":"sched",
+ *          "job":"01J...","message":"message"}   (one object per line; "job" is null
+ *          outside a job; bytes that are not UTF-8 are written as the text \xNN)
+ * When stderr is the journal ($JOURNAL_STREAM names it, as systemd sets it), each line
+ * starts with its syslog priority, <3> error, <4> warn, <6> info, <7> debug, which
+ * journald strips and files the line under; a log file gets no prefix.
  *
  * Thread safety: any thread may log; a line is written with one write(2) call, so lines
  * from different threads never interleave. sd_log_reopen() (SIGHUP) swaps the file
@@ -28,10 +37,18 @@ typedef enum sd_log_level {
 	SD_LOG_DEBUG,
 } sd_log_level_t;
 
-/* Sets the threshold and the destination (NULL = stderr). Returns 0 or -errno. */
+typedef enum sd_log_format {
+	SD_LOG_TEXT = 0,
+	SD_LOG_JSON,
+} sd_log_format_t;
+
+/* Sets the threshold and the destination (NULL = stderr, where $JOURNAL_STREAM is
+ * checked). Returns 0 or -errno. Main thread, before other threads log. */
 int sd_log_init(sd_log_level_t level, const char *path);
 /* Changes the threshold only (SIGHUP reload). */
 void sd_log_set_level(sd_log_level_t level);
+/* Changes the line format (start-up, SIGHUP reload); any thread. */
+void sd_log_set_format(sd_log_format_t f);
 /* Reopens the log file (after rotation). Returns 0 or -errno; keeps the old fd then. */
 int sd_log_reopen(void);
 void sd_log_deinit(void);
@@ -39,6 +56,18 @@ void sd_log_deinit(void);
 /* Parses "error", "warn", "info", "debug". Returns 0 or -1. */
 int sd_log_level_parse(const char *s, sd_log_level_t *out);
 const char *sd_log_level_name(sd_log_level_t l);
+/* Parses "text", "json". Returns 0 or -1. */
+int sd_log_format_parse(const char *s, sd_log_format_t *out);
+
+/*
+ * Installs handlers for SIGSEGV, SIGBUS, SIGFPE, SIGILL and SIGABRT that write one last
+ * error line naming the signal (and who sent it, or the faulting address), in the
+ * current format, with async-signal-safe calls only, then let the signal kill the
+ * process with its default action (a core dump where enabled). The main thread gets an
+ * alternate signal stack, so a stack overflow there is reported too. Call once, from
+ * the main thread, before other threads start. Returns 0 or -errno.
+ */
+int sd_log_fatal_signals(void);
 
 bool sd_log_enabled(sd_log_level_t l);
 
