@@ -1,8 +1,8 @@
 /*
  * api_reply: how the API answers (see api_int.h): JSON bodies, RFC 9457 problems whose
  * status, type and title come from the error table, plain text. Every answer passes
- * api__queue, which adds Cache-Control, counts the status for /metrics and marks the
- * request answered.
+ * api__queue, which adds Cache-Control, counts the status for /metrics, notes the
+ * status and body size for the access line, and marks the request answered.
  */
 #include "api/api_int.h"
 
@@ -14,7 +14,7 @@
 #include "common/sd_log.h"
 
 int api__queue(api_t *a, req_t *r, struct MHD_Connection *c, int status,
-		 struct MHD_Response *resp)
+		 struct MHD_Response *resp, uint64_t len)
 {
 	if (!resp)
 		return MHD_NO;
@@ -24,18 +24,20 @@ int api__queue(api_t *a, req_t *r, struct MHD_Connection *c, int status,
 	if (status >= 100 && status < 600)
 		atomic_fetch_add(&a->status_count[status], 1);
 	r->answered = true;
+	r->status = status;
+	r->bytes = r->method == API__M_HEAD ? 0 : len; /* libmicrohttpd sends no body then */
 	return ok;
 }
 
-/* A response carrying doc (consumed) as JSON of the given content type; NULL on ENOMEM. */
-struct MHD_Response *api__json_response(json_t *doc, const char *type)
+struct MHD_Response *api__json_response(json_t *doc, const char *type, size_t *len)
 {
 	char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
 	json_decref(doc);
 	if (!body)
 		return NULL;
+	*len = strlen(body);
 	struct MHD_Response *resp =
-		MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+		MHD_create_response_from_buffer(*len, body, MHD_RESPMEM_MUST_FREE);
 	if (!resp) {
 		free(body);
 		return NULL;
@@ -44,13 +46,12 @@ struct MHD_Response *api__json_response(json_t *doc, const char *type)
 	return resp;
 }
 
-/* The problem document for e, answered with `status`. */
-struct MHD_Response *api__problem_response(const sd_error_t *e, int status)
+struct MHD_Response *api__problem_response(const sd_error_t *e, int status, size_t *len)
 {
 	json_t *p = api_json_problem(e);
 	if (p)
 		json_object_set_new(p, "status", json_integer(status));
-	return api__json_response(p, "application/problem+json");
+	return api__json_response(p, "application/problem+json", len);
 }
 
 int api__send_text(api_t *a, req_t *r, struct MHD_Connection *c, int status,
@@ -65,22 +66,24 @@ int api__send_text(api_t *a, req_t *r, struct MHD_Connection *c, int status,
 	MHD_add_response_header(resp, "Content-Type", type);
 	if (etag)
 		MHD_add_response_header(resp, "ETag", etag);
-	return api__queue(a, r, c, status, resp);
+	return api__queue(a, r, c, status, resp, len);
 }
 
 int api__send_json(api_t *a, req_t *r, struct MHD_Connection *c, int status, json_t *doc,
 		     const char *etag)
 {
-	struct MHD_Response *resp = api__json_response(doc, "application/json");
+	size_t len = 0;
+	struct MHD_Response *resp = api__json_response(doc, "application/json", &len);
 	if (resp && etag)
 		MHD_add_response_header(resp, "ETag", etag);
-	return api__queue(a, r, c, status, resp);
+	return api__queue(a, r, c, status, resp, len);
 }
 
 static int api__send_problem_status(api_t *a, req_t *r, struct MHD_Connection *c, int status,
 			       const sd_error_t *e)
 {
-	struct MHD_Response *resp = api__problem_response(e, status);
+	size_t len = 0;
+	struct MHD_Response *resp = api__problem_response(e, status, &len);
 	if (!resp)
 		return MHD_NO;
 	if (status == 401)
@@ -88,7 +91,7 @@ static int api__send_problem_status(api_t *a, req_t *r, struct MHD_Connection *c
 	if (status == 429 || status == 503)
 		MHD_add_response_header(resp, "Retry-After", "5");
 	log_debug("api", "%d %s", status, e->msg);
-	return api__queue(a, r, c, status, resp);
+	return api__queue(a, r, c, status, resp, len);
 }
 
 int api__send_problem(api_t *a, req_t *r, struct MHD_Connection *c, const sd_error_t *e)
