@@ -45,9 +45,13 @@ typedef struct api_conf {
 	int max_connections;     /* client connections at once */
 	int max_uploads;         /* request bodies streaming at once; 429 beyond */
 	int idle_timeout;        /* seconds a connection may stay silent */
+	bool access_log;         /* one info line per request (component "access") */
+	const char *tls_cert;    /* PEM chain and key files: HTTPS when set, else HTTP */
+	const char *tls_key;
 } api_conf_t;
 
-/* Starts listening. Returns 0, SD_EIO (bind failed: e says why). Loop thread. */
+/* Starts listening. Returns 0, SD_EIO (bind failed: e says why), SD_EUSAGE (a TLS
+ * certificate or key that cannot be used: e names the file). Loop thread. */
 SD_MUST_CHECK int api_start(const api_conf_t *c, store_t *s, const api_ops_t *ops,
 			    api_t **out, sd_error_t *e);
 
@@ -59,6 +63,17 @@ void api_job_changed(api_t *a, const char *id);
 
 /* Resumes long-polls whose deadline passed. Loop thread, from a timer. */
 void api_poll_expire(api_t *a);
+
+/* Writes the token uses HTTP threads noted (each token's "last used", at most once a
+ * minute per token) through the store's writer; failures are logged. Loop thread, from
+ * a timer; api_stop writes the last ones. */
+void api_token_uses_write(api_t *a);
+
+/* Reads tls_cert and tls_key again (SIGHUP): new handshakes get the new pair,
+ * connections already open keep theirs. All or nothing: on any error the pair in
+ * service stays and e names the file and the cause (SD_EUSAGE, SD_ENOMEM). Returns 0
+ * without doing anything when the API serves plain HTTP. Loop thread. */
+SD_MUST_CHECK int api_tls_reload(sd_error_t *e);
 
 /* Prints the route table ("METHOD PATH" lines) for the test that holds it against
  * openapi.yaml. */

@@ -15,7 +15,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <inttypes.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +23,6 @@
 
 #include "api/api_json.h"
 #include "common/sd_log.h"
-#include "common/sd_str.h"
 #include "common/sd_time.h"
 
 /* ---- service endpoints ---- */
@@ -54,37 +52,6 @@ static int h_openapi(api_t *a, req_t *r, struct MHD_Connection *c)
 	return api__send_text(a, r, c, 200, "application/yaml", copy, api__openapi_spec_len, NULL);
 }
 
-static int h_metrics(api_t *a, req_t *r, struct MHD_Connection *c)
-{
-	char *buf = NULL;
-	size_t len = 0;
-	sd_error_t e;
-	int64_t counts[STORE_STATE__COUNT] = {0};
-	store_reader_t *rd = api__reader(a, &e);
-	if (!rd || store_job_counts(rd, counts, &e))
-		return api__send_problem(a, r, c, &e);
-	sd_appendf(&buf, &len, "# HELP sparsityd_jobs Jobs by state.\n# TYPE sparsityd_jobs gauge\n");
-	for (int s = 0; s < STORE_STATE__COUNT; s++)
-		sd_appendf(&buf, &len, "sparsityd_jobs{state=\"%s\"} %" PRId64 "\n",
-			store_state_name((store_state_t)s), counts[s]);
-	sd_appendf(&buf, &len, "# HELP sparsityd_http_requests_total HTTP responses by status.\n"
-			    "# TYPE sparsityd_http_requests_total counter\n");
-	for (int s = 100; s < 600; s++) {
-		uint64_t v = atomic_load(&a->status_count[s]);
-		if (v)
-			sd_appendf(&buf, &len, "sparsityd_http_requests_total{status=\"%d\"} %" PRIu64 "\n",
-				s, v);
-	}
-	sd_appendf(&buf, &len, "# HELP sparsityd_upload_bytes_total Bytes received in uploads.\n"
-			    "# TYPE sparsityd_upload_bytes_total counter\n"
-			    "sparsityd_upload_bytes_total %" PRIu64 "\n",
-		(uint64_t)atomic_load(&a->upload_bytes));
-	a->ops.metrics(a->ops.ud, &buf, &len);
-	if (!buf)
-		return MHD_NO;
-	return api__send_text(a, r, c, 200, "text/plain; version=0.0.4", buf, len, NULL);
-}
-
 /* ---- dispatch ---- */
 
 static const route_t routes[] = {
@@ -97,50 +64,18 @@ static const route_t routes[] = {
 	{"GET", "/v1/jobs/{id}/artifacts/{name}", api__h_artifact, false, true},
 	{"GET", "/healthz", h_healthz, false, false},
 	{"GET", "/readyz", h_readyz, false, false},
-	{"GET", "/metrics", h_metrics, false, false},
+	{"GET", "/metrics", api__h_metrics, false, false},
 	{"GET", "/openapi.yaml", h_openapi, false, false},
 };
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
+_Static_assert(N_ROUTES <= API__ROUTES_MAX, "api_t.http_s has a row per route");
+const route_t *const api__routes = routes;
+const size_t api__n_routes = N_ROUTES;
 
 void api_routes_print(void)
 {
 	for (size_t i = 0; i < N_ROUTES; i++)
 		printf("%s %s\n", routes[i].method, routes[i].path);
-}
-
-/*
- * Authenticates /v1 requests when tokens exist; returns 0, SD_EAUTH, or the store's
- * error (a database that cannot be read is the server's fault, not the client's).
- * Whether any token exists is re-read at most once a second (tokens are created by
- * another process, `sparsityd token create`), not once per request.
- */
-static int authorise(api_t *a, req_t *r, struct MHD_Connection *c, sd_error_t *e)
-{
-	store_reader_t *rd = api__reader(a, e);
-	if (!rd)
-		return e->code;
-	int64_t now = sd_now_ms();
-	bool exist = atomic_load(&a->tokens_on);
-	if (now - atomic_load(&a->tokens_checked_ms) > 1000) {
-		int rc = store_tokens_exist(rd, &exist, e);
-		if (rc)
-			return rc;
-		atomic_store(&a->tokens_on, exist);
-		atomic_store(&a->tokens_checked_ms, now);
-	}
-	if (!exist)
-		return 0;
-	const char *h = api__header(c, "Authorization");
-	if (!h)
-		return sd_err(e, SD_EAUTH,
-			      "this daemon requires a bearer token (Authorization: Bearer ...)");
-	const char *token = api_bearer_token(h);
-	if (!token)
-		return sd_err(e, SD_EAUTH, "the Authorization header is not 'Bearer <token>'");
-	int rc = store_token_check(rd, token, &r->tenant, e);
-	if (rc == SD_ENOTFOUND)
-		return sd_err(e, SD_EAUTH, "unknown or revoked token");
-	return rc;
 }
 
 static void req_free(api_t *a, req_t *r)
@@ -160,7 +95,9 @@ static void req_free(api_t *a, req_t *r)
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 		      enum MHD_RequestTerminationCode toe)
 {
-	(void)c, (void)toe;
+	(void)c;
+	if (*con_cls)
+		api__request_end(cls, *con_cls, toe);
 	req_free(cls, *con_cls);
 	*con_cls = NULL;
 }
@@ -198,10 +135,11 @@ static int route(api_t *a, req_t *r, struct MHD_Connection *c, const char *url,
 		return api__fail(a, r, c, SD_ENOTFOUND, "no such endpoint: %.16s %.200s", method, url);
 	sd_error_t e;
 	sd_err(&e, SD_EMETHOD, "%.16s is not allowed on %.200s (allowed: %s)", method, url, allow);
-	struct MHD_Response *resp = api__problem_response(&e, 405);
+	size_t len = 0;
+	struct MHD_Response *resp = api__problem_response(&e, 405, &len);
 	if (resp)
 		MHD_add_response_header(resp, "Allow", allow);
-	return api__queue(a, r, c, 405, resp);
+	return api__queue(a, r, c, 405, resp, len);
 }
 
 /* Whether method + url is the upload route (POST /v1/jobs), before any routing work. */
@@ -234,13 +172,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			return MHD_NO;
 		r->api = a;
 		*con_cls = r;
+		api__request_begin(r, method, url);
 		if (!upload_route(url, method))
 			return MHD_YES;
 		if (route(a, r, c, url, method) != MHD_YES || r->answered)
 			return MHD_YES;
 		sd_error_t e;
 		sd_err_clear(&e);
-		if (r->route->auth && authorise(a, r, c, &e))
+		if (r->route->auth && api__authorise(a, r, c, &e))
 			return api__send_problem(a, r, c, &e);
 		r->authed = true;
 		return api__upload_start(a, r, c);
@@ -271,7 +210,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (r->route->auth && !r->authed) {
 		sd_error_t e;
 		sd_err_clear(&e);
-		if (authorise(a, r, c, &e))
+		if (api__authorise(a, r, c, &e))
 			return api__send_problem(a, r, c, &e);
 		r->authed = true;
 	}
@@ -325,6 +264,7 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_cond_init(&a->polls_done, NULL);
 	pthread_key_create(&a->reader_key, api__thread_ctx_free);
+	pthread_mutex_init(&a->uses_mu, NULL);
 	struct sockaddr_storage ss = {0};
 	struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
 	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
@@ -342,6 +282,17 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 		return sd_err(e, SD_EUSAGE, "listen address '%s' is not a numeric IP address",
 			      conf->host);
 	}
+	/* HTTPS: certificates come from a callback, so SIGHUP can swap them (api_tls.c).
+	 * TLS 1.2 and 1.3 only. */
+	gnutls_certificate_retrieve_function3 *cert_cb = NULL;
+	bool tls = conf->tls_cert && conf->tls_cert[0];
+	if (tls) {
+		if (!(cert_cb = api__tls_start(conf->tls_cert, conf->tls_key ? conf->tls_key : "", e))) {
+			api_stop(a);
+			return e->code;
+		}
+		flags |= MHD_USE_TLS;
+	}
 	a->mhd = MHD_start_daemon(flags, (uint16_t)conf->port, NULL, NULL, on_request, a,
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 				  MHD_OPTION_THREAD_POOL_SIZE, (unsigned)conf->threads,
@@ -349,7 +300,12 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)conf->idle_timeout,
 				  MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)conf->max_connections,
-				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+				  /* plain HTTP: the list ends here (HTTPS options without
+				   * MHD_USE_TLS would be logged as errors) */
+				  tls ? MHD_OPTION_HTTPS_CERT_CALLBACK2 : MHD_OPTION_END, cert_cb,
+				  MHD_OPTION_HTTPS_PRIORITIES, "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2",
+				  MHD_OPTION_END);
 	if (!a->mhd) {
 		api_stop(a);
 		return sd_err(e, SD_EIO, "cannot listen on %s:%d (address in use or not local?)",
@@ -392,6 +348,9 @@ void api_stop(api_t *a)
 		if (ls != MHD_INVALID_SOCKET)
 			close(ls);
 	}
+	api__tls_stop();
+	api_token_uses_write(a); /* the HTTP threads are gone: every note is in */
+	pthread_mutex_destroy(&a->uses_mu);
 	pthread_key_delete(a->reader_key);
 	pthread_cond_destroy(&a->polls_done);
 	pthread_mutex_destroy(&a->mu);

@@ -5,12 +5,16 @@
  *
  *   api_http.c    libmicrohttpd life cycle, route table, dispatch, auth, service pages
  *   api_reply.c   responses: JSON, problems, plain text, request header and query values
+ *   api_metrics.c /metrics, and each request's duration histogram and access line
  *   api_jobs.c    job handlers, the per-thread reader and body cache, long-poll waiters,
  *                 and the HTTP side of uploads (api_upload.c parses the body itself)
+ *   api_auth.c    bearer tokens: who is calling, and when each token was last used
+ *   api_tls.c     HTTPS: the certificate and key served, reloaded on SIGHUP
  */
 #ifndef API_INT_H
 #define API_INT_H
 
+#include <gnutls/abstract.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -21,6 +25,7 @@
 #include "api/api.h"
 #include "api/api_parse.h"
 #include "api/api_upload.h"
+#include "common/sd_prom.h"
 
 #define WAIT_MAX_S 60
 /* How much of a refused body is read and dropped so the client sees the answer. */
@@ -40,6 +45,15 @@ typedef struct route {
 	bool auth;
 } route_t;
 
+/* The route table (api_http.c), for the metrics and the access log. */
+#define API__ROUTES_MAX 16
+extern const route_t *const api__routes;
+extern const size_t api__n_routes;
+
+/* Methods as the metrics count them: a fixed list, so clients cannot add labels. */
+enum { API__M_GET, API__M_HEAD, API__M_POST, API__M_PUT, API__M_DELETE, API__M_PATCH,
+       API__M_OPTIONS, API__M_OTHER, API__METHODS };
+
 struct api_s_waiter {
 	waiter_t *next;
 	struct MHD_Connection *conn;
@@ -53,6 +67,12 @@ struct req {
 	char *tenant;                  /* NULL: no auth in force */
 	bool authed;
 	bool answered;
+	/* accounting (api_metrics.c) */
+	int64_t t0_ns;                 /* monotonic, when the headers were in */
+	uint8_t method;                /* API__M_* */
+	int status;                    /* answered with; 0 until then */
+	uint64_t bytes;                /* body bytes of the answer (0 for HEAD) */
+	char path[101];                /* the start of the URL, for a request no route matches */
 	/* upload */
 	api_upload_t *up;
 	bool upload_slot;              /* counted in api_t.uploads */
@@ -62,6 +82,13 @@ struct req {
 	/* long-poll */
 	bool suspended;                /* counted in api_t.polls until answered */
 	int64_t deadline_ms;
+};
+
+/* A token use noted by an HTTP thread, written to the store by the loop thread. */
+#define API_USES_MAX 64
+struct api_use {
+	char hash[STORE_SHA_HEX + 1];
+	int64_t ms;
 };
 
 struct api {
@@ -78,19 +105,26 @@ struct api {
 	atomic_int uploads; /* requests streaming a body into blobs now */
 	atomic_uint_fast64_t status_count[600];
 	atomic_uint_fast64_t upload_bytes;
+	/* request durations by route (the last row: unmatched) and method */
+	sd_prom_hist_t http_s[API__ROUTES_MAX + 1][API__METHODS];
 	atomic_bool tokens_on;
 	atomic_int_fast64_t tokens_checked_ms;
+	pthread_mutex_t uses_mu; /* uses, n_uses */
+	struct api_use uses[API_USES_MAX];
+	int n_uses;
 };
 
 /* ---- api_reply.c: every answer goes through api__queue (it counts statuses) ---- */
 
-/* Queues resp (consumed; NULL: out of memory) with status; marks r answered. */
+/* Queues resp (consumed; NULL: out of memory) with status; marks r answered and notes
+ * status and len (the body's bytes) for the metrics and the access line. */
 int api__queue(api_t *a, req_t *r, struct MHD_Connection *c, int status,
-	       struct MHD_Response *resp);
-/* A response carrying doc (consumed) as JSON of the given content type; NULL on ENOMEM. */
-struct MHD_Response *api__json_response(json_t *doc, const char *type);
-/* The problem document for e, answered with `status`. */
-struct MHD_Response *api__problem_response(const sd_error_t *e, int status);
+	       struct MHD_Response *resp, uint64_t len);
+/* A response carrying doc (consumed) as JSON of the given content type, its length in
+ * *len; NULL on ENOMEM. */
+struct MHD_Response *api__json_response(json_t *doc, const char *type, size_t *len);
+/* The problem document for e, answered with `status` (its length in *len). */
+struct MHD_Response *api__problem_response(const sd_error_t *e, int status, size_t *len);
 /* Answers body (malloc'd, consumed) as text of the given type. */
 int api__send_text(api_t *a, req_t *r, struct MHD_Connection *c, int status,
 		   const char *type, char *body, size_t len, const char *etag);
@@ -105,6 +139,23 @@ int api__fail(api_t *a, req_t *r, struct MHD_Connection *c, int code, const char
 /* A request header / query argument, NULL when absent (or a valueless "?x"). */
 const char *api__header(struct MHD_Connection *c, const char *name);
 const char *api__query(struct MHD_Connection *c, const char *name);
+
+/* ---- api_auth.c ---- */
+
+/* Authenticates a /v1 request when tokens exist: sets r->tenant (owned by r). Returns
+ * 0, SD_EAUTH (no, unknown, revoked or expired token: e says which), or the store's
+ * error (a database that cannot be read is the server's fault, not the client's). */
+int api__authorise(api_t *a, req_t *r, struct MHD_Connection *c, sd_error_t *e);
+
+/* ---- api_tls.c ---- */
+
+/* Loads and checks the pair at cert and key (paths kept for reloads) and returns the
+ * callback to give libmicrohttpd (MHD_OPTION_HTTPS_CERT_CALLBACK2), or NULL with e
+ * (SD_EUSAGE naming the file and the cause, SD_ENOMEM). Loop thread, once. */
+gnutls_certificate_retrieve_function3 *api__tls_start(const char *cert, const char *key,
+						      sd_error_t *e);
+/* Frees the pair; after the MHD daemon has stopped. */
+void api__tls_stop(void);
 
 /* ---- api_jobs.c ---- */
 
@@ -125,5 +176,15 @@ int api__upload_start(api_t *a, req_t *r, struct MHD_Connection *c);
 void api__upload_feed(api_t *a, req_t *r, const char *data, size_t n);
 /* r's long-poll is over (answered or its connection gone): api_stop waits for these. */
 void api__poll_done(api_t *a, req_t *r);
+
+/* ---- api_metrics.c ---- */
+
+/* A request's first call: starts its clock, notes its method and path. */
+void api__request_begin(req_t *r, const char *method, const char *url);
+/* A request's end (the completion callback): its duration into the histogram, and its
+ * access line when access_log is on. */
+void api__request_end(api_t *a, req_t *r, enum MHD_RequestTerminationCode toe);
+/* GET /metrics. */
+int api__h_metrics(api_t *a, req_t *r, struct MHD_Connection *c);
 
 #endif

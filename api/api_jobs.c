@@ -133,7 +133,7 @@ static int send_job(api_t *a, req_t *r, struct MHD_Connection *c, const char *id
 		snprintf(loc, sizeof(loc), "/v1/jobs/%s", id);
 		MHD_add_response_header(resp, "Location", loc);
 	}
-	return api__queue(a, r, c, status, resp);
+	return api__queue(a, r, c, status, resp, slot->len);
 }
 
 static int not_modified(api_t *a, req_t *r, struct MHD_Connection *c, const char *etag)
@@ -142,7 +142,7 @@ static int not_modified(api_t *a, req_t *r, struct MHD_Connection *c, const char
 	if (!resp)
 		return MHD_NO;
 	MHD_add_response_header(resp, "ETag", etag);
-	return api__queue(a, r, c, 304, resp);
+	return api__queue(a, r, c, 304, resp, 0);
 }
 
 /* Registers a long-poll; called with a->mu held. False when out of memory: the poll is
@@ -300,7 +300,7 @@ int api__h_job_delete(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (a->ops.remove(a->ops.ud, r->params[0], r->tenant, &e))
 		return api__send_problem(a, r, c, &e);
 	struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-	return api__queue(a, r, c, 204, resp);
+	return api__queue(a, r, c, 204, resp, 0);
 }
 
 int api__h_job_log(api_t *a, req_t *r, struct MHD_Connection *c)
@@ -358,12 +358,13 @@ int api__h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 		close(fd);
 		sd_err(&e, SD_ERANGE, "range not satisfiable (artifact has %" PRId64 " bytes)",
 		       size);
-		struct MHD_Response *resp = api__problem_response(&e, 416);
+		size_t len = 0;
+		struct MHD_Response *resp = api__problem_response(&e, 416, &len);
 		char cr[64];
 		snprintf(cr, sizeof(cr), "bytes */%" PRId64, size);
 		if (resp)
 			MHD_add_response_header(resp, "Content-Range", cr);
-		return api__queue(a, r, c, 416, resp);
+		return api__queue(a, r, c, 416, resp, len);
 	}
 	struct MHD_Response *resp =
 		MHD_create_response_from_fd_at_offset64((uint64_t)(to - from + 1), fd, (uint64_t)from);
@@ -379,7 +380,7 @@ int api__h_artifact(api_t *a, req_t *r, struct MHD_Connection *c)
 		snprintf(cr, sizeof(cr), "bytes %" PRId64 "-%" PRId64 "/%" PRId64, from, to, size);
 		MHD_add_response_header(resp, "Content-Range", cr);
 	}
-	return api__queue(a, r, c, rg == 1 ? 206 : 200, resp);
+	return api__queue(a, r, c, rg == 1 ? 206 : 200, resp, (uint64_t)(to - from + 1));
 }
 
 /* ---- uploads ---- */

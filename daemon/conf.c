@@ -12,14 +12,19 @@
 #include "common/sd_log.h"
 #include "common/sd_str.h"
 
-typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL } type_t;
+typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL, T_LOGFMT } type_t;
 
 /* X(name, type, default, min, max, reloadable, help) */
 #define CONF_MAP(X)                                                                       \
 	X(listen, T_STR, "127.0.0.1:8080", 0, 0, false,                                   \
-	  "address:port to listen on; non-loopback needs API tokens or insecure")         \
+	  "address:port to listen on; non-loopback needs API tokens and TLS, or insecure") \
+	X(tls_cert, T_STR, "", 0, 0, false,                                               \
+	  "PEM certificate chain (leaf first) for HTTPS, re-read on SIGHUP; empty: HTTP")  \
+	X(tls_key, T_STR, "", 0, 0, false,                                                \
+	  "PEM private key of tls_cert (unencrypted), re-read on SIGHUP")                  \
 	X(data_dir, T_STR, "./var", 0, 0, false,                                          \
-	  "directory for the SQLite database and the blobs")                              \
+	  "directory for the SQLite database and the blobs; under systemd the default "   \
+	  "is $STATE_DIRECTORY (StateDirectory=)")                                        \
 	X(workers, T_INT, "2", 1, 64, false, "stage worker threads (jobs run at once)")     \
 	X(http_threads, T_INT, "2", 1, 64, false, "HTTP threads (libmicrohttpd pool)")      \
 	X(max_upload, T_INT, "2147483648", 1, INT64_MAX, false,                            \
@@ -40,8 +45,13 @@ typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL } type_t;
 	  "finished jobs older than this are deleted; 0 keeps them")                      \
 	X(log_level, T_LEVEL, "info", 0, 0, true, "error, warn, info or debug")             \
 	X(log_file, T_STR, "", 0, 0, false, "log file (reopened on SIGHUP); empty: stderr") \
+	X(log_format, T_LOGFMT, "text", 0, 0, true,                                        \
+	  "text, or json: one object per line (time, level, component, job, message)")    \
+	X(access_log, T_BOOL, "true", 0, 0, false,                                        \
+	  "a line per HTTP request at info (component access): method, route, status, "  \
+	  "bytes, duration, tenant")                                                      \
 	X(insecure, T_BOOL, "false", 0, 0, false,                                         \
-	  "allow a non-loopback listen address without API tokens")
+	  "allow a non-loopback listen address without API tokens or TLS")
 
 typedef struct row {
 	const char *name;
@@ -66,6 +76,7 @@ static int set(conf_t *c, const row_t *r, const char *v, const char *where, sd_e
 	switch (r->type) {
 	case T_STR:
 	case T_LEVEL:
+	case T_LOGFMT:
 		if (strlen(v) >= r->cap)
 			return sd_err(e, SD_EUSAGE, "%s: %s is too long", where, r->name);
 		if (r->type == T_LEVEL) {
@@ -73,6 +84,12 @@ static int set(conf_t *c, const row_t *r, const char *v, const char *where, sd_e
 			if (sd_log_level_parse(v, &l))
 				return sd_err(e, SD_EUSAGE, "%s: %s must be error, warn, info or debug",
 					      where, r->name);
+		}
+		if (r->type == T_LOGFMT) {
+			sd_log_format_t f;
+			if (sd_log_format_parse(v, &f))
+				return sd_err(e, SD_EUSAGE, "%s: %s must be text or json", where,
+					      r->name);
 		}
 		memcpy(p, v, strlen(v) + 1);
 		return 0;
@@ -101,6 +118,14 @@ void conf_defaults(conf_t *c)
 		sd_error_t e;
 		int rc = set(c, &rows[i], rows[i].def, "default", &e);
 		(void)rc;
+	}
+	/* systemd starts a service in "/", where ./var would be /var: the directory it made
+	 * for the service (the first, if StateDirectory= lists several) is the default. */
+	const char *state = getenv("STATE_DIRECTORY");
+	size_t n = state ? strcspn(state, ":") : 0;
+	if (n && n < sizeof(c->data_dir)) {
+		memcpy(c->data_dir, state, n);
+		c->data_dir[n] = 0;
 	}
 }
 
@@ -236,7 +261,8 @@ void conf_print(const conf_t *c, bool flags)
 		       r->def[0] ? r->def : "\"\"");
 		switch (r->type) {
 		case T_STR:
-		case T_LEVEL: printf("%s = %s\n", r->name, (const char *)p); break;
+		case T_LEVEL:
+		case T_LOGFMT: printf("%s = %s\n", r->name, (const char *)p); break;
 		case T_INT: printf("%s = %lld\n", r->name, (long long)*(const int64_t *)p); break;
 		case T_BOOL: printf("%s = %s\n", r->name, *(const bool *)p ? "true" : "false"); break;
 		}

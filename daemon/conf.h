@@ -16,6 +16,8 @@
 
 typedef struct conf {
 	char listen[128];
+	char tls_cert[1024];
+	char tls_key[1024];
 	char data_dir[1024];
 	int64_t workers;
 	int64_t http_threads;
@@ -29,11 +31,13 @@ typedef struct conf {
 	int64_t retention_hours;
 	char log_level[16];
 	char log_file[1024];
+	char log_format[8];
+	bool access_log;
 	bool insecure;
 	char config[1024];   /* the file the settings came from, "" if none */
 } conf_t;
 
-/* Fills c with the defaults. */
+/* Fills c with the defaults; data_dir is $STATE_DIRECTORY when systemd sets it. */
 void conf_defaults(conf_t *c);
 
 /*

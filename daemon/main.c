@@ -8,10 +8,7 @@
 #include "common/sd_err.h"
 #include "daemon/cli.h"
 #include "daemon/serve.h"
-
-#ifndef SPARSITYD_VERSION
-#define SPARSITYD_VERSION "0.1.0"
-#endif
+#include "daemon/token.h"
 
 int main(int argc, char **argv)
 {
@@ -38,7 +35,7 @@ int main(int argc, char **argv)
 		int (*run)(int, char **);
 	} cmds[] = {
 		{"serve", serve_main},
-		{"token", serve_token_main},
+		{"token", token_main},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (strcmp(cmd, cmds[i].name) == 0)

@@ -39,6 +39,8 @@
 #include "common/sd_str.h"
 #include "common/sd_time.h"
 #include "daemon/conf.h"
+#include "daemon/metrics.h"
+#include "daemon/notify.h"
 #include "daemon/run.h"
 #include "store/store.h"
 
@@ -91,27 +93,20 @@ typedef struct worker {
 	bool unrecorded;         /* the store refused the outcome; on_retry tries again */
 } worker_t;
 
-static const double buckets[] = {0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300};
-#define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
-
 static struct daemon {
 	conf_t conf;
 	uv_loop_t loop;
 	uv_signal_t sig_term, sig_int, sig_hup;
-	uv_timer_t sweep, poll, retry;
+	uv_timer_t sweep, poll, retry, watchdog;
 	uv_async_t wake;
 	store_t *store;
 	store_reader_t *reader; /* loop thread's own reads */
 	api_t *api;
-	pthread_mutex_t mu;     /* cmds, and the histogram */
+	pthread_mutex_t mu;     /* cmds */
 	cmd_t *cmds;
 	atomic_bool draining;
 	worker_t *workers;
 	atomic_int running;     /* written by the loop thread, read by /metrics */
-	/* stage durations, for /metrics */
-	uint64_t hist[PRUNE_STAGE__COUNT][N_BUCKETS + 1];
-	double hist_sum[PRUNE_STAGE__COUNT];
-	uint64_t hist_count[PRUNE_STAGE__COUNT];
 } the_daemon;
 
 /* ---- HTTP-thread side: hand a command to the loop thread and wait ---- */
@@ -174,29 +169,7 @@ static bool op_draining(void *ud)
 static void op_metrics(void *ud, char **buf, size_t *len)
 {
 	(void)ud;
-	struct daemon *d = &the_daemon;
-	sd_appendf(buf, len, "# HELP sparsityd_stage_duration_seconds Wall time of finished stages.\n"
-			  "# TYPE sparsityd_stage_duration_seconds histogram\n");
-	pthread_mutex_lock(&d->mu);
-	for (int s = 0; s < PRUNE_STAGE__COUNT; s++) {
-		const char *name = prune_stage_name((prune_stage_t)s);
-		uint64_t cum = 0;
-		for (size_t b = 0; b < N_BUCKETS; b++) {
-			cum += d->hist[s][b];
-			sd_appendf(buf, len,
-				"sparsityd_stage_duration_seconds_bucket{stage=\"%s\",le=\"%g\"} %" PRIu64 "\n",
-				name, buckets[b], cum);
-		}
-		sd_appendf(buf, len,
-			"sparsityd_stage_duration_seconds_bucket{stage=\"%s\",le=\"+Inf\"} %" PRIu64 "\n"
-			"sparsityd_stage_duration_seconds_sum{stage=\"%s\"} %.6f\n"
-			"sparsityd_stage_duration_seconds_count{stage=\"%s\"} %" PRIu64 "\n",
-			name, d->hist_count[s], name, d->hist_sum[s], name, d->hist_count[s]);
-	}
-	sd_appendf(buf, len, "# HELP sparsityd_workers_busy Stages running now.\n"
-			  "# TYPE sparsityd_workers_busy gauge\nsparsityd_workers_busy %d\n",
-		d->running);
-	pthread_mutex_unlock(&d->mu);
+	metrics_render(buf, len, atomic_load(&the_daemon.running));
 }
 
 /* ---- workers (thread pool) ---- */
@@ -369,17 +342,12 @@ static void work_cb(uv_work_t *req)
 
 static void schedule(void);
 
-static void record_duration(prune_stage_t s, double secs)
+/* Counts a stage's outcome in /metrics once the store holds it (rc 0); returns rc. */
+static int counted(const worker_t *w, store_state_t to, int rc)
 {
-	struct daemon *d = &the_daemon;
-	size_t b = 0;
-	while (b < N_BUCKETS && secs > buckets[b])
-		b++;
-	pthread_mutex_lock(&d->mu);
-	d->hist[s][b]++;
-	d->hist_sum[s] += secs;
-	d->hist_count[s]++;
-	pthread_mutex_unlock(&d->mu);
+	if (!rc)
+		metrics_job_finished(w->stage, to, to == STORE_FAILED ? w->rc : 0, w->secs);
+	return rc;
 }
 
 /*
@@ -400,7 +368,8 @@ static int record_outcome(worker_t *w, sd_error_t *e)
 	}
 	if (atomic_load(&w->cancel)) {
 		snprintf(note, sizeof(note), "canceled while running, after %.3f s", w->secs);
-		return store_job_transition(s, w->id, STORE_CANCELED, NULL, note, e);
+		return counted(w, STORE_CANCELED,
+			       store_job_transition(s, w->id, STORE_CANCELED, NULL, note, e));
 	}
 	if (w->rc) {
 		/* Bad input is the client's business; anything else is the operator's. */
@@ -408,7 +377,8 @@ static int record_outcome(worker_t *w, sd_error_t *e)
 					.alarm = sd_err_exit(w->rc) != 1};
 		snprintf(note, sizeof(note), "%s failed after %.3f s: %s",
 			 prune_stage_name(w->stage), w->secs, w->e.msg);
-		return store_job_transition(s, w->id, STORE_FAILED, &u, note, e);
+		return counted(w, STORE_FAILED,
+			       store_job_transition(s, w->id, STORE_FAILED, &u, note, e));
 	}
 	int rc = 0;
 	for (; !rc && w->recorded < w->n_out; w->recorded += !rc)
@@ -417,7 +387,9 @@ static int record_outcome(worker_t *w, sd_error_t *e)
 		w->record_sha = NULL;
 	store_job_update_t u = {.result_json = w->result_json};
 	snprintf(note, sizeof(note), "%s succeeded in %.3f s", prune_stage_name(w->stage), w->secs);
-	return rc ? rc : store_job_transition(s, w->id, STORE_SUCCEEDED, &u, note, e);
+	return rc ? rc
+		  : counted(w, STORE_SUCCEEDED,
+			    store_job_transition(s, w->id, STORE_SUCCEEDED, &u, note, e));
 }
 
 /* The outcome is in the store (which logged it): wake long-polls, free the slot. */
@@ -461,7 +433,6 @@ static void after_work_cb(uv_work_t *req, int status)
 	struct daemon *d = &the_daemon;
 	worker_t *w = req->data;
 	w->secs = (double)(sd_now_ms() - w->started_ms) / 1000.0;
-	record_duration(w->stage, w->secs);
 	if (status == UV_ECANCELED)
 		w->rc = sd_err(&w->e, SD_EINTERNAL, "the stage was not run (shutting down)");
 	flush_progress(w);
@@ -503,6 +474,7 @@ static void start_job(worker_t *w, const char *id)
 		store_job_clear(&w->job);
 		return;
 	}
+	metrics_job_started((double)(w->job.started_ms - w->job.created_ms) / 1000.0);
 	snprintf(w->id, sizeof(w->id), "%s", id);
 	w->busy = true;
 	atomic_store(&w->cancel, false);
@@ -592,6 +564,9 @@ static int do_cancel(cmd_t *c)
 	if (rc)
 		return rc;
 	store_state_t st = j.state;
+	prune_stage_t stage;
+	if (prune_stage_parse(j.stage, &stage, NULL))
+		stage = PRUNE_STAGE__COUNT; /* a row the API did not write: metrics skip it */
 	store_job_clear(&j);
 	if (st == STORE_RUNNING) {
 		for (int k = 0; k < d->conf.workers; k++)
@@ -600,7 +575,10 @@ static int do_cancel(cmd_t *c)
 		jlog_info("api", c->id, "cancel requested while running");
 		return store_event_add(d->store, c->id, "cancel requested", c->e);
 	}
-	return store_job_transition(d->store, c->id, STORE_CANCELED, NULL, "canceled", c->e);
+	rc = store_job_transition(d->store, c->id, STORE_CANCELED, NULL, "canceled", c->e);
+	if (!rc)
+		metrics_job_finished(stage, STORE_CANCELED, 0, -1);
+	return rc;
 }
 
 static int do_delete(cmd_t *c)
@@ -649,6 +627,17 @@ static void on_wake(uv_async_t *h)
 		schedule();
 }
 
+/* The log settings SIGHUP may change (the table validated both values). */
+static void log_apply(const conf_t *c)
+{
+	sd_log_level_t lvl;
+	sd_log_format_t fmt;
+	if (!sd_log_level_parse(c->log_level, &lvl))
+		sd_log_set_level(lvl);
+	if (!sd_log_format_parse(c->log_format, &fmt))
+		sd_log_set_format(fmt);
+}
+
 static void on_stop_signal(uv_signal_t *h, int sig)
 {
 	struct daemon *d = h->data;
@@ -656,6 +645,12 @@ static void on_stop_signal(uv_signal_t *h, int sig)
 		return;
 	log_info("main", "%s: draining (%d stage%s running; queued jobs stay queued)",
 		 sig == SIGTERM ? "SIGTERM" : "SIGINT", d->running, d->running == 1 ? "" : "s");
+	sd_error_t e;
+	char state[96];
+	snprintf(state, sizeof(state), "STOPPING=1\nSTATUS=draining, %d stage%s running",
+		 d->running, d->running == 1 ? "" : "s");
+	if (notify_send(state, &e))
+		log_warn("main", "%s", e.msg);
 	schedule();
 }
 
@@ -664,15 +659,33 @@ static void on_hup(uv_signal_t *h, int sig)
 	(void)sig;
 	struct daemon *d = h->data;
 	sd_error_t e;
+	if (notify_reloading(&e))
+		log_warn("main", "%s", e.msg);
 	if (sd_log_reopen())
 		log_error("main", "SIGHUP: cannot reopen the log file");
 	if (conf_reload(&d->conf, &e))
 		log_error("main", "SIGHUP: settings not reloaded: %s", e.msg);
 	else
 		log_info("main", "SIGHUP: log reopened, settings reloaded");
-	sd_log_level_t lvl;
-	if (!sd_log_level_parse(d->conf.log_level, &lvl))
-		sd_log_set_level(lvl);
+	log_apply(&d->conf);
+	if (api_tls_reload(&e))
+		log_error("main", "SIGHUP: TLS certificate not reloaded, the previous one stays in "
+			  "service: %s", e.msg);
+	/* A reload that failed leaves the old settings running: ready all the same. */
+	if (notify_send("READY=1\nSTATUS=running", &e))
+		log_warn("main", "%s", e.msg);
+}
+
+/* Pings systemd's watchdog from the loop thread: a loop that hangs stops pinging. */
+static void on_watchdog(uv_timer_t *t)
+{
+	(void)t;
+	sd_error_t e;
+	static bool warned;
+	if (notify_send("WATCHDOG=1", &e) && !warned) {
+		warned = true; /* once, not every few seconds */
+		log_warn("main", "%s", e.msg);
+	}
 }
 
 static void on_sweep(uv_timer_t *t)
@@ -691,8 +704,10 @@ static void on_sweep(uv_timer_t *t)
 static void on_poll(uv_timer_t *t)
 {
 	struct daemon *d = t->data;
-	if (d->api)
+	if (d->api) {
 		api_poll_expire(d->api);
+		api_token_uses_write(d->api);
+	}
 }
 
 static bool loopback(const char *host)
@@ -747,10 +762,27 @@ int serve_main(int argc, char **argv)
 		fprintf(stderr, "sparsityd serve: cannot open log file %s\n", d->conf.log_file);
 		return sd_err_exit(SD_EUSAGE);
 	}
+	log_apply(&d->conf);
+	if ((rc = sd_log_fatal_signals()))
+		log_warn("main", "no last log line on a crash: %s", strerror(-rc));
+	/* Started from "/" (as systemd does) with no StateDirectory=, a relative data_dir
+	 * would land in the root file system, ./var being /var itself. */
+	char cwd[16];
+	if (d->conf.data_dir[0] != '/' && getcwd(cwd, sizeof(cwd)) && !strcmp(cwd, "/")) {
+		log_error("main",
+			  "data_dir %s is relative and the working directory is /: set data_dir to "
+			  "an absolute path, or give the unit StateDirectory=sparsityd",
+			  d->conf.data_dir);
+		return sd_err_exit(SD_EUSAGE);
+	}
 	char host[128];
 	int port;
 	if (conf_listen_split(d->conf.listen, host, sizeof(host), &port, &e)) {
 		fprintf(stderr, "sparsityd serve: %s\n", e.msg);
+		return sd_err_exit(SD_EUSAGE);
+	}
+	if (!d->conf.tls_cert[0] != !d->conf.tls_key[0]) {
+		fprintf(stderr, "sparsityd serve: tls_cert and tls_key go together: set both or neither\n");
 		return sd_err_exit(SD_EUSAGE);
 	}
 	/* libuv sizes its pool on first use: one thread per worker. */
@@ -772,17 +804,25 @@ int serve_main(int argc, char **argv)
 			store_close(d->store);
 		return sd_err_exit(SD_EIO);
 	}
-	bool tokens = false;
-	if (store_tokens_exist(d->reader, &tokens, &e) == 0 && !tokens && !loopback(host) &&
-	    !d->conf.insecure) {
+	/* Beyond loopback the API must know who calls (tokens) and keep tokens and models
+	 * off the wire in clear (TLS), unless the operator says otherwise. */
+	bool tokens = false, tls = d->conf.tls_cert[0] != 0;
+	if (store_tokens_exist(d->reader, &tokens, &e))
+		log_warn("main", "cannot tell whether API tokens exist: %s", e.msg);
+	if (!loopback(host) && !d->conf.insecure && (!tokens || !tls)) {
 		log_error("main",
-			  "refusing to listen on %s without API tokens: create one with `sparsityd "
-			  "token create --tenant NAME --data-dir %s`, or pass --insecure",
-			  d->conf.listen, d->conf.data_dir);
+			  "refusing to listen on %s, which is not loopback, without %s: %s%sor pass "
+			  "--insecure",
+			  d->conf.listen, !tokens && !tls ? "API tokens and TLS" : tokens ? "TLS" : "API tokens",
+			  tokens ? "" : "create a token with `sparsityd token create --tenant NAME`, ",
+			  tls ? "" : "set tls_cert and tls_key (or listen on loopback behind a TLS proxy), ");
 		store_reader_close(d->reader);
 		store_close(d->store);
 		return sd_err_exit(SD_EUSAGE);
 	}
+	if (!loopback(host) && !tls)
+		log_warn("main", "listening on %s without TLS (insecure): tokens and models cross the "
+			 "network in clear", d->conf.listen);
 	int requeued = 0, failed = 0;
 	if (store_recover(d->store, (int)d->conf.max_attempts, &requeued, &failed, &e))
 		log_error("store", "recovery failed: %s", e.msg);
@@ -815,14 +855,18 @@ int serve_main(int argc, char **argv)
 	sd_require(uv_timer_init(&d->loop, &d->sweep) == 0);
 	sd_require(uv_timer_init(&d->loop, &d->poll) == 0);
 	sd_require(uv_timer_init(&d->loop, &d->retry) == 0);
+	sd_require(uv_timer_init(&d->loop, &d->watchdog) == 0);
 	d->sweep.data = d->poll.data = d->retry.data = d;
 	sd_require(uv_timer_start(&d->sweep, on_sweep, 1000, SWEEP_EVERY_MS) == 0);
 	sd_require(uv_timer_start(&d->poll, on_poll, POLL_TICK_MS, POLL_TICK_MS) == 0);
 
+	if (notify_init(&e))
+		log_warn("main", "%s", e.msg);
 	api_conf_t ac = {.host = host, .port = port, .threads = (int)d->conf.http_threads,
 			 .max_upload = d->conf.max_upload, .max_uploads = (int)d->conf.max_uploads,
 			 .max_connections = (int)d->conf.max_connections,
-			 .idle_timeout = (int)d->conf.idle_timeout};
+			 .idle_timeout = (int)d->conf.idle_timeout, .tls_cert = d->conf.tls_cert,
+			 .tls_key = d->conf.tls_key, .access_log = d->conf.access_log};
 	api_ops_t ops = {.create = op_create, .release = op_release, .cancel = op_cancel,
 			 .remove = op_remove,
 			 .draining = op_draining, .metrics = op_metrics};
@@ -832,6 +876,16 @@ int serve_main(int argc, char **argv)
 	} else {
 		log_info("main", "sparsityd listening on %s, data in %s, %d worker%s", d->conf.listen,
 			 d->conf.data_dir, (int)d->conf.workers, d->conf.workers == 1 ? "" : "s");
+		char state[sizeof(d->conf.listen) + 32];
+		snprintf(state, sizeof(state), "READY=1\nSTATUS=listening on %.*s",
+			 (int)sizeof(d->conf.listen), d->conf.listen);
+		if (notify_send(state, &e))
+			log_warn("main", "%s", e.msg);
+		/* Half the interval, as sd_watchdog_enabled(3) advises, leaves room for a
+		 * late tick. */
+		uint64_t wd_ms = (notify_watchdog_usec() + 1999) / 2000;
+		if (wd_ms)
+			sd_require(uv_timer_start(&d->watchdog, on_watchdog, wd_ms, wd_ms) == 0);
 		schedule();
 		uv_run(&d->loop, UV_RUN_DEFAULT);
 		log_info("main", "stopping: HTTP server");
@@ -845,6 +899,7 @@ int serve_main(int argc, char **argv)
 	uv_close((uv_handle_t *)&d->sweep, close_cb);
 	uv_close((uv_handle_t *)&d->poll, close_cb);
 	uv_close((uv_handle_t *)&d->retry, close_cb);
+	uv_close((uv_handle_t *)&d->watchdog, close_cb);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
 	/* Every handle was closed above; a busy loop here means one was missed. */
 	(void)sd_fails_assert(uv_loop_close(&d->loop) == 0);
@@ -858,44 +913,7 @@ int serve_main(int argc, char **argv)
 	store_close(d->store);
 	pthread_mutex_destroy(&d->mu);
 	log_info("main", "stopped");
+	notify_deinit();
 	sd_log_deinit();
 	return rc ? sd_err_exit(rc) : 0;
-}
-
-int serve_token_main(int argc, char **argv)
-{
-	const char *tenant = NULL, *dir = "./var";
-	if (argc < 2 || strcmp(argv[1], "create")) {
-		fprintf(stderr, "usage: sparsityd token create --tenant NAME [--data-dir DIR]\n");
-		return sd_err_exit(SD_EUSAGE);
-	}
-	for (int i = 2; i < argc; i++) {
-		if (!strcmp(argv[i], "--tenant") && i + 1 < argc)
-			tenant = argv[++i];
-		else if (!strcmp(argv[i], "--data-dir") && i + 1 < argc)
-			dir = argv[++i];
-		else {
-			fprintf(stderr, "sparsityd token: unexpected argument '%s'\n", argv[i]);
-			return sd_err_exit(SD_EUSAGE);
-		}
-	}
-	if (!tenant || !tenant[0]) {
-		fprintf(stderr, "sparsityd token create: --tenant NAME is required\n");
-		return sd_err_exit(SD_EUSAGE);
-	}
-	store_t *s;
-	sd_error_t e;
-	char token[128];
-	if (store_open(dir, &s, &e)) {
-		fprintf(stderr, "sparsityd token: %s\n", e.msg);
-		return sd_err_exit(SD_EIO);
-	}
-	int rc = store_token_create(s, tenant, token, sizeof(token), &e);
-	store_close(s);
-	if (rc) {
-		fprintf(stderr, "sparsityd token: %s\n", e.msg);
-		return sd_err_exit(SD_EIO);
-	}
-	printf("%s\n", token);
-	return 0;
 }

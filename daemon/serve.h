@@ -1,5 +1,5 @@
 /*
- * serve: `sparsityd serve`, the long-running daemon, and `sparsityd token`.
+ * serve: `sparsityd serve`, the long-running daemon.
  *
  * One libuv loop owns the process (the_daemon): signals (SIGTERM/SIGINT drain and
  * stop, SIGHUP reopens the log and reloads settings), timers (retention sweeps,
@@ -11,8 +11,7 @@
 #ifndef SERVE_H
 #define SERVE_H
 
-/* Both return the process exit status. */
+/* Returns the process exit status. */
 int serve_main(int argc, char **argv);
-int serve_token_main(int argc, char **argv);
 
 #endif

@@ -6,10 +6,18 @@ set -eu
 cd "$(dirname "$0")/.."
 
 build_pkgs="meson ninja-build pkg-config gcc libc6-dev protobuf-c-compiler libprotobuf-c-dev
-libmicrohttpd-dev libjansson-dev libsqlite3-dev libuv1-dev libssl-dev"
-# clang + libclang-rt-14-dev: libFuzzer for the fuzz targets (tests/fuzz, -Dfuzz=true)
+libmicrohttpd-dev libjansson-dev libsqlite3-dev libuv1-dev libssl-dev
+dpkg-dev libgnutls28-dev"
+# libgnutls28-dev: api/api_tls.c's certificate callback (libmicrohttpd-dev pulls it in too)
+# dpkg-dev: dpkg-shlibdeps, which deploy/deb/build.sh asks for the .deb's Depends
+# clang + libclang-rt-14-dev: libFuzzer for the fuzz targets (tests/fuzz, -Dfuzz=true);
+# systemd + man-db: systemd-analyze verify/security on the unit (tests/py/test_systemd.py)
+# debootstrap: a clean Debian 12 root for the .deb and the image (tests/py/test_deb.py);
+# groff-base: the man pages (test_deploy.py); openssl: the test certificates;
+# nginx-light: deploy/nginx/sparsityd.conf run in front of a daemon (test_tls.py)
 test_pkgs="check protobuf-compiler valgrind python3 python3-venv python3-pip curl jq
-clang libclang-rt-14-dev"
+clang libclang-rt-14-dev systemd man-db
+debootstrap groff-base openssl nginx-light"
 
 want="$build_pkgs"
 [ "${1:-}" = "--test" ] && want="$want $test_pkgs"
@@ -24,6 +32,21 @@ if [ -n "$missing" ]; then
   [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+# promtool (tests/py/test_metrics.py checks /metrics with it) ships only in Debian's
+# prometheus package, whose install would also start a Prometheus server and its node
+# exporter wherever init scripts run: only that one binary is unpacked from the package.
+if [ "${1:-}" = "--test" ] && ! command -v promtool >/dev/null; then
+  echo "deps: unpacking promtool from Debian's prometheus package into /usr/local/bin"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  t=$(mktemp -d)
+  (cd "$t" && { apt-get download -qq prometheus 2>/dev/null ||
+    { $SUDO apt-get update -qq && apt-get download -qq prometheus; }; } &&
+    dpkg-deb -x prometheus_*.deb root)
+  $SUDO install -m 0755 "$t/root/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$t"
 fi
 
 if [ "${1:-}" = "--test" ]; then

@@ -400,6 +400,12 @@ static const char *const migrations[STORE__SCHEMA_VERSION] = {
 	"INSERT INTO counters (name, value) VALUES ('version', 0);",
 	/* v2: prune jobs may ask for a record of what they pruned. */
 	"ALTER TABLE jobs ADD COLUMN emit_record INTEGER NOT NULL DEFAULT 0;",
+	/* v3: tokens an operator manages: optional expiry, last use, revocation (unix ms,
+	 * 0 = never). A revoked token keeps its row, so auth stays on when the last
+	 * token is revoked and `token list` still shows it. */
+	"ALTER TABLE tokens ADD COLUMN expires_ms INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE tokens ADD COLUMN last_used_ms INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE tokens ADD COLUMN revoked_ms INTEGER NOT NULL DEFAULT 0;",
 };
 
 static int user_version(store__conn_t *c, int *v, sd_error_t *e)

@@ -225,10 +225,27 @@ SD_MUST_CHECK int store_sweep(store_t *s, int64_t cutoff_ms, int *n, sd_error_t 
 
 /* Creates an API token for tenant: writes the plain token (shown once, "sdt_" and 64
  * hex digits) into token, which needs cap >= STORE_TOKEN_MAX (69) bytes, and stores
- * only its SHA-256. Returns 0, SD_EUSAGE (buffer too small), SD_EIO. */
+ * only its SHA-256. expires_ms is the unix ms after which the token is refused, 0 for
+ * never. id (may be NULL) gets the token's id (see store_token_t). Returns 0,
+ * SD_EUSAGE (buffer too small), SD_EIO. */
 #define STORE_TOKEN_MAX 69
-SD_MUST_CHECK int store_token_create(store_t *s, const char *tenant, char *token,
-				     size_t cap, sd_error_t *e);
+#define STORE_TOKEN_ID_LEN 12
+SD_MUST_CHECK int store_token_create(store_t *s, const char *tenant, int64_t expires_ms,
+				     char *token, size_t cap, char id[STORE_TOKEN_ID_LEN + 1],
+				     sd_error_t *e);
+
+/* Revokes the token named by `which`: the plain token itself, or its id or any prefix
+ * of its SHA-256 of at least 8 hex digits that names one token. The row stays (so auth
+ * stays on and `token list` shows it); every later request with the token gets 401.
+ * Writes the revoked token's id into id (may be NULL). Returns 0, SD_EUSAGE (`which`
+ * is neither a token nor 8..64 lowercase hex digits), SD_ENOTFOUND, SD_ECONFLICT
+ * (the prefix names several tokens, or the token was revoked already), SD_EIO. */
+SD_MUST_CHECK int store_token_revoke(store_t *s, const char *which,
+				     char id[STORE_TOKEN_ID_LEN + 1], sd_error_t *e);
+
+/* Records that the token whose SHA-256 is hash was used at ms (kept only when later
+ * than the stored value). Returns 0 (also for a token since deleted), SD_EIO. */
+SD_MUST_CHECK int store_token_touch(store_t *s, const char *hash, int64_t ms, sd_error_t *e);
 
 /* ---- reads: any thread, through its own reader ---- */
 
@@ -271,10 +288,30 @@ SD_MUST_CHECK int store_job_list(store_reader_t *r, const store_filter_t *f,
 SD_MUST_CHECK int store_event_log(store_reader_t *r, const char *id, const char *tenant,
 				  char **text, sd_error_t *e);
 
-/* Checks a bearer token; on success copies its tenant (caller frees). SD_ENOTFOUND for
- * an unknown token. */
-SD_MUST_CHECK int store_token_check(store_reader_t *r, const char *token, char **tenant,
-				    sd_error_t *e);
+/* An API token as the store keeps it (never the token itself). tenant is owned by the
+ * struct; release with store_token_clear(). Times are unix ms, 0 = never. The id is
+ * the first STORE_TOKEN_ID_LEN hex digits of hash: it names a token in `token list`
+ * and `token revoke` without revealing anything that grants access. */
+typedef struct store_token {
+	char hash[STORE_SHA_HEX + 1];
+	char id[STORE_TOKEN_ID_LEN + 1];
+	char *tenant;
+	int64_t created_ms, expires_ms, last_used_ms, revoked_ms;
+} store_token_t;
+
+void store_token_clear(store_token_t *t);
+
+/* Checks a bearer token at time now_ms; on success fills *out (caller clears it).
+ * SD_ENOTFOUND for an unknown token, SD_EAUTH for a revoked or expired one (e says
+ * which and when); *out is then cleared. */
+SD_MUST_CHECK int store_token_check(store_reader_t *r, const char *token, int64_t now_ms,
+				    store_token_t *out, sd_error_t *e);
+
+/* Every token, oldest first, revoked and expired ones included; *out is an array of
+ * *n tokens (caller clears each and frees the array; NULL when *n = 0). Returns 0,
+ * SD_ENOMEM, SD_EIO. */
+SD_MUST_CHECK int store_token_list(store_reader_t *r, store_token_t **out, size_t *n,
+				   sd_error_t *e);
 
 /* Whether any token exists (auth is on when it does). */
 SD_MUST_CHECK int store_tokens_exist(store_reader_t *r, bool *exist, sd_error_t *e);
@@ -285,6 +322,11 @@ SD_MUST_CHECK int store_record_get(store_reader_t *r, const char *job_id, const 
 
 /* Counts of jobs per state, for /metrics. */
 SD_MUST_CHECK int store_job_counts(store_reader_t *r, int64_t counts[STORE_STATE__COUNT],
+				   sd_error_t *e);
+
+/* The blobs rows name (every blob, once its upload or stage is recorded): how many
+ * distinct files and their bytes, for /metrics. Returns 0 or SD_EIO. */
+SD_MUST_CHECK int store_blob_usage(store_reader_t *r, int64_t *files, int64_t *bytes,
 				   sd_error_t *e);
 
 #endif

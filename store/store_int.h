@@ -19,7 +19,7 @@
 
 #include "store/store.h"
 
-#define STORE__SCHEMA_VERSION 2
+#define STORE__SCHEMA_VERSION 3
 
 /* Every SQL statement the store runs; all values are bound parameters, never pasted. */
 #define STORE__SQL_MAP(X)                                                                \
@@ -74,7 +74,11 @@
 	  " VALUES (?1, ?2, ?3, ?4, ?5, ?6)")                                             \
 	X(RECORD_INSERT,                                                                  \
 	  "INSERT INTO records (job_id, sha256, created_ms) VALUES (?1, ?2, ?3)")          \
-	X(TOKEN_INSERT, "INSERT INTO tokens (hash, tenant, created_ms) VALUES (?1, ?2, ?3)") \
+	X(TOKEN_INSERT,                                                                   \
+	  "INSERT INTO tokens (hash, tenant, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)") \
+	X(TOKEN_FIND, "SELECT hash FROM tokens WHERE substr(hash, 1, length(?1)) = ?1 LIMIT 2") \
+	X(TOKEN_REVOKE, "UPDATE tokens SET revoked_ms = ?2 WHERE hash = ?1 AND revoked_ms = 0") \
+	X(TOKEN_TOUCH, "UPDATE tokens SET last_used_ms = ?2 WHERE hash = ?1 AND last_used_ms < ?2") \
 	/* reads */                                                                       \
 	X(JOB_GET,                                                                        \
 	  "SELECT id, stage, tenant, name, outputs, format, record_from, state, attempts," \
@@ -101,9 +105,17 @@
 	X(RECORD_GET,                                                                     \
 	  "SELECT r.sha256 FROM records r JOIN jobs j ON j.id = r.job_id"                 \
 	  " WHERE r.job_id = ?1 AND (?2 IS NULL OR j.tenant = ?2)")                       \
-	X(TOKEN_GET, "SELECT tenant FROM tokens WHERE hash = ?1")                         \
+	X(TOKEN_GET,                                                                      \
+	  "SELECT hash, tenant, created_ms, expires_ms, last_used_ms, revoked_ms FROM tokens" \
+	  " WHERE hash = ?1")                                                             \
+	X(TOKEN_LIST,                                                                     \
+	  "SELECT hash, tenant, created_ms, expires_ms, last_used_ms, revoked_ms FROM tokens" \
+	  " ORDER BY created_ms, rowid")                                                  \
 	X(TOKENS_EXIST, "SELECT EXISTS (SELECT 1 FROM tokens)")                           \
-	X(JOB_COUNTS, "SELECT state, count(*) FROM jobs GROUP BY state")
+	X(JOB_COUNTS, "SELECT state, count(*) FROM jobs GROUP BY state")                  \
+	X(BLOB_USAGE,                                                                     \
+	  "SELECT count(*), coalesce(sum(size), 0) FROM"                                  \
+	  " (SELECT max(size) AS size FROM artifacts GROUP BY sha256)")
 
 typedef enum store__sql {
 #define STORE__SQL_ENUM(name, text) STORE__SQL_##name,

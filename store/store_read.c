@@ -390,3 +390,22 @@ int store_job_counts(store_reader_t *r, int64_t counts[STORE_STATE__COUNT], sd_e
 	sqlite3_reset(st);
 	return rc == SQLITE_DONE ? 0 : store__sqlerr(&r->c, rc, e, "count jobs");
 }
+
+/* Sizes come from the artifact rows, not from stat(2) of each file: a scrape then
+ * costs one indexed scan, however many blobs there are. A blob's content is its name,
+ * so every row naming it states the same size; a record is always an artifact too. */
+int store_blob_usage(store_reader_t *r, int64_t *files, int64_t *bytes, sd_error_t *e)
+{
+	*files = *bytes = 0;
+	sqlite3_stmt *st;
+	int rc = store__stmt(&r->c, STORE__SQL_BLOB_USAGE, &st, e);
+	if (rc)
+		return rc;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*files = sqlite3_column_int64(st, 0);
+		*bytes = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_reset(st);
+	return rc == SQLITE_ROW ? 0 : store__sqlerr(&r->c, rc, e, "measure the blobs");
+}

@@ -116,6 +116,8 @@ class Daemon:
         self.proc = None
         self.log_dir = str(log_dir or data_dir + "-logs")
         self.starts = 0
+        self.env = None  # the environment and working directory of the process (None:
+        self.cwd = None  # the test's own), e.g. as systemd would set them
 
     @property
     def url(self):
@@ -134,7 +136,7 @@ class Daemon:
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(self.argv(), stdout=self._out, stderr=self._err,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd)
         self.wait_ready(timeout)
         return self
 

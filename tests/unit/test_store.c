@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/sd_time.h"
 #include "store/store.h"
 #include "testutil.h"
 
@@ -217,7 +218,7 @@ static int schema_version(void)
 
 START_TEST(migrate_empty_and_reopen)
 {
-	ck_assert_int_eq(schema_version(), 2);
+	ck_assert_int_eq(schema_version(), 3);
 	struct stat st;
 	ck_assert_int_eq(stat(path_in("sparsityd.db"), &st), 0);
 	ck_assert_int_eq(stat(path_in("blobs"), &st), 0);
@@ -225,17 +226,27 @@ START_TEST(migrate_empty_and_reopen)
 	char id[STORE_ID_LEN + 1];
 	new_job("prune", "", id);
 	reopen();
-	ck_assert_int_eq(schema_version(), 2);
-	ck_assert_int_eq(db_int("PRAGMA user_version"), 2);
+	ck_assert_int_eq(schema_version(), 3);
+	ck_assert_int_eq(db_int("PRAGMA user_version"), 3);
 	store_job_t j = get_job(id);
 	ck_assert_str_eq(j.stage, "prune");
 	ck_assert(!j.emit_record);
 	store_job_clear(&j);
-	/* A version-1 database (before emit_record) migrates to 2 and keeps its jobs. */
+	/* A version-1 database (before emit_record and the token columns) migrates to the
+	 * current version and keeps its jobs and tokens. */
+	char tok[STORE_TOKEN_MAX];
+	OK(store_token_create(g_s, "old", 0, tok, sizeof(tok), NULL, &g_e));
 	close_all();
-	db_exec("ALTER TABLE jobs DROP COLUMN emit_record; PRAGMA user_version = 1;");
+	db_exec("ALTER TABLE jobs DROP COLUMN emit_record; ALTER TABLE tokens DROP COLUMN "
+		"expires_ms; ALTER TABLE tokens DROP COLUMN last_used_ms; ALTER TABLE tokens DROP "
+		"COLUMN revoked_ms; PRAGMA user_version = 1;");
 	open_all();
-	ck_assert_int_eq(schema_version(), 2);
+	store_token_t t;
+	OK(store_token_check(g_r, tok, sd_now_ms(), &t, &g_e));
+	ck_assert_str_eq(t.tenant, "old");
+	ck_assert(t.expires_ms == 0 && t.last_used_ms == 0 && t.revoked_ms == 0);
+	store_token_clear(&t);
+	ck_assert_int_eq(schema_version(), 3);
 	j = get_job(id);
 	ck_assert_str_eq(j.stage, "prune");
 	ck_assert(!j.emit_record);
@@ -256,11 +267,11 @@ START_TEST(migrate_v0_with_foreign_table)
 	db_exec("CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('keep me');");
 	ck_assert_int_eq(db_int("PRAGMA user_version"), 0);
 	open_all();
-	ck_assert_int_eq(schema_version(), 2);
+	ck_assert_int_eq(schema_version(), 3);
 	char id[STORE_ID_LEN + 1];
 	new_job("insert", "", id);
 	close_all();
-	ck_assert_int_eq(db_int("PRAGMA user_version"), 2);
+	ck_assert_int_eq(db_int("PRAGMA user_version"), 3);
 	ck_assert_int_eq(db_int("SELECT count(*) FROM notes WHERE x = 'keep me'"), 1);
 	ck_assert_int_eq(db_int("SELECT count(*) FROM jobs"), 1);
 	open_all();
@@ -296,14 +307,14 @@ START_TEST(second_open_is_shared)
 	OK(store_blob_append(b, "in flight", 9, &g_e));
 	store_t *s2 = NULL;
 	OK(store_open(g_dir, &s2, &g_e));
-	ck_assert_int_eq(schema_version(), 2);
+	ck_assert_int_eq(schema_version(), 3);
 	ck_assert_uint_eq(count_entries(path_in("tmp")), 1);
 	char tok[STORE_TOKEN_MAX];
-	OK(store_token_create(s2, "cli", tok, sizeof(tok), &g_e));
-	char *tenant;
-	OK(store_token_check(g_r, tok, &tenant, &g_e));
-	ck_assert_str_eq(tenant, "cli");
-	free(tenant);
+	OK(store_token_create(s2, "cli", 0, tok, sizeof(tok), NULL, &g_e));
+	store_token_t t;
+	OK(store_token_check(g_r, tok, sd_now_ms(), &t, &g_e));
+	ck_assert_str_eq(t.tenant, "cli");
+	store_token_clear(&t);
 	store_close(s2);
 	char sha[STORE_SHA_HEX + 1];
 	int64_t size;
@@ -938,9 +949,9 @@ START_TEST(tokens)
 	bool exist = true;
 	OK(store_tokens_exist(g_r, &exist, &g_e));
 	ck_assert(!exist);
-	char tok[STORE_TOKEN_MAX], tok2[STORE_TOKEN_MAX];
-	OK(store_token_create(g_s, "acme", tok, sizeof(tok), &g_e));
-	OK(store_token_create(g_s, "", tok2, sizeof(tok2), &g_e));
+	char tok[STORE_TOKEN_MAX], tok2[STORE_TOKEN_MAX], id[STORE_TOKEN_ID_LEN + 1];
+	OK(store_token_create(g_s, "acme", 0, tok, sizeof(tok), id, &g_e));
+	OK(store_token_create(g_s, "", 0, tok2, sizeof(tok2), NULL, &g_e));
 	ck_assert_uint_eq(strlen(tok), STORE_TOKEN_MAX - 1);
 	ck_assert(strncmp(tok, "sdt_", 4) == 0);
 	ck_assert_uint_eq(strspn(tok + 4, "0123456789abcdef"), 64);
@@ -948,23 +959,29 @@ START_TEST(tokens)
 	OK(store_tokens_exist(g_r, &exist, &g_e));
 	ck_assert(exist);
 
-	char *tenant;
-	OK(store_token_check(g_r, tok, &tenant, &g_e));
-	ck_assert_str_eq(tenant, "acme");
-	free(tenant);
-	OK(store_token_check(g_r, tok2, &tenant, &g_e));
-	ck_assert_str_eq(tenant, "");
-	free(tenant);
+	int64_t now = sd_now_ms();
+	store_token_t t;
+	OK(store_token_check(g_r, tok, now, &t, &g_e));
+	ck_assert_str_eq(t.tenant, "acme");
+	ck_assert_str_eq(t.id, id);
+	ck_assert_uint_eq(strlen(t.id), STORE_TOKEN_ID_LEN);
+	ck_assert(!strncmp(t.hash, id, STORE_TOKEN_ID_LEN));
+	ck_assert(t.created_ms > 0 && t.created_ms <= now);
+	ck_assert(t.expires_ms == 0 && t.last_used_ms == 0 && t.revoked_ms == 0);
+	store_token_clear(&t);
+	OK(store_token_check(g_r, tok2, now, &t, &g_e));
+	ck_assert_str_eq(t.tenant, "");
+	store_token_clear(&t);
 	char wrong[STORE_TOKEN_MAX];
 	memcpy(wrong, tok, sizeof(wrong));
 	wrong[10] = wrong[10] == 'a' ? 'b' : 'a';
-	FAILS(store_token_check(g_r, wrong, &tenant, &g_e), SD_ENOTFOUND);
-	ck_assert_ptr_null(tenant);
-	FAILS(store_token_check(g_r, "sdt_short", &tenant, &g_e), SD_ENOTFOUND);
-	FAILS(store_token_check(g_r, "", &tenant, &g_e), SD_ENOTFOUND);
+	FAILS(store_token_check(g_r, wrong, now, &t, &g_e), SD_ENOTFOUND);
+	ck_assert_ptr_null(t.tenant);
+	FAILS(store_token_check(g_r, "sdt_short", now, &t, &g_e), SD_ENOTFOUND);
+	FAILS(store_token_check(g_r, "", now, &t, &g_e), SD_ENOTFOUND);
 
 	char small[65];
-	FAILS(store_token_create(g_s, "acme", small, sizeof(small), &g_e), SD_EUSAGE);
+	FAILS(store_token_create(g_s, "acme", 0, small, sizeof(small), NULL, &g_e), SD_EUSAGE);
 
 	/* Only the hash is stored. */
 	char q[256];
@@ -972,6 +989,111 @@ START_TEST(tokens)
 		 tok, tok);
 	ck_assert_int_eq(db_int(q), 0);
 	ck_assert_int_eq(db_int("SELECT count(*) FROM tokens WHERE length(hash) = 64"), 2);
+}
+END_TEST
+
+START_TEST(token_expiry_use_revoke)
+{
+	int64_t now = sd_now_ms();
+	char tok[STORE_TOKEN_MAX], tok2[STORE_TOKEN_MAX], id[STORE_TOKEN_ID_LEN + 1],
+		id2[STORE_TOKEN_ID_LEN + 1], got[STORE_TOKEN_ID_LEN + 1];
+	OK(store_token_create(g_s, "acme", now + 60000, tok, sizeof(tok), id, &g_e));
+	OK(store_token_create(g_s, "beta", 0, tok2, sizeof(tok2), id2, &g_e));
+
+	/* Expiry: valid until the instant it names, refused from then on, saying so. */
+	store_token_t t;
+	OK(store_token_check(g_r, tok, now + 59999, &t, &g_e));
+	ck_assert(t.expires_ms == now + 60000);
+	char hash[STORE_SHA_HEX + 1];
+	memcpy(hash, t.hash, sizeof(hash));
+	store_token_clear(&t);
+	FAILS(store_token_check(g_r, tok, now + 60000, &t, &g_e), SD_EAUTH);
+	MSG_HAS("expired");
+	MSG_HAS(id);
+	ck_assert_ptr_null(t.tenant);
+
+	/* Last use: only ever moves forward. */
+	OK(store_token_touch(g_s, hash, now + 5, &g_e));
+	OK(store_token_touch(g_s, hash, now + 1, &g_e));
+	OK(store_token_check(g_r, tok, now, &t, &g_e));
+	ck_assert(t.last_used_ms == now + 5);
+	store_token_clear(&t);
+	OK(store_token_touch(g_s, "0000", now, &g_e)); /* a token since gone: nothing to do */
+
+	/* The list: every token, oldest first, with its fields. */
+	store_token_t *v;
+	size_t n;
+	OK(store_token_list(g_r, &v, &n, &g_e));
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(v[0].id, id);
+	ck_assert_str_eq(v[0].tenant, "acme");
+	ck_assert(v[0].last_used_ms == now + 5 && v[0].expires_ms == now + 60000);
+	ck_assert_str_eq(v[1].id, id2);
+	ck_assert(v[1].expires_ms == 0 && v[1].last_used_ms == 0);
+	for (size_t i = 0; i < n; i++)
+		store_token_clear(&v[i]);
+	free(v);
+
+	/* Revoke by the whole token, by the id, by a prefix; bad names are refused. */
+	FAILS(store_token_revoke(g_s, "1234567", NULL, &g_e), SD_EUSAGE);     /* too short */
+	FAILS(store_token_revoke(g_s, "ABCDEF0123", NULL, &g_e), SD_EUSAGE);  /* not lowercase */
+	FAILS(store_token_revoke(g_s, "sdt_123", NULL, &g_e), SD_EUSAGE);     /* not whole */
+	FAILS(store_token_revoke(g_s, "ffffffffffff", NULL, &g_e), SD_ENOTFOUND);
+	char unknown[STORE_TOKEN_MAX];
+	memcpy(unknown, tok2, sizeof(unknown));
+	unknown[10] = unknown[10] == 'a' ? 'b' : 'a';
+	FAILS(store_token_revoke(g_s, unknown, NULL, &g_e), SD_ENOTFOUND);
+	OK(store_token_revoke(g_s, tok2, got, &g_e));
+	ck_assert_str_eq(got, id2);
+	FAILS(store_token_check(g_r, tok2, now, &t, &g_e), SD_EAUTH);
+	MSG_HAS("revoked");
+	FAILS(store_token_revoke(g_s, id2, NULL, &g_e), SD_ECONFLICT);
+	MSG_HAS("already");
+	char prefix[9];
+	memcpy(prefix, id, 8);
+	prefix[8] = 0;
+	OK(store_token_revoke(g_s, prefix, got, &g_e));
+	ck_assert_str_eq(got, id);
+	FAILS(store_token_check(g_r, tok, now, &t, &g_e), SD_EAUTH);
+	MSG_HAS("revoked");
+
+	/* Revoked tokens keep their rows: auth stays on. */
+	bool exist = false;
+	OK(store_tokens_exist(g_r, &exist, &g_e));
+	ck_assert(exist);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tokens WHERE revoked_ms > 0"), 2);
+}
+END_TEST
+
+START_TEST(token_revoke_ambiguous_prefix)
+{
+	/* Two tokens whose hashes share 8 hex digits are made to, by editing the rows: a
+	 * prefix naming both is refused, a longer one picks one. */
+	char tok[STORE_TOKEN_MAX], tok2[STORE_TOKEN_MAX];
+	OK(store_token_create(g_s, "a", 0, tok, sizeof(tok), NULL, &g_e));
+	OK(store_token_create(g_s, "b", 0, tok2, sizeof(tok2), NULL, &g_e));
+	db_exec("UPDATE tokens SET hash = 'abcdef01' || substr(hash, 9)");
+	FAILS(store_token_revoke(g_s, "abcdef01", NULL, &g_e), SD_ECONFLICT);
+	MSG_HAS("several");
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tokens WHERE revoked_ms > 0"), 0);
+	char *h = NULL;
+	{
+		sqlite3 *db;
+		sqlite3_stmt *st;
+		ck_assert_int_eq(sqlite3_open_v2(path_in("sparsityd.db"), &db, SQLITE_OPEN_READONLY,
+						 NULL), SQLITE_OK);
+		ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT hash FROM tokens WHERE tenant = 'b'", -1,
+						    &st, NULL), SQLITE_OK);
+		ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+		h = strdup((const char *)sqlite3_column_text(st, 0));
+		sqlite3_finalize(st);
+		sqlite3_close(db);
+	}
+	OK(store_token_revoke(g_s, h, NULL, &g_e));
+	free(h);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tokens WHERE revoked_ms > 0 AND tenant = 'b'"),
+			 1);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tokens WHERE revoked_ms > 0"), 1);
 }
 END_TEST
 
@@ -1282,6 +1404,7 @@ int main(void)
 			  list_filters_pagination_etag, job_counts, event_log_text,
 			  artifacts_and_records, delete_and_blob_release,
 			  recover_requeues_and_gives_up, sweep_retention, tokens,
+			  token_expiry_use_revoke, token_revoke_ambiguous_prefix,
 			  readers_on_other_threads),
 		 .setup = setup, .teardown = teardown, .timeout = 120},
 		{"blobs",
