@@ -1,0 +1,25 @@
+/*
+ * api_static: the dashboard's files (web/), compiled into the binary by api/embed.py
+ * (`--assets`) and served by api_static.c. Only the generated table and api_static.c
+ * include this header.
+ */
+#ifndef API_STATIC_H
+#define API_STATIC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct api_asset {
+	const char *path;          /* "/" for the page, else "/assets/<stem>.<hash>.<ext>" */
+	const char *type;          /* Content-Type */
+	const char *etag;          /* quoted: a prefix of the bytes' SHA-256 */
+	const unsigned char *data; /* static, NUL after the last byte */
+	size_t len;
+	bool immutable;            /* the path carries its content's hash */
+} api_asset_t;
+
+/* The page first, then the assets it names (generated: web_assets.c). */
+extern const api_asset_t api__assets[];
+extern const size_t api__n_assets;
+
+#endif
