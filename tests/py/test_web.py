@@ -24,7 +24,6 @@ What is proven:
 """
 import hashlib
 import html.parser
-import json
 import os
 import re
 import shutil
