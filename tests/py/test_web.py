@@ -499,11 +499,11 @@ def test_bad_config_shows_line_col(d, browser, tmp_path):
 # cancel, delete
 
 
-def test_cancel_and_delete(daemons, browser, big_model, mid_model):
+def test_cancel_and_delete(daemons, browser, big_model):
     dmn = daemons.new(args=["--workers", "1"])
     first = dmn.submit_file("prune", big_model, config=CFG, outputs="out")
     D.wait_state(dmn, first.json()["id"], ("running",))
-    queued = dmn.submit_file("prune", mid_model, config=CFG, outputs="out").json()["id"]
+    queued = dmn.submit("check", model=CHAIN).json()["id"]  # behind it for seconds
     load(browser, dmn, fragment="#job=" + queued)
     wait_for(lambda: browser.find_element("css selector", "#d-state .state").text == "queued",
              what="the queued job's detail")
