@@ -46,6 +46,8 @@ typedef struct api_conf {
 	int max_uploads;         /* request bodies streaming at once; 429 beyond */
 	int idle_timeout;        /* seconds a connection may stay silent */
 	bool access_log;         /* one info line per request (component "access") */
+	int max_event_streams;   /* GET /v1/events streams at once; 503 beyond */
+	int event_heartbeat;     /* seconds between heartbeat comments on a stream */
 	const char *tls_cert;    /* PEM chain and key files: HTTPS when set, else HTTP */
 	const char *tls_key;
 } api_conf_t;
@@ -58,10 +60,17 @@ SD_MUST_CHECK int api_start(const api_conf_t *c, store_t *s, const api_ops_t *op
 /* Stops accepting, closes connections, joins the HTTP threads, frees. Loop thread. */
 void api_stop(api_t *a);
 
-/* The job changed: wake long-polls waiting on it. Any thread. */
+/* The job changed (or was created): wakes long-polls waiting on it and sends the
+ * change to the event streams that see it. Loop thread, right after the store
+ * committed the change, so events leave in the order of the changes. */
 void api_job_changed(api_t *a, const char *id);
 
-/* Resumes long-polls whose deadline passed. Loop thread, from a timer. */
+/* The job j (as read just before) was deleted: wakes long-polls on it (they answer
+ * 404) and sends a "deleted" event. Loop thread, right after store_job_delete. */
+void api_job_deleted(api_t *a, const store_job_t *j);
+
+/* Resumes long-polls whose deadline passed, and event streams due a heartbeat. Loop
+ * thread, from a timer. */
 void api_poll_expire(api_t *a);
 
 /* Writes the token uses HTTP threads noted (each token's "last used", at most once a

@@ -62,10 +62,14 @@ static const route_t routes[] = {
 	{"POST", "/v1/jobs/{id}/cancel", api__h_job_cancel, false, true},
 	{"GET", "/v1/jobs/{id}/log", api__h_job_log, false, true},
 	{"GET", "/v1/jobs/{id}/artifacts/{name}", api__h_artifact, false, true},
+	{"GET", "/v1/events", api__h_events, false, true},
 	{"GET", "/healthz", h_healthz, false, false},
 	{"GET", "/readyz", h_readyz, false, false},
 	{"GET", "/metrics", api__h_metrics, false, false},
 	{"GET", "/openapi.yaml", h_openapi, false, false},
+	/* The page is public; what it shows comes from /v1 with the caller's token. */
+	{"GET", "/", api__h_page, false, false},
+	{"GET", "/assets/{name}", api__h_asset, false, false},
 };
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
 _Static_assert(N_ROUTES <= API__ROUTES_MAX, "api_t.http_s has a row per route");
@@ -293,6 +297,10 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 		}
 		flags |= MHD_USE_TLS;
 	}
+	if (api__events_start(a, e)) {
+		api_stop(a);
+		return e->code;
+	}
 	a->mhd = MHD_start_daemon(flags, (uint16_t)conf->port, NULL, NULL, on_request, a,
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 				  MHD_OPTION_THREAD_POOL_SIZE, (unsigned)conf->threads,
@@ -344,10 +352,12 @@ void api_stop(api_t *a)
 			log_warn("api", "%d long-poll%s not answered within %d ms of stopping",
 				 a->polls, a->polls == 1 ? "" : "s", STOP_GRACE_MS);
 		pthread_mutex_unlock(&a->mu);
+		api__events_end(a);
 		MHD_stop_daemon(a->mhd);
 		if (ls != MHD_INVALID_SOCKET)
 			close(ls);
 	}
+	api__events_free(a);
 	api__tls_stop();
 	api_token_uses_write(a); /* the HTTP threads are gone: every note is in */
 	pthread_mutex_destroy(&a->uses_mu);

@@ -10,6 +10,8 @@
  *                 and the HTTP side of uploads (api_upload.c parses the body itself)
  *   api_auth.c    bearer tokens: who is calling, and when each token was last used
  *   api_tls.c     HTTPS: the certificate and key served, reloaded on SIGHUP
+ *   api_events.c  GET /v1/events: job changes as Server-Sent Events
+ *   api_static.c  the dashboard (web/, compiled in): GET / and GET /assets/{name}
  */
 #ifndef API_INT_H
 #define API_INT_H
@@ -33,6 +35,7 @@
 
 typedef struct req req_t;
 typedef struct api_s_waiter waiter_t;
+typedef struct api_events api_events_t;
 typedef int (*handler_fn)(api_t *a, req_t *r, struct MHD_Connection *c);
 
 /* The route table: dispatch, auth and body limits in one place (and the test that
@@ -112,6 +115,7 @@ struct api {
 	pthread_mutex_t uses_mu; /* uses, n_uses */
 	struct api_use uses[API_USES_MAX];
 	int n_uses;
+	api_events_t *ev;  /* event streams (api_events.c) */
 };
 
 /* ---- api_reply.c: every answer goes through api__queue (it counts statuses) ---- */
@@ -176,6 +180,32 @@ int api__upload_start(api_t *a, req_t *r, struct MHD_Connection *c);
 void api__upload_feed(api_t *a, req_t *r, const char *data, size_t n);
 /* r's long-poll is over (answered or its connection gone): api_stop waits for these. */
 void api__poll_done(api_t *a, req_t *r);
+
+/* ---- api_static.c ---- */
+
+/* GET / (the dashboard) and GET /assets/{name} (its hashed script, stylesheet, icon). */
+int api__h_page(api_t *a, req_t *r, struct MHD_Connection *c);
+int api__h_asset(api_t *a, req_t *r, struct MHD_Connection *c);
+
+/* ---- api_events.c ---- */
+
+/* GET /v1/events. */
+int api__h_events(api_t *a, req_t *r, struct MHD_Connection *c);
+/* Sends the job's change to the streams that see it, unless the stream already has
+ * its version (or the job is gone: api_job_deleted announces that). Loop thread. */
+void api__events_job(api_t *a, const char *id);
+/* Streams open now, for /metrics. Any thread. */
+int api__events_open(api_t *a);
+/* Heartbeats, when due (every event_heartbeat seconds). Loop thread, from a timer. */
+void api__events_tick(api_t *a);
+/* Before the server starts: the ring, and a reader for the loop thread. Returns 0,
+ * SD_ENOMEM or the store's error. Loop thread. */
+int api__events_start(api_t *a, sd_error_t *e);
+/* Before the server stops: ends every stream (each sends what it has, then its end),
+ * waiting up to 2 s, so no connection is left suspended. Loop thread. */
+void api__events_end(api_t *a);
+/* After the server has stopped: frees what api__events_start made. Safe if it failed. */
+void api__events_free(api_t *a);
 
 /* ---- api_metrics.c ---- */
 

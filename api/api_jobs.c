@@ -522,6 +522,14 @@ static void resume_where(api_t *a, const char *id, int64_t now)
 	pthread_mutex_unlock(&a->mu);
 }
 
-void api_job_changed(api_t *a, const char *id) { resume_where(a, id, 0); }
+void api_job_changed(api_t *a, const char *id)
+{
+	resume_where(a, id, 0);
+	api__events_job(a, id);
+}
 
-void api_poll_expire(api_t *a) { resume_where(a, NULL, sd_now_ms()); }
+void api_poll_expire(api_t *a)
+{
+	resume_where(a, NULL, sd_now_ms());
+	api__events_tick(a);
+}

@@ -192,6 +192,7 @@ json_t *api_json_job(const store_job_t *j, bool with_artifacts)
 	json_object_set_new(o, "record_from", str_or_null_empty(j->record_from));
 	json_object_set_new(o, "attempts", json_integer(j->attempts));
 	json_object_set_new(o, "progress", json_integer(j->progress));
+	json_object_set_new(o, "input_bytes", json_integer(j->input_bytes));
 	json_object_set_new(o, "created_at", time_or_null(j->created_ms));
 	json_object_set_new(o, "updated_at", time_or_null(j->updated_ms));
 	json_object_set_new(o, "started_at", time_or_null(j->started_ms));

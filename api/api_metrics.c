@@ -133,6 +133,9 @@ int api__h_metrics(api_t *a, req_t *r, struct MHD_Connection *c)
 	sd_prom_head(&buf, &len, "sparsityd_uploads_in_flight", "gauge",
 		     "Request bodies streaming into the store now (at most max_uploads).");
 	sd_appendf(&buf, &len, "sparsityd_uploads_in_flight %d\n", atomic_load(&a->uploads));
+	sd_prom_head(&buf, &len, "sparsityd_event_streams", "gauge",
+		     "GET /v1/events streams open now (at most max_event_streams).");
+	sd_appendf(&buf, &len, "sparsityd_event_streams %d\n", api__events_open(a));
 	sd_prom_head(&buf, &len, "sparsityd_blob_store_files", "gauge",
 		     "Distinct files (models, configs, records, reports) the jobs hold.");
 	sd_appendf(&buf, &len, "sparsityd_blob_store_files %" PRId64 "\n", files);

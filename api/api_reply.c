@@ -1,8 +1,9 @@
 /*
  * api_reply: how the API answers (see api_int.h): JSON bodies, RFC 9457 problems whose
  * status, type and title come from the error table, plain text. Every answer passes
- * api__queue, which adds Cache-Control, counts the status for /metrics, notes the
- * status and body size for the access line, and marks the request answered.
+ * api__queue, which adds Cache-Control (unless the handler chose one) and
+ * X-Content-Type-Options, counts the status for /metrics, notes the status and body
+ * size for the access line, and marks the request answered.
  */
 #include "api/api_int.h"
 
@@ -18,7 +19,11 @@ int api__queue(api_t *a, req_t *r, struct MHD_Connection *c, int status,
 {
 	if (!resp)
 		return MHD_NO;
-	MHD_add_response_header(resp, "Cache-Control", "no-cache");
+	if (!MHD_get_response_header(resp, "Cache-Control"))
+		MHD_add_response_header(resp, "Cache-Control", "no-cache");
+	/* A browser must never guess a type: a job log or a model name rendered as HTML
+	 * would run in the dashboard's origin. */
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
 	int ok = MHD_queue_response(c, (unsigned)status, resp);
 	MHD_destroy_response(resp);
 	if (status >= 100 && status < 600)

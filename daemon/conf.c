@@ -37,6 +37,11 @@ typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL, T_LOGFMT } type_t;
 	  "threads hashing uploads and outputs (SHA-256), shared by all of them")         \
 	X(idle_timeout, T_INT, "30", 1, 3600, false,                                      \
 	  "seconds a connection may send nothing before it is closed")                    \
+	X(max_event_streams, T_INT, "512", 1, 65536, false,                               \
+	  "GET /v1/events streams open at once (each holds a connection); 503 beyond")    \
+	X(event_heartbeat, T_INT, "15", 1, 3600, false,                                   \
+	  "seconds between heartbeat comments on an event stream; a client that can "     \
+	  "take no byte for twice this is dropped")                                       \
 	X(queue_max, T_INT, "1000", 1, 1000000, true,                                     \
 	  "queued jobs beyond which POST /v1/jobs answers 429")                           \
 	X(max_attempts, T_INT, "2", 1, 100, false,                                        \

@@ -26,6 +26,8 @@ typedef struct conf {
 	int64_t max_uploads;
 	int64_t hash_threads;
 	int64_t idle_timeout;
+	int64_t max_event_streams;
+	int64_t event_heartbeat;
 	int64_t queue_max;
 	int64_t max_attempts;
 	int64_t retention_hours;

@@ -586,12 +586,12 @@ static int do_delete(cmd_t *c)
 	struct daemon *d = &the_daemon;
 	store_job_t j = {0};
 	int rc = store_job_get(d->reader, c->id, c->tenant, &j, c->e);
-	store_job_clear(&j);
 	if (!rc && !(rc = store_job_delete(d->store, c->id, c->e))) {
 		jlog_info("api", c->id, "deleted");
 		if (d->api)
-			api_job_changed(d->api, c->id); /* long-polls answer 404 now */
+			api_job_deleted(d->api, &j);
 	}
+	store_job_clear(&j);
 	return rc;
 }
 
@@ -618,6 +618,8 @@ static void on_wake(uv_async_t *h)
 		changed |= c->rc == 0;
 		if (!c->rc && c->kind == CMD_CANCEL && d->api)
 			api_job_changed(d->api, c->id);
+		if (!c->rc && c->kind == CMD_CREATE && d->api)
+			api_job_changed(d->api, c->new_id); /* its "queued" event */
 		pthread_mutex_lock(&d->mu);
 		c->done = true;
 		pthread_cond_signal(&c->cond);
@@ -866,7 +868,9 @@ int serve_main(int argc, char **argv)
 			 .max_upload = d->conf.max_upload, .max_uploads = (int)d->conf.max_uploads,
 			 .max_connections = (int)d->conf.max_connections,
 			 .idle_timeout = (int)d->conf.idle_timeout, .tls_cert = d->conf.tls_cert,
-			 .tls_key = d->conf.tls_key, .access_log = d->conf.access_log};
+			 .tls_key = d->conf.tls_key, .access_log = d->conf.access_log,
+			 .max_event_streams = (int)d->conf.max_event_streams,
+			 .event_heartbeat = (int)d->conf.event_heartbeat};
 	api_ops_t ops = {.create = op_create, .release = op_release, .cancel = op_cancel,
 			 .remove = op_remove,
 			 .draining = op_draining, .metrics = op_metrics};

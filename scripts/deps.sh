@@ -15,9 +15,10 @@ dpkg-dev libgnutls28-dev"
 # debootstrap: a clean Debian 12 root for the .deb and the image (tests/py/test_deb.py);
 # groff-base: the man pages (test_deploy.py); openssl: the test certificates;
 # nginx-light: deploy/nginx/sparsityd.conf run in front of a daemon (test_tls.py)
+# chromium, chromium-driver: the dashboard in a headless browser (test_web.py, Selenium)
 test_pkgs="check protobuf-compiler valgrind python3 python3-venv python3-pip curl jq
 clang libclang-rt-14-dev systemd man-db
-debootstrap groff-base openssl nginx-light"
+debootstrap groff-base openssl nginx-light chromium chromium-driver"
 
 want="$build_pkgs"
 [ "${1:-}" = "--test" ] && want="$want $test_pkgs"
@@ -34,18 +35,20 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
-# promtool (tests/py/test_metrics.py checks /metrics with it) ships only in Debian's
-# prometheus package, whose install would also start a Prometheus server and its node
-# exporter wherever init scripts run: only that one binary is unpacked from the package.
-if [ "${1:-}" = "--test" ] && ! command -v promtool >/dev/null; then
-  echo "deps: unpacking promtool from Debian's prometheus package into /usr/local/bin"
+# promtool (tests/py/test_metrics.py checks /metrics with it) and the prometheus server
+# (tests/py/test_grafana.py runs the Grafana dashboard's queries on it, started by the
+# test itself) ship only in Debian's prometheus package, whose install would also start
+# a Prometheus server and its node exporter wherever init scripts run: only these two
+# binaries are unpacked from the package.
+if [ "${1:-}" = "--test" ] && ! { command -v promtool && command -v prometheus; } >/dev/null; then
+  echo "deps: unpacking promtool and prometheus from Debian's prometheus package into /usr/local/bin"
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO=sudo
   t=$(mktemp -d)
   (cd "$t" && { apt-get download -qq prometheus 2>/dev/null ||
     { $SUDO apt-get update -qq && apt-get download -qq prometheus; }; } &&
     dpkg-deb -x prometheus_*.deb root)
-  $SUDO install -m 0755 "$t/root/usr/bin/promtool" /usr/local/bin/promtool
+  $SUDO install -m 0755 "$t/root/usr/bin/promtool" "$t/root/usr/bin/prometheus" /usr/local/bin/
   rm -rf "$t"
 fi
 

@@ -87,6 +87,7 @@ typedef struct store_job {
 	int64_t created_ms, updated_ms, started_ms, finished_ms; /* unix ms; 0 = not yet */
 	int64_t version;
 	bool emit_record;  /* prune: also produce a record */
+	int64_t input_bytes; /* sum of the input artifacts' sizes (filled by get and list) */
 	store_artifact_t *artifacts;
 	size_t n_artifacts;
 } store_job_t;
@@ -204,7 +205,8 @@ SD_MUST_CHECK int store_event_add(store_t *s, const char *job_id, const char *te
 				  sd_error_t *e);
 
 /* Deletes a job (any terminal state), its events and artifact rows; blobs no longer
- * referenced by any job are unlinked. Returns 0, SD_ENOTFOUND, SD_ECONFLICT (job is
+ * referenced by any job are unlinked. The deletion takes a fresh version (see
+ * store_version_current). Returns 0, SD_ENOTFOUND, SD_ECONFLICT (job is
  * queued or running), SD_EIO. */
 SD_MUST_CHECK int store_job_delete(store_t *s, const char *id, sd_error_t *e);
 
@@ -319,6 +321,11 @@ SD_MUST_CHECK int store_tokens_exist(store_reader_t *r, bool *exist, sd_error_t 
 /* The record blob of insert job id, tenant-scoped; SD_ENOTFOUND when there is none. */
 SD_MUST_CHECK int store_record_get(store_reader_t *r, const char *job_id, const char *tenant,
 				   char sha256[STORE_SHA_HEX + 1], sd_error_t *e);
+
+/* The version counter: the last version a change took (a job's create, update or
+ * deletion). Every change takes a larger one, so it orders changes across jobs; the
+ * event stream numbers its events with it. Returns 0 or SD_EIO. */
+SD_MUST_CHECK int store_version_current(store_reader_t *r, int64_t *v, sd_error_t *e);
 
 /* Counts of jobs per state, for /metrics. */
 SD_MUST_CHECK int store_job_counts(store_reader_t *r, int64_t counts[STORE_STATE__COUNT],

@@ -21,6 +21,11 @@
 
 #define STORE__SCHEMA_VERSION 3
 
+/* The bytes a job was given (its input artifacts), for the job document: a list shows
+ * them without reading each job's artifacts. The (job_id, name) key serves it. */
+#define STORE__SQL_INPUT_BYTES                                                           \
+	" (SELECT coalesce(sum(size), 0) FROM artifacts WHERE job_id = jobs.id AND input = 1)"
+
 /* Every SQL statement the store runs; all values are bound parameters, never pasted. */
 #define STORE__SQL_MAP(X)                                                                \
 	X(BEGIN_WRITE, "BEGIN IMMEDIATE")                                                 \
@@ -83,8 +88,8 @@
 	X(JOB_GET,                                                                        \
 	  "SELECT id, stage, tenant, name, outputs, format, record_from, state, attempts," \
 	  " progress, result_json, error_code, error_msg, created_ms, updated_ms,"        \
-	  " started_ms, finished_ms, version, emit_record FROM jobs"                       \
-	  " WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)")                               \
+	  " started_ms, finished_ms, version, emit_record," STORE__SQL_INPUT_BYTES        \
+	  " FROM jobs WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)")                     \
 	X(JOB_ARTIFACTS,                                                                  \
 	  "SELECT name, sha256, size, input FROM artifacts WHERE job_id = ?1"             \
 	  " ORDER BY input DESC, name")                                                   \
@@ -93,8 +98,8 @@
 	X(JOB_LIST,                                                                       \
 	  "SELECT id, stage, tenant, name, outputs, format, record_from, state, attempts," \
 	  " progress, result_json, error_code, error_msg, created_ms, updated_ms,"        \
-	  " started_ms, finished_ms, version, emit_record FROM jobs"                       \
-	  " WHERE id < ?4 AND (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2)" \
+	  " started_ms, finished_ms, version, emit_record," STORE__SQL_INPUT_BYTES        \
+	  " FROM jobs WHERE id < ?4 AND (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2)" \
 	  " AND (?3 IS NULL OR stage = ?3) ORDER BY id DESC LIMIT ?5")                    \
 	X(JOB_LIST_TAG,                                                                   \
 	  "SELECT count(*), coalesce(max(version), 0) FROM jobs"                          \

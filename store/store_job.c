@@ -417,6 +417,11 @@ int store_job_delete(store_t *s, const char *id, sd_error_t *e)
 	if (!store__terminal(state))
 		return fail(s, sd_err(e, SD_ECONFLICT, "job %s is %s; cancel it before deleting",
 				      id, store_state_name(state)));
+	/* The deletion is a change like any other: it takes a version, so it orders after
+	 * every earlier change (the event stream numbers its events by version). */
+	int64_t ver;
+	if ((rc = store__version_next(s, &ver, e)) != 0)
+		return fail(s, rc);
 	char (*shas)[STORE_SHA_HEX + 1] = NULL;
 	size_t n = 0;
 	if ((rc = collect_shas(s, STORE__SQL_JOB_BLOBS, id, &shas, &n, e)) != 0)

@@ -17,6 +17,8 @@ echo "== bench_insert"
 echo "== bench_stages (prune/export vs cp and vs the TensorFlow way; BENCH_SKIP_LARGE=1 skips the 1.5 GB model)"
 .venv/bin/python tests/bench/bench_stages.py "$work" ${BENCH_SKIP_LARGE:+--skip-large}
 echo "== bench_daemon (HTTP: wrk GET /v1/jobs/{id} during a 1 GB upload, upload vs cp, RSS during a 1.5 GB upload; needs wrk)"; .venv/bin/python tests/bench/bench_daemon.py ${BENCH_SKIP_LARGE:+--skip-large} || echo "bench_daemon: a target was missed (FAIL above)"
+echo "== bench_web (the dashboard in headless Chromium with 10,000 jobs: first render, transfer, events to the page)"
+.venv/bin/python tests/bench/bench_web.py || echo "bench_web: a target was missed (FAIL above)"
 echo "== bench_client and bench_amct (the Python package, pip-installed into .venv: client vs curl, create_prune_retrain_model vs CLI + import_meta_graph)"
 .venv/bin/pip install -q .
 .venv/bin/python tests/bench/bench_client.py || echo "bench_client: a target was missed (FAIL above)"

@@ -89,6 +89,8 @@ def test_openapi_routes_match_daemon(d, contract):
         path = template.replace("{id}", fake).replace("{name}", "model")
         documented = {m.upper() for m in item if m in ("get", "post", "put", "delete", "patch")}
         for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+            if (method, template) == ("GET", "/v1/events"):
+                continue  # a stream that never ends: test_events.py reads it
             body, hdr = None, {}
             if method in ("POST", "PUT", "PATCH"):
                 ctype, body = D.multipart([], [])

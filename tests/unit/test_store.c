@@ -841,7 +841,19 @@ START_TEST(delete_and_blob_release)
 	FAILS(store_job_delete(g_s, "01ARZ3NDEKTSV4RRFFQ69G5FAV", &g_e), SD_ENOTFOUND);
 
 	to(a, STORE_SUCCEEDED);
+	/* The deletion takes a version past every earlier change (event ids follow it);
+	 * a refused one takes none. */
+	store_job_t jv = get_job(a);
+	int64_t v0, v1;
+	OK(store_version_current(g_r, &v0, &g_e));
+	ck_assert_int_ge(v0, jv.version);
+	store_job_clear(&jv);
 	OK(store_job_delete(g_s, a, &g_e));
+	OK(store_version_current(g_r, &v1, &g_e));
+	ck_assert_int_eq(v1, v0 + 1);
+	FAILS(store_job_delete(g_s, a, &g_e), SD_ENOTFOUND);
+	OK(store_version_current(g_r, &v0, &g_e));
+	ck_assert_int_eq(v0, v1);
 	store_job_t j;
 	FAILS(store_job_get(g_r, a, NULL, &j, &g_e), SD_ENOTFOUND);
 	ck_assert(!blob_file_exists(out.sha256)); /* no other reference */
