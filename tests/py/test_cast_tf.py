@@ -90,18 +90,12 @@ def mixed(sparsityd, tmp_path_factory):
     xs = rng.rand(8, 8, 8, 3).astype(np.float32)
     ys = rng.randint(0, 10, size=8).astype(np.int64)
 
-    def make_loss(g, out):
-        with g.as_default():
-            y = tf1.placeholder(tf.int64, [None], name="test_labels")
-            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=y, logits=out))
-
     def make_feed(step):
         i = (step * 4) % len(xs)
         return {"x:0": xs[i:i + 4], "test_labels:0": ys[i:i + 4]}
 
     wf = workflow.run_workflow(sparsityd, root, meta, built, meta, built, FREQ, max(SAVE_AT),
-                               SAVE_AT, make_loss, make_feed, optimizer="gd", lr=0.05)
+                               SAVE_AT, workflow.classification_loss, make_feed, optimizer="gd", lr=0.05)
     wf.meta = meta
     return wf
 

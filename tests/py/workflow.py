@@ -317,6 +317,14 @@ def run_workflow(binary, root, train_meta, built_train, infer_meta, built_infer,
 # Small model (models.build_small: conv Cin 3 and 6, deconv, Cin 4, Cin 2 skipped, MatMul
 # transpose_b false and true).
 
+def classification_loss(g, out):
+    """Softmax cross-entropy against int64 labels fed as "test_labels:0"."""
+    with g.as_default():
+        y = tf1.placeholder(tf.int64, [None], name="test_labels")
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=y, logits=out))
+
+
 def small_workflow(binary, model_cache, root, variant, freq, save_at=(20,)):
     train_meta, bt = model_cache.file("meta", "small", variant, "train")
     infer_meta, bi = model_cache.file("meta", "small", variant, "infer")
@@ -349,18 +357,12 @@ def keras_workflow(binary, root, app="ResNet50", size=64, classes=10, freq=0, st
     ys = rng.randint(0, classes, size=4 * batch).astype(np.int64)
     inp = tname(bt.keras_input)
 
-    def make_loss(g, out):
-        with g.as_default():
-            y = tf1.placeholder(tf.int64, [None], name="test_labels")
-            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=y, logits=out))
-
     def make_feed(step):
         i = (step * batch) % len(xs)
         return {inp: xs[i:i + batch], "test_labels:0": ys[i:i + batch]}
 
     return run_workflow(binary, root, train_meta, bt, infer_meta, bi, freq, steps, (steps,),
-                        make_loss, make_feed, optimizer="gd", lr=0.01)
+                        classification_loss, make_feed, optimizer="gd", lr=0.01)
 
 
 # ---------------------------------------------------------------------------------------
