@@ -37,6 +37,9 @@ static atomic_int cur_level = SD_LOG_INFO;
 static atomic_int cur_fd = STDERR_FILENO;
 static atomic_int cur_format = SD_LOG_TEXT;
 static atomic_bool to_journal;
+/* Set by the fatal-signal handler: the line it writes stays the last, as other threads'
+ * lines stop here. */
+static atomic_bool dying;
 static char *log_path;
 
 static const char *const names[] = {"error", "warn", "info", "debug"};
@@ -314,6 +317,8 @@ static void emit(sd_log_level_t l, const char *tag, const char *job, const char 
 
 void sd_log_write(sd_log_level_t l, const char *tag, const char *job, const char *fmt, ...)
 {
+	if (atomic_load(&dying))
+		return;
 	char msg[MSG_MAX];
 	va_list ap;
 	va_start(ap, fmt);
@@ -339,6 +344,7 @@ static void on_fatal(int sig, siginfo_t *si, void *uctx)
 {
 	(void)uctx;
 	int saved = errno;
+	atomic_store(&dying, true);
 	char msg[256];
 	lb_t m = {msg, 0, sizeof(msg) - 1};
 	lb_str(&m, "fatal signal ");

@@ -167,6 +167,11 @@ def test_last_line_on_a_fatal_signal(daemons, tmp_path, sig, fmt):
     dmn, _ = with_config(daemons, tmp_path, "log_format = %s\n" % fmt)
     dmn.cwd = str(tmp_path)  # a core file, where enabled, lands there
     dmn.start()
+    # the readiness probe's access line is written once its answer has gone out: wait
+    # for it, so the signal comes to a daemon with nothing left to log
+    deadline = time.time() + 10
+    while not any("route=/readyz" in ln for ln in stderr_lines(dmn)) and time.time() < deadline:
+        time.sleep(0.01)
     os.kill(dmn.proc.pid, sig)
     assert dmn.proc.wait(30) == -sig, "died by %s, not %s\n%s" % (
         dmn.proc.returncode, sig.name, dmn.logs())
