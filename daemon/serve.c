@@ -350,11 +350,19 @@ static int counted(const worker_t *w, store_state_t to, int rc)
 	return rc;
 }
 
+/* Store errors a retry cannot mend: an output's file or the job's row is not what
+ * the outcome expects (only something outside the daemon can cause it). */
+static bool lasting(int rc)
+{
+	return rc == SD_ENOTFOUND || rc == SD_ECONFLICT || rc == SD_EUSAGE;
+}
+
 /*
  * Writes a finished stage's outcome (artifacts, record, final state) to the store.
  * Each write is its own transaction and w->recorded counts those done, so after a
- * failure (a full disk) a retry picks up where the last attempt stopped. Returns 0 or
- * the store's error.
+ * failure (a full disk) a retry picks up where the last attempt stopped. Outputs that
+ * cannot be recorded for a lasting reason fail the job instead of being retried.
+ * Returns 0 or the store's error.
  */
 static int record_outcome(worker_t *w, sd_error_t *e)
 {
@@ -385,11 +393,31 @@ static int record_outcome(worker_t *w, sd_error_t *e)
 		rc = store_artifact_add(s, w->id, &w->out[w->recorded], e);
 	if (!rc && w->record_sha && !(rc = store_record_set(s, w->id, w->record_sha, e)))
 		w->record_sha = NULL;
+	if (lasting(rc)) {
+		for (size_t i = w->recorded; i < w->n_out; i++)
+			store_blob_release(s, w->out[i].sha256);
+		w->n_out = w->recorded = 0;
+		w->record_sha = NULL;
+		w->rc = sd_err(&w->e, SD_EINTERNAL, "the outputs could not be recorded: %s", e->msg);
+		return record_outcome(w, e);
+	}
 	store_job_update_t u = {.result_json = w->result_json};
 	snprintf(note, sizeof(note), "%s succeeded in %.3f s", prune_stage_name(w->stage), w->secs);
 	return rc ? rc
 		  : counted(w, STORE_SUCCEEDED,
 			    store_job_transition(s, w->id, STORE_SUCCEEDED, &u, note, e));
+}
+
+/* record_outcome, except that an outcome the store can never take is given up (the
+ * job's row is gone or no longer running) rather than retried forever. */
+static int settle(worker_t *w, sd_error_t *e)
+{
+	int rc = record_outcome(w, e);
+	if (lasting(rc)) {
+		jlog_error("sched", w->id, "outcome given up: %s", e->msg);
+		return 0;
+	}
+	return rc;
 }
 
 /* The outcome is in the store (which logged it): wake long-polls, free the slot. */
@@ -416,7 +444,7 @@ static void on_retry(uv_timer_t *t)
 		if (!w->unrecorded)
 			continue;
 		sd_error_t e;
-		if (record_outcome(w, &e)) {
+		if (settle(w, &e)) {
 			left++;
 			continue;
 		}
@@ -439,7 +467,7 @@ static void after_work_cb(uv_work_t *req, int status)
 	w->recorded = 0;
 	sd_error_t e;
 	sd_err_clear(&e);
-	if (record_outcome(w, &e)) {
+	if (settle(w, &e)) {
 		jlog_error("sched", w->id, "cannot record the outcome, retrying every %d ms: %s",
 			   RETRY_MS, e.msg);
 		w->unrecorded = true;

@@ -511,6 +511,7 @@ int store_open(const char *dir, store_t **out, sd_error_t *e)
 	if (!s)
 		return sd_err(e, SD_ENOMEM, "store: out of memory");
 	s->lock_fd = -1;
+	pthread_mutex_init(&s->pin_mu, NULL);
 	char *sub = NULL;
 	int rc = SD_ENOMEM;
 	s->dir = strdup(dir);
@@ -579,6 +580,8 @@ void store_close(store_t *s)
 		close(s->lock_fd); /* releases the flock if we held it */
 	free(s->dir);
 	free(s->db_path);
+	free(s->pins);
+	pthread_mutex_destroy(&s->pin_mu);
 	free(s);
 }
 

@@ -133,15 +133,19 @@ SD_MUST_CHECK int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out
 				   sd_error_t *e);
 SD_MUST_CHECK int store_blob_append(store_blob_t *b, const void *data, size_t len,
 				    sd_error_t *e);
-/* Commits: fills sha256 (hex, NUL-terminated) and *size; frees b in every case. */
+/* Commits: fills sha256 (hex, NUL-terminated) and *size; frees b in every case. The
+ * committed blob is pinned (no job deletion can remove the file) until a row names it
+ * (store_job_create, store_artifact_add) or the caller gives it up (store_blob_release):
+ * after a successful commit, exactly one of those must follow. */
 SD_MUST_CHECK int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1],
 				    int64_t *size, sd_error_t *e);
 /* Drops an uncommitted blob (its temporary file); frees b. Safe on NULL. */
 void store_blob_abort(store_blob_t *b);
 
 /* A committed blob that no row will adopt (its upload or stage failed, or its job was
- * canceled): removes the file unless a row names it. Loop thread (reads through the
- * writer connection). A failure only leaves an orphan for the sweep at the next open. */
+ * canceled): drops its commit's pin and removes the file unless a row names it or
+ * another commit pinned it. Loop thread (reads through the writer connection). A
+ * failure only leaves an orphan for the sweep at the next open. */
 void store_blob_release(store_t *s, const char *sha256);
 
 /* ---- writes: loop thread (the writer connection) ---- */
@@ -156,7 +160,8 @@ typedef struct store_job_new {
 
 /* Inserts a queued job, its input artifacts and a "created" event in one transaction;
  * writes the new id into id. NULL strings are stored as "". Each input must name a
- * committed blob (SD_ENOTFOUND otherwise). Returns 0, SD_EUSAGE, SD_ENOTFOUND,
+ * blob the caller committed (SD_ENOTFOUND otherwise); once the job exists, their pins
+ * are dropped (store_blob_commit). Returns 0, SD_EUSAGE, SD_ENOTFOUND,
  * SD_EIO, SD_ENOSPACE. */
 SD_MUST_CHECK int store_job_create(store_t *s, const store_job_new_t *n,
 				   char id[STORE_ID_LEN + 1], sd_error_t *e);
@@ -188,8 +193,9 @@ SD_MUST_CHECK int store_job_transition(store_t *s, const char *id, store_state_t
 SD_MUST_CHECK int store_job_progress(store_t *s, const char *id, int progress,
 				     sd_error_t *e);
 
-/* Adds an output artifact (a committed blob) to a job. Only while the job is running
- * (add outputs, then transition to succeeded). Returns 0, SD_ENOTFOUND (job or blob),
+/* Adds an output artifact (a blob the caller committed; its pin is dropped once the
+ * row is in) to a job. Only while the job is running (add outputs, then transition to
+ * succeeded). Returns 0, SD_ENOTFOUND (job or blob),
  * SD_ECONFLICT (not running, or the name is taken), SD_EUSAGE, SD_EIO. */
 SD_MUST_CHECK int store_artifact_add(store_t *s, const char *job_id,
 				     const store_artifact_t *a, sd_error_t *e);

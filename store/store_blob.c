@@ -15,9 +15,16 @@
  * - tmp/ is emptied and unreferenced blobs are removed at store_open, when no upload
  *   can be in flight (the directory lock keeps other processes away). At runtime a
  *   blob is removed when the last row naming it goes (store__blob_release).
- *   Known window: a blob that a job delete releases while an upload of identical
- *   content has just committed but not yet created its job can disappear under that
- *   upload; job creation checks that each input blob exists and fails cleanly then.
+ * - Pins. Between a commit (any thread) and the row that names the blob (loop thread,
+ *   a transaction later) the blob is named by nothing in the database, and identical
+ *   content is one file: a job deleted meanwhile whose rows named the same bytes would
+ *   release the file under the new owner (two jobs with equal outputs, an upload equal
+ *   to an old input). So a commit pins its SHA-256 (a count: several commits of the
+ *   same bytes may be in flight) before it looks for an existing file, the row's
+ *   writer unpins after its transaction, and a caller that gives the blob up unpins by
+ *   releasing it. A release leaves a pinned blob alone, and checks and unlinks under
+ *   the pins' mutex, so no commit can adopt a file between the check and the unlink.
+ *   A pin lost by a caller's bug only keeps a file until the sweep of the next open.
  * - Blob writers touch only files and their own hash state, so any thread may run
  *   them; fsync and hashing stay off the loop thread.
  * - Appends are gathered in a ring of 512 KiB buffers: a full buffer is written to the
@@ -46,6 +53,63 @@
 #include <unistd.h>
 
 #define BLOB_BUF ((size_t)512 << 10)
+
+struct store__pin {
+	char sha[STORE_SHA_HEX + 1];
+	int n;
+};
+
+/* The pin of sha, or NULL. pin_mu held. */
+static struct store__pin *pin_find(store_t *s, const char *sha)
+{
+	for (size_t i = 0; i < s->n_pins; i++)
+		if (!strcmp(s->pins[i].sha, sha))
+			return &s->pins[i];
+	return NULL;
+}
+
+/* Bounded by the commits in flight: uploads and running stages. */
+static int pin(store_t *s, const char *sha, sd_error_t *e)
+{
+	int rc = 0;
+	pthread_mutex_lock(&s->pin_mu);
+	struct store__pin *p = pin_find(s, sha);
+	if (p) {
+		p->n++;
+		goto out;
+	}
+	if (s->n_pins == s->cap_pins) {
+		size_t ncap = s->cap_pins ? 2 * s->cap_pins : 8;
+		void *np = realloc(s->pins, ncap * sizeof(*s->pins));
+		if (!np) {
+			rc = sd_err(e, SD_ENOMEM, "store: out of memory");
+			goto out;
+		}
+		s->pins = np;
+		s->cap_pins = ncap;
+	}
+	p = &s->pins[s->n_pins++];
+	memcpy(p->sha, sha, sizeof(p->sha));
+	p->n = 1;
+out:
+	pthread_mutex_unlock(&s->pin_mu);
+	return rc;
+}
+
+/* pin_mu held. */
+static void pin_drop(store_t *s, const char *sha)
+{
+	struct store__pin *p = pin_find(s, sha);
+	if (p && !--p->n)
+		*p = s->pins[--s->n_pins];
+}
+
+void store__blob_unpin(store_t *s, const char *sha)
+{
+	pthread_mutex_lock(&s->pin_mu);
+	pin_drop(s, sha);
+	pthread_mutex_unlock(&s->pin_mu);
+}
 #define RING STORE__HASH_RING
 
 struct store_blob {
@@ -256,6 +320,8 @@ int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1], int64_t *
 		      sd_error_t *e)
 {
 	int rc = 0;
+	bool pinned = false;
+	char sha[STORE_SHA_HEX + 1];
 	char *dir = NULL, *dest = NULL;
 	if (b->failed) {
 		rc = sd_err(e, b->failed, "store: blob write failed earlier; not committed");
@@ -270,8 +336,10 @@ int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1], int64_t *
 		rc = sd_err(e, SD_EINTERNAL, "store: SHA-256 failed");
 		goto out;
 	}
-	char sha[STORE_SHA_HEX + 1];
 	sd_hex(d, 32, sha);
+	if ((rc = pin(b->s, sha, e)) != 0)
+		goto out;
+	pinned = true;
 	if (fsync(b->fd) != 0) {
 		int err = errno;
 		rc = sd_err(e, io_code(err), "store: fsync %s: %s", rel(b->s, b->tmp_path),
@@ -331,6 +399,8 @@ int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1], int64_t *
 	memcpy(sha256, sha, sizeof(sha));
 	*size = b->size;
 out:
+	if (rc && pinned)
+		store__blob_unpin(b->s, sha);
 	free(dir);
 	free(dest);
 	store_blob_abort(b); /* removes the temporary file if it was not renamed */
@@ -354,14 +424,11 @@ void store_blob_abort(store_blob_t *b)
 	free(b);
 }
 
-void store_blob_release(store_t *s, const char *sha256)
+/* pin_mu held. */
+static void release_locked(store_t *s, const char *sha)
 {
-	if (store__sha_ok(sha256))
-		store__blob_release(s, sha256);
-}
-
-void store__blob_release(store_t *s, const char *sha)
-{
+	if (pin_find(s, sha))
+		return; /* committed again, its row on the way */
 	sqlite3_stmt *st;
 	if (store__stmt(&s->w, STORE__SQL_BLOB_REFERENCED, &st, NULL) != 0)
 		return; /* keep the file: an orphan is swept at the next open */
@@ -375,6 +442,23 @@ void store__blob_release(store_t *s, const char *sha)
 	if (p)
 		unlink(p); /* a lost unlink (power loss) only leaves an orphan for the sweep */
 	free(p);
+}
+
+void store_blob_release(store_t *s, const char *sha256)
+{
+	if (!store__sha_ok(sha256))
+		return;
+	pthread_mutex_lock(&s->pin_mu);
+	pin_drop(s, sha256);
+	release_locked(s, sha256);
+	pthread_mutex_unlock(&s->pin_mu);
+}
+
+void store__blob_release(store_t *s, const char *sha)
+{
+	pthread_mutex_lock(&s->pin_mu);
+	release_locked(s, sha);
+	pthread_mutex_unlock(&s->pin_mu);
 }
 
 /* Removes every entry of tmp/: all are blobs of writers that died before commit. */

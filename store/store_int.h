@@ -178,6 +178,11 @@ struct store {
 	uint64_t id_ms;
 	uint8_t id_rand[10];
 	store__hashpool_t *hashers; /* NULL: blobs hash on the appending thread */
+	/* Committed blobs no row names yet, with how many commits hold each (store_blob.c,
+	 * "Pins"); pin_mu also orders a release's check-and-unlink against commits. */
+	pthread_mutex_t pin_mu;
+	struct store__pin *pins;
+	size_t n_pins, cap_pins;
 };
 
 struct store_reader {
@@ -223,6 +228,9 @@ SD_MUST_CHECK int store__sha256_hex(const void *data, size_t len, char out[STORE
 SD_MUST_CHECK int store__blob_exists(store_t *s, const char *sha, sd_error_t *e);
 /* Unlinks the blob when no artifact or record row names it (writer thread). */
 void store__blob_release(store_t *s, const char *sha);
+/* A row now names the blob (committed, then adopted by the caller's transaction):
+ * drops one pin of its commit. Loop thread, after the transaction committed. */
+void store__blob_unpin(store_t *s, const char *sha);
 /* At open: empties tmp/ and removes blobs that no row references. */
 SD_MUST_CHECK int store__blob_sweep(store_t *s, sd_error_t *e);
 

@@ -161,6 +161,8 @@ int store_job_create(store_t *s, const store_job_new_t *n, char id[STORE_ID_LEN 
 		return fail(s, rc);
 	if ((rc = store__commit(&s->w, e)) != 0)
 		return rc;
+	for (size_t i = 0; i < n->n_inputs; i++)
+		store__blob_unpin(s, n->inputs[i].sha256);
 	memcpy(id, nid, sizeof(nid));
 	return 0;
 }
@@ -365,7 +367,10 @@ int store_artifact_add(store_t *s, const char *job_id, const store_artifact_t *a
 	if ((rc = artifact_insert(s, job_id, a, false, e)) != 0 ||
 	    (rc = job_touch(s, job_id, now, e)) != 0)
 		return fail(s, rc);
-	return store__commit(&s->w, e);
+	if ((rc = store__commit(&s->w, e)) != 0)
+		return rc;
+	store__blob_unpin(s, a->sha256);
+	return 0;
 }
 
 int store_record_set(store_t *s, const char *job_id, const char *sha256, sd_error_t *e)

@@ -6,7 +6,9 @@ HTTP only: no TensorFlow.
 """
 
 import hashlib
+import json
 import os
+import time
 
 import daemon as D
 from daemon import CFG, CHAIN, start_big
@@ -55,4 +57,47 @@ def test_failed_stage_leaves_no_blob(daemons, contract):
     assert dmn.wait_job(j["id"])["state"] == "failed"
     ok = D.submit_ok(dmn, contract, "prune", model=CHAIN, config=CFG, outputs="out")
     assert dmn.wait_job(ok["id"])["state"] == "succeeded"
+    assert blob_files(dmn.data_dir) == named_blobs(dmn)
+
+
+def test_delete_while_an_equal_output_is_recorded(daemons, contract):
+    """Jobs on the same input write the same outputs: one blob. A worker commits its
+    outputs a little before the loop records them, and the commit pins the blob until
+    then, so deleting another job with the same outputs meanwhile cannot remove the file
+    (test_store's pinned_blob_survives_delete shows that window deterministically; here
+    each job is deleted the moment its `succeeded` event arrives while the other worker
+    records the same bytes). No job may fail or stay running, and once all are deleted
+    no file may stay behind: a pin that is never dropped would keep its blob."""
+    dmn = daemons.new(args=["--workers", "2", "--queue-max", "400"])
+    events = dmn.connection()
+    events.request("GET", "/v1/events", headers={"Accept": "text/event-stream"})
+    stream = events.getresponse()
+    assert stream.status == 200
+    ids = set(D.submit_ok(dmn, contract, "prune", model=CHAIN, config=CFG, outputs="out")["id"]
+              for _ in range(200))
+    conn, left = dmn.connection(), set(ids)
+    deadline = time.time() + 120
+    while left and time.time() < deadline:
+        line = stream.readline()
+        assert line, "the event stream ended"
+        if not line.startswith(b"data: "):
+            continue
+        ev = json.loads(line[6:])
+        assert ev["state"] != "failed", ev
+        if ev["state"] == "succeeded" and ev["id"] in left:
+            conn.request("DELETE", "/v1/jobs/" + ev["id"])
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 204, r.status
+            left.discard(ev["id"])
+    events.close()
+    assert not left, "jobs never succeeded: %s\n%s" % (
+        [dmn.job(i).json()["state"] for i in sorted(left)], dmn.logs())
+    assert blob_files(dmn.data_dir) == set()
+    # one more, kept: its outputs are whole
+    last = D.submit_ok(dmn, contract, "prune", model=CHAIN, config=CFG, outputs="out")
+    assert dmn.wait_job(last["id"])["state"] == "succeeded"
+    for a in dmn.job(last["id"]).json()["artifacts"]:
+        r = dmn.artifact(last["id"], a["name"])
+        assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == a["sha256"], a
     assert blob_files(dmn.data_dir) == named_blobs(dmn)

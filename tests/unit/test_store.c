@@ -869,6 +869,44 @@ START_TEST(delete_and_blob_release)
 }
 END_TEST
 
+/* Identical bytes are one file. A stage's output committed (any thread) but not yet
+ * recorded (the loop, a transaction later) is named by no row: deleting another job
+ * that names the same bytes must not remove the file under it. */
+START_TEST(pinned_blob_survives_delete)
+{
+	char a[STORE_ID_LEN + 1], b[STORE_ID_LEN + 1];
+	new_job("check", "", a);
+	new_job("check", "", b);
+	to(a, STORE_RUNNING);
+	store_artifact_t out = artifact("report", "same report", false);
+	OK(store_artifact_add(g_s, a, &out, &g_e));
+	to(a, STORE_SUCCEEDED);
+
+	to(b, STORE_RUNNING);
+	store_artifact_t again = artifact("report", "same report", false); /* pinned */
+	ck_assert_str_eq(again.sha256, out.sha256);
+	OK(store_job_delete(g_s, a, &g_e));
+	ck_assert(blob_file_exists(out.sha256));
+	OK(store_artifact_add(g_s, b, &again, &g_e));
+	to(b, STORE_SUCCEEDED);
+	store_job_t jb = get_job(b);
+	ck_assert_uint_eq(jb.n_artifacts, 2);
+	store_job_clear(&jb);
+
+	/* Two commits of the same bytes in flight: giving up one keeps the file for the
+	 * other; giving up both removes it. */
+	store_artifact_t x1 = artifact("x", "twice", false), x2 = artifact("x", "twice", false);
+	store_blob_release(g_s, x1.sha256);
+	ck_assert(blob_file_exists(x2.sha256));
+	store_blob_release(g_s, x2.sha256);
+	ck_assert(!blob_file_exists(x2.sha256));
+
+	/* Once b's row names it (its pin dropped), b's deletion removes the file. */
+	OK(store_job_delete(g_s, b, &g_e));
+	ck_assert(!blob_file_exists(out.sha256));
+}
+END_TEST
+
 /* ---- recovery, queue, sweep ---- */
 
 START_TEST(recover_requeues_and_gives_up)
@@ -1414,7 +1452,7 @@ int main(void)
 		 TU_TESTS(state_names, every_transition, transition_fields_and_versions,
 			  progress_rules, ids_are_time_ordered, create_and_get, tenant_isolation,
 			  list_filters_pagination_etag, job_counts, event_log_text,
-			  artifacts_and_records, delete_and_blob_release,
+			  artifacts_and_records, delete_and_blob_release, pinned_blob_survives_delete,
 			  recover_requeues_and_gives_up, sweep_retention, tokens,
 			  token_expiry_use_revoke, token_revoke_ambiguous_prefix,
 			  readers_on_other_threads),
