@@ -44,12 +44,12 @@
 
 #include "common/sd_log.h"
 #include "common/sd_time.h"
-#include "prune/stage.h"
+#include "api/api_json.h"
 
-/* Events kept for replay after a reconnect (1.9 MiB once full). */
+/* Events kept for replay after a reconnect (3.6 MiB once full). */
 #define EV_RING 4096
-/* One event's text: ids, names and numbers of bounded length, no escaping needed. */
-#define EV_TEXT_MAX 320
+/* One event's text: about 450 bytes without the name, which gets what is left. */
+#define EV_TEXT_MAX 768
 #define EV_TENANT_MAX 128
 /* libmicrohttpd's buffer per write; events are a few hundred bytes. */
 #define EV_BLOCK 2048
@@ -389,28 +389,45 @@ int api__h_events(api_t *a, req_t *r, struct MHD_Connection *c)
 
 /* ---- the producer's side (loop thread) ---- */
 
+/*
+ * The event's text: the job's list-row members (api_json_job_head) with version and
+ * deleted, so a page updates its list from the event alone. A name too long for an
+ * event is left out (the client fetches the job for it). 0 when the row cannot be an
+ * event, which only a row written by something else than the API can cause.
+ */
+static size_t event_text(const store_job_t *j, int64_t id, bool deleted, char *buf,
+			 size_t cap)
+{
+	int head = snprintf(buf, cap, "id: %" PRId64 "\nevent: job\ndata: ", id);
+	json_t *o = store_id_valid(j->id) ? api_json_job_head(j) : NULL;
+	char version[STORE_ID_LEN + 24];
+	snprintf(version, sizeof(version), "%s-v%" PRId64, j->id, id);
+	size_t n = 0;
+	if (o && !json_object_set_new(o, "version", json_string(version)) &&
+	    !json_object_set_new(o, "deleted", json_boolean(deleted))) {
+		size_t room = cap - (size_t)head - 2;
+		n = json_dumpb(o, buf + head, room, JSON_COMPACT);
+		if (n > room && !json_object_del(o, "name"))
+			n = json_dumpb(o, buf + head, room, JSON_COMPACT);
+		n = n && n <= room ? n : 0;
+	}
+	json_decref(o);
+	if (!n)
+		return 0;
+	memcpy(buf + head + n, "\n\n", 2);
+	return (size_t)head + n + 2;
+}
+
 /* Appends one event and wakes the sleepers it concerns. */
 static void push(api_events_t *ev, const store_job_t *j, int64_t id, bool deleted)
 {
-	prune_stage_t st;
-	const char *stage = prune_stage_parse(j->stage, &st, NULL) ? NULL : prune_stage_name(st);
-	const char *state = store_state_name(j->state);
 	ev_t x = {.id = id};
 	snprintf(x.tenant, sizeof(x.tenant), "%s", j->tenant ? j->tenant : "");
-	int n = snprintf(x.text, sizeof(x.text),
-			 "id: %" PRId64 "\nevent: job\ndata: {\"id\":\"%s\",\"state\":%s%s%s,"
-			 "\"stage\":%s%s%s,\"progress\":%d,\"version\":\"%s-v%" PRId64 "\","
-			 "\"deleted\":%s}\n\n",
-			 id, j->id, state ? "\"" : "", state ? state : "null", state ? "\"" : "",
-			 stage ? "\"" : "", stage ? stage : "null", stage ? "\"" : "", j->progress,
-			 j->id, id, deleted ? "true" : "false");
-	if (n < 0 || (size_t)n >= sizeof(x.text) || !store_id_valid(j->id) ||
-	    strlen(x.tenant) != strlen(j->tenant ? j->tenant : "")) {
-		/* Only a row written by something else than the API can get here. */
+	x.len = event_text(j, id, deleted, x.text, sizeof(x.text));
+	if (!x.len || strlen(x.tenant) != strlen(j->tenant ? j->tenant : "")) {
 		log_warn("api", "no event for job %.64s: its row does not fit an event", j->id);
 		return;
 	}
-	x.len = (size_t)n;
 	pthread_mutex_lock(&ev->mu);
 	ev_t *slot = &ev->ring[ev->head % EV_RING];
 	if (ev->head >= EV_RING)

@@ -236,6 +236,12 @@ int api__h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 	const char *s = api__query(c, "state"), *lim = api__query(c, "limit");
 	if (s && store_state_parse(s, &st, &e))
 		return api__send_problem(a, r, c, &e);
+	/* brief: the members a list row shows, as a job event carries them; a page of full
+	 * jobs embeds every result, which for real models runs to hundreds of KB. */
+	const char *view = api__query(c, "view");
+	bool brief = view && !strcmp(view, "brief");
+	if (view && !brief && strcmp(view, "full"))
+		return api__fail(a, r, c, SD_EUSAGE, "view must be 'full' or 'brief'");
 	if (s)
 		f.state = &st;
 	f.stage = api__query(c, "stage");
@@ -263,8 +269,8 @@ int api__h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (store_job_list(rd, &f, &jobs, &n, &tag, &e))
 		return api__send_problem(a, r, c, &e);
 	char etag[160];
-	snprintf(etag, sizeof(etag), "\"l-%s-%s-%s-%s-%zu\"", tag ? tag : "", s ? s : "",
-		 f.stage ? f.stage : "", f.after ? f.after : "", f.limit);
+	snprintf(etag, sizeof(etag), "\"l-%s-%s-%s-%s-%zu%s\"", tag ? tag : "", s ? s : "",
+		 f.stage ? f.stage : "", f.after ? f.after : "", f.limit, brief ? "-b" : "");
 	free(tag);
 	int ret;
 	if (api_etag_match(api__header(c, "If-None-Match"), etag)) {
@@ -272,7 +278,8 @@ int api__h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 	} else {
 		json_t *doc = json_object(), *arr = json_array();
 		for (size_t i = 0; i < n; i++)
-			json_array_append_new(arr, api_json_job(&jobs[i], false));
+			json_array_append_new(arr, brief ? api_json_job_head(&jobs[i])
+							   : api_json_job(&jobs[i], false));
 		json_object_set_new(doc, "jobs", arr);
 		json_object_set_new(doc, "next_cursor",
 				    n == f.limit && n ? json_string(jobs[n - 1].id) : json_null());

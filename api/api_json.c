@@ -172,13 +172,27 @@ static json_t *str_or_null_empty(const char *s)
 	return s && s[0] ? jstr(s) : json_null();
 }
 
-json_t *api_json_job(const store_job_t *j, bool with_artifacts)
+json_t *api_json_job_head(const store_job_t *j)
 {
 	json_t *o = json_object();
 	json_object_set_new(o, "id", jstr(j->id));
 	json_object_set_new(o, "stage", jstr(j->stage));
 	json_object_set_new(o, "state", jstr(store_state_name(j->state)));
 	json_object_set_new(o, "name", jstr(j->name ? j->name : ""));
+	json_object_set_new(o, "progress", json_integer(j->progress));
+	json_object_set_new(o, "input_bytes", json_integer(j->input_bytes));
+	json_object_set_new(o, "created_at", time_or_null(j->created_ms));
+	json_object_set_new(o, "updated_at", time_or_null(j->updated_ms));
+	json_object_set_new(o, "started_at", time_or_null(j->started_ms));
+	json_object_set_new(o, "finished_at", time_or_null(j->finished_ms));
+	return o;
+}
+
+json_t *api_json_job(const store_job_t *j, bool with_artifacts)
+{
+	json_t *o = api_json_job_head(j);
+	if (!o)
+		return NULL;
 	json_t *outs = json_array();
 	for (const char *p = j->outputs; p && *p;) {
 		const char *end = strchr(p, ',');
@@ -191,12 +205,6 @@ json_t *api_json_job(const store_job_t *j, bool with_artifacts)
 	json_object_set_new(o, "format", str_or_null_empty(j->format));
 	json_object_set_new(o, "record_from", str_or_null_empty(j->record_from));
 	json_object_set_new(o, "attempts", json_integer(j->attempts));
-	json_object_set_new(o, "progress", json_integer(j->progress));
-	json_object_set_new(o, "input_bytes", json_integer(j->input_bytes));
-	json_object_set_new(o, "created_at", time_or_null(j->created_ms));
-	json_object_set_new(o, "updated_at", time_or_null(j->updated_ms));
-	json_object_set_new(o, "started_at", time_or_null(j->started_ms));
-	json_object_set_new(o, "finished_at", time_or_null(j->finished_ms));
 	json_t *result = j->result_json ? json_loads(j->result_json, 0, NULL) : NULL;
 	json_object_set_new(o, "result", result ? result : json_null());
 	if (j->error_code) {

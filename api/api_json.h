@@ -21,6 +21,11 @@ json_t *api_json_result(const prune_result_t *r);
  * on ENOMEM. The stored result document is embedded as parsed JSON. */
 json_t *api_json_job(const store_job_t *j, bool with_artifacts);
 
+/* The members of a job a list row shows (id, stage, state, name, progress, input_bytes
+ * and the four times), the start of api_json_job's document and the body of a job
+ * event. NULL on ENOMEM. */
+json_t *api_json_job_head(const store_job_t *j);
+
 /* RFC 3339 UTC time with milliseconds for a unix-ms timestamp into buf (>= 32 bytes). */
 void api_json_time(int64_t ms, char *buf, size_t cap);
 

@@ -7,12 +7,15 @@
  *   sent as a Bearer header, never in a URL); the daemon scopes it to the tenant, so the
  *   page shows exactly what the API would.
  * - Live: one fetch() of GET /v1/events read as a stream (EventSource cannot send an
- *   Authorization header). An event only says "job X changed": the page then refetches
- *   what it shows (the list page, the open job) instead of trusting the event's fields,
- *   so what is on screen is always a document the API served. Refetches coalesce: one in
- *   flight per view, one more queued if events arrived meanwhile. After a reconnect the
- *   stream resumes with Last-Event-ID and the page refetches anyway. A daemon without
- *   /v1/events gets polling (conditional GETs, so an unchanged list costs a 304).
+ *   Authorization header). A job event carries the job's list-row members, rendered by
+ *   the same code as the list's, so the row is put in place from the event alone: a
+ *   refetch per event cost more than the event (on two cores, Chromium's fetch per
+ *   change delayed the stream itself by tens of ms). What the event does not carry is
+ *   fetched: the open job's detail, a name too long for an event, and the list after a
+ *   deletion or a reset. Refetches coalesce: one in flight per view, one more queued if
+ *   events arrived meanwhile. After a reconnect the stream resumes with Last-Event-ID
+ *   and the page refetches anyway. A daemon without /v1/events gets polling
+ *   (conditional GETs, so an unchanged list costs a 304).
  * - Text from the API is only ever set with textContent: names and messages come from
  *   models and clients, and the Content-Security-Policy forbids inline script anyway.
  */
@@ -148,7 +151,7 @@
 
   // ---- the job list ----
   function listQuery() {
-    const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    const q = new URLSearchParams({ limit: String(PAGE_SIZE), view: "brief" });
     if (view.filters.state) q.set("state", view.filters.state);
     if (view.filters.stage) q.set("stage", view.filters.stage);
     if (view.cursors[view.page]) q.set("cursor", view.cursors[view.page]);
@@ -168,26 +171,51 @@
     renderList(doc.jobs);
   });
 
+  function jobRow(j, now) {
+    const link = el("a", { href: "#job=" + j.id, text: j.id, class: "id", title: j.id });
+    const tr = el("tr", { "data-id": j.id, "data-state": j.state },
+      el("td", null, stateBadge(j.state),
+        j.state === "running" ? el("span", { class: "pct", text: " " + j.progress + "%" }) : null),
+      el("td", { text: j.stage }),
+      el("td", { text: j.name || "", class: "name" }),
+      el("td", null, link),
+      el("td", { text: fmtWhen(j.created_at, now), title: fmtTime(j.created_at) }),
+      el("td", { class: "num dur", text: fmtDuration(jobDuration(j, now)),
+                 "data-start": j.state === "running" ? j.started_at : null }),
+      el("td", { class: "num", text: fmtBytes(j.input_bytes), title: j.input_bytes + " bytes" }));
+    if (j.id === view.detail) tr.classList.add("open");
+    return tr;
+  }
+
+  // What a row shows, so an unchanged row is kept as it is (durations of running rows
+  // move by the timer below; the day decides the created column's form).
+  function rowSig(j, day) {
+    return [j.state, j.progress, j.stage, j.name, j.created_at, j.started_at, j.finished_at,
+            j.input_bytes, j.id === view.detail, day].join("\u0001");
+  }
+
+  // The list goes in with as few DOM changes as give the same table: rows already shown
+  // and unchanged stay, a changed row is replaced, a new one inserted. An event thus costs
+  // one row, not the table: events can come faster than a page rebuilds 25 rows, and on
+  // two cores the renderer then fell behind the stream by hundreds of ms.
   function renderList(jobs) {
-    const now = Date.now();
+    const now = Date.now(), day = new Date(now).toDateString();
     view.jobs = jobs;
-    const rows = jobs.map((j) => {
-      const d = jobDuration(j, now);
-      const link = el("a", { href: "#job=" + j.id, text: j.id, class: "id", title: j.id });
-      const tr = el("tr", { "data-id": j.id, "data-state": j.state },
-        el("td", null, stateBadge(j.state),
-          j.state === "running" ? el("span", { class: "pct", text: " " + j.progress + "%" }) : null),
-        el("td", { text: j.stage }),
-        el("td", { text: j.name || "", class: "name" }),
-        el("td", null, link),
-        el("td", { text: fmtWhen(j.created_at, now), title: fmtTime(j.created_at) }),
-        el("td", { class: "num dur", text: fmtDuration(d),
-                   "data-start": j.state === "running" ? j.started_at : null }),
-        el("td", { class: "num", text: fmtBytes(j.input_bytes), title: j.input_bytes + " bytes" }));
-      if (j.id === view.detail) tr.classList.add("open");
-      return tr;
+    const tbody = $("jobs").tBodies[0];
+    const shown = new Map();
+    for (const tr of tbody.rows) shown.set(tr.dataset.id, tr);
+    jobs.forEach((j, i) => {
+      const sig = rowSig(j, day);
+      let tr = shown.get(j.id);
+      if (!tr || tr.sig !== sig) {
+        const fresh = jobRow(j, now);
+        fresh.sig = sig;
+        if (tr) tr.replaceWith(fresh);
+        tr = fresh;
+      }
+      if (tbody.rows[i] !== tr) tbody.insertBefore(tr, tbody.rows[i] || null);
     });
-    $("jobs").tBodies[0].replaceChildren(...rows);
+    while (tbody.rows.length > jobs.length) tbody.deleteRow(-1);
     // The first render with the list, for the Navigation Timing figures
     // (tests/bench/bench_web.py).
     if (!performance.getEntriesByName("sparsityd:list").length) performance.mark("sparsityd:list");
@@ -505,7 +533,7 @@
     const sel = $("s-record_from");
     let doc;
     try {
-      doc = await (await api("/v1/jobs?state=succeeded&stage=insert&limit=200",
+      doc = await (await api("/v1/jobs?state=succeeded&stage=insert&limit=200&view=brief",
                              { cache: "no-cache" })).json();
     } catch (_) {
       return; // the list shows the reason
@@ -586,10 +614,11 @@
     p.className = "live " + (cls || "");
   }
 
-  // id null: anything may have changed. A deletion is the one fact taken from an event
-  // itself: the job cannot be fetched any more.
-  function changed(id, deleted) {
+  // ev null: anything may have changed.
+  function changed(ev) {
+    const id = ev ? ev.id : null, deleted = !!ev && ev.deleted === true;
     if (!id || deleted) refreshList();
+    else if (typeof ev.name === "string" && ev.created_at) placeJob(ev);
     else refreshJob(id);
     if (id && deleted && id === view.detail) detailGone(id);
     else if (!id || id === view.detail) refreshDetail();
@@ -619,7 +648,7 @@
     if (type !== "job" || !data.length) return;
     let ev;
     try { ev = JSON.parse(data.join("\n")); } catch (_) { return; }
-    if (typeof ev.id === "string") changed(ev.id, ev.deleted === true);
+    if (ev && typeof ev.id === "string") changed(ev);
   }
 
   function restartStream() {
@@ -652,13 +681,16 @@
     // Whatever changed before the stream was open (even on the first connection: the
     // page's first fetches were answered before it) is fetched again.
     changed(null);
-    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    // A TextDecoder on the body's own reader: pipeThrough(TextDecoderStream) adds a
+    // task per chunk between the network and the page.
+    const reader = r.body.getReader();
+    const dec = new TextDecoder();
     let buf = "";
     try {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
-        buf += value;
+        buf += dec.decode(value, { stream: true });
         // Line ends may be \r\n, \r or \n; a \r at the end may be half of a \r\n.
         const hold = buf.endsWith("\r");
         let text = (hold ? buf.slice(0, -1) : buf).replace(/\r\n?/g, "\n");

@@ -182,8 +182,19 @@ def test_list_filters_etag(d, contract):
     r3 = d.get("/v1/jobs", headers={"If-None-Match": etag})
     assert r3.status == 200 and r3.header("etag") != etag, r3.describe()
     failures = []
+    # view=brief: the same jobs with only the members a list row shows; its own ETag
+    full = contract.check(d.get("/v1/jobs"))["jobs"]
+    rb = d.get("/v1/jobs?view=brief")
+    brief = contract.check(rb)["jobs"]
+    keys = {"id", "stage", "state", "name", "progress", "input_bytes", "created_at",
+            "updated_at", "started_at", "finished_at"}
+    assert [j["id"] for j in brief] == [j["id"] for j in full]
+    for b, f in zip(brief, full):
+        assert set(b) == keys and b == {k: f[k] for k in keys}, (b, f)
+    assert rb.header("etag") != d.get("/v1/jobs?view=full").header("etag")
+    assert d.get("/v1/jobs?view=brief", headers={"If-None-Match": rb.header("etag")}).status == 304
     for q in ("limit=0", "limit=201", "limit=abc", "state=bogus", "stage=bogus", "state=",
-              "cursor=garbage"):
+              "cursor=garbage", "view=bogus", "view="):
         r = d.get("/v1/jobs?" + q)
         try:
             assert_problem(r, 400, "bad-request")
