@@ -39,19 +39,6 @@ static int h_readyz(api_t *a, req_t *r, struct MHD_Connection *c)
 	return api__send_json(a, r, c, 200, json_pack("{s:s}", "status", "ready"), NULL);
 }
 
-/* Generated from openapi.yaml at build time (api/embed.py). */
-extern const unsigned char api__openapi_spec[];
-extern const size_t api__openapi_spec_len;
-
-static int h_openapi(api_t *a, req_t *r, struct MHD_Connection *c)
-{
-	char *copy = malloc(api__openapi_spec_len);
-	if (!copy)
-		return MHD_NO;
-	memcpy(copy, api__openapi_spec, api__openapi_spec_len);
-	return api__send_text(a, r, c, 200, "application/yaml", copy, api__openapi_spec_len, NULL);
-}
-
 /* ---- dispatch ---- */
 
 static const route_t routes[] = {
@@ -66,7 +53,7 @@ static const route_t routes[] = {
 	{"GET", "/healthz", h_healthz, false, false},
 	{"GET", "/readyz", h_readyz, false, false},
 	{"GET", "/metrics", api__h_metrics, false, false},
-	{"GET", "/openapi.yaml", h_openapi, false, false},
+	{"GET", "/openapi.yaml", api__h_openapi, false, false},
 	/* The page is public; what it shows comes from /v1 with the caller's token. */
 	{"GET", "/", api__h_page, false, false},
 	{"GET", "/assets/{name}", api__h_asset, false, false},

@@ -186,6 +186,8 @@ void api__poll_done(api_t *a, req_t *r);
 /* GET / (the dashboard) and GET /assets/{name} (its hashed script, stylesheet, icon). */
 int api__h_page(api_t *a, req_t *r, struct MHD_Connection *c);
 int api__h_asset(api_t *a, req_t *r, struct MHD_Connection *c);
+/* GET /openapi.yaml: the document the binary was built with. */
+int api__h_openapi(api_t *a, req_t *r, struct MHD_Connection *c);
 
 /* ---- api_events.c ---- */
 

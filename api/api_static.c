@@ -1,11 +1,14 @@
 /*
- * api_static: the dashboard (web/) served by the daemon: GET / and GET /assets/{name}.
+ * api_static: the dashboard (web/) served by the daemon: GET / and GET /assets/{name};
+ * and GET /openapi.yaml.
  *
- * The files are compiled into the binary (api/embed.py --assets, api_static.h), so an
- * installed daemon needs no file beside it and always serves the page matching its own
- * API. The page is answered with no-cache and an ETag (a reload costs a 304); every
- * asset's path carries a hash of its bytes, so assets are cached for a year as
- * immutable, and a new build names new paths instead of fighting old caches.
+ * The files are compiled into the binary (api/embed.py --assets and --file,
+ * api_static.h), so an installed daemon needs no file beside it and always serves the
+ * page and the API document matching its own API. The page and openapi.yaml keep their
+ * paths across builds, so they are answered with no-cache and an ETag (a reload or a
+ * client's refetch costs a 304); every asset's path carries a hash of its bytes, so
+ * assets are cached for a year as immutable, and a new build names new paths instead
+ * of fighting old caches.
  *
  * Headers for a page on the web: a Content-Security-Policy that allows only this
  * origin's scripts, styles, images and fetches (no inline script or style, no eval,
@@ -44,6 +47,11 @@ static int send_asset(api_t *a, req_t *r, struct MHD_Connection *c, const api_as
 int api__h_page(api_t *a, req_t *r, struct MHD_Connection *c)
 {
 	return send_asset(a, r, c, &api__assets[0]);
+}
+
+int api__h_openapi(api_t *a, req_t *r, struct MHD_Connection *c)
+{
+	return send_asset(a, r, c, &api__openapi);
 }
 
 int api__h_asset(api_t *a, req_t *r, struct MHD_Connection *c)

@@ -22,6 +22,20 @@ def test_openapi_served(d, contract):
     assert served["openapi"].startswith("3.1")
 
 
+def test_openapi_etag_304(d, contract):
+    """The document is compiled in and served like the dashboard's page: its own ETag
+    answers 304 with no body, another tag the whole document."""
+    r = d.get("/openapi.yaml", auth=False)
+    etag = r.header("etag")
+    assert etag and etag.startswith('"'), r.describe()
+    assert r.header("cache-control") == "no-cache", r.describe()
+    r304 = d.get("/openapi.yaml", auth=False, headers={"If-None-Match": etag})
+    assert r304.status == 304 and r304.body == b"", r304.describe()
+    contract.check(r304)
+    other = d.get("/openapi.yaml", auth=False, headers={"If-None-Match": '"other"'})
+    assert other.status == 200 and other.body == r.body, other.describe()
+
+
 def test_openapi_document_sound(contract):
     """Every $ref resolves, every schema is a valid JSON Schema 2020-12, every operation
     has an operationId and documents its error responses as problem+json."""
