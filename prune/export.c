@@ -148,10 +148,8 @@ static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t 
 				   "insertion the record describes (export takes the frozen graph "
 				   "of an inserted model)",
 				   r->name, mw_name);
-	if ((size_t)rd != l->node) {
+	if ((size_t)rd != l->node)
 		l->cast = prune_graph_node(g, (size_t)rd)->name;
-		l->cast_node = (size_t)rd;
-	}
 	if (!l->cast != !r->cast || (l->cast && strcmp(l->cast, r->cast)))
 		return sd_err_node(e, SD_ERECORD, r->name,
 				   "layer '%s': the Cast its weight goes through is '%s' in the "

@@ -211,10 +211,18 @@ ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot
 	return c;
 }
 
+size_t prune_layer_reader(const prune_graph_t *g, const prune_layer_t *l)
+{
+	if (!l->cast)
+		return l->node;
+	ptrdiff_t c = prune_graph_find(g, l->cast, strlen(l->cast));
+	sd_require(c >= 0); /* the name came from this graph, and nodes are never renamed */
+	return (size_t)c;
+}
+
 char **prune_layer_weight_ref(const prune_graph_t *g, const prune_layer_t *l)
 {
-	return l->cast ? &prune_graph_node(g, l->cast_node)->input[0]
-		       : &prune_graph_node(g, l->node)->input[1];
+	return &prune_graph_node(g, prune_layer_reader(g, l))->input[l->cast ? 0 : 1];
 }
 
 bool prune_names_masked_weight(const char *input)
@@ -281,10 +289,8 @@ static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDe
 	if (rd >= 0) {
 		const Tensorflow__NodeDef *reader = prune_graph_node(g, (size_t)rd);
 		l->weight_input = reader->input[slot];
-		if ((size_t)rd != l->node) {
+		if ((size_t)rd != l->node)
 			l->cast = reader->name;
-			l->cast_node = (size_t)rd;
-		}
 	}
 	ptrdiff_t mw = rd >= 0 ? prune_graph_find_input(g, l->weight_input) : -1;
 	if (mw >= 0) {

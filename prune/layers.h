@@ -76,10 +76,16 @@ ptrdiff_t prune_trace(const prune_graph_t *g, const char *input);
 ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot);
 
 /*
- * The input string through which discovered layer l reads what the mask multiplies
- * (node l->cast_node's input 0 when l->cast is set, else l->node's input 1): a stage
- * rewires the layer by assigning to it. Indexes are discovery-time ones, so only
+ * The index of the node through which discovered layer l reads its weight: its Cast
+ * (l->cast) when it has one, else the layer (l->node). Discovery-time indexes, so only
  * valid while no node has been removed.
+ */
+size_t prune_layer_reader(const prune_graph_t *g, const prune_layer_t *l);
+
+/*
+ * The input string through which discovered layer l reads what the mask multiplies
+ * (the Cast's input 0 when l->cast is set, else the layer's input 1): a stage rewires
+ * the layer by assigning to it. Valid as prune_layer_reader is.
  */
 char **prune_layer_weight_ref(const prune_graph_t *g, const prune_layer_t *l);
 

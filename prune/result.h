@@ -59,8 +59,9 @@ typedef struct prune_layer {
 	const char *weight;        /* the Const/VariableV2/VarHandleOp it traces to, or NULL */
 	size_t weight_node;        /* its index at discovery time (valid when weight is set) */
 	const char *cast;          /* the Cast between weight and layer (Keras mixed precision
-				      reads a float32 variable as float16), or NULL */
-	size_t cast_node;          /* its index at discovery time (valid when cast is set) */
+				      reads a float32 variable as float16), or NULL; a name
+				      alone (records carry it; prune_layer_reader finds
+				      the node) */
 	int dtype;                 /* DataType of the weight, 0 if unknown */
 	int rank;                  /* -1 if unknown */
 	int64_t shape[4];

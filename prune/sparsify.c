@@ -49,9 +49,7 @@ int prune_sparsify(prune_graph_t *g, const prune_consumers_t *c, prune_layer_t *
 	arena_t *a = prune_graph_arena(g);
 	Tensorflow__NodeDef *cn = prune_graph_node(g, cidx);
 	Tensorflow__TensorProto *tp;
-	/* The node that reads the weight for the layer: the layer, or its Cast. */
-	size_t reader = l->cast ? l->cast_node : l->node;
-	*moved = !exclusive(g, c, cidx, reader, ignore, ud, 0);
+	*moved = !exclusive(g, c, cidx, prune_layer_reader(g, l), ignore, ud, 0);
 	if (!*moved) {
 		tp = prune_node_attr(cn, "value")->tensor;
 	} else {

@@ -22,8 +22,8 @@
 typedef bool (*prune_ignore_cb)(void *ud, const Tensorflow__NodeDef *consumer);
 
 /*
- * Has w, the decoded value of Const node cidx read by layer l (l->node, and l->cast_node
- * when l->cast is set), written masked by bits as described above: w itself is never
+ * Has w, the decoded value of Const node cidx read by layer l (through
+ * prune_layer_reader), written masked by bits as described above: w itself is never
  * modified (it may lie in the read-only model file); the mask goes to the save
  * (prune_graph_mask_on_save). bits
  * and counts come from prune_mask_2of4_bits or prune_mask_bits, and bits must live as
