@@ -239,6 +239,23 @@ int store__run(store__conn_t *c, sqlite3_stmt *st, sd_error_t *e, const char *wh
 	return 0;
 }
 
+int store__scalar(store__conn_t *c, store__sql_t which, const char *arg, int64_t *out,
+		  sd_error_t *e, const char *what)
+{
+	*out = 0;
+	sqlite3_stmt *st;
+	int rc = store__stmt(c, which, &st, e);
+	if (rc)
+		return rc;
+	if (arg)
+		store__bind_text(st, 1, arg);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*out = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	return rc == SQLITE_ROW ? 0 : store__sqlerr(c, rc, e, what);
+}
+
 static int run_sql(store__conn_t *c, store__sql_t which, sd_error_t *e, const char *what)
 {
 	sqlite3_stmt *st;
@@ -408,25 +425,14 @@ static const char *const migrations[STORE__SCHEMA_VERSION] = {
 	"ALTER TABLE tokens ADD COLUMN revoked_ms INTEGER NOT NULL DEFAULT 0;",
 };
 
-static int user_version(store__conn_t *c, int *v, sd_error_t *e)
-{
-	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return store__sqlerr(c, rc, e, "read schema version");
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*v = sqlite3_column_int(st, 0);
-	sqlite3_finalize(st);
-	return rc == SQLITE_ROW ? 0 : store__sqlerr(c, rc, e, "read schema version");
-}
-
 static int migrate(store_t *s, sd_error_t *e)
 {
-	int v = 0;
-	int rc = user_version(&s->w, &v, e);
+	int64_t uv;
+	int rc = store__scalar(&s->w, STORE__SQL_USER_VERSION, NULL, &uv, e,
+			       "read schema version");
 	if (rc)
 		return rc;
+	int v = (int)uv; /* SQLite keeps user_version in 32 bits */
 	if (v > STORE__SCHEMA_VERSION)
 		return sd_err(e, SD_EIO,
 			      "store: %s has schema version %d, newer than this sparsityd "
@@ -475,19 +481,8 @@ static int seed_ids(store_t *s, sd_error_t *e)
 
 int store__version_next(store_t *s, int64_t *v, sd_error_t *e)
 {
-	sqlite3_stmt *st;
-	int rc = store__stmt(&s->w, STORE__SQL_VERSION_BUMP, &st, e);
-	if (!rc)
-		rc = store__run(&s->w, st, e, "bump version");
-	if (!rc)
-		rc = store__stmt(&s->w, STORE__SQL_VERSION_GET, &st, e);
-	if (rc)
-		return rc;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*v = sqlite3_column_int64(st, 0);
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW ? 0 : store__sqlerr(&s->w, rc, e, "read version");
+	int rc = run_sql(&s->w, STORE__SQL_VERSION_BUMP, e, "bump version");
+	return rc ? rc : store__scalar(&s->w, STORE__SQL_VERSION_GET, NULL, v, e, "read version");
 }
 
 static int mkdir_p(const char *path, sd_error_t *e)

@@ -429,15 +429,10 @@ static void release_locked(store_t *s, const char *sha)
 {
 	if (pin_find(s, sha))
 		return; /* committed again, its row on the way */
-	sqlite3_stmt *st;
-	if (store__stmt(&s->w, STORE__SQL_BLOB_REFERENCED, &st, NULL) != 0)
-		return; /* keep the file: an orphan is swept at the next open */
-	store__bind_text(st, 1, sha);
-	int rc = sqlite3_step(st);
-	bool referenced = rc != SQLITE_ROW || sqlite3_column_int(st, 0) != 0;
-	sqlite3_reset(st);
-	if (referenced)
-		return;
+	int64_t referenced;
+	if (store__scalar(&s->w, STORE__SQL_BLOB_REFERENCED, sha, &referenced, NULL,
+			  "check a blob's rows") != 0 || referenced)
+		return; /* a failed check keeps the file: an orphan is swept at the next open */
 	char *p = store_blob_path(s, sha);
 	if (p)
 		unlink(p); /* a lost unlink (power loss) only leaves an orphan for the sweep */

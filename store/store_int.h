@@ -34,6 +34,7 @@
 	X(ROLLBACK, "ROLLBACK")                                                           \
 	X(VERSION_BUMP, "UPDATE counters SET value = value + 1 WHERE name = 'version'")   \
 	X(VERSION_GET, "SELECT value FROM counters WHERE name = 'version'")               \
+	X(USER_VERSION, "PRAGMA user_version")                                            \
 	X(MAX_ID, "SELECT max(id) FROM jobs")                                             \
 	X(JOB_INSERT,                                                                     \
 	  "INSERT INTO jobs (id, stage, tenant, name, outputs, format, record_from, state," \
@@ -199,6 +200,12 @@ int store__sqlerr(store__conn_t *c, int rc, sd_error_t *e, const char *what);
 /* Runs a statement without result rows (BEGIN, COMMIT, an INSERT already bound). */
 SD_MUST_CHECK int store__run(store__conn_t *c, sqlite3_stmt *st, sd_error_t *e,
 			     const char *what);
+/* Runs a query that answers one row whose first column is an integer (a counter, a
+ * count, an EXISTS), with ?1 bound to arg unless arg is NULL, and sets *out to that
+ * integer. Returns 0, or store__sqlerr's code for what (also when no row came back);
+ * *out is 0 then. */
+SD_MUST_CHECK int store__scalar(store__conn_t *c, store__sql_t which, const char *arg,
+				int64_t *out, sd_error_t *e, const char *what);
 /* Transactions on a connection; rollback is best effort and never fails the caller. */
 SD_MUST_CHECK int store__begin(store__conn_t *c, bool write, sd_error_t *e);
 SD_MUST_CHECK int store__commit(store__conn_t *c, sd_error_t *e);

@@ -377,16 +377,7 @@ int store_record_get(store_reader_t *r, const char *job_id, const char *tenant,
 
 int store_version_current(store_reader_t *r, int64_t *v, sd_error_t *e)
 {
-	*v = 0;
-	sqlite3_stmt *st;
-	int rc = store__stmt(&r->c, STORE__SQL_VERSION_GET, &st, e);
-	if (rc)
-		return rc;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*v = sqlite3_column_int64(st, 0);
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW ? 0 : store__sqlerr(&r->c, rc, e, "read version");
+	return store__scalar(&r->c, STORE__SQL_VERSION_GET, NULL, v, e, "read version");
 }
 
 int store_job_counts(store_reader_t *r, int64_t counts[STORE_STATE__COUNT], sd_error_t *e)

@@ -254,14 +254,8 @@ int store_token_touch(store_t *s, const char *hash, int64_t ms, sd_error_t *e)
 
 int store_tokens_exist(store_reader_t *r, bool *exist, sd_error_t *e)
 {
-	*exist = false;
-	sqlite3_stmt *st;
-	int rc = store__stmt(&r->c, STORE__SQL_TOKENS_EXIST, &st, e);
-	if (rc)
-		return rc;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*exist = sqlite3_column_int(st, 0) != 0;
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW ? 0 : store__sqlerr(&r->c, rc, e, "check tokens");
+	int64_t any;
+	int rc = store__scalar(&r->c, STORE__SQL_TOKENS_EXIST, NULL, &any, e, "check tokens");
+	*exist = any != 0;
+	return rc;
 }
