@@ -38,6 +38,9 @@ void cli_usage(int to_stderr)
 	      "           [--json] [--fsync]   one-shot 2:4 on a frozen graph, no retraining\n"
 	      "  check    --model ANY.pb [--outputs a,b] [--json]\n"
 	      "           report each layer's 2:4 state\n"
+	      "  report   [--model NAME] < RESULT.json\n"
+	      "           print the table of a result document (--json's output, a job's\n"
+	      "           report artifact); warnings on stderr\n"
 	      "  serve    [--listen 127.0.0.1:8080] [--data-dir ./var] [--workers N] ...\n"
 	      "           run the HTTP daemon (--print-config lists every setting)\n"
 	      "  token    create --tenant NAME [--data-dir DIR]\n"
@@ -103,61 +106,94 @@ static void out_discard(outfile_t *o)
 	o->tmp = o->path = NULL;
 }
 
-static void print_table(const prune_result_t *r, const char *model)
+/* A member of the result document, or `absent` when it is missing or of another type
+ * (a report read by `sparsityd report` may have been edited by hand). */
+static const char *doc_str(const json_t *o, const char *key, const char *absent)
 {
-	unsigned flags = prune_stage_flags(r->stage);
-	printf("sparsityd %s: %s (%s, %s), %zu nodes -> %zu nodes\n", prune_stage_name(r->stage),
-	       model,
-	       prune_format_name(r->format), r->format_stated ? "stated" : "detected",
-	       r->nodes_in, r->nodes_out);
-	printf("%-40s %-20s %-20s %4s  %-8s %s\n", "LAYER", "TYPE", "WEIGHT SHAPE", "AXIS",
-	       "ACTION", "DETAIL");
-	for (size_t i = 0; i < r->n_layers; i++) {
-		const prune_layer_t *l = &r->layers[i];
-		char shape[64] = "?";
-		if (l->rank > 0) {
-			size_t off = 0;
-			for (int d = 0; d < l->rank && off < sizeof(shape); d++)
-				off += (size_t)snprintf(shape + off, sizeof(shape) - off, "%s%lld",
-							d ? "x" : "", (long long)l->shape[d]);
-		}
-		bool why = l->action == PRUNE_ACTION_SKIPPED;
-		printf("%-40s %-20s %-20s %4d  %-8s %s%s%s\n", l->name, l->type, shape, l->axis,
-		       prune_action_name(l->action), why ? prune_skip_name(l->reason) : "", why ? ": " : "",
-		       l->detail ? l->detail : "");
-	}
-	if (!(flags & PRUNE_STAGE_WRITES_MODEL))
-		printf("%zu layer%s: %zu checked, %zu skipped", r->n_layers,
-		       r->n_layers == 1 ? "" : "s", r->checked, r->skipped);
-	else
-		printf("%zu layer%s: %zu pruned, %zu skipped", r->n_layers,
-		       r->n_layers == 1 ? "" : "s", r->pruned, r->skipped);
-	for (int k = 0; k < PRUNE_SKIP__COUNT; k++)
-		if (r->by_reason[k])
-			printf(" (%s: %zu)", prune_skip_name(k), r->by_reason[k]);
-	printf("\n");
-	if (flags & PRUNE_STAGE_EXAMINES)
-		printf("%zu layer%s exactly 2:4", r->layers_2of4, r->layers_2of4 == 1 ? "" : "s");
-	if ((flags & PRUNE_STAGE_EXAMINES) && (flags & PRUNE_STAGE_WRITES_MODEL))
-		printf("; %llu of %llu weights zeroed by this stage",
-		       (unsigned long long)r->weights_zeroed, (unsigned long long)r->weights);
-	if (flags & PRUNE_STAGE_EXAMINES)
-		printf("\n");
-	if (r->init_op)
-		printf("init op: %s   update op: %s\n", r->init_op, r->update_op);
-	for (size_t i = 0; i < r->n_warnings; i++)
-		printf("warning: %s\n", r->warnings[i]);
+	const char *s = json_string_value(json_object_get(o, key));
+	return s ? s : absent;
 }
 
-static int print_json(const prune_result_t *r, sd_error_t *e)
+static long long doc_int(const json_t *o, const char *key)
+{
+	return (long long)json_integer_value(json_object_get(o, key));
+}
+
+/*
+ * The per-layer table, from the result document rather than the engine's struct, so a
+ * stage's own table and `sparsityd report` (a daemon job's report, the AMCT drop-in's
+ * log) are one rendering. Warnings go to `warn`.
+ */
+static void print_table(const json_t *doc, prune_stage_t stage, const char *model, FILE *warn)
+{
+	unsigned flags = prune_stage_flags(stage);
+	const json_t *m = json_object_get(doc, "model");
+	printf("sparsityd %s: %s (%s, %s), %lld nodes -> %lld nodes\n", prune_stage_name(stage),
+	       model, doc_str(m, "format", "?"), doc_str(m, "format_source", "?"),
+	       doc_int(m, "nodes_in"), doc_int(m, "nodes_out"));
+	printf("%-40s %-20s %-20s %4s  %-8s %s\n", "LAYER", "TYPE", "WEIGHT SHAPE", "AXIS",
+	       "ACTION", "DETAIL");
+	const json_t *layers = json_object_get(doc, "layers");
+	size_t i, d;
+	json_t *l, *dim;
+	json_array_foreach(layers, i, l) {
+		char shape[64] = "?", axis[24] = "?";
+		size_t off = 0;
+		const json_t *dims = json_object_get(l, "weight_shape");
+		json_array_foreach(dims, d, dim)
+			if (off < sizeof(shape))
+				off += (size_t)snprintf(shape + off, sizeof(shape) - off, "%s%lld",
+							d ? "x" : "", (long long)json_integer_value(dim));
+		if (json_is_integer(json_object_get(l, "prune_axis")))
+			snprintf(axis, sizeof(axis), "%lld", doc_int(l, "prune_axis"));
+		/* A checked layer may carry a reason too (a short axis): only a skip says why. */
+		const char *action = doc_str(l, "action", "?");
+		const char *reason = strcmp(action, "skipped") ? NULL : doc_str(l, "reason", NULL);
+		printf("%-40s %-20s %-20s %4s  %-8s %s%s%s\n", doc_str(l, "name", "?"),
+		       doc_str(l, "type", "?"), shape, axis, action, reason ? reason : "",
+		       reason ? ": " : "", doc_str(l, "detail", ""));
+	}
+	const json_t *t = json_object_get(doc, "totals");
+	long long n = doc_int(t, "layers");
+	const char *done = flags & PRUNE_STAGE_WRITES_MODEL ? "pruned" : "checked";
+	printf("%lld layer%s: %lld %s, %lld skipped", n, n == 1 ? "" : "s", doc_int(t, done), done,
+	       doc_int(t, "skipped"));
+	const json_t *by = json_object_get(t, "skipped_by_reason");
+	for (int k = 0; k < PRUNE_SKIP__COUNT; k++)
+		if (doc_int(by, prune_skip_name(k)))
+			printf(" (%s: %lld)", prune_skip_name(k), doc_int(by, prune_skip_name(k)));
+	printf("\n");
+	if (flags & PRUNE_STAGE_EXAMINES) {
+		n = doc_int(t, "layers_2of4");
+		printf("%lld layer%s exactly 2:4", n, n == 1 ? "" : "s");
+		if (flags & PRUNE_STAGE_WRITES_MODEL)
+			printf("; %lld of %lld weights zeroed by this stage",
+			       doc_int(t, "weights_zeroed"), doc_int(t, "weights"));
+		printf("\n");
+	}
+	if (doc_str(doc, "init_op", NULL))
+		printf("init op: %s   update op: %s\n", doc_str(doc, "init_op", NULL),
+		       doc_str(doc, "update_op", "?"));
+	const json_t *warnings = json_object_get(doc, "warnings");
+	json_array_foreach(warnings, i, l)
+		fprintf(warn, "warning: %s\n", json_string_value(l) ? json_string_value(l) : "?");
+}
+
+/* The result as --json's document or as the table. */
+static int print_result(const prune_result_t *r, bool json, const char *model, sd_error_t *e)
 {
 	json_t *doc = api_json_result(r);
-	int rc = doc ? json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_SORT_KEYS) : -1;
+	if (!doc)
+		return sd_err(e, SD_ENOMEM, "out of memory rendering the result");
+	int rc = 0;
+	if (!json)
+		print_table(doc, r->stage, model, stdout);
+	else if (json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_SORT_KEYS) == 0)
+		fputc('\n', stdout);
+	else
+		rc = sd_err(e, SD_ENOMEM, "rendering the result as JSON failed");
 	json_decref(doc);
-	if (rc != 0)
-		return sd_err(e, SD_ENOMEM, "rendering the result as JSON failed");
-	fputc('\n', stdout);
-	return 0;
+	return rc;
 }
 
 static int fail(const sd_error_t *e)
@@ -273,7 +309,7 @@ static int run_cli(prune_stage_t stage, const args_t *a, const char *rec_out)
 	if (!rc && a->out)
 		rc = out_commit(&om, a->fsync, &e);
 	if (!rc)
-		rc = a->json ? print_json(&res, &e) : (print_table(&res, a->model), 0);
+		rc = print_result(&res, a->json, a->model, &e);
 	out_discard(&om);
 	out_discard(&orec);
 	arena_deinit(&arena);
@@ -311,4 +347,28 @@ int cli_stage(prune_stage_t st, int argc, char **argv)
 	/* --record names the record to read (NEEDS_RECORD) or the one to write. */
 	bool writes = prune_stage_flags(st) & (PRUNE_STAGE_WRITES_RECORD | PRUNE_STAGE_MAY_RECORD);
 	return run_cli(st, &a, writes ? a.record : NULL);
+}
+
+int cli_report(int argc, char **argv)
+{
+	args_t a;
+	int rc = parse_args("report", argc, argv, 0, OPT_MODEL, &a);
+	if (rc >= 0)
+		return rc;
+	rc = 0;
+	sd_error_t e;
+	sd_err_clear(&e);
+	json_error_t je;
+	json_t *doc = json_loadf(stdin, 0, &je);
+	prune_stage_t st;
+	if (!doc) {
+		rc = sd_err(&e, SD_EUSAGE, "stdin:%d:%d: %s", je.line, je.column, je.text);
+	} else if (prune_stage_parse(doc_str(doc, "stage", ""), &st, NULL)) {
+		rc = sd_err(&e, SD_EUSAGE, "stdin is not a result document (no known \"stage\")");
+	} else {
+		/* Warnings apart, so a program reading the table can tell them from it. */
+		print_table(doc, st, a.model ? a.model : "-", stderr);
+	}
+	json_decref(doc);
+	return rc ? fail(&e) : 0;
 }

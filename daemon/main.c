@@ -36,6 +36,7 @@ int main(int argc, char **argv)
 	} cmds[] = {
 		{"serve", serve_main},
 		{"token", token_main},
+		{"report", cli_report},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (strcmp(cmd, cmds[i].name) == 0)

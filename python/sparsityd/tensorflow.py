@@ -27,8 +27,9 @@ when a `client=` (a `sparsityd.Client`) is given or SPARSITYD_URL is set. Both r
 engine: the same inputs give byte-identical models and records.
 
 Logging: everything goes to the logger "sparsityd.tensorflow" (the per-layer table at
-INFO, engine warnings at WARNING, commands and job ids at DEBUG). Until
-set_logging_level() is called, that logger is left to the application's logging setup.
+INFO, as the binary's `sparsityd report` renders it for either backend, engine warnings at
+WARNING, commands and job ids at DEBUG). Until set_logging_level() is called, that logger
+is left to the application's logging setup.
 """
 
 from __future__ import annotations
@@ -204,30 +205,26 @@ def _outputs_near(path: str | None):
         out.cleanup()
 
 
+def _table(result: dict, model: str) -> list[str]:
+    """The per-layer table of a result document as the CLI prints it, rendered by the
+    binary (`sparsityd report`) whichever backend made the result."""
+    argv = [_binary.path(), "report", "--model", model]
+    proc = subprocess.run(argv, input=json.dumps(result), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EngineError(argv, proc.returncode, proc.stderr)
+    return proc.stdout.splitlines()
+
+
 def _log_result(result: dict, model: str) -> None:
-    """The per-layer table of the engine's result, one logger line per row."""
-    m = result.get("model", {})
-    LOG.info("sparsityd %s: %s (%s, %s), %s nodes -> %s nodes", result.get("stage"), model,
-             m.get("format"), m.get("format_source"), m.get("nodes_in"), m.get("nodes_out"))
-    LOG.info("%-40s %-20s %-20s %4s  %-8s %s", "LAYER", "TYPE", "WEIGHT SHAPE", "AXIS",
-             "ACTION", "DETAIL")
-    for layer in result.get("layers", []):
-        shape = "x".join(str(d) for d in layer.get("weight_shape") or []) or "?"
-        detail = layer.get("detail") or ""
-        if layer.get("reason"):
-            detail = "%s: %s" % (layer["reason"], detail)
-        LOG.info("%-40s %-20s %-20s %4s  %-8s %s", layer.get("name"), layer.get("type"), shape,
-                 layer.get("prune_axis"), layer.get("action"), detail)
-    t = result.get("totals", {})
-    done = ("checked", t.get("checked")) if result.get("stage") == "check" else \
-        ("pruned", t.get("pruned"))
-    reasons = "".join(" (%s: %s)" % (k, v)
-                      for k, v in sorted(t.get("skipped_by_reason", {}).items()) if v)
-    LOG.info("%s layers: %s %s, %s skipped%s", t.get("layers"), done[1], done[0],
-             t.get("skipped"), reasons)
-    if "layers_2of4" in t:
-        LOG.info("%s layers exactly 2:4; %s of %s weights zeroed by this stage",
-                 t["layers_2of4"], t.get("weights_zeroed"), t.get("weights"))
+    """The table at INFO, one logger line per row; the engine's warnings at WARNING."""
+    if LOG.isEnabledFor(logging.INFO):
+        try:
+            for line in _table(result, model):
+                LOG.info("%s", line)
+        except (SparsitydError, OSError) as e:
+            # The stage succeeded and its outputs are in place: a table that cannot be
+            # printed is no reason to fail the call.
+            LOG.warning("no per-layer table: %s", e)
     for w in result.get("warnings", []):
         LOG.warning("%s", w)
 

@@ -8,6 +8,7 @@ response is checked against openapi.yaml by the contract fixture.
 
 import json
 import re
+import subprocess
 
 import daemon as D
 from daemon import CFG, CHAIN, TS, assert_problem, cli, run_ok, submit_ok
@@ -56,6 +57,43 @@ def test_insert_job(d, contract, serve_bin, tmp_path):
             assert r.body == expect[name], "artifact %s differs from the CLI's / the upload" % name
         if name == "report":
             assert json.loads(r.body) == job["result"], "report artifact != job result"
+
+
+def report(binary, doc, *args):
+    return subprocess.run([binary, "report"] + list(args), input=doc, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_report_is_the_cli_table(d, contract, serve_bin, tmp_path):
+    """`sparsityd report` prints a job's report artifact as the table the CLI prints for
+    the same stage and inputs (the one table; the AMCT drop-in logs it this way)."""
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(CFG)
+    runs = {"insert": ["--config", cfg, "--outputs", "out", "--record", tmp_path / "r.txt",
+                       "-o", tmp_path / "i.pbtxt"],
+            "prune": ["--config", cfg, "--outputs", "out", "-o", tmp_path / "p.pbtxt"],
+            "check": []}
+    for stage, args in runs.items():
+        table = cli(serve_bin, stage, "--model", CHAIN, *args).stdout
+        kw = {"config": CFG, "outputs": "out"} if args else {}
+        job = run_ok(d, contract, stage, model=CHAIN, **kw)
+        href = [a["href"] for a in job["artifacts"] if a["name"] == "report"][0]
+        p = report(serve_bin, d.get(href).text, "--model", CHAIN)
+        assert p.returncode == 0 and p.stderr == "", p
+        assert p.stdout == table, "%s: report\n%s\nCLI\n%s" % (stage, p.stdout, table)
+        assert "LAYER" in table and "mm_a " in table, table
+
+
+def test_report_warnings_and_refusals(serve_bin):
+    doc = {"stage": "insert", "layers": [], "totals": {}, "warnings": ["the saver is V1"]}
+    p = report(serve_bin, json.dumps(doc))
+    assert p.returncode == 0, p
+    assert p.stdout.startswith("sparsityd insert: - ") and "warning" not in p.stdout, p
+    assert p.stderr == "warning: the saver is V1\n", p
+    for bad in ("not json", "[]", '{"stage": "compress"}'):
+        p = report(serve_bin, bad)
+        assert p.returncode == 2 and p.stdout == "", (bad, p)
+        assert p.stderr.startswith("sparsityd: error: stdin"), (bad, p)
 
 
 def test_name_round_trip(d, contract):
