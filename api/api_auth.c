@@ -41,12 +41,13 @@ static void note_use(api_t *a, const store_token_t *t, int64_t now)
 	pthread_mutex_unlock(&a->uses_mu);
 }
 
-int api__authorise(api_t *a, req_t *r, struct MHD_Connection *c, sd_error_t *e)
+int api__token_access(api_t *a, const char *header, int64_t now, store_token_t *t,
+		       sd_error_t *e)
 {
+	memset(t, 0, sizeof(*t));
 	store_reader_t *rd = api__reader(a, e);
 	if (!rd)
 		return e->code;
-	int64_t now = sd_now_ms();
 	bool exist = atomic_load(&a->tokens_on);
 	if (now - atomic_load(&a->tokens_checked_ms) > 1000) {
 		int rc = store_tokens_exist(rd, &exist, e);
@@ -57,19 +58,25 @@ int api__authorise(api_t *a, req_t *r, struct MHD_Connection *c, sd_error_t *e)
 	}
 	if (!exist)
 		return 0;
-	const char *h = api__header(c, "Authorization");
-	if (!h)
+	if (!header)
 		return sd_err(e, SD_EAUTH,
 			      "this daemon requires a bearer token (Authorization: Bearer ...)");
-	const char *token = api_bearer_token(h);
+	const char *token = api_bearer_token(header);
 	if (!token)
 		return sd_err(e, SD_EAUTH, "the Authorization header is not 'Bearer <token>'");
-	store_token_t t;
-	int rc = store_token_check(rd, token, now, &t, e);
+	int rc = store_token_check(rd, token, now, t, e);
 	if (rc == SD_ENOTFOUND)
 		return sd_err(e, SD_EAUTH, "unknown token");
-	if (rc)
-		return rc; /* revoked or expired (SD_EAUTH, saying so), or the store failed */
+	return rc; /* revoked or expired (SD_EAUTH, saying so), or the store failed */
+}
+
+int api__authorise(api_t *a, req_t *r, struct MHD_Connection *c, sd_error_t *e)
+{
+	int64_t now = sd_now_ms();
+	store_token_t t;
+	int rc = api__token_access(a, api__header(c, "Authorization"), now, &t, e);
+	if (rc || !t.tenant)
+		return rc;
 	note_use(a, &t, now);
 	r->tenant = t.tenant; /* the request owns it now */
 	t.tenant = NULL;

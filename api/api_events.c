@@ -75,7 +75,7 @@ struct stream {
 	api_events_t *ev;
 	struct MHD_Connection *conn;
 	char *tenant;        /* NULL: every job (no tokens in force) */
-	char *token;         /* the bearer token it was opened with; NULL without tokens */
+	char *auth;          /* the Authorization it was opened with; NULL without tokens */
 	int64_t checked_ms;  /* when its access was last checked */
 	uint64_t next;       /* sequence number of the next ring event to look at */
 	uint64_t hb_gen;     /* heartbeats sent up to this generation */
@@ -183,10 +183,11 @@ static void wake(api_events_t *ev, stream_t *s)
 }
 
 /*
- * Whether the stream may still be read: its token neither revoked nor expired, or, opened
- * while no token existed, still none. A request is authorised once, but a stream lasts,
- * so this is asked again every heartbeat interval (HTTP thread: its own reader). A store
- * that cannot be read keeps the stream: the next check decides.
+ * Whether the stream may still be read, by the rule a request meets (api__token_access):
+ * its token neither revoked nor expired, or, opened while no token existed, still none.
+ * A request is authorised once, but a stream lasts, so this is asked again every
+ * heartbeat interval (HTTP thread). A store that cannot be read keeps the stream: the
+ * next check decides.
  */
 static bool still_allowed(stream_t *s)
 {
@@ -195,24 +196,13 @@ static bool still_allowed(stream_t *s)
 		return true;
 	s->checked_ms = now;
 	sd_error_t e;
-	store_reader_t *rd = api__reader(s->api, &e);
-	int rc = rd ? 0 : e.code;
-	if (!rc && s->token) {
-		store_token_t t;
-		if (!(rc = store_token_check(rd, s->token, now, &t, &e)))
-			store_token_clear(&t);
-		if (rc == SD_ENOTFOUND || rc == SD_EAUTH) {
-			log_info("api", "event stream of tenant %s ended: %s", s->tenant,
-				 rc == SD_ENOTFOUND ? "its token is gone" : e.msg);
-			return false;
-		}
-	} else if (!rc) {
-		bool exist = false;
-		if (!(rc = store_tokens_exist(rd, &exist, &e)) && exist) {
-			log_info("api", "event stream ended: API tokens exist now, and it was opened "
-				 "without one");
-			return false;
-		}
+	store_token_t t;
+	int rc = api__token_access(s->api, s->auth, now, &t, &e);
+	store_token_clear(&t);
+	if (rc == SD_EAUTH) {
+		log_info("api", "event stream of tenant %s ended: %s", s->tenant ? s->tenant : "-",
+			 e.msg);
+		return false;
 	}
 	if (rc)
 		log_warn("api", "event stream: access not checked: %s", e.msg);
@@ -273,9 +263,9 @@ static void stream_free(void *cls)
 		pthread_cond_broadcast(&ev->gone);
 	pthread_mutex_unlock(&ev->mu);
 	free(s->tenant);
-	if (s->token)
-		explicit_bzero(s->token, strlen(s->token));
-	free(s->token);
+	if (s->auth)
+		explicit_bzero(s->auth, strlen(s->auth));
+	free(s->auth);
 	free(s);
 }
 
@@ -323,9 +313,7 @@ int api__h_events(api_t *a, req_t *r, struct MHD_Connection *c)
 				 "Last-Event-ID must be the id of an event (a whole number)");
 	stream_t *s = calloc(1, sizeof(*s));
 	const char *h = r->tenant ? api__header(c, "Authorization") : NULL;
-	const char *token = h ? api_bearer_token(h) : NULL;
-	if (!s || (r->tenant && !(s->tenant = strdup(r->tenant))) ||
-	    (token && !(s->token = strdup(token)))) {
+	if (!s || (r->tenant && !(s->tenant = strdup(r->tenant))) || (h && !(s->auth = strdup(h)))) {
 		if (s)
 			free(s->tenant);
 		free(s);
@@ -345,7 +333,7 @@ int api__h_events(api_t *a, req_t *r, struct MHD_Connection *c)
 	pthread_mutex_unlock(&ev->mu);
 	if (stopping || full) {
 		free(s->tenant);
-		free(s->token);
+		free(s->auth);
 		free(s);
 		sd_error_t e;
 		if (stopping)

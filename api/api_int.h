@@ -150,6 +150,12 @@ const char *api__query(struct MHD_Connection *c, const char *name);
  * 0, SD_EAUTH (no, unknown, revoked or expired token: e says which), or the store's
  * error (a database that cannot be read is the server's fault, not the client's). */
 int api__authorise(api_t *a, req_t *r, struct MHD_Connection *c, sd_error_t *e);
+/* The rule behind api__authorise, for anything that asks again later (an event
+ * stream): header is the Authorization value sent (NULL: none). 0 when access is
+ * allowed, with *t the token (t->tenant NULL while no token exists; clear it with
+ * store_token_clear); SD_EAUTH saying why not; or the store's error. */
+int api__token_access(api_t *a, const char *header, int64_t now, store_token_t *t,
+		      sd_error_t *e);
 
 /* ---- api_tls.c ---- */
 
