@@ -265,6 +265,10 @@ def test_cancel_delete_and_wait_timeout(one_worker, contract, big_model):
     dmn = one_worker
     a = D.start_big(dmn, contract, big_model)
     with Client(dmn.url, progress=False) as c:
+        # Cancel the running job first: a running job is canceled once its stage
+        # returns, so it stays running (and b queued) for the rest of its stage. Every
+        # step below needs that, and the stage lasts only a second or two under CI.
+        assert c.cancel(a)["id"] == a["id"]
         b = c.submit("check", CHAIN, name="queued")
         # b cannot change while a runs: one held GET, answered 304 at the timeout
         m0 = metrics(dmn)
@@ -297,7 +301,6 @@ def test_cancel_delete_and_wait_timeout(one_worker, contract, big_model):
             c.delete(b)
         assert ei.value.code == "not-found"
 
-        assert c.cancel(a)["id"] == a["id"]  # running: canceled once its stage returns
         with pytest.raises(JobFailed) as ei:
             c.wait(a, timeout=60)
         assert ei.value.state == "canceled"
