@@ -60,10 +60,15 @@ SD_MUST_CHECK int api_start(const api_conf_t *c, store_t *s, const api_ops_t *op
 /* Stops accepting, closes connections, joins the HTTP threads, frees. Loop thread. */
 void api_stop(api_t *a);
 
-/* The job changed (or was created): wakes long-polls waiting on it and sends the
- * change to the event streams that see it. Loop thread, right after the store
- * committed the change, so events leave in the order of the changes. */
+/* The job changed (or was created): notes its version for the polls, wakes long-polls
+ * waiting on it and sends the change to the event streams that see it. Loop thread,
+ * right after the store committed the change (every change to a job row must be told
+ * here: polls answer from what it notes), so events leave in the order of the changes. */
 void api_job_changed(api_t *a, const char *id);
+
+/* Jobs were deleted without api_job_deleted (the retention sweep): forgets every noted
+ * version, so polls read the store again. Loop thread, right after the deletion. */
+void api_jobs_swept(api_t *a);
 
 /* The job j (as read just before) was deleted: wakes long-polls on it (they answer
  * 404) and sends a "deleted" event. Loop thread, right after store_job_delete. */

@@ -433,19 +433,18 @@ static void push(api_events_t *ev, const store_job_t *j, int64_t id, bool delete
 	pthread_mutex_unlock(&ev->mu);
 }
 
-void api__events_job(api_t *a, const char *id)
+int api__events_job(api_t *a, const char *id, store_job_t *j)
 {
 	api_events_t *ev = a->ev;
-	store_job_t j = {0};
 	sd_error_t e;
-	int rc = store_job_get(ev->reader, id, NULL, &j, &e);
+	int rc = store_job_get(ev->reader, id, NULL, j, &e);
 	/* Gone: api_job_deleted announces deletions, with what the row said. A version
 	 * already sent: a wake-up without a new change. */
-	if (!rc && j.version > ev->last_id)
-		push(ev, &j, j.version, false);
+	if (!rc && j->version > ev->last_id)
+		push(ev, j, j->version, false);
 	else if (rc && rc != SD_ENOTFOUND)
 		jlog_warn("api", id, "no event for this change: %s", e.msg);
-	store_job_clear(&j);
+	return rc;
 }
 
 void api_job_deleted(api_t *a, const store_job_t *j)

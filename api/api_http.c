@@ -284,7 +284,7 @@ int api_start(const api_conf_t *conf, store_t *s, const api_ops_t *ops, api_t **
 		}
 		flags |= MHD_USE_TLS;
 	}
-	if (api__events_start(a, e)) {
+	if (api_vmap_new(&a->vmap, e) || api__events_start(a, e)) {
 		api_stop(a);
 		return e->code;
 	}
@@ -345,6 +345,7 @@ void api_stop(api_t *a)
 			close(ls);
 	}
 	api__events_free(a);
+	api_vmap_free(a->vmap);
 	api__tls_stop();
 	api_token_uses_write(a); /* the HTTP threads are gone: every note is in */
 	pthread_mutex_destroy(&a->uses_mu);

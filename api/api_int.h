@@ -11,6 +11,7 @@
  *   api_auth.c    bearer tokens: who is calling, and when each token was last used
  *   api_tls.c     HTTPS: the certificate and key served, reloaded on SIGHUP
  *   api_events.c  GET /v1/events: job changes as Server-Sent Events
+ *   api_vmap.c    each job's version in memory, so polls skip the store (api_vmap.h)
  *   api_static.c  the dashboard (web/, compiled in): GET / and GET /assets/{name}
  */
 #ifndef API_INT_H
@@ -27,6 +28,7 @@
 #include "api/api.h"
 #include "api/api_parse.h"
 #include "api/api_upload.h"
+#include "api/api_vmap.h"
 #include "common/sd_prom.h"
 
 #define WAIT_MAX_S 60
@@ -116,6 +118,7 @@ struct api {
 	struct api_use uses[API_USES_MAX];
 	int n_uses;
 	api_events_t *ev;  /* event streams (api_events.c) */
+	api_vmap_t *vmap;  /* job versions for the polls (api_vmap.h); the loop thread sets */
 };
 
 /* ---- api_reply.c: every answer goes through api__queue (it counts statuses) ---- */
@@ -199,9 +202,10 @@ int api__h_openapi(api_t *a, req_t *r, struct MHD_Connection *c);
 
 /* GET /v1/events. */
 int api__h_events(api_t *a, req_t *r, struct MHD_Connection *c);
-/* Sends the job's change to the streams that see it, unless the stream already has
- * its version (or the job is gone: api_job_deleted announces that). Loop thread. */
-void api__events_job(api_t *a, const char *id);
+/* Reads job id's row into *j (the caller clears it) and sends the change to the streams
+ * that see it, unless they already have its version. Returns the read's code:
+ * SD_ENOTFOUND when the job is gone (api_job_deleted announces that). Loop thread. */
+int api__events_job(api_t *a, const char *id, store_job_t *j);
 /* Streams open now, for /metrics. Any thread. */
 int api__events_open(api_t *a);
 /* Heartbeats, when due (every event_heartbeat seconds). Loop thread, from a timer. */

@@ -92,14 +92,28 @@ static void job_etag(const char *id, int64_t version, char *buf, size_t cap)
 	snprintf(buf, cap, "\"%s-v%" PRId64 "\"", id, version);
 }
 
+/* The version of job id as the caller may see it: from the version map, else (a job
+ * unchanged since the daemon started, or a full map) from the store. */
+static int job_version(api_t *a, thread_ctx_t *t, const char *id, const char *tenant,
+		       int64_t *version, sd_error_t *e)
+{
+	switch (api_vmap_get(a->vmap, id, tenant, version)) {
+	case 1:
+		return 0;
+	case -1:
+		return sd_err(e, SD_ENOTFOUND, "job %s not found", id);
+	}
+	store_state_t st;
+	return store_job_version(t->reader, id, tenant, version, &st, e);
+}
+
 /* Answers with the job; version is what the caller just read, or -1 to read it here. */
 static int send_job(api_t *a, req_t *r, struct MHD_Connection *c, const char *id, int status,
 		    bool location, int64_t version)
 {
 	sd_error_t e;
 	thread_ctx_t *t = api__thread_ctx(a, &e);
-	store_state_t st;
-	if (!t || (version < 0 && store_job_version(t->reader, id, r->tenant, &version, &st, &e)))
+	if (!t || (version < 0 && job_version(a, t, id, r->tenant, &version, &e)))
 		return api__send_problem(a, r, c, &e);
 	struct cached *slot = cache_slot(t, id);
 	if (!slot->body || slot->version != version || strcmp(slot->id, id)) {
@@ -186,8 +200,8 @@ int api__h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
 {
 	const char *id = r->params[0];
 	sd_error_t e;
-	store_reader_t *rd = api__reader(a, &e);
-	if (!rd)
+	thread_ctx_t *t = api__thread_ctx(a, &e);
+	if (!t)
 		return api__send_problem(a, r, c, &e);
 	const char *inm = api__header(c, "If-None-Match");
 	const char *wait = api__query(c, "wait");
@@ -204,8 +218,7 @@ int api__h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (poll)
 		pthread_mutex_lock(&a->mu);
 	int64_t version;
-	store_state_t st;
-	int rc = store_job_version(rd, id, r->tenant, &version, &st, &e);
+	int rc = job_version(a, t, id, r->tenant, &version, &e);
 	char etag[API_PARAM_MAX + 64];
 	if (!rc)
 		job_etag(id, version, etag, sizeof(etag));
@@ -531,8 +544,20 @@ static void resume_where(api_t *a, const char *id, int64_t now)
 
 void api_job_changed(api_t *a, const char *id)
 {
+	/* The version map first: the polls resumed below, and the request that made the
+	 * change (answered once this returns), read it. */
+	store_job_t j = {0};
+	if (api__events_job(a, id, &j))
+		api_vmap_drop(a->vmap, id);
+	else
+		api_vmap_set(a->vmap, id, j.tenant, j.version);
+	store_job_clear(&j);
 	resume_where(a, id, 0);
-	api__events_job(a, id);
+}
+
+void api_jobs_swept(api_t *a)
+{
+	api_vmap_clear(a->vmap);
 }
 
 void api_poll_expire(api_t *a)

@@ -725,10 +725,13 @@ static void on_sweep(uv_timer_t *t)
 		return;
 	int n = 0;
 	sd_error_t e;
-	if (store_sweep(d->store, sd_now_ms() - d->conf.retention_hours * 3600 * 1000, &n, &e))
+	int rc = store_sweep(d->store, sd_now_ms() - d->conf.retention_hours * 3600 * 1000, &n, &e);
+	if (rc)
 		log_warn("store", "retention sweep failed: %s", e.msg);
 	else if (n)
 		log_info("store", "retention sweep deleted %d job%s", n, n == 1 ? "" : "s");
+	if ((rc || n) && d->api)
+		api_jobs_swept(d->api);
 }
 
 static void on_poll(uv_timer_t *t)

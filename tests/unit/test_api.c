@@ -12,6 +12,7 @@
 #include "api/api_mpart.h"
 #include "api/api_parse.h"
 #include "api/api_upload.h"
+#include "api/api_vmap.h"
 #include "common/sd_err.h"
 #include "store/store.h"
 #include "testutil.h"
@@ -363,10 +364,77 @@ START_TEST(parse_headers)
 }
 END_TEST
 
+/* The polls' version map: what it answers must be what the store would (a version, or
+ * not found for another tenant's job), and what it does not know it must say so. */
+START_TEST(vmap_answers_as_the_store)
+{
+	sd_error_t e;
+	api_vmap_t *m;
+	ck_assert_int_eq(api_vmap_new(&m, &e), 0);
+	int64_t v = -1;
+	ck_assert_int_eq(api_vmap_get(m, "01J", NULL, &v), 0);
+	api_vmap_set(m, "01J", "acme", 3);
+	ck_assert_int_eq(api_vmap_get(m, "01J", NULL, &v), 1);
+	ck_assert_int_eq(v, 3);
+	ck_assert_int_eq(api_vmap_get(m, "01J", "acme", &v), 1);
+	ck_assert_int_eq(api_vmap_get(m, "01J", "acm", &v), -1);
+	ck_assert_int_eq(api_vmap_get(m, "01J", "", &v), -1);
+	/* a job with no tenant is seen only where no auth is in force */
+	api_vmap_set(m, "01K", NULL, 7);
+	ck_assert_int_eq(api_vmap_get(m, "01K", "", &v), -1);
+	ck_assert_int_eq(api_vmap_get(m, "01K", NULL, &v), 1);
+	ck_assert_int_eq(v, 7);
+	/* a later version replaces; a different tenant (never so for a job) too */
+	api_vmap_set(m, "01J", "acme", 9);
+	api_vmap_set(m, "01K", "other-tenant", 10);
+	ck_assert_int_eq(api_vmap_get(m, "01J", "acme", &v), 1);
+	ck_assert_int_eq(v, 9);
+	ck_assert_int_eq(api_vmap_get(m, "01K", "other-tenant", &v), 1);
+	ck_assert_int_eq(v, 10);
+	ck_assert_uint_eq(api_vmap_size(m), 2);
+	api_vmap_drop(m, "01J");
+	api_vmap_drop(m, "never-there");
+	ck_assert_int_eq(api_vmap_get(m, "01J", NULL, &v), 0);
+	ck_assert_uint_eq(api_vmap_size(m), 1);
+	/* an id no job has is not kept (ids are 26 characters) */
+	char longid[200];
+	memset(longid, 'a', sizeof(longid) - 1);
+	longid[sizeof(longid) - 1] = 0;
+	api_vmap_set(m, longid, NULL, 1);
+	ck_assert_int_eq(api_vmap_get(m, longid, NULL, &v), 0);
+	/* many: the buckets grow and every entry stays findable; then the cap holds */
+	char id[32];
+	for (int i = 0; i < API_VMAP_MAX + 100; i++) {
+		snprintf(id, sizeof(id), "J%08d", i);
+		api_vmap_set(m, id, i % 2 ? "t" : NULL, i);
+	}
+	ck_assert_uint_eq(api_vmap_size(m), API_VMAP_MAX);
+	for (int i = 0; i < API_VMAP_MAX + 100; i += 997) {
+		snprintf(id, sizeof(id), "J%08d", i);
+		int want = i < API_VMAP_MAX - 1 ? 1 : 0;
+		ck_assert_int_eq(api_vmap_get(m, id, i % 2 ? "t" : NULL, &v), want);
+		if (want)
+			ck_assert_int_eq(v, i);
+	}
+	/* full, an existing entry still updates, so it never goes stale */
+	api_vmap_set(m, "J00000005", "t", 99);
+	ck_assert_int_eq(api_vmap_get(m, "J00000005", "t", &v), 1);
+	ck_assert_int_eq(v, 99);
+	api_vmap_clear(m);
+	ck_assert_uint_eq(api_vmap_size(m), 0);
+	ck_assert_int_eq(api_vmap_get(m, "01K", NULL, &v), 0);
+	api_vmap_set(m, "01K", NULL, 11);
+	ck_assert_int_eq(api_vmap_get(m, "01K", NULL, &v), 1);
+	api_vmap_free(m);
+	api_vmap_free(NULL);
+}
+END_TEST
+
 int main(void)
 {
 	const tu_case_t cases[] = {
 		{"parsers", TU_TESTS(mpart_every_chunking, mpart_refusals, parse_headers)},
+		{"vmap", TU_TESTS(vmap_answers_as_the_store)},
 		{"uploads", TU_TESTS(upload_form_rules), .setup = setup, .teardown = teardown},
 		{NULL},
 	};
