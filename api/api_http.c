@@ -74,6 +74,7 @@ static void req_free(api_t *a, req_t *r)
 	if (!r)
 		return;
 	api__poll_done(a, r);
+	api__commit_free(a, r);
 	/* The last upload of a burst hands its buffers back to the system, so the daemon's
 	 * memory returns near idle instead of staying at the burst's peak. */
 	if (r->upload_slot && atomic_fetch_sub(&a->uploads, 1) == 1)
@@ -339,6 +340,7 @@ void api_stop(api_t *a)
 			log_warn("api", "%d long-poll%s not answered within %d ms of stopping",
 				 a->polls, a->polls == 1 ? "" : "s", STOP_GRACE_MS);
 		pthread_mutex_unlock(&a->mu);
+		api__commits_join(a);
 		api__events_end(a);
 		MHD_stop_daemon(a->mhd);
 		if (ls != MHD_INVALID_SOCKET)

@@ -84,6 +84,7 @@ struct req {
 	int64_t received;
 	int fail_code;                 /* first upload error (SD_E*), answered at the end */
 	sd_error_t fail;
+	struct api_commit *commit;     /* an upload's blobs being committed (api_jobs.c) */
 	/* long-poll */
 	bool suspended;                /* counted in api_t.polls until answered */
 	int64_t deadline_ms;
@@ -106,6 +107,7 @@ struct api {
 	pthread_cond_t polls_done;
 	waiter_t *waiters;
 	int polls;          /* long-polls suspended or resumed but not yet answered; mu */
+	int commits;        /* upload commit threads not yet ended; mu, polls_done */
 	atomic_bool stopping;
 	atomic_int uploads; /* requests streaming a body into blobs now */
 	atomic_uint_fast64_t status_count[600];
@@ -189,6 +191,12 @@ int api__upload_start(api_t *a, req_t *r, struct MHD_Connection *c);
 void api__upload_feed(api_t *a, req_t *r, const char *data, size_t n);
 /* r's long-poll is over (answered or its connection gone): api_stop waits for these. */
 void api__poll_done(api_t *a, req_t *r);
+/* Frees r's upload commit, if any (the request is over); blobs it committed that no job
+ * took are released. */
+void api__commit_free(api_t *a, req_t *r);
+/* Waits until every upload commit thread has ended (they resume their connections, so
+ * the server must still run). api_stop. */
+void api__commits_join(api_t *a);
 
 /* ---- api_static.c ---- */
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "api/api_json.h"
+#include "common/sd_log.h"
 #include "common/sd_str.h"
 #include "common/sd_time.h"
 #include "prune/stage.h"
@@ -434,31 +435,130 @@ static int record_from_input(api_t *a, req_t *r, const char *job_id, store_artif
 	return 0;
 }
 
-/* The upload is complete: validate, commit the blobs, create the job. */
+/*
+ * Committing an upload's blobs waits for their hashing and fsyncs them: up to seconds
+ * for a GB on a slow disk. The HTTP thread that received the upload also serves other
+ * clients' connections, so the commit runs on a thread of its own while the upload's
+ * connection is suspended (at most max_uploads at once: each holds an upload slot).
+ * The request then comes back through its handler on an HTTP thread, which creates the
+ * job: creation goes through the loop thread like every other change.
+ */
+struct api_commit {
+	api_t *a;
+	req_t *r;
+	struct MHD_Connection *c;
+	api_form_t form;
+	store_artifact_t from; /* the record named by record_from */
+	store_artifact_t in[API_FILE__COUNT + 1];
+	size_t n_in;
+	int rc;
+	sd_error_t e;
+	bool done;     /* the thread has ended its work; set under a->mu */
+	bool taken;    /* in[] went to a job, or was released */
+};
+
+static void *commit_main(void *p)
+{
+	struct api_commit *k = p;
+	api_t *a = k->a;
+	k->rc = api_upload_commit(k->r->up, k->in, &k->n_in, &k->e);
+	pthread_mutex_lock(&a->mu);
+	k->done = true;
+	/* After this, the request may end (and k be freed) on the HTTP thread. */
+	MHD_resume_connection(k->c);
+	if (--a->commits == 0)
+		pthread_cond_broadcast(&a->polls_done);
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+/* Runs the commit on its own thread and suspends the connection; false when no thread
+ * could be started (the caller commits inline). */
+static bool commit_start(api_t *a, struct api_commit *k)
+{
+	pthread_attr_t at;
+	pthread_t th;
+	if (pthread_attr_init(&at))
+		return false;
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&at, 256 << 10);
+	pthread_mutex_lock(&a->mu);
+	a->commits++;
+	/* Suspended before the thread can resume it: both under a->mu. */
+	MHD_suspend_connection(k->c);
+	bool ok = pthread_create(&th, &at, commit_main, k) == 0;
+	if (!ok) {
+		MHD_resume_connection(k->c);
+		a->commits--;
+	}
+	pthread_mutex_unlock(&a->mu);
+	pthread_attr_destroy(&at);
+	return ok;
+}
+
+void api__commit_free(api_t *a, req_t *r)
+{
+	struct api_commit *k = r->commit;
+	if (!k)
+		return;
+	/* Committed and never made a job (the client went away meanwhile): their pins and
+	 * files go, as for a job refused after its commit. */
+	if (k->done && !k->taken && k->n_in && !atomic_load(&a->stopping)) {
+		log_info("api", "an upload's client left before its job was created: %zu "
+				"file%s released", k->n_in, k->n_in == 1 ? "" : "s");
+		a->ops.release(a->ops.ud, k->in, k->n_in);
+	}
+	free(k);
+	r->commit = NULL;
+}
+
+void api__commits_join(api_t *a)
+{
+	pthread_mutex_lock(&a->mu);
+	while (a->commits > 0)
+		pthread_cond_wait(&a->polls_done, &a->mu);
+	pthread_mutex_unlock(&a->mu);
+}
+
+/* The upload is complete: validate, commit the blobs (on a thread: see api_commit),
+ * create the job. Called twice: when the body is in, and when the commit is done. */
 int api__h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c)
 {
 	if (r->fail_code)
 		return api__send_problem(a, r, c, &r->fail);
 	sd_error_t e;
 	sd_err_clear(&e);
-	api_form_t f;
-	store_artifact_t in[API_FILE__COUNT + 1];
-	size_t n_in = 0;
-	store_artifact_t from;
-	if (api_upload_finish(r->up, &f, &e) ||
-	    (f.record_from && record_from_input(a, r, f.record_from, &from, &e)))
-		return api__send_problem(a, r, c, &e);
-	if (api_upload_commit(r->up, in, &n_in, &e)) {
-		a->ops.release(a->ops.ud, in, n_in); /* the ones committed before the failure */
-		return api__send_problem(a, r, c, &e);
+	struct api_commit *k = r->commit;
+	if (!k) {
+		if (!(k = r->commit = calloc(1, sizeof(*k))))
+			return MHD_NO;
+		*k = (struct api_commit){.a = a, .r = r, .c = c};
+		if (api_upload_finish(r->up, &k->form, &e) ||
+		    (k->form.record_from && record_from_input(a, r, k->form.record_from, &k->from, &e)))
+			return api__send_problem(a, r, c, &e);
+		if (commit_start(a, k))
+			return MHD_YES; /* back here once commit_main resumes the connection */
+		k->rc = api_upload_commit(r->up, k->in, &k->n_in, &k->e);
+		k->done = true;
 	}
-	if (f.record_from)
-		in[n_in++] = from;
+	/* Creating and releasing go through the loop thread, which has stopped by the time
+	 * api_stop runs: the blobs stay pinned until the store's next open sweeps them. */
+	if (atomic_load(&a->stopping))
+		return api__fail(a, r, c, SD_EUNAVAIL, "the daemon is shutting down");
+	k->taken = true;
+	if (k->rc) {
+		a->ops.release(a->ops.ud, k->in, k->n_in); /* the ones committed before the failure */
+		return api__send_problem(a, r, c, &k->e);
+	}
+	const api_form_t *f = &k->form;
+	if (f->record_from)
+		k->in[k->n_in++] = k->from;
 	store_job_new_t nj = {
-		.stage = f.stage, .tenant = r->tenant ? r->tenant : "", .name = f.name ? f.name : "",
-		.outputs = f.outputs ? f.outputs : "", .format = f.format ? f.format : "",
-		.record_from = f.record_from ? f.record_from : "", .inputs = in, .n_inputs = n_in,
-		.emit_record = f.emit_record,
+		.stage = f->stage, .tenant = r->tenant ? r->tenant : "",
+		.name = f->name ? f->name : "", .outputs = f->outputs ? f->outputs : "",
+		.format = f->format ? f->format : "",
+		.record_from = f->record_from ? f->record_from : "", .inputs = k->in,
+		.n_inputs = k->n_in, .emit_record = f->emit_record,
 	};
 	char id[STORE_ID_LEN + 1];
 	if (a->ops.create(a->ops.ud, &nj, id, &e))

@@ -101,3 +101,35 @@ def test_delete_while_an_equal_output_is_recorded(daemons, contract):
         r = dmn.artifact(last["id"], a["name"])
         assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == a["sha256"], a
     assert blob_files(dmn.data_dir) == named_blobs(dmn)
+
+
+def test_upload_whose_client_leaves_during_its_commit(daemons):
+    """An upload's blobs are committed on a thread of their own while its connection
+    waits. Clients that send the whole body and hang up at once (a reset, before the
+    202) each leave either a job naming their model or nothing: never a file no job
+    names, and the daemon goes on answering."""
+    import socket
+    import struct
+    dmn = daemons.new()
+    for i in range(12):
+        model = os.urandom(8 << 20) + b"%d" % i
+        ctype, body = D.multipart([("stage", "check")], [("model", "m.bin", model)])
+        s = socket.create_connection((dmn.host, dmn.port), timeout=30)
+        s.sendall(("POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+                   "Content-Length: %d\r\n\r\n" % (ctype, len(body))).encode() + body)
+        time.sleep(0.005 * i)  # from mid-body to after the 202, across the tries
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for j in dmn.get("/v1/jobs?limit=200").json()["jobs"]:
+            dmn.wait_job(j["id"])
+        if blob_files(dmn.data_dir) == named_blobs(dmn):
+            break
+        time.sleep(0.2)
+    assert blob_files(dmn.data_dir) == named_blobs(dmn)
+    assert dmn.get("/healthz").status == 200
+    with open(dmn.stderr_path, errors="replace") as f:
+        left = f.read().count("client left before its job was created")
+    jobs = len(dmn.get("/v1/jobs?limit=200").json()["jobs"])
+    print("%d of 12 clients left during their commit; %d jobs made" % (left, jobs))
