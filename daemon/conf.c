@@ -34,7 +34,7 @@ typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL, T_LOGFMT } type_t;
 	X(max_uploads, T_INT, "16", 1, 4096, false,                                       \
 	  "request bodies streaming at once; POST /v1/jobs answers 429 beyond")           \
 	X(hash_threads, T_INT, "2", 1, 64, false,                                         \
-	  "threads hashing uploads and outputs (SHA-256), shared by all of them")         \
+	  "threads writing and hashing uploads and outputs, shared by all")               \
 	X(idle_timeout, T_INT, "30", 1, 3600, false,                                      \
 	  "seconds a connection may send nothing before it is closed")                    \
 	X(max_event_streams, T_INT, "512", 1, 65536, false,                               \

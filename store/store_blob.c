@@ -28,10 +28,11 @@
  * - Blob writers touch only files and their own hash state, so any thread may run
  *   them; fsync and hashing stay off the loop thread.
  * - Appends are gathered in a ring of 512 KiB buffers: a full buffer is written to the
- *   file by the appending thread and hashed by the store's shared hashing pool
- *   (store_hash.c), so a large upload is received, written and hashed on two cores
- *   at once while the number of threads stays fixed however many uploads run. A blob
- *   holds at most its ring (2 MiB), allocated as it fills: small blobs use one buffer.
+ *   file and hashed by the store's shared pool (store_hash.c), on two of its threads
+ *   at once, so the appending thread (an HTTP thread, for an upload) only copies and
+ *   never waits on the disk, and the number of threads stays fixed however many
+ *   uploads run. A blob holds at most its ring (2 MiB), allocated as it fills: small
+ *   blobs use one buffer.
  * - Messages name files relative to the data directory: they reach API clients, who
  *   have no business knowing the server's paths.
  *
@@ -119,8 +120,6 @@ struct store_blob {
 	EVP_MD_CTX *md;
 	store__hstream_t hs;
 	int64_t size, limit;
-	int64_t written; /* bytes in the file (size minus what is still in buf) */
-	int64_t flushed; /* bytes already handed to writeback */
 	int failed; /* a failed append poisons the blob: commit refuses it */
 	/* Appends arrive in the HTTP server's small reads (32 KiB); gathering them into
 	 * 512 KiB writes costs a copy and saves 15 of every 16 system calls. */
@@ -128,10 +127,6 @@ struct store_blob {
 	int fill;        /* buffer being filled */
 	size_t used;     /* bytes in ring[fill] */
 };
-
-/* Writeback is started every this many bytes while a blob streams in, so the fsync at
- * commit finds little left to write instead of the whole upload. */
-#define WRITEBACK_STEP ((int64_t)32 << 20)
 
 /* path relative to the data directory, for messages. */
 static const char *rel(const store_t *s, const char *path)
@@ -220,7 +215,7 @@ int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out, sd_error_t *
 	b->fd = -1;
 	b->limit = limit > 0 ? limit : INT64_MAX;
 	b->md = EVP_MD_CTX_new();
-	store__hstream_init(&b->hs, b->md);
+	store__hstream_init(&b->hs, b->md, -1);
 	if (!b->md || asprintf(&b->tmp_path, "%s/tmp/blob-XXXXXX", s->dir) < 0) {
 		b->tmp_path = NULL;
 		store_blob_abort(b);
@@ -240,49 +235,30 @@ int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out, sd_error_t *
 		store_blob_abort(b);
 		return rc;
 	}
+	b->hs.fd = b->fd;
 	*out = b;
 	return 0;
 }
 
-/* Writes n bytes to the temporary file, starting writeback every WRITEBACK_STEP. */
-static int write_all(store_blob_t *b, const unsigned char *p, size_t n, sd_error_t *e)
+/* A write of the blob's file failed (errno err): the blob is poisoned. */
+static int write_failed(store_blob_t *b, int err, sd_error_t *e)
 {
-	while (n > 0) {
-		ssize_t w = write(b->fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			int err = errno;
-			b->failed = io_code(err);
-			return sd_err(e, b->failed, "store: writing %s: %s", rel(b->s, b->tmp_path),
-				      strerror(err));
-		}
-		p += w;
-		n -= (size_t)w;
-		b->written += w;
-	}
-	if (b->written - b->flushed >= WRITEBACK_STEP) {
-		/* Asynchronous: only queues the pages for writing, never waits. */
-		sync_file_range(b->fd, b->flushed, b->written - b->flushed, SYNC_FILE_RANGE_WRITE);
-		b->flushed = b->written;
-	}
-	return 0;
+	b->failed = io_code(err);
+	return sd_err(e, b->failed, "store: writing %s: %s", rel(b->s, b->tmp_path),
+		      strerror(err));
 }
 
-/* Writes the filled part of the current buffer, hands it to be hashed, and moves to
- * the next buffer. */
+/* Hands the filled part of the current buffer to be written and hashed, and moves to
+ * the next buffer. A write failure shows here one or more buffers late. */
 static int submit(store_blob_t *b, sd_error_t *e)
 {
 	size_t n = b->used;
 	if (!n)
 		return 0;
-	int rc = write_all(b, b->ring[b->fill], n, e);
-	if (rc)
-		return rc;
+	int err = store__hash_submit(b->s->hashers, &b->hs, b->ring[b->fill], n);
 	b->used = 0;
-	store__hash_submit(b->s->hashers, &b->hs, b->ring[b->fill], n);
 	b->fill = (b->fill + 1) % RING;
-	return 0;
+	return err ? write_failed(b, err, e) : 0;
 }
 
 int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t *e)
@@ -329,7 +305,11 @@ int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1], int64_t *
 	}
 	if ((rc = submit(b, e)) != 0)
 		goto out;
-	store__hash_wait(b->s->hashers, &b->hs);
+	int werr = store__hash_wait(b->s->hashers, &b->hs);
+	if (werr) {
+		rc = write_failed(b, werr, e);
+		goto out;
+	}
 	unsigned char d[32];
 	unsigned int n = 0;
 	if (b->hs.failed || EVP_DigestFinal_ex(b->md, d, &n) != 1 || n != 32) {

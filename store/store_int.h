@@ -136,37 +136,54 @@ typedef struct store__conn {
 	sqlite3_stmt *st[STORE__SQL__COUNT];
 } store__conn_t;
 
-/* ---- store_hash.c: the shared hashing pool ---- */
+/* ---- store_hash.c: the shared pool that writes and hashes blobs ---- */
 
-#define STORE__HASH_RING 4 /* buffers a blob may have waiting to be hashed */
+#define STORE__HASH_RING 4 /* buffers a blob may have in flight */
 
 typedef struct store__hashpool store__hashpool_t;
+typedef struct store__hstream store__hstream_t;
 
-/* One blob's SHA-256 as the pool sees it: its buffers in ring order. The counters are
- * guarded by the pool's mutex; md is used by one thread at a time. */
-typedef struct store__hstream {
+/* One of a stream's two in-order jobs (writing its buffers, hashing them); pool mutex. */
+typedef struct store__lane {
+	store__hstream_t *h;
+	int64_t done;           /* buffers this lane has finished */
+	bool queued, active;
+	struct store__lane *next;
+} store__lane_t;
+
+/* One blob as the pool sees it: its buffers in ring order, its file and its SHA-256.
+ * Counters and werr are guarded by the pool's mutex; written, flushed and fd are the
+ * write lane's, md and failed the hash lane's (one thread at a time each). */
+struct store__hstream {
 	EVP_MD_CTX *md;
+	int fd;
 	const unsigned char *buf[STORE__HASH_RING];
 	size_t len[STORE__HASH_RING];
-	int first, pending;     /* buf[first .. first + pending) wait or are being hashed */
-	bool queued, active, failed;
-	pthread_cond_t cv;      /* pending went down */
-	struct store__hstream *next;
-} store__hstream_t;
+	int64_t submitted;      /* buffers handed over */
+	store__lane_t write, hash;
+	int64_t written;        /* bytes in the file */
+	int64_t flushed;        /* bytes handed to writeback */
+	int werr;               /* errno of the first failed write; later buffers skipped */
+	bool failed;            /* SHA-256 failed */
+	pthread_cond_t cv;      /* a lane finished a buffer */
+};
 
-/* Starts `threads` hashing threads. Returns 0, SD_ENOMEM, SD_EINTERNAL. */
+/* Starts `threads` threads. Returns 0, SD_ENOMEM, SD_EINTERNAL. */
 SD_MUST_CHECK int store__hashpool_start(store__hashpool_t **out, int threads, sd_error_t *e);
-/* Joins the threads (no stream may have buffers pending) and frees. Safe on NULL. */
+/* Joins the threads (no stream may have buffers in flight) and frees. Safe on NULL. */
 void store__hashpool_stop(store__hashpool_t *p);
-void store__hstream_init(store__hstream_t *h, EVP_MD_CTX *md);
+/* A stream writing to fd (owned by the caller) and hashing into md. */
+void store__hstream_init(store__hstream_t *h, EVP_MD_CTX *md, int fd);
 void store__hstream_deinit(store__hstream_t *h);
-/* Hands buf[0..len) to be hashed after what h was given before; returns once the caller
- * may fill its next ring buffer. buf must stay untouched until hashed. With p NULL the
- * caller hashes it now. Failures show in h->failed. */
-void store__hash_submit(store__hashpool_t *p, store__hstream_t *h, const unsigned char *buf,
-			size_t len);
-/* Waits until everything h was given is hashed. */
-void store__hash_wait(store__hashpool_t *p, store__hstream_t *h);
+/* Hands buf[0..len) to be written and hashed after what h was given before; returns
+ * once the caller may fill its next ring buffer, with the errno of a failed write so
+ * far (0: none). buf must stay untouched until both are done. With p NULL the caller
+ * does both now. Hash failures show in h->failed once waited for. */
+int store__hash_submit(store__hashpool_t *p, store__hstream_t *h, const unsigned char *buf,
+		       size_t len);
+/* Waits until everything h was given is written and hashed; returns the errno of a
+ * failed write (0: none). */
+int store__hash_wait(store__hashpool_t *p, store__hstream_t *h);
 
 struct store {
 	char *dir;     /* data directory, as given */

@@ -16,10 +16,12 @@
 #include <dirent.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1233,8 +1235,23 @@ START_TEST(blob_sha_vectors)
 }
 END_TEST
 
-/* One hashing thread shared by four blobs that fill in turn: each must hash to exactly
- * its own bytes, whatever order the pool takes their buffers in. */
+/* The bytes of the committed blob sha equal data[0..n). */
+static void assert_blob_bytes(const char *sha, const unsigned char *data, size_t n)
+{
+	char *p = store_blob_path(g_s, sha);
+	FILE *f = fopen(p, "rb");
+	ck_assert_ptr_nonnull(f);
+	unsigned char *got = malloc(n + 1);
+	ck_assert_uint_eq(fread(got, 1, n + 1, f), n);
+	ck_assert_int_eq(memcmp(got, data, n), 0);
+	free(got);
+	fclose(f);
+	free(p);
+}
+
+/* One pool thread shared by four blobs that fill in turn: each must hash to exactly
+ * its own bytes and hold them in its file, whatever order the pool takes their
+ * buffers (and each buffer's write and hash) in. */
 START_TEST(blob_pool_interleaved)
 {
 	OK(store_hashers_start(g_s, 1, &g_e));
@@ -1265,10 +1282,53 @@ START_TEST(blob_pool_interleaved)
 		} else {
 			OK(store_blob_commit(b[k], sha, &size, &g_e));
 			ck_assert_str_eq(sha, want);
+			ck_assert_int_eq(size, (int64_t)total);
+			assert_blob_bytes(sha, data[k], total);
 		}
 		free(data[k]);
 	}
 	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
+}
+END_TEST
+
+/* A write the pool's thread makes fails (the file size limit here, a full disk in
+ * life): the blob is refused with the cause, at an append or at commit, and leaves
+ * nothing behind; the next blob is written whole. */
+START_TEST(blob_pool_write_failure)
+{
+	OK(store_hashers_start(g_s, 1, &g_e));
+	size_t total = 4 * 1048576;
+	unsigned char *data = malloc(total);
+	for (size_t i = 0; i < total; i++)
+		data[i] = (unsigned char)(i * 2654435761u >> 13);
+	struct rlimit old, lim;
+	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = 1048576 + 4096;
+	void (*prev)(int) = signal(SIGXFSZ, SIG_IGN); /* EFBIG instead of the signal */
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	store_blob_t *b;
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	int rc = 0;
+	for (size_t off = 0; !rc && off < total; off += 65536)
+		rc = store_blob_append(b, data + off, 65536, &g_e);
+	char sha[STORE_SHA_HEX + 1];
+	int64_t size;
+	if (!rc)
+		rc = store_blob_commit(b, sha, &size, &g_e);
+	else
+		store_blob_abort(b);
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, prev);
+	ck_assert_int_eq(rc, SD_EIO);
+	ck_assert_msg(strstr(g_e.msg, "writing tmp/") && strstr(g_e.msg, "too large"), "%s",
+		      g_e.msg);
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	OK(store_blob_append(b, data, total, &g_e));
+	OK(store_blob_commit(b, sha, &size, &g_e));
+	assert_blob_bytes(sha, data, total);
+	free(data);
 }
 END_TEST
 
@@ -1459,7 +1519,8 @@ int main(void)
 		 .setup = setup, .teardown = teardown, .timeout = 120},
 		{"blobs",
 		 TU_TESTS(blob_sha_vectors, blob_dedup_abort_limit, crash_before_rename,
-			  crash_after_rename_before_row, blob_pool_interleaved),
+			  crash_after_rename_before_row, blob_pool_interleaved,
+			  blob_pool_write_failure),
 		 .setup = setup, .teardown = teardown, .timeout = 120},
 		{"blobs hashed by the shared pool", TU_TESTS(blob_sha_vectors, blob_dedup_abort_limit),
 		 .setup = setup_pool, .teardown = teardown, .timeout = 120},
