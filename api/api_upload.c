@@ -76,7 +76,10 @@ static int part_begin(void *ud, const char *name, const char *filename, sd_error
 			return sd_err(e, SD_EUSAGE, "part '%s' given twice", name);
 		u->file[i].seen = true;
 		u->cur_file = i;
-		return store_blob_begin(u->store, u->max_bytes, &u->file[i].blob, e);
+		int rc = store_blob_begin(u->store, u->max_bytes, &u->file[i].blob, e);
+		if (!rc)
+			store_blob_uncached(u->file[i].blob);
+		return rc;
 	}
 	for (int i = 0; i < T__COUNT; i++) {
 		if (strcmp(name, text_parts[i].name))

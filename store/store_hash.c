@@ -14,7 +14,7 @@
  * does one buffer, and puts the lane back at the tail if more wait, so a fast upload
  * cannot starve the others, and one blob's writing and hashing run on two cores at
  * once. A buffer is free again once both lanes are past it. One mutex guards the queue
- * and every stream's counters (a handful of operations per 512 KiB buffer). Without a
+ * and every stream's counters (a handful of operations per 4 MiB buffer). Without a
  * pool (tests) the caller writes and hashes each buffer itself.
  *
  * Workload: uploads and stage outputs, MB to GB, at up to a few GB/s in total.
@@ -46,18 +46,33 @@ static int lane_write(store__hstream_t *h, const unsigned char *p, size_t n)
 {
 	if (h->werr)
 		return 0;
+	/* O_DIRECT takes whole blocks from aligned memory at aligned offsets: the ring's
+	 * full buffers. The last, partial one (or a file system that refuses) goes
+	 * through the page cache; the commit's fsync covers both. */
+	if (h->direct && (n % STORE__DIRECT_ALIGN || h->written % STORE__DIRECT_ALIGN)) {
+		int fl = fcntl(h->fd, F_GETFL);
+		if (fl >= 0)
+			fcntl(h->fd, F_SETFL, fl & ~O_DIRECT);
+		h->direct = false;
+	}
 	while (n > 0) {
 		ssize_t w = write(h->fd, p, n);
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
+			if (errno == EINVAL && h->direct) {
+				int fl = fcntl(h->fd, F_GETFL);
+				h->direct = false;
+				if (fl >= 0 && fcntl(h->fd, F_SETFL, fl & ~O_DIRECT) == 0)
+					continue;
+			}
 			return errno;
 		}
 		p += w;
 		n -= (size_t)w;
 		h->written += w;
 	}
-	if (h->written - h->flushed >= WRITEBACK_STEP) {
+	if (!h->direct && h->written - h->flushed >= WRITEBACK_STEP) {
 		/* Only queues the pages for writing; it may wait for the device's queue. */
 		sync_file_range(h->fd, h->flushed, h->written - h->flushed, SYNC_FILE_RANGE_WRITE);
 		h->flushed = h->written;

@@ -139,6 +139,7 @@ typedef struct store__conn {
 /* ---- store_hash.c: the shared pool that writes and hashes blobs ---- */
 
 #define STORE__HASH_RING 4 /* buffers a blob may have in flight */
+#define STORE__DIRECT_ALIGN 4096 /* O_DIRECT's alignment of memory, offsets and sizes */
 
 typedef struct store__hashpool store__hashpool_t;
 typedef struct store__hstream store__hstream_t;
@@ -164,6 +165,7 @@ struct store__hstream {
 	int64_t written;        /* bytes in the file */
 	int64_t flushed;        /* bytes handed to writeback */
 	int werr;               /* errno of the first failed write; later buffers skipped */
+	bool direct;            /* fd has O_DIRECT (write lane; set before the first buffer) */
 	bool failed;            /* SHA-256 failed */
 	pthread_cond_t cv;      /* a lane finished a buffer */
 };

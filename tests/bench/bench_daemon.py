@@ -69,7 +69,12 @@ TARGET_UPLOAD_X = 0.8
 TARGET_CPU_S_PER_GB = 1.2
 TARGET_DOWNLOAD_X = 0.5
 TARGET_RSS_MIB = 64.0
+TARGET_ROUNDTRIP_X = 3.0
 GB = 1e9
+# the round trip's frozen graphs: MatMul layers of K x K float32 weights (64 MiB each)
+RT_K = 4096
+RT_MODELS = (("400 MB", 6), ("1.5 GB", 22))
+RT_CONFIG = b"prune_config { n_out_of_m_pruner { l1_selective_prune { update_freq: 0 } } }\n"
 
 
 def die(msg):
@@ -190,8 +195,8 @@ def request(port, method, path, body=None, headers=None, timeout=30):
         c.close()
 
 
-def multipart_small(fields, files):
-    b = "bench" + uuid.uuid4().hex
+def multipart_small(fields, files, boundary=None, close=True):
+    b = boundary or "bench" + uuid.uuid4().hex
     out = bytearray()
     for name, val in fields:
         out += (f"--{b}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
@@ -201,16 +206,20 @@ def multipart_small(fields, files):
                 f"filename=\"{fname}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
                 ).encode()
         out += data + b"\r\n"
-    out += f"--{b}--\r\n".encode()
+    if close:
+        out += f"--{b}--\r\n".encode()
     return f"multipart/form-data; boundary={b}", bytes(out)
 
 
 class Upload:
-    """One streamed POST /v1/jobs (stage=check, model=<file>)."""
+    """One streamed POST /v1/jobs: by default stage=check, model=<file>; fields and
+    small files (name, filename, bytes) go before the model, suffix after its bytes."""
 
-    def __init__(self, port, path):
+    def __init__(self, port, path, fields=(("stage", "check"), ("name", "bench-upload")),
+                 files=(), suffix=b""):
         self.port, self.path = port, path
-        self.size = os.path.getsize(path)
+        self.fields, self.files, self.suffix = fields, files, suffix
+        self.size = os.path.getsize(path) + len(suffix)
         self.sent = 0              # body bytes of the file sent so far
         self.t0 = self.t_sent = self.t1 = None
         self.status, self.body, self.error = None, b"", None
@@ -227,12 +236,10 @@ class Upload:
 
     def run(self):
         b = "bench" + uuid.uuid4().hex
-        head = (f"--{b}\r\nContent-Disposition: form-data; name=\"stage\"\r\n\r\ncheck\r\n"
-                f"--{b}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n"
-                f"bench-upload\r\n"
-                f"--{b}\r\nContent-Disposition: form-data; name=\"model\"; "
-                f"filename=\"upload.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                ).encode()
+        _, small = multipart_small(self.fields, self.files, boundary=b, close=False)
+        head = small + (f"--{b}\r\nContent-Disposition: form-data; name=\"model\"; "
+                        f"filename=\"upload.bin\"\r\n"
+                        f"Content-Type: application/octet-stream\r\n\r\n").encode()
         tail = f"\r\n--{b}--\r\n".encode()
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
         buf = bytearray(CHUNK)
@@ -253,7 +260,7 @@ class Upload:
                             break
                         c.send(mv[:n])
                         self.sent += n
-                c.send(tail)
+                c.send(self.suffix + tail)
             except (BrokenPipeError, ConnectionResetError) as e:
                 self.error = f"send: {e}"   # the daemon may have answered early
             self.t_sent = time.perf_counter()
@@ -277,6 +284,149 @@ class Upload:
         if self.status != 202:
             die(f"upload of {self.path} failed: status {self.status} {self.error or ''} "
                 f"{self.body[:300]!r}")
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pb_field(num, data):
+    """A length-delimited protobuf field."""
+    return varint(num << 3 | 2) + varint(len(data)) + data
+
+
+def node(name, op, inputs=(), attrs=b""):
+    """GraphDef field 1 holding a NodeDef (name 1, op 2, input 3, attr 5)."""
+    body = pb_field(1, name.encode()) + pb_field(2, op.encode())
+    body += b"".join(pb_field(3, i.encode()) for i in inputs) + attrs
+    return pb_field(1, body)
+
+
+def attr(key, value):
+    """NodeDef.attr map entry: key 1, AttrValue 2."""
+    return pb_field(5, pb_field(1, key.encode()) + pb_field(2, value))
+
+
+DT_FLOAT = attr("T", b"\x30\x01")  # AttrValue.type (6) = DT_FLOAT (1)
+
+
+def make_frozen(path, layers, k=RT_K):
+    """A frozen GraphDef written without TensorFlow: x -> MatMul(w_i) * layers -> out,
+    each w_i a Const of k x k float32 in tensor_content. Kept if already there."""
+    if os.path.exists(path):
+        return
+    import random
+    import struct
+    rnd = random.Random(layers)
+    row = struct.pack("<%df" % k, *[rnd.uniform(-1, 1) for _ in range(k)])
+    dims = pb_field(2, varint(0x08) + varint(k)) * 2          # TensorShapeProto.dim: size
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(node("x", "Placeholder", attrs=attr("dtype", b"\x30\x01")))
+        prev = "x"
+        for i in range(layers):
+            n = 4 * k * k
+            # TensorProto: dtype 1, tensor_shape 2, tensor_content 4 (n bytes follow)
+            tensor_head = b"\x08\x01" + pb_field(2, dims) + varint(4 << 3 | 2) + varint(n)
+            value = varint(8 << 3 | 2) + varint(len(tensor_head) + n) + tensor_head  # tensor 8
+            entry_head = pb_field(1, b"value") + varint(2 << 3 | 2) + varint(len(value) + n)
+            attr_len = len(entry_head) + len(value) + n
+            dtype = attr("dtype", b"\x30\x01")
+            name = pb_field(1, b"w%d" % i) + pb_field(2, b"Const") + dtype
+            body_len = len(name) + len(varint(5 << 3 | 2)) + len(varint(attr_len)) + attr_len
+            f.write(varint(1 << 3 | 2) + varint(body_len) + name + varint(5 << 3 | 2)
+                    + varint(attr_len) + entry_head + value)
+            for r in range(k):  # rows rotated, so the weight is not periodic
+                sh = (r * 4 + i * 12) % len(row)
+                f.write(row[sh:] + row[:sh])
+            f.write(node("mm%d" % i, "MatMul", [prev, "w%d" % i], DT_FLOAT))
+            prev = "mm%d" % i
+        f.write(node("out", "Identity", [prev], DT_FLOAT))
+    os.replace(tmp, path)
+
+
+def long_poll(port, job_id, timeout=600):
+    """The job once finished, by long-polls (each held until the job changes)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    etag, deadline = None, time.time() + timeout
+    try:
+        while time.time() < deadline:
+            c.request("GET", f"/v1/jobs/{job_id}?wait=30",
+                      headers={"If-None-Match": etag} if etag else {})
+            r = c.getresponse()
+            body = r.read()
+            if r.status == 200:
+                j = json.loads(body)
+                if j["state"] in ("succeeded", "failed", "canceled"):
+                    return j
+                etag = r.getheader("ETag")
+            elif r.status != 304:
+                die(f"GET /v1/jobs/{job_id}: {r.status} {body[:300]!r}")
+    finally:
+        c.close()
+    die(f"job {job_id} not finished after {timeout} s")
+
+
+def round_trip(d, model, dst):
+    """Upload (a prune job, a unique node appended so the store cannot deduplicate it),
+    the job, and the download of its model to dst. Returns (total, upload, job,
+    download) seconds."""
+    salt = node("bench_salt_" + uuid.uuid4().hex, "NoOp")
+    t0 = time.perf_counter()
+    up = Upload(d.port, model, fields=(("stage", "prune"), ("outputs", "out"),
+                                       ("name", "bench-roundtrip")),
+                files=(("config", "prune.cfg", RT_CONFIG),), suffix=salt).run()
+    up.check()
+    t1 = time.perf_counter()
+    j = long_poll(d.port, up.job_id)
+    if j["state"] != "succeeded":
+        die(f"round-trip job {up.job_id}: {j['state']} {json.dumps(j.get('error'))[:300]}")
+    t2 = time.perf_counter()
+    url = f"http://127.0.0.1:{d.port}/v1/jobs/{up.job_id}/artifacts/model"
+    out = subprocess.run(["curl", "-sS", "-o", dst, "-w", "%{http_code}", url],
+                         check=True, capture_output=True, text=True).stdout
+    t3 = time.perf_counter()
+    if out != "200":
+        die(f"download of {url}: {out}")
+    d.delete(up.job_id)
+    return t3 - t0, t1 - t0, t2 - t1, t3 - t2
+
+
+def bench_round_trips(d, args, R):
+    """Each model: --runs pairs of cp + sync and the HTTP round trip."""
+    dst = os.path.join(WORK, "rt-out.pb")
+    cpy = os.path.join(WORK, "cp-copy.bin")
+    R["round_trips"] = []
+    for label, layers in RT_MODELS:
+        if args.skip_large and layers > 6:
+            continue
+        model = os.path.join(WORK, f"frozen-{layers}.pb")
+        t = time.perf_counter()
+        make_frozen(model, layers)
+        size = os.path.getsize(model)
+        print(f"round trip, {label} frozen graph ({size / 1e6:.0f} MB, {layers} layers; "
+              f"ready in {time.perf_counter() - t:.1f} s)")
+        pairs = []
+        for i in range(args.runs):
+            t_cps = time_cp(model, cpy, True)
+            os.unlink(cpy)
+            os.sync()
+            rt = round_trip(d, model, dst)
+            os.unlink(dst)
+            os.sync()
+            pairs.append((t_cps, rt))
+            print(f"pair {i + 1}: cp + sync {t_cps:.2f} s; round trip {rt[0]:.2f} s (upload "
+                  f"{rt[1]:.2f}, job {rt[2]:.2f}, download {rt[3]:.2f}), "
+                  f"{rt[0] / t_cps:.2f}x")
+        R["round_trips"].append((label, size, pairs))
+        if not args.keep:
+            os.unlink(model)
 
 
 # ---------------------------------------------------------------- daemon
@@ -404,7 +554,9 @@ def main():
     ap.add_argument("--keep", action="store_true",
                     help="keep the input files (build/bench-daemon/*.bin) for a rerun")
     ap.add_argument("--skip-large", action="store_true",
-                    help="skip the 1.5 GB RSS upload")
+                    help="skip the 1.5 GB RSS upload and the 1.5 GB round trip")
+    ap.add_argument("--round-trips-only", action="store_true",
+                    help="only the round trips (upload, prune job, download)")
     args = ap.parse_args()
 
     if not os.access(args.sparsityd, os.X_OK):
@@ -423,8 +575,9 @@ def main():
     src1 = os.path.join(WORK, "in-1g.bin")
     src15 = os.path.join(WORK, "in-1.5g.bin")
     t = time.perf_counter()
-    make_input(src1, SIZE_1G)
-    if not args.skip_large:
+    if not args.round_trips_only:
+        make_input(src1, SIZE_1G)
+    if not args.skip_large and not args.round_trips_only:
         make_input(src15, SIZE_15G)
     os.sync()
     print(f"inputs: {src1} ({SIZE_1G / GIB:.2f} GiB)"
@@ -440,7 +593,9 @@ def main():
           f"{os.cpu_count()} CPUs")
     results = {}
     try:
-        bench(d, args, src1, src15, results)
+        if not args.round_trips_only:
+            bench(d, args, src1, src15, results)
+        bench_round_trips(d, args, results)
     finally:
         d.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -617,57 +772,72 @@ def report(R, args):
         failed |= ok is False
         rows.append((what, value, target, verdict))
 
-    wu, wi = R["wrk_upload"], R["wrk_idle"]
-    row("GET /v1/jobs/{id} req/s, 1 GB upload streaming", f"{wu['rps']:,.0f}",
-        f">= {TARGET_RPS:,.0f}", wu["rps"] >= TARGET_RPS)
-    row("GET /v1/jobs/{id} p99, 1 GB upload streaming", f"{wu['p99']:.2f} ms",
-        f"< {TARGET_P99_MS:.0f} ms", wu["p99"] < TARGET_P99_MS)
-    row("  (upload in flight during the wrk window)", f"{100 * R['overlap']:.0f}%", "", None)
-    if wu["non2xx"] or wu["errors"]:
-        row("  (wrk non-2xx / socket errors)", f"{wu['non2xx']} {wu['errors']}", "", None)
-    row("GET /v1/jobs/{id} req/s, no upload (reference)", f"{wi['rps']:,.0f}", "", None)
-    row("GET /v1/jobs/{id} p99, no upload (reference)", f"{wi['p99']:.2f} ms", "", None)
+    if "wrk_upload" in R:
+        wu, wi = R["wrk_upload"], R["wrk_idle"]
+        row("GET /v1/jobs/{id} req/s, 1 GB upload streaming", f"{wu['rps']:,.0f}",
+            f">= {TARGET_RPS:,.0f}", wu["rps"] >= TARGET_RPS)
+        row("GET /v1/jobs/{id} p99, 1 GB upload streaming", f"{wu['p99']:.2f} ms",
+            f"< {TARGET_P99_MS:.0f} ms", wu["p99"] < TARGET_P99_MS)
+        row("  (upload in flight during the wrk window)", f"{100 * R['overlap']:.0f}%", "", None)
+        if wu["non2xx"] or wu["errors"]:
+            row("  (wrk non-2xx / socket errors)", f"{wu['non2xx']} {wu['errors']}", "", None)
+        row("GET /v1/jobs/{id} req/s, no upload (reference)", f"{wi['rps']:,.0f}", "", None)
+        row("GET /v1/jobs/{id} p99, no upload (reference)", f"{wi['p99']:.2f} ms", "", None)
 
-    pairs = R["upload_pairs"]
-    ratios = [t_cps / up.seconds for t_cps, up in pairs]
-    cpu_gb = [(up.user + up.sys) / (SIZE_1G / GB) for _, up in pairs]
+        pairs = R["upload_pairs"]
+        ratios = [t_cps / up.seconds for t_cps, up in pairs]
+        cpu_gb = [(up.user + up.sys) / (SIZE_1G / GB) for _, up in pairs]
+        x = lambda v: f"{v:.2f}x"  # noqa: E731
+        sec = lambda v: f"{v:.2f} s"  # noqa: E731
+        row(f"1 GB upload, {len(pairs)} runs (daemon fsyncs)",
+            med_range([up.mbps for _, up in pairs], lambda v: f"{v:,.0f} MB/s"), "", None)
+        row("  cp + sync, same disk, paired",
+            med_range([SIZE_1G / t / 1e6 for t, _ in pairs], lambda v: f"{v:,.0f} MB/s"), "", None)
+        if R.get("client_ceiling"):
+            row("  upload client's own ceiling (discarding sink)",
+                f"{R['client_ceiling']:,.0f} MB/s", "", None)
+        row("upload / (cp + sync), median of pairs", med_range(ratios, x),
+            f">= {TARGET_UPLOAD_X}x", statistics.median(ratios) >= TARGET_UPLOAD_X)
+        row("daemon CPU s per GB uploaded", med_range(cpu_gb, sec),
+            f"<= {TARGET_CPU_S_PER_GB} s", statistics.median(cpu_gb) <= TARGET_CPU_S_PER_GB)
+        row("  of which user (SHA-256, copies, parsing)",
+            med_range([up.user / (SIZE_1G / GB) for _, up in pairs], sec), "", None)
+        row("  of which system (socket, page cache, fsync)",
+            med_range([up.sys / (SIZE_1G / GB) for _, up in pairs], sec), "", None)
+        dl = R["download_pairs"]
+        row(f"1 GB download (curl -o /dev/null), {len(dl)} runs",
+            med_range([SIZE_1G / t / 1e6 for _, t in dl], lambda v: f"{v:,.0f} MB/s"), "", None)
+        row("download / cp, median of pairs", med_range([c / t for c, t in dl], x),
+            f">= {TARGET_DOWNLOAD_X}x",
+            statistics.median([c / t for c, t in dl]) >= TARGET_DOWNLOAD_X)
+        row("1 GB upload during wrk (information)", f"{R['concurrent_mbps']:,.0f} MB/s", "", None)
+
+        if "rss_peak_kib" in R:
+            idle = R["idle_kib"]
+            peak = max(R["rss_peak_kib"], R["rss_hwm_kib"] or 0)
+            delta = (peak - idle) / 1024
+            row("daemon RSS idle", f"{idle / 1024:.1f} MiB", "", None)
+            row("daemon RSS peak, 1.5 GB upload (50 ms samples"
+                + (" + VmHWM)" if R["rss_hwm_kib"] else ")"),
+                f"{peak / 1024:.1f} MiB", "", None)
+            row("daemon RSS peak - idle", f"{delta:.1f} MiB", f"< {TARGET_RSS_MIB:.0f} MiB",
+                delta < TARGET_RSS_MIB)
+        else:
+            row("daemon RSS during a 1.5 GB upload", "skipped (--skip-large)", "", None)
+
     x = lambda v: f"{v:.2f}x"  # noqa: E731
     sec = lambda v: f"{v:.2f} s"  # noqa: E731
-    row(f"1 GB upload, {len(pairs)} runs (daemon fsyncs)",
-        med_range([up.mbps for _, up in pairs], lambda v: f"{v:,.0f} MB/s"), "", None)
-    row("  cp + sync, same disk, paired",
-        med_range([SIZE_1G / t / 1e6 for t, _ in pairs], lambda v: f"{v:,.0f} MB/s"), "", None)
-    if R.get("client_ceiling"):
-        row("  upload client's own ceiling (discarding sink)",
-            f"{R['client_ceiling']:,.0f} MB/s", "", None)
-    row("upload / (cp + sync), median of pairs", med_range(ratios, x),
-        f">= {TARGET_UPLOAD_X}x", statistics.median(ratios) >= TARGET_UPLOAD_X)
-    row("daemon CPU s per GB uploaded", med_range(cpu_gb, sec),
-        f"<= {TARGET_CPU_S_PER_GB} s", statistics.median(cpu_gb) <= TARGET_CPU_S_PER_GB)
-    row("  of which user (SHA-256, copies, parsing)",
-        med_range([up.user / (SIZE_1G / GB) for _, up in pairs], sec), "", None)
-    row("  of which system (socket, page cache, fsync)",
-        med_range([up.sys / (SIZE_1G / GB) for _, up in pairs], sec), "", None)
-    dl = R["download_pairs"]
-    row(f"1 GB download (curl -o /dev/null), {len(dl)} runs",
-        med_range([SIZE_1G / t / 1e6 for _, t in dl], lambda v: f"{v:,.0f} MB/s"), "", None)
-    row("download / cp, median of pairs", med_range([c / t for c, t in dl], x),
-        f">= {TARGET_DOWNLOAD_X}x",
-        statistics.median([c / t for c, t in dl]) >= TARGET_DOWNLOAD_X)
-    row("1 GB upload during wrk (information)", f"{R['concurrent_mbps']:,.0f} MB/s", "", None)
-
-    if "rss_peak_kib" in R:
-        idle = R["idle_kib"]
-        peak = max(R["rss_peak_kib"], R["rss_hwm_kib"] or 0)
-        delta = (peak - idle) / 1024
-        row("daemon RSS idle", f"{idle / 1024:.1f} MiB", "", None)
-        row("daemon RSS peak, 1.5 GB upload (50 ms samples"
-            + (" + VmHWM)" if R["rss_hwm_kib"] else ")"),
-            f"{peak / 1024:.1f} MiB", "", None)
-        row("daemon RSS peak - idle", f"{delta:.1f} MiB", f"< {TARGET_RSS_MIB:.0f} MiB",
-            delta < TARGET_RSS_MIB)
-    else:
-        row("daemon RSS during a 1.5 GB upload", "skipped (--skip-large)", "", None)
+    for label, size, pairs in R.get("round_trips", []):
+        ratios = [rt[0] / t for t, rt in pairs]
+        row(f"round trip, {label} frozen graph: upload + prune job + download, "
+            f"{len(pairs)} runs", med_range([rt[0] for _, rt in pairs], sec), "", None)
+        row("  of which upload / job / download (medians)",
+            " / ".join(f"{statistics.median(rt[k] for _, rt in pairs):.2f}"
+                       for k in (1, 2, 3)) + " s", "", None)
+        row("  cp + sync, same disk, paired", med_range([t for t, _ in pairs], sec), "", None)
+        row(f"round trip / (cp + sync), {label}, median of pairs", med_range(ratios, x),
+            f"<= {TARGET_ROUNDTRIP_X:.0f}x",
+            statistics.median(ratios) <= TARGET_ROUNDTRIP_X)
 
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
