@@ -50,6 +50,7 @@ typedef struct api_conf {
 	int event_heartbeat;     /* seconds between heartbeat comments on a stream */
 	const char *tls_cert;    /* PEM chain and key files: HTTPS when set, else HTTP */
 	const char *tls_key;
+	bool direct_uploads;     /* uploaded files bypass the page cache (store_blob_uncached) */
 } api_conf_t;
 
 /* Starts listening. Returns 0, SD_EIO (bind failed: e says why), SD_EUSAGE (a TLS

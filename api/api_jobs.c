@@ -617,7 +617,8 @@ int api__upload_start(api_t *a, req_t *r, struct MHD_Connection *c)
 		return MHD_YES;
 	}
 	sd_error_t e;
-	if (api_upload_begin(a->store, a->conf.max_upload, api__header(c, "Content-Type"), &r->up, &e))
+	if (api_upload_begin(a->store, a->conf.max_upload, a->conf.direct_uploads,
+			     api__header(c, "Content-Type"), &r->up, &e))
 		return api__send_problem(a, r, c, &e);
 	return MHD_YES;
 }

@@ -49,6 +49,7 @@ static const char *const input_names[API_FILE__COUNT] = {
 struct api_upload {
 	store_t *store;
 	int64_t max_bytes;
+	bool uncached; /* files go around the page cache (store_blob_uncached) */
 	api_mpart_t mp;
 	/* the part being received: a file (blob != NULL) or a text field */
 	store_blob_t *blob;
@@ -77,7 +78,7 @@ static int part_begin(void *ud, const char *name, const char *filename, sd_error
 		u->file[i].seen = true;
 		u->cur_file = i;
 		int rc = store_blob_begin(u->store, u->max_bytes, &u->file[i].blob, e);
-		if (!rc)
+		if (!rc && u->uncached)
 			store_blob_uncached(u->file[i].blob);
 		return rc;
 	}
@@ -147,7 +148,7 @@ static int part_end(void *ud, sd_error_t *e)
 	return rc;
 }
 
-int api_upload_begin(store_t *s, int64_t max_bytes, const char *content_type,
+int api_upload_begin(store_t *s, int64_t max_bytes, bool uncached, const char *content_type,
 		     api_upload_t **out, sd_error_t *e)
 {
 	*out = NULL;
@@ -156,6 +157,7 @@ int api_upload_begin(store_t *s, int64_t max_bytes, const char *content_type,
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	u->store = s;
 	u->max_bytes = max_bytes;
+	u->uncached = uncached;
 	u->cur_file = u->cur_text = -1;
 	static const api_mpart_cb_t cb = {part_begin, part_data, part_end};
 	int rc = api_mpart_init(&u->mp, content_type, &cb, u, e);

@@ -46,11 +46,12 @@ typedef struct api_form {
 
 /*
  * Starts an upload for a body of the given Content-Type (may be NULL); blobs go to s,
- * each at most max_bytes. Returns 0 with *out (free with api_upload_free), SD_EUSAGE
+ * each at most max_bytes, written around the page cache when uncached
+ * (store_blob_uncached). Returns 0 with *out (free with api_upload_free), SD_EUSAGE
  * (not multipart/form-data, bad boundary), SD_ENOMEM.
  */
-SD_MUST_CHECK int api_upload_begin(store_t *s, int64_t max_bytes, const char *content_type,
-				   api_upload_t **out, sd_error_t *e);
+SD_MUST_CHECK int api_upload_begin(store_t *s, int64_t max_bytes, bool uncached,
+				   const char *content_type, api_upload_t **out, sd_error_t *e);
 
 /* Feeds body bytes. Returns 0 or the first error (SD_EUSAGE for a malformed body or a
  * refused part, SD_ETOOBIG, SD_ENOSPACE, SD_EIO, SD_ENOMEM from the blob store); after

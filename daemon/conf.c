@@ -35,6 +35,9 @@ typedef enum { T_STR, T_INT, T_BOOL, T_LEVEL, T_LOGFMT } type_t;
 	  "request bodies streaming at once; POST /v1/jobs answers 429 beyond")           \
 	X(hash_threads, T_INT, "2", 1, 64, false,                                         \
 	  "threads writing and hashing uploads and outputs, shared by all")               \
+	X(direct_uploads, T_BOOL, "false", 0, 0, false,                                   \
+	  "write uploaded files around the page cache (O_DIRECT): less CPU per GB, but "  \
+	  "each job then reads its input from the disk")                                  \
 	X(idle_timeout, T_INT, "30", 1, 3600, false,                                      \
 	  "seconds a connection may send nothing before it is closed")                    \
 	X(max_event_streams, T_INT, "512", 1, 65536, false,                               \

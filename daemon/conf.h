@@ -25,6 +25,7 @@ typedef struct conf {
 	int64_t max_connections;
 	int64_t max_uploads;
 	int64_t hash_threads;
+	bool direct_uploads;
 	int64_t idle_timeout;
 	int64_t max_event_streams;
 	int64_t event_heartbeat;

@@ -901,7 +901,8 @@ int serve_main(int argc, char **argv)
 			 .idle_timeout = (int)d->conf.idle_timeout, .tls_cert = d->conf.tls_cert,
 			 .tls_key = d->conf.tls_key, .access_log = d->conf.access_log,
 			 .max_event_streams = (int)d->conf.max_event_streams,
-			 .event_heartbeat = (int)d->conf.event_heartbeat};
+			 .event_heartbeat = (int)d->conf.event_heartbeat,
+			 .direct_uploads = d->conf.direct_uploads};
 	api_ops_t ops = {.create = op_create, .release = op_release, .cancel = op_cancel,
 			 .remove = op_remove,
 			 .draining = op_draining, .metrics = op_metrics};

@@ -131,10 +131,11 @@ char *store_blob_path(store_t *s, const char *sha256);
  */
 SD_MUST_CHECK int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out,
 				   sd_error_t *e);
-/* Writes b's full buffers around the page cache (O_DIRECT), where the file system
- * allows it; call before the first append. For uploads: their bytes then cost no copy
- * into the page cache and no writeback work, and reach the disk as they arrive
- * instead of piling up for the commit's fsync. A later read comes from the disk. */
+/* Writes b's full buffers around the page cache (O_DIRECT, 4 MiB each), where the file
+ * system allows it; call before the first append, else it does nothing. The bytes
+ * then cost no copy into the page cache and no writeback work, and reach the disk as
+ * they arrive instead of piling up for the commit's fsync; a later read of the blob
+ * comes from the disk. */
 void store_blob_uncached(store_blob_t *b);
 SD_MUST_CHECK int store_blob_append(store_blob_t *b, const void *data, size_t len,
 				    sd_error_t *e);

@@ -27,17 +27,17 @@
  *   A pin lost by a caller's bug only keeps a file until the sweep of the next open.
  * - Blob writers touch only files and their own hash state, so any thread may run
  *   them; fsync and hashing stay off the loop thread.
- * - Appends are gathered in a ring of 4 MiB buffers: a full buffer is written to the
+ * - Appends are gathered in a ring of 512 KiB buffers: a full buffer is written to the
  *   file and hashed by the store's shared pool (store_hash.c), on two of its threads
  *   at once, so the appending thread (an HTTP thread, for an upload) only copies and
  *   never waits on the disk, and the number of threads stays fixed however many
- *   uploads run. A blob holds at most its ring (16 MiB), allocated as it fills: small
- *   blobs use one buffer, of which they touch only what they fill.
- * - Uploads are written around the page cache (store_blob_uncached: O_DIRECT, whole
- *   aligned buffers). Measured on 1 GiB uploads against buffered writes (4 pairs):
- *   the daemon's CPU fell from 1.54 to 1.22 s, system time from 0.70 to 0.34 s, at
- *   the same wall time. Buffers are 4 MiB because O_DIRECT writes one buffer at a time
- *   per blob: 512 KiB writes ran the disk at 0.64x of `cp` + `sync`, 4 MiB at 0.80x.
+ *   uploads run. A blob holds at most its ring (2 MiB), allocated as it fills: small
+ *   blobs use one buffer.
+ * - Uploads may be written around the page cache (store_blob_uncached: O_DIRECT,
+ *   whole aligned 4 MiB buffers, a 16 MiB ring; the daemon's direct_uploads).
+ *   Measured on 1 GiB uploads against buffered writes (4 pairs): the daemon's CPU
+ *   fell from 1.54 to 1.22 s, system time from 0.70 to 0.34 s, at the same wall time;
+ *   but the job that reads the upload next reads it from the disk.
  * - Messages name files relative to the data directory: they reach API clients, who
  *   have no business knowing the server's paths.
  *
@@ -58,7 +58,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define BLOB_BUF ((size_t)4 << 20)
+/* Write buffers: 512 KiB through the page cache; 4 MiB around it (O_DIRECT writes one
+ * buffer at a time per blob, and 512 KiB I/Os ran the disk at 0.64x of `cp` + `sync`,
+ * 4 MiB at 0.80x). */
+#define BLOB_BUF ((size_t)512 << 10)
+#define BLOB_BUF_DIRECT ((size_t)4 << 20)
 
 struct store__pin {
 	char sha[STORE_SHA_HEX + 1];
@@ -127,9 +131,10 @@ struct store_blob {
 	int64_t size, limit;
 	int failed; /* a failed append poisons the blob: commit refuses it */
 	/* Appends arrive in the HTTP server's small reads (16 KiB); gathering them into
-	 * 4 MiB writes costs a copy, saves all but one in 256 system calls, and gives
-	 * O_DIRECT whole aligned blocks. */
+	 * large writes costs a copy, saves all but one in 32 system calls (or 256), and
+	 * gives O_DIRECT whole aligned blocks. */
 	unsigned char *ring[RING];
+	size_t buf_size; /* BLOB_BUF, or BLOB_BUF_DIRECT once uncached */
 	int fill;        /* buffer being filled */
 	size_t used;     /* bytes in ring[fill] */
 };
@@ -219,6 +224,7 @@ int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out, sd_error_t *
 		return sd_err(e, SD_ENOMEM, "store: out of memory");
 	b->s = s;
 	b->fd = -1;
+	b->buf_size = BLOB_BUF;
 	b->limit = limit > 0 ? limit : INT64_MAX;
 	b->md = EVP_MD_CTX_new();
 	store__hstream_init(&b->hs, b->md, -1);
@@ -270,7 +276,9 @@ static int submit(store_blob_t *b, sd_error_t *e)
 void store_blob_uncached(store_blob_t *b)
 {
 	int fl = fcntl(b->fd, F_GETFL);
-	b->hs.direct = b->size == 0 && fl >= 0 && fcntl(b->fd, F_SETFL, fl | O_DIRECT) == 0;
+	b->hs.direct = !b->ring[0] && fl >= 0 && fcntl(b->fd, F_SETFL, fl | O_DIRECT) == 0;
+	if (b->hs.direct)
+		b->buf_size = BLOB_BUF_DIRECT;
 }
 
 int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t *e)
@@ -286,17 +294,17 @@ int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t 
 	const unsigned char *p = data;
 	while (len) {
 		if (!b->ring[b->fill] &&
-		    !(b->ring[b->fill] = aligned_alloc(STORE__DIRECT_ALIGN, BLOB_BUF))) {
+		    !(b->ring[b->fill] = aligned_alloc(STORE__DIRECT_ALIGN, b->buf_size))) {
 			b->failed = SD_ENOMEM;
 			return sd_err(e, SD_ENOMEM, "store: out of memory");
 		}
-		size_t n = BLOB_BUF - b->used < len ? BLOB_BUF - b->used : len;
+		size_t n = b->buf_size - b->used < len ? b->buf_size - b->used : len;
 		memcpy(b->ring[b->fill] + b->used, p, n);
 		b->used += n;
 		b->size += (int64_t)n;
 		p += n;
 		len -= n;
-		if (b->used == BLOB_BUF) {
+		if (b->used == b->buf_size) {
 			int rc = submit(b, e);
 			if (rc)
 				return rc;

@@ -14,7 +14,7 @@
  * does one buffer, and puts the lane back at the tail if more wait, so a fast upload
  * cannot starve the others, and one blob's writing and hashing run on two cores at
  * once. A buffer is free again once both lanes are past it. One mutex guards the queue
- * and every stream's counters (a handful of operations per 4 MiB buffer). Without a
+ * and every stream's counters (a handful of operations per buffer of 512 KiB or more). Without a
  * pool (tests) the caller writes and hashes each buffer itself.
  *
  * Workload: uploads and stage outputs, MB to GB, at up to a few GB/s in total.

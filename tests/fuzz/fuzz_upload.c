@@ -61,7 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t len = size - (size_t)(body - (const char *)data);
 	api_upload_t *u;
 	sd_error_t e;
-	if (api_upload_begin(g_store, 1 << 20, nl ? ct : NULL, &u, &e) == 0) {
+	if (api_upload_begin(g_store, 1 << 20, ct[0] & 1, nl ? ct : NULL, &u, &e) == 0) {
 		int rc = 0;
 		for (size_t off = 0, k = 0; off < len && !rc; k++) {
 			size_t step = ct_len ? 1 + (size_t)(unsigned char)ct[k % ct_len] * 7 : len;

@@ -205,7 +205,7 @@ static int upload(const char *const *kv, size_t n, api_upload_t **u, api_form_t 
 {
 	static char body[200000];
 	size_t len = form(body, sizeof(body), kv, n);
-	ck_assert_int_eq(api_upload_begin(g_s, 1 << 20, CT, u, e), 0);
+	ck_assert_int_eq(api_upload_begin(g_s, 1 << 20, false, CT, u, e), 0);
 	int rc = api_upload_feed(*u, body, len, e);
 	return rc ? rc : api_upload_finish(*u, f, e);
 }
@@ -272,7 +272,7 @@ START_TEST(upload_form_rules)
 	/* A NUL byte in a text part (the form builder cannot write one). */
 	static const char nul[] = "--XyZ\r\nContent-Disposition: form-data; name=stage\r\n\r\nche\0ck"
 				  "\r\n--XyZ--";
-	ck_assert_int_eq(api_upload_begin(g_s, 1 << 20, CT, &u, &e), 0);
+	ck_assert_int_eq(api_upload_begin(g_s, 1 << 20, true, CT, &u, &e), 0);
 	ck_assert_int_eq(api_upload_feed(u, nul, sizeof(nul) - 1, &e), SD_EUSAGE);
 	ck_assert_msg(strstr(e.msg, "NUL"), "%s", e.msg);
 	api_upload_free(u);
@@ -283,7 +283,7 @@ START_TEST(upload_form_rules)
 	ck_assert_int_eq(upload(longname, 6, &u, &f, &e), SD_EUSAGE);
 	ck_assert_msg(strstr(e.msg, "longer than 65536"), "%s", e.msg);
 	api_upload_free(u);
-	ck_assert_int_eq(api_upload_begin(g_s, 10, CT, &u, &e), 0);
+	ck_assert_int_eq(api_upload_begin(g_s, 10, false, CT, &u, &e), 0);
 	static const char toolong[] = "--XyZ\r\nContent-Disposition: form-data; name=model\r\n\r\n"
 				      "0123456789ABCDEF\r\n--XyZ--";
 	ck_assert_int_eq(api_upload_feed(u, toolong, sizeof(toolong) - 1, &e), SD_ETOOBIG);

@@ -1337,7 +1337,7 @@ END_TEST
  * without a pool, appended in pieces of any size; a small one never gets a full buffer. */
 START_TEST(blob_uncached_holds_its_bytes)
 {
-	size_t total = 5 * 524288 + 4096 * 3 + 123;
+	size_t total = 9 * 1048576 + 4096 * 3 + 123; /* two whole 4 MiB blocks, then a tail */
 	unsigned char *data = malloc(total);
 	for (size_t i = 0; i < total; i++)
 		data[i] = (unsigned char)(i * 2654435761u >> 9);
