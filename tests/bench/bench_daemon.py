@@ -10,6 +10,8 @@ Targets (issue 13; this 2-core machine: wrk, the daemon and this script share th
   a download of the 1 GB artifact (curl -o /dev/null) >= 0.5x `cp` of the same file
         (median of paired runs)
   daemon RSS during a 1.5 GB upload < idle RSS + 64 MiB
+  the round trip of a 400 MB and of a 1.5 GB frozen graph (upload, prune job, download)
+        <= 3x `cp` + `sync` of the same file (median of paired runs)
 
 Method:
   - the daemon is started on a free loopback port with a fresh data dir under
@@ -35,8 +37,13 @@ Method:
     an upload is streaming for the whole wrk window (the overlap is printed). wrk without
     any upload is printed for reference.
 
+  - round trips: a 400 MB and a 1.5 GB frozen graph (MatMul layers of 4096 x 4096
+    float32, written here without TensorFlow), --runs pairs of `cp` + `sync` and the
+    whole HTTP round trip: upload (a prune job; a unique node appended so the store
+    cannot deduplicate it), the job (long-polled), and `curl -o FILE` of its model.
+
 usage: bench_daemon.py [--port N] [--runs N] [--duration S] [--sparsityd PATH]
-                       [--keep] [--skip-large]
+                       [--keep] [--skip-large] [--direct-uploads] [--round-trips-only]
 Exit status: 0 all targets met, 1 a target missed, 2 the benchmark itself failed.
 """
 import argparse
@@ -432,13 +439,13 @@ def bench_round_trips(d, args, R):
 # ---------------------------------------------------------------- daemon
 
 class Daemon:
-    def __init__(self, exe, port, data_dir, workers, http_threads):
+    def __init__(self, exe, port, data_dir, workers, http_threads, extra=()):
         self.port, self.data_dir = port, data_dir
         self.log = open(os.path.join(WORK, "daemon.log"), "wb")
         self.proc = subprocess.Popen(
             [exe, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
              "--workers", str(workers), "--http-threads", str(http_threads),
-             "--log-level", "warn"],
+             "--log-level", "warn", *extra],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         deadline = time.time() + 20
@@ -555,6 +562,8 @@ def main():
                     help="keep the input files (build/bench-daemon/*.bin) for a rerun")
     ap.add_argument("--skip-large", action="store_true",
                     help="skip the 1.5 GB RSS upload and the 1.5 GB round trip")
+    ap.add_argument("--direct-uploads", action="store_true",
+                    help="run the daemon with direct_uploads (O_DIRECT uploads)")
     ap.add_argument("--round-trips-only", action="store_true",
                     help="only the round trips (upload, prune job, download)")
     args = ap.parse_args()
@@ -587,9 +596,11 @@ def main():
     data_dir = os.path.join(WORK, f"data-{os.getpid()}")
     shutil.rmtree(data_dir, ignore_errors=True)
     port = args.port or free_port()
-    d = Daemon(args.sparsityd, port, data_dir, args.workers, args.http_threads)
+    d = Daemon(args.sparsityd, port, data_dir, args.workers, args.http_threads,
+               ["--direct-uploads=true"] if args.direct_uploads else [])
     print(f"sparsityd pid {d.pid} on 127.0.0.1:{port}, data dir {data_dir}, "
-          f"--workers {args.workers} --http-threads {args.http_threads}; "
+          f"--workers {args.workers} --http-threads {args.http_threads}"
+          f"{' --direct-uploads=true' if args.direct_uploads else ''}; "
           f"{os.cpu_count()} CPUs")
     results = {}
     try:
