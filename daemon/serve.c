@@ -487,7 +487,10 @@ static void start_job(worker_t *w, const char *id)
 	sd_err_clear(&e);
 	memset(&w->job, 0, sizeof(w->job));
 	if (store_job_transition(d->store, id, STORE_RUNNING, NULL, "started", &e)) {
-		jlog_warn("sched", id, "not started: %s", e.msg);
+		/* A full disk or a busy store: nothing else may come to call schedule() (the
+		 * last job may have ended), so the retry timer tries again. */
+		jlog_warn("sched", id, "not started, retrying in %d ms: %s", RETRY_MS, e.msg);
+		sd_require(uv_timer_start(&d->retry, on_retry, RETRY_MS, RETRY_MS) == 0);
 		return;
 	}
 	if (store_job_get(d->reader, id, NULL, &w->job, &e)) {
@@ -544,7 +547,8 @@ static void schedule(void)
 	size_t n = 0;
 	sd_error_t e;
 	if (store_queued(d->store, (size_t)free_slots, &ids, &n, &e)) {
-		log_error("sched", "cannot list queued jobs: %s", e.msg);
+		log_error("sched", "cannot list queued jobs, retrying in %d ms: %s", RETRY_MS, e.msg);
+		sd_require(uv_timer_start(&d->retry, on_retry, RETRY_MS, RETRY_MS) == 0);
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {

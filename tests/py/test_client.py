@@ -262,7 +262,18 @@ def one_worker(module_daemons):
     return module_daemons.new(args=["--workers", "1", "--queue-max", "1"])
 
 
-def test_cancel_delete_and_wait_timeout(one_worker, contract, big_model):
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory):
+    """12 MatMul layers of 4096 x 4096 whatever SPARSITYD_TEST_BIG_LAYERS says: a prune
+    of it runs for seconds under AddressSanitizer, a second without."""
+    path = D.write_mlp(str(tmp_path_factory.mktemp("slow") / "slow.pb"),
+                       max(D.BIG_LAYERS, 12), D.BIG_K)
+    yield path
+    os.unlink(path)
+
+
+def test_cancel_delete_and_wait_timeout(one_worker, contract, slow_model):
+    big_model = slow_model
     dmn = one_worker
     with Client(dmn.url, progress=False) as c:
         # b must stay queued behind the running big job a for the long-poll below, and
