@@ -444,7 +444,6 @@ static int record_from_input(api_t *a, req_t *r, const char *job_id, store_artif
  * job: creation goes through the loop thread like every other change.
  */
 struct api_commit {
-	api_t *a;
 	req_t *r;
 	struct MHD_Connection *c;
 	api_form_t form;
@@ -460,7 +459,7 @@ struct api_commit {
 static void *commit_main(void *p)
 {
 	struct api_commit *k = p;
-	api_t *a = k->a;
+	api_t *a = k->r->api;
 	k->rc = api_upload_commit(k->r->up, k->in, &k->n_in, &k->e);
 	pthread_mutex_lock(&a->mu);
 	k->done = true;
@@ -532,7 +531,7 @@ int api__h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (!k) {
 		if (!(k = r->commit = calloc(1, sizeof(*k))))
 			return MHD_NO;
-		*k = (struct api_commit){.a = a, .r = r, .c = c};
+		*k = (struct api_commit){.r = r, .c = c};
 		if (api_upload_finish(r->up, &k->form, &e) ||
 		    (k->form.record_from && record_from_input(a, r, k->form.record_from, &k->from, &e)))
 			return api__send_problem(a, r, c, &e);

@@ -456,6 +456,13 @@ static void on_retry(uv_timer_t *t)
 	schedule();
 }
 
+/* Something the store refused (an outcome, a start) is tried again every RETRY_MS,
+ * with a schedule() after each try, until on_retry finds nothing left. */
+static void retry_soon(struct daemon *d)
+{
+	sd_require(uv_timer_start(&d->retry, on_retry, RETRY_MS, RETRY_MS) == 0);
+}
+
 static void after_work_cb(uv_work_t *req, int status)
 {
 	struct daemon *d = &the_daemon;
@@ -471,7 +478,7 @@ static void after_work_cb(uv_work_t *req, int status)
 		jlog_error("sched", w->id, "cannot record the outcome, retrying every %d ms: %s",
 			   RETRY_MS, e.msg);
 		w->unrecorded = true;
-		sd_require(uv_timer_start(&d->retry, on_retry, RETRY_MS, RETRY_MS) == 0);
+		retry_soon(d);
 		return;
 	}
 	worker_done(w);
@@ -490,7 +497,7 @@ static void start_job(worker_t *w, const char *id)
 		/* A full disk or a busy store: nothing else may come to call schedule() (the
 		 * last job may have ended), so the retry timer tries again. */
 		jlog_warn("sched", id, "not started, retrying in %d ms: %s", RETRY_MS, e.msg);
-		sd_require(uv_timer_start(&d->retry, on_retry, RETRY_MS, RETRY_MS) == 0);
+		retry_soon(d);
 		return;
 	}
 	if (store_job_get(d->reader, id, NULL, &w->job, &e)) {
@@ -548,7 +555,7 @@ static void schedule(void)
 	sd_error_t e;
 	if (store_queued(d->store, (size_t)free_slots, &ids, &n, &e)) {
 		log_error("sched", "cannot list queued jobs, retrying in %d ms: %s", RETRY_MS, e.msg);
-		sd_require(uv_timer_start(&d->retry, on_retry, RETRY_MS, RETRY_MS) == 0);
+		retry_soon(d);
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {

@@ -39,6 +39,14 @@ struct store__hashpool {
  * to write instead of the whole blob. */
 #define WRITEBACK_STEP ((int64_t)32 << 20)
 
+/* Takes O_DIRECT off the stream's file (write lane); false, errno set, if refused. */
+static bool drop_direct(store__hstream_t *h)
+{
+	h->direct = false;
+	int fl = fcntl(h->fd, F_GETFL);
+	return fl >= 0 && fcntl(h->fd, F_SETFL, fl & ~O_DIRECT) == 0;
+}
+
 /* Writes buf to the stream's file (write lane); returns 0 or the errno. After a
  * failure (h->werr, set under the pool's mutex) the rest is skipped: the blob is
  * refused at its next append or at commit. */
@@ -49,24 +57,16 @@ static int lane_write(store__hstream_t *h, const unsigned char *p, size_t n)
 	/* O_DIRECT takes whole blocks from aligned memory at aligned offsets: the ring's
 	 * full buffers. The last, partial one (or a file system that refuses) goes
 	 * through the page cache; the commit's fsync covers both. */
-	if (h->direct && (n % STORE__DIRECT_ALIGN || h->written % STORE__DIRECT_ALIGN)) {
-		int fl = fcntl(h->fd, F_GETFL);
-		if (fl >= 0)
-			fcntl(h->fd, F_SETFL, fl & ~O_DIRECT);
-		h->direct = false;
-	}
+	if (h->direct && (n % STORE__DIRECT_ALIGN || h->written % STORE__DIRECT_ALIGN) &&
+	    !drop_direct(h))
+		return errno;
 	while (n > 0) {
 		ssize_t w = write(h->fd, p, n);
 		if (w < 0) {
-			if (errno == EINTR)
+			int err = errno;
+			if (err == EINTR || (err == EINVAL && h->direct && drop_direct(h)))
 				continue;
-			if (errno == EINVAL && h->direct) {
-				int fl = fcntl(h->fd, F_GETFL);
-				h->direct = false;
-				if (fl >= 0 && fcntl(h->fd, F_SETFL, fl & ~O_DIRECT) == 0)
-					continue;
-			}
-			return errno;
+			return err;
 		}
 		p += w;
 		n -= (size_t)w;
