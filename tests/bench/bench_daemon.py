@@ -38,7 +38,7 @@ Method:
     any upload is printed for reference.
 
   - round trips: a 400 MB and a 1.5 GB frozen graph (MatMul layers of 4096 x 4096
-    float32, written here without TensorFlow), --runs pairs of `cp` + `sync` and the
+    float32, written without TensorFlow by tests/py/daemon.py's write_mlp), --runs pairs of `cp` + `sync` and the
     whole HTTP round trip: upload (a prune job; a unique node appended so the store
     cannot deduplicate it), the job (long-polled), and `curl -o FILE` of its model.
 
@@ -63,6 +63,8 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "py"))
+import daemon as D  # noqa: E402  (the tests' GraphDef writer; standard library only)
 WORK = os.path.join(ROOT, "build", "bench-daemon")
 MIB = 1 << 20
 GIB = 1 << 30
@@ -293,69 +295,13 @@ class Upload:
                 f"{self.body[:300]!r}")
 
 
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def pb_field(num, data):
-    """A length-delimited protobuf field."""
-    return varint(num << 3 | 2) + varint(len(data)) + data
-
-
-def node(name, op, inputs=(), attrs=b""):
-    """GraphDef field 1 holding a NodeDef (name 1, op 2, input 3, attr 5)."""
-    body = pb_field(1, name.encode()) + pb_field(2, op.encode())
-    body += b"".join(pb_field(3, i.encode()) for i in inputs) + attrs
-    return pb_field(1, body)
-
-
-def attr(key, value):
-    """NodeDef.attr map entry: key 1, AttrValue 2."""
-    return pb_field(5, pb_field(1, key.encode()) + pb_field(2, value))
-
-
-DT_FLOAT = attr("T", b"\x30\x01")  # AttrValue.type (6) = DT_FLOAT (1)
-
-
 def make_frozen(path, layers, k=RT_K):
-    """A frozen GraphDef written without TensorFlow: x -> MatMul(w_i) * layers -> out,
-    each w_i a Const of k x k float32 in tensor_content. Kept if already there."""
-    if os.path.exists(path):
-        return
-    import random
-    import struct
-    rnd = random.Random(layers)
-    row = struct.pack("<%df" % k, *[rnd.uniform(-1, 1) for _ in range(k)])
-    dims = pb_field(2, varint(0x08) + varint(k)) * 2          # TensorShapeProto.dim: size
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(node("x", "Placeholder", attrs=attr("dtype", b"\x30\x01")))
-        prev = "x"
-        for i in range(layers):
-            n = 4 * k * k
-            # TensorProto: dtype 1, tensor_shape 2, tensor_content 4 (n bytes follow)
-            tensor_head = b"\x08\x01" + pb_field(2, dims) + varint(4 << 3 | 2) + varint(n)
-            value = varint(8 << 3 | 2) + varint(len(tensor_head) + n) + tensor_head  # tensor 8
-            entry_head = pb_field(1, b"value") + varint(2 << 3 | 2) + varint(len(value) + n)
-            attr_len = len(entry_head) + len(value) + n
-            dtype = attr("dtype", b"\x30\x01")
-            name = pb_field(1, b"w%d" % i) + pb_field(2, b"Const") + dtype
-            body_len = len(name) + len(varint(5 << 3 | 2)) + len(varint(attr_len)) + attr_len
-            f.write(varint(1 << 3 | 2) + varint(body_len) + name + varint(5 << 3 | 2)
-                    + varint(attr_len) + entry_head + value)
-            for r in range(k):  # rows rotated, so the weight is not periodic
-                sh = (r * 4 + i * 12) % len(row)
-                f.write(row[sh:] + row[:sh])
-            f.write(node("mm%d" % i, "MatMul", [prev, "w%d" % i], DT_FLOAT))
-            prev = "mm%d" % i
-        f.write(node("out", "Identity", [prev], DT_FLOAT))
-    os.replace(tmp, path)
+    """A frozen GraphDef written without TensorFlow by the tests' own writer
+    (tests/py/daemon.py write_mlp): x -> MatMul(w_i) * layers -> out, each w_i a Const of
+    k x k float32 in tensor_content. Kept if already there."""
+    if not os.path.exists(path):
+        D.write_mlp(path + ".tmp", layers, k, seed=layers)
+        os.replace(path + ".tmp", path)
 
 
 def long_poll(port, job_id, timeout=600):
@@ -384,7 +330,7 @@ def round_trip(d, model, dst):
     """Upload (a prune job, a unique node appended so the store cannot deduplicate it),
     the job, and the download of its model to dst. Returns (total, upload, job,
     download) seconds."""
-    salt = node("bench_salt_" + uuid.uuid4().hex, "NoOp")
+    salt = D._node("bench_salt_" + uuid.uuid4().hex, "NoOp")
     t0 = time.perf_counter()
     up = Upload(d.port, model, fields=(("stage", "prune"), ("outputs", "out"),
                                        ("name", "bench-roundtrip")),
