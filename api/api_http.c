@@ -319,9 +319,12 @@ void api_stop(api_t *a)
 	if (!a)
 		return;
 	if (a->mhd) {
-		/* No new connections; every long-poll is resumed and answered with what it
-		 * has (304 or the job) before the server stops, instead of being cut off. */
-		MHD_socket ls = MHD_quiesce_daemon(a->mhd);
+		/* Every long-poll is resumed and answered with what it has (304 or the job)
+		 * before the server stops, instead of being cut off. Requests arriving in the
+		 * meantime are served (a long-poll does not wait; an upload or an event stream
+		 * gets 503). MHD_quiesce_daemon is not used: with epoll and a thread pool it
+		 * races a worker thread removing the listening socket from the same epoll set,
+		 * and libmicrohttpd 0.9.75 aborts the process when it loses (seen in CI). */
 		atomic_store(&a->stopping, true);
 		pthread_mutex_lock(&a->mu);
 		while (a->waiters) {
@@ -343,8 +346,6 @@ void api_stop(api_t *a)
 		api__commits_join(a);
 		api__events_end(a);
 		MHD_stop_daemon(a->mhd);
-		if (ls != MHD_INVALID_SOCKET)
-			close(ls);
 	}
 	api__events_free(a);
 	api_vmap_free(a->vmap);

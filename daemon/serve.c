@@ -174,27 +174,6 @@ static void op_metrics(void *ud, char **buf, size_t *len)
 
 /* ---- workers (thread pool) ---- */
 
-/* A FILE that streams into a store blob (fopencookie), so the engine's writers work
- * unchanged. */
-static ssize_t blob_write(void *cookie, const char *buf, size_t n)
-{
-	sd_error_t e;
-	if (!store_blob_append(cookie, buf, n, &e))
-		return (ssize_t)n;
-	/* stdio keeps only errno: say which failure it was, for the stage's message. */
-	errno = e.code == SD_ENOSPACE ? ENOSPC : EIO;
-	return -1;
-}
-
-static FILE *blob_file(store_blob_t *b)
-{
-	cookie_io_functions_t io = {.write = blob_write};
-	FILE *f = fopencookie(b, "w", io);
-	if (f)
-		setvbuf(f, NULL, _IOFBF, 1 << 20);
-	return f;
-}
-
 static const store_artifact_t *input(const store_job_t *j, const char *name)
 {
 	for (size_t i = 0; i < j->n_artifacts; i++)
@@ -283,10 +262,10 @@ static void work_cb(uv_work_t *req)
 	arena_init(&arena, 0);
 	prune_result_t res = {0};
 	int rc = 0;
-	if (has_model && !(rc = store_blob_begin(s, INT64_MAX, &bm, &w->e)) && !(fm = blob_file(bm)))
+	if (has_model && !(rc = store_blob_begin(s, INT64_MAX, &bm, &w->e)) && !(fm = store_blob_stream(bm)))
 		rc = sd_err(&w->e, SD_ENOMEM, "out of memory");
 	if (!rc && has_record && !(rc = store_blob_begin(s, INT64_MAX, &br, &w->e)) &&
-	    !(fr = blob_file(br)))
+	    !(fr = store_blob_stream(br)))
 		rc = sd_err(&w->e, SD_ENOMEM, "out of memory");
 	if (!rc) {
 		run_req_t rq = {

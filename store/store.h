@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "common/sd_err.h"
 
@@ -139,6 +140,12 @@ SD_MUST_CHECK int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out
 void store_blob_uncached(store_blob_t *b);
 SD_MUST_CHECK int store_blob_append(store_blob_t *b, const void *data, size_t len,
 				    sd_error_t *e);
+/* A write-only FILE (1 MiB buffer) whose bytes go to store_blob_append, so writers of
+ * FILEs (the engine's encoders) stream into a blob unchanged. A failed append makes
+ * the FILE's write fail with errno ENOSPC (SD_ENOSPACE) or EIO (anything else). b stays
+ * the caller's: fclose the FILE (which flushes it) before committing or aborting b.
+ * NULL (errno set) when out of memory. */
+FILE *store_blob_stream(store_blob_t *b);
 /* Commits: fills sha256 (hex, NUL-terminated) and *size; frees b in every case. The
  * committed blob is pinned (no job deletion can remove the file) until a row names it
  * (store_job_create, store_artifact_add) or the caller gives it up (store_blob_release):

@@ -313,6 +313,31 @@ int store_blob_append(store_blob_t *b, const void *data, size_t len, sd_error_t 
 	return 0;
 }
 
+/* Returns 0 on a failed write, never -1: fopencookie(3) asks for that, and glibc 2.36's
+ * fwrite, handed -1 by a cookie in the middle of a large write, carries on copying from
+ * past the end of the caller's buffer (seen as a SIGSEGV in a job on a full disk). */
+static ssize_t stream_write(void *cookie, const char *buf, size_t n)
+{
+	sd_error_t e;
+	if (!store_blob_append(cookie, buf, n, &e))
+		return (ssize_t)n;
+	/* stdio keeps only errno: say which failure it was, for the caller's message. */
+	errno = e.code == SD_ENOSPACE ? ENOSPC : EIO;
+	return 0;
+}
+
+FILE *store_blob_stream(store_blob_t *b)
+{
+	cookie_io_functions_t io = {.write = stream_write};
+	FILE *f = fopencookie(b, "w", io);
+	if (f && setvbuf(f, NULL, _IOFBF, 1 << 20)) {
+		fclose(f);
+		errno = ENOMEM;
+		return NULL;
+	}
+	return f;
+}
+
 int store_blob_commit(store_blob_t *b, char sha256[STORE_SHA_HEX + 1], int64_t *size,
 		      sd_error_t *e)
 {

@@ -1291,6 +1291,26 @@ START_TEST(blob_pool_interleaved)
 }
 END_TEST
 
+/* Files this process writes stop growing at max bytes (EFBIG instead of SIGXFSZ): a
+ * full disk, for one test. fsize_unlimit undoes it. */
+static struct rlimit fsize_old;
+static void (*fsize_prev)(int);
+
+static void fsize_limit(rlim_t max)
+{
+	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &fsize_old), 0);
+	struct rlimit lim = fsize_old;
+	lim.rlim_cur = max;
+	fsize_prev = signal(SIGXFSZ, SIG_IGN);
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+}
+
+static void fsize_unlimit(void)
+{
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &fsize_old), 0);
+	signal(SIGXFSZ, fsize_prev);
+}
+
 /* A write the pool's thread makes fails (the file size limit here, a full disk in
  * life): the blob is refused with the cause, at an append or at commit, and leaves
  * nothing behind; the next blob is written whole. */
@@ -1301,12 +1321,7 @@ START_TEST(blob_pool_write_failure)
 	unsigned char *data = malloc(total);
 	for (size_t i = 0; i < total; i++)
 		data[i] = (unsigned char)(i * 2654435761u >> 13);
-	struct rlimit old, lim;
-	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
-	lim = old;
-	lim.rlim_cur = 1048576 + 4096;
-	void (*prev)(int) = signal(SIGXFSZ, SIG_IGN); /* EFBIG instead of the signal */
-	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	fsize_limit(1048576 + 4096);
 	store_blob_t *b;
 	OK(store_blob_begin(g_s, 0, &b, &g_e));
 	int rc = 0;
@@ -1318,8 +1333,7 @@ START_TEST(blob_pool_write_failure)
 		rc = store_blob_commit(b, sha, &size, &g_e);
 	else
 		store_blob_abort(b);
-	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
-	signal(SIGXFSZ, prev);
+	fsize_unlimit();
 	ck_assert_int_eq(rc, SD_EIO);
 	ck_assert_msg(strstr(g_e.msg, "writing tmp/") && strstr(g_e.msg, "too large"), "%s",
 		      g_e.msg);
@@ -1328,6 +1342,51 @@ START_TEST(blob_pool_write_failure)
 	OK(store_blob_append(b, data, total, &g_e));
 	OK(store_blob_commit(b, sha, &size, &g_e));
 	assert_blob_bytes(sha, data, total);
+	free(data);
+}
+END_TEST
+
+/* The FILE over a blob, written as the engine's encoder writes it (whole 1 MiB blocks
+ * straight from an exactly-sized heap buffer), on a disk that fills: the writes fail
+ * with errno set, stdio reads nothing past the caller's buffer (valgrind runs this
+ * test), and the blob aborts cleanly. */
+START_TEST(blob_stream_write_failure)
+{
+	OK(store_hashers_start(g_s, 1, &g_e));
+	const size_t block = 1048576;
+	unsigned char *data = malloc(block);
+	for (size_t i = 0; i < block; i++)
+		data[i] = (unsigned char)(i * 2654435761u >> 11);
+	fsize_limit(block + 8192);
+	store_blob_t *b;
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	FILE *f = store_blob_stream(b);
+	ck_assert_ptr_nonnull(f);
+	/* an odd-sized first write, so later blocks straddle stdio's buffer as in life */
+	ck_assert_uint_eq(fwrite(data, 1, 8095, f), 8095);
+	size_t i, wrote = block;
+	for (i = 0; i < 16 && wrote == block; i++)
+		wrote = fwrite(data, 1, block, f);
+	int werr = errno, ferr = ferror(f);
+	fclose(f);
+	fsize_unlimit();
+	ck_assert_msg(wrote < block, "16 MiB written through a 1 MiB file size limit");
+	ck_assert_int_eq(werr, EIO);
+	ck_assert_int_ne(ferr, 0);
+	/* the failed append is remembered: the blob cannot be committed truncated */
+	char sha[STORE_SHA_HEX + 1];
+	int64_t size;
+	ck_assert_int_eq(store_blob_commit(b, sha, &size, &g_e), SD_EIO);
+	ck_assert_uint_eq(count_entries(path_in("tmp")), 0);
+	/* a healthy stream commits its bytes */
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	f = store_blob_stream(b);
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(data, 1, block, f), block);
+	ck_assert_int_eq(fclose(f), 0);
+	OK(store_blob_commit(b, sha, &size, &g_e));
+	ck_assert_int_eq(size, (int64_t)block);
+	assert_blob_bytes(sha, data, block);
 	free(data);
 }
 END_TEST
@@ -1560,7 +1619,8 @@ int main(void)
 		{"blobs",
 		 TU_TESTS(blob_sha_vectors, blob_dedup_abort_limit, crash_before_rename,
 			  crash_after_rename_before_row, blob_pool_interleaved,
-			  blob_pool_write_failure, blob_uncached_holds_its_bytes),
+			  blob_pool_write_failure, blob_stream_write_failure,
+			  blob_uncached_holds_its_bytes),
 		 .setup = setup, .teardown = teardown, .timeout = 120},
 		{"blobs hashed by the shared pool", TU_TESTS(blob_sha_vectors, blob_dedup_abort_limit),
 		 .setup = setup_pool, .teardown = teardown, .timeout = 120},
