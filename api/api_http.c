@@ -178,6 +178,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	}
 	if (*upload_data_size) {
 		size_t n = *upload_data_size;
+		if (!r->answered && r->route && r->route->upload && api__upload_wait(a, r, c, n))
+			return MHD_YES; /* called again with the same bytes once resumed */
 		*upload_data_size = 0;
 		if (r->answered)
 			return MHD_YES; /* discard what follows an early answer */
@@ -339,6 +341,10 @@ void api_stop(api_t *a)
 		while (a->polls > 0 &&
 		       pthread_cond_timedwait(&a->polls_done, &a->mu, &until) == 0)
 			;
+		/* Not bounded: each resumes as soon as the disk takes a buffer, and a
+		 * connection still suspended would abort MHD_stop_daemon. */
+		while (a->upload_waits > 0)
+			pthread_cond_wait(&a->polls_done, &a->mu);
 		if (a->polls > 0)
 			log_warn("api", "%d long-poll%s not answered within %d ms of stopping",
 				 a->polls, a->polls == 1 ? "" : "s", STOP_GRACE_MS);

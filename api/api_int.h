@@ -85,6 +85,7 @@ struct req {
 	int fail_code;                 /* first upload error (SD_E*), answered at the end */
 	sd_error_t fail;
 	struct api_commit *commit;     /* an upload's blobs being committed (api_jobs.c) */
+	struct MHD_Connection *conn;   /* while suspended until its blob has room */
 	/* long-poll */
 	bool suspended;                /* counted in api_t.polls until answered */
 	int64_t deadline_ms;
@@ -108,6 +109,7 @@ struct api {
 	waiter_t *waiters;
 	int polls;          /* long-polls suspended or resumed but not yet answered; mu */
 	int commits;        /* upload commit threads not yet ended; mu, polls_done */
+	int upload_waits;   /* uploads suspended until their blob has room; mu, polls_done */
 	atomic_bool stopping;
 	atomic_int uploads; /* requests streaming a body into blobs now */
 	atomic_uint_fast64_t status_count[600];
@@ -189,6 +191,10 @@ int api__h_jobs_create(api_t *a, req_t *r, struct MHD_Connection *c);
 /* An upload's first call (headers in) and its body bytes. */
 int api__upload_start(api_t *a, req_t *r, struct MHD_Connection *c);
 void api__upload_feed(api_t *a, req_t *r, const char *data, size_t n);
+/* True when n body bytes would make the HTTP thread wait for the blob store: c is then
+ * suspended, the bytes left unread, and resumed (called again with them) when the
+ * store has room. Never once api_stop has begun. */
+bool api__upload_wait(api_t *a, req_t *r, struct MHD_Connection *c, size_t n);
 /* r's long-poll is over (answered or its connection gone): api_stop waits for these. */
 void api__poll_done(api_t *a, req_t *r);
 /* Frees r's upload commit, if any (the request is over); blobs it committed that no job

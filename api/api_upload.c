@@ -121,6 +121,14 @@ static int part_data(void *ud, const char *data, size_t n, sd_error_t *e)
 	return 0;
 }
 
+bool api_upload_ready(api_upload_t *u, size_t n, void (*wake)(void *), void *ud)
+{
+	/* The parser may hold back what could start a delimiter ("\r\n--" boundary) and
+	 * hand it on with the next bytes: up to that much more than n reaches the blob. */
+	size_t held = 4 + API_MPART_BOUNDARY_MAX;
+	return u->cur_file < 0 || store_blob_ready(u->file[u->cur_file].blob, n + held, wake, ud);
+}
+
 /* A text part must show as JSON and as a log line: UTF-8, no NUL or control bytes. */
 static int text_check(const api_upload_t *u, int i, sd_error_t *e)
 {

@@ -59,6 +59,11 @@ SD_MUST_CHECK int api_upload_begin(store_t *s, int64_t max_bytes, bool uncached,
 SD_MUST_CHECK int api_upload_feed(api_upload_t *u, const char *data, size_t n,
 				  sd_error_t *e);
 
+/* Whether api_upload_feed of n bytes now would return without waiting for the blob
+ * store (store_blob_ready); if not, wake(ud) is called once, from another thread, when
+ * it has room again. */
+bool api_upload_ready(api_upload_t *u, size_t n, void (*wake)(void *), void *ud);
+
 /*
  * The body is complete: checks the closing boundary and the form (a known stage, the
  * parts that stage needs, outputs as node names, format, emit_record, export's record

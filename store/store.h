@@ -140,6 +140,15 @@ SD_MUST_CHECK int store_blob_begin(store_t *s, int64_t limit, store_blob_t **out
 void store_blob_uncached(store_blob_t *b);
 SD_MUST_CHECK int store_blob_append(store_blob_t *b, const void *data, size_t len,
 				    sd_error_t *e);
+/*
+ * Whether appending len bytes to b now would return without waiting for the store's
+ * pool (its buffers all still being written and hashed). If it would wait, wake(ud) is
+ * registered and called once, on a pool thread holding no lock of the store, when a
+ * buffer frees: the appending thread (an HTTP thread, for an upload) serves its other
+ * connections meanwhile instead of sleeping. Always true without a pool, or when len
+ * alone is more than the ring holds. One registration at a time; the appending thread.
+ */
+bool store_blob_ready(store_blob_t *b, size_t len, void (*wake)(void *), void *ud);
 /* A write-only FILE (1 MiB buffer) whose bytes go to store_blob_append, so writers of
  * FILEs (the engine's encoders) stream into a blob unchanged. A failed append makes
  * the FILE's write fail with errno ENOSPC (SD_ENOSPACE) or EIO (anything else). b stays

@@ -273,6 +273,15 @@ static int submit(store_blob_t *b, sd_error_t *e)
 	return err ? write_failed(b, err, e) : 0;
 }
 
+bool store_blob_ready(store_blob_t *b, size_t len, void (*wake)(void *), void *ud)
+{
+	/* Each buffer len fills is a submission, and a submission waits when it leaves the
+	 * whole ring in flight (the next buffer to fill must be free). */
+	uint64_t k = ((uint64_t)b->used + len) / b->buf_size;
+	return b->failed || k >= RING ||
+	       store__hash_ready(b->s->hashers, &b->hs, (int64_t)k, wake, ud);
+}
+
 void store_blob_uncached(store_blob_t *b)
 {
 	int fl = fcntl(b->fd, F_GETFL);

@@ -6,7 +6,9 @@
  * uploads are in flight, and the thread that fills the buffers (an HTTP thread, for an
  * upload) never waits on the disk: a write that the kernel throttles, or a writeback
  * request that waits for the device's queue, stalls a pool thread instead of every
- * connection that HTTP thread serves.
+ * connection that HTTP thread serves. Nor does it wait for a free buffer: it asks
+ * store__hash_ready first and, when the ring is full, suspends its connection until the
+ * pool's wake-up (api__upload_wait).
  *
  * Each stream has two lanes, each taking the stream's buffers in order: one writes them
  * to the file, one hashes them (SHA-256 is sequential, and so is the file). A lane is
@@ -106,6 +108,13 @@ static void kick(store__hashpool_t *p, store__lane_t *l)
 	}
 }
 
+/* Buffers handed over that some lane has not finished; p->mu held. */
+static int64_t in_flight(const store__hstream_t *h)
+{
+	int64_t low = h->write.done < h->hash.done ? h->write.done : h->hash.done;
+	return h->submitted - low;
+}
+
 static void *pool_main(void *arg)
 {
 	store__hashpool_t *p = arg;
@@ -136,6 +145,16 @@ static void *pool_main(void *arg)
 		l->active = false;
 		kick(p, l);
 		pthread_cond_broadcast(&h->cv);
+		void (*wake)(void *) = h->wake;
+		if (wake && in_flight(h) < h->wake_at) {
+			void *ud = h->wake_ud;
+			h->wake = NULL;
+			/* Unlocked: the callee takes its own locks (an HTTP server's), and the
+			 * stream may be freed once it has been woken. */
+			pthread_mutex_unlock(&p->mu);
+			wake(ud);
+			pthread_mutex_lock(&p->mu);
+		}
 	}
 	pthread_mutex_unlock(&p->mu);
 	return NULL;
@@ -185,13 +204,6 @@ void store__hstream_deinit(store__hstream_t *h)
 	pthread_cond_destroy(&h->cv);
 }
 
-/* Buffers handed over that some lane has not finished; p->mu held. */
-static int64_t in_flight(const store__hstream_t *h)
-{
-	int64_t low = h->write.done < h->hash.done ? h->write.done : h->hash.done;
-	return h->submitted - low;
-}
-
 int store__hash_submit(store__hashpool_t *p, store__hstream_t *h, const unsigned char *buf,
 		       size_t len)
 {
@@ -218,6 +230,23 @@ int store__hash_submit(store__hashpool_t *p, store__hstream_t *h, const unsigned
 	int werr = h->werr;
 	pthread_mutex_unlock(&p->mu);
 	return werr;
+}
+
+bool store__hash_ready(store__hashpool_t *p, store__hstream_t *h, int64_t k,
+		       void (*wake)(void *), void *ud)
+{
+	if (!p)
+		return true;
+	pthread_mutex_lock(&p->mu);
+	int64_t busy = in_flight(h);
+	bool ready = busy + k < STORE__HASH_RING;
+	if (!ready) {
+		h->wake = wake;
+		h->wake_ud = ud;
+		h->wake_at = busy;
+	}
+	pthread_mutex_unlock(&p->mu);
+	return ready;
 }
 
 int store__hash_wait(store__hashpool_t *p, store__hstream_t *h)

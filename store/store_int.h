@@ -168,6 +168,9 @@ struct store__hstream {
 	bool direct;            /* fd has O_DIRECT (write lane; set before the first buffer) */
 	bool failed;            /* SHA-256 failed */
 	pthread_cond_t cv;      /* a lane finished a buffer */
+	void (*wake)(void *);   /* store__hash_ready's registration, called once ... */
+	void *wake_ud;
+	int64_t wake_at;        /* ... when fewer than this many buffers are in flight */
 };
 
 /* Starts `threads` threads. Returns 0, SD_ENOMEM, SD_EINTERNAL. */
@@ -183,6 +186,11 @@ void store__hstream_deinit(store__hstream_t *h);
  * does both now. Hash failures show in h->failed once waited for. */
 int store__hash_submit(store__hashpool_t *p, store__hstream_t *h, const unsigned char *buf,
 		       size_t len);
+/* Whether k more submissions would all return without waiting. If not, wake(ud) is
+ * registered (replacing an earlier one) and called once, on a pool thread holding no
+ * lock, when a buffer in flight now is done. True without a pool. */
+bool store__hash_ready(store__hashpool_t *p, store__hstream_t *h, int64_t k,
+		       void (*wake)(void *), void *ud);
 /* Waits until everything h was given is written and hashed; returns the errno of a
  * failed write (0: none). */
 int store__hash_wait(store__hashpool_t *p, store__hstream_t *h);

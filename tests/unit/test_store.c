@@ -1346,6 +1346,67 @@ START_TEST(blob_pool_write_failure)
 }
 END_TEST
 
+/* store_blob_ready's wake-up, counted. */
+typedef struct wakes {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int n;
+} wakes_t;
+
+static void on_wake(void *ud)
+{
+	wakes_t *w = ud;
+	pthread_mutex_lock(&w->mu);
+	w->n++;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* An appender that never waits on the pool (an HTTP thread): it asks store_blob_ready
+ * before each append and, when told no, waits for its wake-up instead. One pool thread
+ * writes and hashes 512 KiB buffers far slower than they are filled, so the ring fills
+ * again and again: every registration is woken exactly once, and the bytes arrive
+ * whole. */
+START_TEST(blob_ready_wakes_once)
+{
+	OK(store_hashers_start(g_s, 1, &g_e));
+	const size_t step = (size_t)512 << 10, total = (size_t)64 << 20;
+	unsigned char *data = malloc(total);
+	for (size_t i = 0; i < total; i++)
+		data[i] = (unsigned char)(i * 2654435761u >> 7);
+	wakes_t w = {.n = 0};
+	pthread_mutex_init(&w.mu, NULL);
+	pthread_cond_init(&w.cv, NULL);
+	store_blob_t *b;
+	OK(store_blob_begin(g_s, 0, &b, &g_e));
+	int waits = 0;
+	for (size_t off = 0; off < total; off += step) {
+		if (!store_blob_ready(b, step, on_wake, &w)) {
+			waits++;
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += 60;
+			pthread_mutex_lock(&w.mu);
+			while (w.n < waits && pthread_cond_timedwait(&w.cv, &w.mu, &until) == 0)
+				;
+			ck_assert_int_eq(w.n, waits);
+			pthread_mutex_unlock(&w.mu);
+		}
+		OK(store_blob_append(b, data + off, step, &g_e));
+	}
+	char sha[STORE_SHA_HEX + 1];
+	int64_t size;
+	OK(store_blob_commit(b, sha, &size, &g_e));
+	ck_assert_int_eq(size, (int64_t)total);
+	assert_blob_bytes(sha, data, total);
+	ck_assert_int_gt(waits, 0);
+	ck_assert_int_eq(w.n, waits); /* no second call for one registration */
+	pthread_cond_destroy(&w.cv);
+	pthread_mutex_destroy(&w.mu);
+	free(data);
+}
+END_TEST
+
 /* The FILE over a blob, written as the engine's encoder writes it (whole 1 MiB blocks
  * straight from an exactly-sized heap buffer), on a disk that fills: the writes fail
  * with errno set, stdio reads nothing past the caller's buffer (valgrind runs this
@@ -1619,7 +1680,7 @@ int main(void)
 		{"blobs",
 		 TU_TESTS(blob_sha_vectors, blob_dedup_abort_limit, crash_before_rename,
 			  crash_after_rename_before_row, blob_pool_interleaved,
-			  blob_pool_write_failure, blob_stream_write_failure,
+			  blob_pool_write_failure, blob_stream_write_failure, blob_ready_wakes_once,
 			  blob_uncached_holds_its_bytes),
 		 .setup = setup, .teardown = teardown, .timeout = 120},
 		{"blobs hashed by the shared pool", TU_TESTS(blob_sha_vectors, blob_dedup_abort_limit),
