@@ -273,8 +273,13 @@ def test_access_log(daemons, serve_bin):
     sent = []
 
     def req(method, path, **kw):
+        # each request's line is awaited before the next is sent: a line is written
+        # just after its answer left, so two requests answered by two HTTP threads
+        # could otherwise log in either order (seen in CI)
         r = dmn.request(method, path, **kw)
         sent.append(r)
+        until("the access line of %s %s" % (method, path),
+              lambda: len(access_lines(dmn)) >= before + len(sent))
         return r
 
     j = dmn.run_job("check", model=CHAIN)
