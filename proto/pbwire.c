@@ -11,9 +11,11 @@
 #include "proto/pbwire.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/arena.h"
 
@@ -281,13 +283,58 @@ static uint64_t walk(const pass_t *ps, const ProtobufCMessage *m, const plan_t *
 
 /* ---- pass 1: measure ---- */
 
-/* Lengths of nested messages, strings and packed payloads, in write order. */
+/* A piece of a filled field, PBWIRE_FILL_STEP bytes or its last part. */
+typedef struct piece {
+	const pbwire_fill_t *fl;
+	size_t off, n;
+} piece_t;
+
+/* Lengths of nested messages, strings and packed payloads, in write order; and the
+ * pieces of the filled fields, in the order the write pass will meet them. */
 struct sizes {
 	uint32_t *v;
 	size_t n, cap;
 	bool nomem, toobig;
 	plans_t plans;
+	const pbwire_fill_t *fills; /* sorted by field address */
+	size_t n_fills;
+	piece_t *pieces;
+	size_t n_pieces, cap_pieces;
 };
+
+static int by_field(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)((const pbwire_fill_t *)a)->field;
+	uintptr_t y = (uintptr_t)((const pbwire_fill_t *)b)->field;
+	return x < y ? -1 : x > y;
+}
+
+/* The fill that produces bytes field b, or NULL. */
+static const pbwire_fill_t *fill_of(const pbwire_fill_t *fills, size_t n,
+				    const ProtobufCBinaryData *b)
+{
+	pbwire_fill_t key = {.field = b};
+	return n && b->len ? bsearch(&key, fills, n, sizeof(key), by_field) : NULL;
+}
+
+/* Notes fl's pieces, in order. */
+static void note_pieces(sizes_t *t, const pbwire_fill_t *fl)
+{
+	for (size_t off = 0; off < fl->field->len && !t->nomem; off += BLOCK) {
+		if (t->n_pieces == t->cap_pieces) {
+			size_t cap = t->cap_pieces ? 2 * t->cap_pieces : 256;
+			piece_t *v = realloc(t->pieces, cap * sizeof(*v));
+			if (!v) {
+				t->nomem = true;
+				return;
+			}
+			t->pieces = v;
+			t->cap_pieces = cap;
+		}
+		size_t n = fl->field->len - off < BLOCK ? fl->field->len - off : BLOCK;
+		t->pieces[t->n_pieces++] = (piece_t){fl, off, n};
+	}
+}
 
 /* Claims the next table entry before its contents are measured (pre-order). */
 static size_t claim(sizes_t *t)
@@ -335,8 +382,11 @@ static uint64_t value_size(const pass_t *ps, fplan_t *fp, const void *p)
 		return pbwire_varint_size(len) + len;
 	}
 	case PROTOBUF_C_TYPE_BYTES: {
-		size_t len = ((const ProtobufCBinaryData *)p)->len;
-		return pbwire_varint_size(len) + len;
+		const ProtobufCBinaryData *b = p;
+		const pbwire_fill_t *fl = fill_of(t->fills, t->n_fills, b);
+		if (fl)
+			note_pieces(t, fl);
+		return pbwire_varint_size(b->len) + b->len;
 	}
 	case PROTOBUF_C_TYPE_MESSAGE: {
 		const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
@@ -358,6 +408,123 @@ static uint64_t value_size(const pass_t *ps, fplan_t *fp, const void *p)
 
 /* ---- pass 2: write ---- */
 
+/*
+ * Filled fields produced ahead of the writer, on helper threads: a masked weight is
+ * computed (read the input, apply the mask) while the writer hands the pieces before
+ * it to the FILE, so the two costs overlap instead of adding up. Helpers take pieces
+ * in write order, each into the slot the writer will read it from; a slot is reused
+ * once the writer is SLOTS pieces further on. Memory: SLOTS x 1 MiB.
+ */
+#define HELPERS_MAX 3
+#define SLOTS (2 * HELPERS_MAX + 2)
+/* Below this much filled data the threads cost more than they save. */
+#define AHEAD_MIN ((size_t)8 << 20)
+
+typedef struct ahead {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	const piece_t *pieces;
+	size_t n_pieces;
+	size_t taken;   /* pieces a helper has started */
+	size_t written; /* pieces the writer is done with */
+	uint8_t *slot[SLOTS];
+	bool ready[SLOTS];
+	bool stop;
+	int n_threads;
+	pthread_t th[HELPERS_MAX];
+} ahead_t;
+
+static void *helper_main(void *arg)
+{
+	ahead_t *a = arg;
+	pthread_mutex_lock(&a->mu);
+	for (;;) {
+		while (!a->stop && a->taken < a->n_pieces && a->taken >= a->written + SLOTS)
+			pthread_cond_wait(&a->cv, &a->mu);
+		if (a->stop || a->taken >= a->n_pieces)
+			break;
+		size_t k = a->taken++;
+		pthread_mutex_unlock(&a->mu);
+		const piece_t *pc = &a->pieces[k];
+		pc->fl->fill(pc->fl->ud, a->slot[k % SLOTS], pc->off, pc->n);
+		pthread_mutex_lock(&a->mu);
+		a->ready[k % SLOTS] = true;
+		pthread_cond_broadcast(&a->cv);
+	}
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+/* Stops and joins the helpers, frees a. Safe on NULL. */
+static void ahead_end(ahead_t *a)
+{
+	if (!a)
+		return;
+	pthread_mutex_lock(&a->mu);
+	a->stop = true;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+	for (int i = 0; i < a->n_threads; i++)
+		pthread_join(a->th[i], NULL);
+	for (int i = 0; i < SLOTS; i++)
+		free(a->slot[i]);
+	pthread_cond_destroy(&a->cv);
+	pthread_mutex_destroy(&a->mu);
+	free(a);
+}
+
+/* Helpers for pieces, when there is enough to fill and a core to spare; NULL means the
+ * writer fills each piece itself (the same bytes). */
+static ahead_t *ahead_start(const piece_t *pieces, size_t n_pieces)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (cpus < 2 || n_pieces < AHEAD_MIN / BLOCK)
+		return NULL;
+	ahead_t *a = calloc(1, sizeof(*a));
+	if (!a)
+		return NULL;
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_cond_init(&a->cv, NULL);
+	a->pieces = pieces;
+	a->n_pieces = n_pieces;
+	for (int i = 0; i < SLOTS; i++) {
+		if (!(a->slot[i] = malloc(BLOCK))) {
+			ahead_end(a);
+			return NULL;
+		}
+	}
+	int want = cpus - 1 < HELPERS_MAX ? (int)cpus - 1 : HELPERS_MAX;
+	while (a->n_threads < want &&
+	       pthread_create(&a->th[a->n_threads], NULL, helper_main, a) == 0)
+		a->n_threads++;
+	if (!a->n_threads) {
+		ahead_end(a);
+		return NULL;
+	}
+	return a;
+}
+
+/* The writer's next piece, once a helper has produced it. */
+static const uint8_t *ahead_next(ahead_t *a)
+{
+	size_t s = a->written % SLOTS;
+	pthread_mutex_lock(&a->mu);
+	while (!a->ready[s])
+		pthread_cond_wait(&a->cv, &a->mu);
+	pthread_mutex_unlock(&a->mu);
+	return a->slot[s];
+}
+
+/* The writer is done with its piece: its slot may take the piece SLOTS further on. */
+static void ahead_done(ahead_t *a)
+{
+	pthread_mutex_lock(&a->mu);
+	a->ready[a->written % SLOTS] = false;
+	a->written++;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+}
+
 struct wr {
 	FILE *f;
 	uint8_t *buf, *p;
@@ -365,15 +532,9 @@ struct wr {
 	size_t next;
 	const pbwire_fill_t *fills; /* sorted by field address */
 	size_t n_fills;
+	ahead_t *ahead;             /* NULL: fills are produced here */
 	bool failed;
 };
-
-static int by_field(const void *a, const void *b)
-{
-	uintptr_t x = (uintptr_t)((const pbwire_fill_t *)a)->field;
-	uintptr_t y = (uintptr_t)((const pbwire_fill_t *)b)->field;
-	return x < y ? -1 : x > y;
-}
 
 static void flush(wr_t *w)
 {
@@ -430,20 +591,23 @@ static void write_field(const pass_t *ps, fplan_t *fp, const void *p)
 	}
 	case PROTOBUF_C_TYPE_BYTES: {
 		const ProtobufCBinaryData *b = p;
-		pbwire_fill_t key = {.field = b};
-		const pbwire_fill_t *fl =
-			w->n_fills && b->len
-				? bsearch(&key, w->fills, w->n_fills, sizeof(key), by_field)
-				: NULL;
+		const pbwire_fill_t *fl = fill_of(w->fills, w->n_fills, b);
 		put_varint(w, b->len);
 		if (!fl) {
 			put_bytes(w, b->data, b->len);
 			return;
 		}
-		/* Produced a block at a time, in place in the block, and written whole. */
+		/* Produced a block at a time, by a helper or in place in the block, and
+		 * written whole. */
 		for (size_t off = 0; off < b->len && !w->failed; off += BLOCK) {
 			flush(w);
 			size_t n = b->len - off < BLOCK ? b->len - off : BLOCK;
+			if (w->ahead) {
+				if (fwrite(ahead_next(w->ahead), 1, n, w->f) != n)
+					w->failed = true;
+				ahead_done(w->ahead);
+				continue;
+			}
 			fl->fill(fl->ud, w->buf, off, n);
 			w->p = w->buf + n;
 		}
@@ -559,7 +723,14 @@ int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills, size_t
 {
 	sizes_t t = {0};
 	arena_init(&t.plans.a, 0);
-	const plan_t *root = plan_of(&t.plans, msg->descriptor);
+	pbwire_fill_t *sorted = n_fills ? malloc(n_fills * sizeof(*sorted)) : NULL;
+	if (sorted) {
+		memcpy(sorted, fills, n_fills * sizeof(*sorted));
+		qsort(sorted, n_fills, sizeof(*sorted), by_field);
+		t.fills = sorted;
+		t.n_fills = n_fills;
+	}
+	const plan_t *root = n_fills && !sorted ? NULL : plan_of(&t.plans, msg->descriptor);
 	uint64_t total = root ? walk(&(pass_t){.t = &t}, msg, root) : 0;
 	int rc = 0;
 	if (!root || t.nomem) {
@@ -571,32 +742,28 @@ int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills, size_t
 			    "limit",
 			    msg->descriptor->short_name, (unsigned long long)total);
 	} else {
-		wr_t w = {.f = f, .buf = malloc(BLOCK), .sizes = t.v, .n_fills = n_fills};
-		pbwire_fill_t *sorted = n_fills ? malloc(n_fills * sizeof(*sorted)) : NULL;
-		if (sorted) {
-			memcpy(sorted, fills, n_fills * sizeof(*sorted));
-			qsort(sorted, n_fills, sizeof(*sorted), by_field);
-			w.fills = sorted;
-		}
-		if (!w.buf || (n_fills && !sorted)) {
-			free(w.buf);
-			free(sorted);
+		wr_t w = {.f = f, .buf = malloc(BLOCK), .sizes = t.v, .fills = sorted,
+			  .n_fills = n_fills, .ahead = ahead_start(t.pieces, t.n_pieces)};
+		if (!w.buf) {
 			rc = sd_err(e, SD_ENOMEM, "out of memory");
 		} else {
 			w.p = w.buf;
 			walk(&(pass_t){.w = &w}, msg, root);
 			flush(&w);
-			free(w.buf);
-			free(sorted);
-			if (w.failed || ferror(f) || fflush(f))
-				rc = sd_err(e,
-					    errno == ENOSPC || errno == EDQUOT ? SD_ENOSPACE : SD_EIO,
-					    "writing the %s failed: %s", msg->descriptor->short_name,
-					    strerror(errno));
+			if (w.failed || ferror(f) || fflush(f)) {
+				int err = errno;
+				rc = sd_err(e, err == ENOSPC || err == EDQUOT ? SD_ENOSPACE : SD_EIO,
+					    "writing the %s failed: %s",
+					    msg->descriptor->short_name, strerror(err));
+			}
 		}
+		ahead_end(w.ahead);
+		free(w.buf);
 	}
 	arena_deinit(&t.plans.a);
 	free(t.v);
+	free(t.pieces);
+	free(sorted);
 	return rc;
 }
 

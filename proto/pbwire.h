@@ -12,8 +12,13 @@
  * FILE gets whole; bytes fields of a block or more (weights) go to the FILE directly, in
  * block-sized writes.
  *
- * Memory: the size table (4 bytes per nested message) and the block are the only
- * allocations, freed before return. Thread safety: reentrant.
+ * Filled fields (below) of 8 MiB or more in all are produced ahead of the writer by up
+ * to 3 helper threads (one fewer than the online CPUs), in the order the writer needs
+ * them, so computing a masked weight overlaps writing the one before it.
+ *
+ * Memory: the size table (4 bytes per nested message), the list of filled pieces
+ * (24 bytes per MiB filled), the block and, with helpers, 8 blocks: all freed before
+ * return. Thread safety: reentrant; fill functions run on helper threads.
  */
 #ifndef PBWIRE_H
 #define PBWIRE_H

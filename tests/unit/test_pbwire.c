@@ -219,6 +219,112 @@ START_TEST(full_disk)
 }
 END_TEST
 
+/* A filled weight: its bytes are the source's XOR key (a mask applied on the way out,
+ * in miniature). */
+typedef struct xor_fill {
+	const uint8_t *src;
+	uint8_t key;
+} xor_fill_t;
+
+static void fill_xor(const void *ud, uint8_t *out, size_t off, size_t n)
+{
+	const xor_fill_t *x = ud;
+	for (size_t i = 0; i < n; i++)
+		out[i] = x->src[off + i] ^ x->key;
+}
+
+/* A graph of `count` Const weights of the given sizes, every other one filled (fills[]
+ * and xs[] receive them); want is the same graph with the filled bytes in place,
+ * packed by protobuf-c. */
+static uint8_t *filled_graph(const size_t *sizes, int count, pbwire_fill_t *fills,
+			     xor_fill_t *xs, size_t *n_fills, prune_graph_t **out,
+			     size_t *want_len)
+{
+	prune_graph_t *g = tu_graph(&A, "graphs/small.pbtxt");
+	ProtobufCBinaryData **fields = arena_alloc(&A, (size_t)count * sizeof(*fields));
+	uint8_t **done = arena_alloc(&A, (size_t)count * sizeof(*done));
+	*n_fills = 0;
+	for (int i = 0; i < count; i++) {
+		Tensorflow__AttrValue *v = prune_attr_i32(&A, (const int32_t[]){1}, NULL, 0);
+		const prune_attr_kv_t kv[] = {{"dtype", prune_attr_type(&A, 3)}, {"value", v}};
+		prune_node_spec_t sp = {.name = arena_sprintf(&A, "w/%d", i), .op = "Const",
+					.attrs = kv, .n_attrs = 2};
+		ck_assert(prune_graph_add(g, &sp, NULL) != NULL);
+		uint8_t *w = arena_alloc(&A, sizes[i] ? sizes[i] : 1);
+		done[i] = arena_alloc(&A, sizes[i] ? sizes[i] : 1);
+		for (size_t k = 0; k < sizes[i]; k++)
+			w[k] = (uint8_t)(k * 131 + (size_t)i * 7 + (k >> 20));
+		v->tensor->tensor_content = (ProtobufCBinaryData){sizes[i], sizes[i] ? w : NULL};
+		fields[i] = &v->tensor->tensor_content;
+		memcpy(done[i], w, sizes[i]);
+		if (i % 2 == 0) {
+			xs[*n_fills] = (xor_fill_t){w, (uint8_t)(0x5a + i)};
+			for (size_t k = 0; k < sizes[i]; k++)
+				done[i][k] ^= xs[*n_fills].key;
+			fills[*n_fills] = (pbwire_fill_t){fields[i], fill_xor, &xs[*n_fills]};
+			(*n_fills)++;
+		}
+	}
+	/* protobuf-c sees the filled bytes; pbwire sees the sources and the fills */
+	for (int i = 0; i < count; i++)
+		fields[i]->data = sizes[i] ? done[i] : NULL;
+	uint8_t *want = tu_pack(&A, &prune_graph_def(g)->base, want_len);
+	for (int i = 0; i < count; i++)
+		if (i % 2 == 0)
+			fields[i]->data = (uint8_t *)(uintptr_t)xs[i / 2].src;
+	*out = g;
+	return want;
+}
+
+/* Filled fields come out as protobuf-c would write their bytes, whether the writer
+ * fills them itself (a few MB) or helper threads produce them ahead (over 8 MiB: the
+ * pieces of several weights, unaligned sizes, an empty one). */
+START_TEST(fills)
+{
+	static const size_t small[] = {5, 1048576, 3, 0, 1048577, 2 << 20};
+	static const size_t large[] = {(3u << 20) + 3, 7, 1048575, 100, 0, 1,
+				       (5u << 20) + 17, 9, 2u << 20, 11, 1048576, 4};
+	const size_t *sets[] = {small, large};
+	const int counts[] = {6, 12};
+	for (int k = 0; k < 2; k++) {
+		pbwire_fill_t fl[6];
+		xor_fill_t xs[6];
+		size_t n_fills, want_len;
+		prune_graph_t *g;
+		uint8_t *want = filled_graph(sets[k], counts[k], fl, xs, &n_fills, &g, &want_len);
+		char *got = NULL;
+		size_t got_len = 0;
+		FILE *f = open_memstream(&got, &got_len);
+		sd_error_t e;
+		ck_assert_int_eq(pbwire_write(&prune_graph_def(g)->base, fl, n_fills, f, &e), 0);
+		fclose(f);
+		ck_assert_uint_eq(got_len, want_len);
+		ck_assert_msg(memcmp(got, want, want_len) == 0, "set %d differs", k);
+		free(got);
+	}
+}
+END_TEST
+
+/* The disk fills while helpers are producing pieces ahead: the write fails with the
+ * cause, and the helpers, blocked on slots the writer no longer frees, are stopped. */
+START_TEST(fills_full_disk)
+{
+	static const size_t large[] = {(3u << 20) + 3, 7, 6u << 20, 100, 5u << 20, 1};
+	pbwire_fill_t fl[3];
+	xor_fill_t xs[3];
+	size_t n_fills, want_len;
+	prune_graph_t *g;
+	filled_graph(large, 6, fl, xs, &n_fills, &g, &want_len);
+	FILE *f = fopen("/dev/full", "wb");
+	ck_assert_ptr_nonnull(f);
+	sd_error_t e;
+	ck_assert_int_eq(pbwire_write(&prune_graph_def(g)->base, fl, n_fills, f, &e),
+			 SD_ENOSPACE);
+	ck_assert_msg_has(e, "No space left");
+	fclose(f);
+}
+END_TEST
+
 /* Field number 0 does not exist: a file of zeros is malformed at its first byte, not a
  * run of empty fields to walk (and copy) to its end before protobuf-c refuses it. */
 START_TEST(field_zero_is_malformed)
@@ -244,7 +350,8 @@ int main(void)
 {
 	const TTest *const tests[] = {
 		text_fixtures, edge_values, unknown_fields, block_boundaries,
-		refuses_over_2gib, full_disk, field_zero_is_malformed, NULL,
+		refuses_over_2gib, full_disk, fills, fills_full_disk, field_zero_is_malformed,
+		NULL,
 	};
 	const tu_case_t cases[] = {{"pbwire", tests, TU_ARENA}, {NULL}};
 	return tu_main("pbwire", cases);
