@@ -3,13 +3,16 @@ the usual TensorFlow + numpy script (tf_baseline.py), on a frozen ResNet50 and o
 synthetic frozen graph of about 1.5 GB (models from make_frozen.py).
 
 Issue targets, judged per line:
-  time:  sparsityd <= 2.0x `cp` of the same input file (read once, write once)
+  time:  sparsityd <= 1.25x `cp` of the same input file (read once, write once), on the
+         median of the paired runs' ratios (issue 13; issue 3 asked for 2.0x)
   speed: the TensorFlow baseline >= 20x slower than sparsityd (wall time of the script)
   RSS:   sparsityd peak RSS <= 1.3 x input size + 32 MiB
 
 Method: every command runs in its own process (posix_spawn + wait4: wall time and that
 child's ru_maxrss). All commands run once as warm-up (so every input is in the page
-cache), then best of N rounds, all warm (N=3); outputs are deleted
+cache), then N rounds, all warm (N=5), each round `cp` then sparsityd (paired, so both
+see the disk in the same mood): times are the medians, ratios the median of the
+rounds' ratios with their range; outputs are deleted
 and `sync` runs between commands, untimed, so one command's dirty pages are not the next
 one's cost. Like `cp`, the sparsityd CLI leaves writeback to the kernel by default; the
 target is judged on that pair. `sparsityd --fsync` against `cp+fsync` (cp, then
@@ -29,6 +32,7 @@ import json
 import mmap
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -69,7 +73,7 @@ def rm(path):
 class Cmd:
     def __init__(self, label, argv, out):
         self.label, self.argv, self.out = label, argv, out
-        self.best, self.rss, self.stdout = None, 0, ""
+        self.best, self.rss, self.stdout, self.times = None, 0, "", []
 
     def run(self, record=True):
         rm(self.out)
@@ -79,6 +83,7 @@ class Cmd:
         if record:
             if self.best is None or dt < self.best:
                 self.best, self.stdout = dt, out  # the best run's own report
+            self.times.append(dt)
             self.rss = max(self.rss, rss)
         return dt
 
@@ -200,9 +205,13 @@ def bench_model(m, a, cfg):
         problems, consts = compare(s["sd"].out, s["base"].out)
         doc = json.loads(s["sd"].stdout)
         bdoc = json.loads(s["base"].stdout.strip().splitlines()[-1])
+        med = {k: statistics.median(s[k].times) for k in ("cp", "cpsync", "sd", "sdsync")}
         rows.append({"model": m["name"], "stage": s["stage"], "size": s["size"],
-                     "cp": s["cp"].best, "cpsync": s["cpsync"].best, "sd": s["sd"].best,
-                     "sdsync": s["sdsync"].best,
+                     "cp": med["cp"], "cpsync": med["cpsync"], "sd": med["sd"],
+                     "sdsync": med["sdsync"],
+                     "ratios": [x / c for x, c in zip(s["sd"].times, s["cp"].times)],
+                     "ratios_sync": [x / c for x, c in zip(s["sdsync"].times,
+                                                           s["cpsync"].times)],
                      "sd_rss": s["sd"].rss * 1024, "base": s["base"].best,
                      "base_import": bdoc["import_s"], "base_rss": s["base"].rss * 1024,
                      "layers": doc["totals"]["pruned"], "base_layers": bdoc["layers"],
@@ -220,26 +229,27 @@ def verdict(ok):
 
 def report(rows):
     print()
-    print("bench_stages: wall time best of N warm runs (N per line), each command in a fresh "
-          "process; peak RSS from wait4")
+    print("bench_stages: wall time median of N paired warm runs (N per line), each command "
+          "in a fresh process; /cp: median of the pairs' ratios (range); peak RSS from wait4")
     hdr = (f"{'model':<10} {'stage':<7} {'input':>9} {'N':>2} {'cp':>8} "
-           f"{'sparsityd':>10} {'/cp':>6} {'<=2x':>5} {'cp+fsync':>9} {'sd --fsync':>10} "
-           f"{'/cp+fs':>6} {'baseline':>9} {'(TF imp)':>9} "
+           f"{'sparsityd':>10} {'/cp (range)':>19} {'<=1.25x':>7} {'cp+fsync':>9} "
+           f"{'sd --fsync':>10} {'/cp+fs':>6} {'baseline':>9} {'(TF imp)':>9} "
            f"{'speedup':>8} {'>=20x':>6} {'RSS MiB':>8} {'limit':>7} {'RSS':>5} "
            f"{'base RSS':>9} {'layers':>6} {'bit-exact':>9}")
     print(hdr)
     print("-" * len(hdr))
     fails = 0
     for r in rows:
-        ratio = r["sd"] / r["cp"]
+        ratio = statistics.median(r["ratios"])
+        spread = f"{ratio:.2f}x ({min(r['ratios']):.2f}-{max(r['ratios']):.2f})"
         speed = r["base"] / r["sd"]
         limit = 1.3 * r["size"] + 32 * MIB
         exact = not r["problems"] and r["layers"] == r["base_layers"]
         fails += not exact
         print(f"{r['model']:<10} {r['stage']:<7} {r['size'] / 1e6:>6.1f} MB {r['runs']:>2} "
               f"{r['cp'] * 1e3:>6.0f}ms {r['sd'] * 1e3:>8.0f}ms "
-              f"{ratio:>5.2f}x {verdict(ratio <= 2.0):>5} {r['cpsync'] * 1e3:>7.0f}ms "
-              f"{r['sdsync'] * 1e3:>8.0f}ms {r['sdsync'] / r['cpsync']:>5.2f}x "
+              f"{spread:>19} {verdict(ratio <= 1.25):>7} {r['cpsync'] * 1e3:>7.0f}ms "
+              f"{r['sdsync'] * 1e3:>8.0f}ms {statistics.median(r['ratios_sync']):>5.2f}x "
               f"{r['base']:>8.2f}s "
               f"{r['base_import']:>8.2f}s {speed:>7.1f}x {verdict(speed >= 20):>6} "
               f"{r['sd_rss'] / MIB:>8.1f} {limit / MIB:>7.1f} "
@@ -274,8 +284,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", nargs="?", default=os.path.join(ROOT, "build", "bench-models"))
     ap.add_argument("--skip-large", action="store_true")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--large-runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--large-runs", type=int, default=5)
     ap.add_argument("--sparsityd", default=os.path.join(ROOT, "build", "daemon", "sparsityd"))
     ap.add_argument("--keep-outputs", action="store_true")
     ap.add_argument("--rebuild", action="store_true",
