@@ -95,6 +95,12 @@ static void phase(const run_req_t *r, int percent, const char *fmt, ...)
 	r->progress(r->progress_ud, percent, line);
 }
 
+static void stage_done(const run_req_t *r, const prune_result_t *res)
+{
+	phase(r, 60, "%s done: %zu layers, %zu pruned, %zu checked, %zu skipped",
+	      prune_stage_name(r->stage), res->n_layers, res->pruned, res->checked, res->skipped);
+}
+
 /* The stage proper, once every input is mapped. */
 static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm,
 		      const mapped_t *mm, arena_t *a, prune_result_t *res, sd_error_t *e)
@@ -131,12 +137,23 @@ static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm
 			       .n_outputs = n_outs, .max_elems = RUN_MAX_ELEMS, .progress = &layers};
 	if ((rc = prune_stage_run(r->stage, g, &in, res, e)))
 		return rc;
-	phase(r, 60, "%s done: %zu layers, %zu pruned, %zu checked, %zu skipped",
-	      prune_stage_name(r->stage), res->n_layers, res->pruned, res->checked, res->skipped);
-	if (!(prune_stage_flags(r->stage) & PRUNE_STAGE_WRITES_MODEL))
-		return 0;
-	if ((rc = prune_graph_save(g, PRUNE_FMT_AUTO, r->out_model, e)))
+	/* prune's masks are computed during the save: that stage is done (and its error, a
+	 * NaN, known) only after it */
+	bool pending = res->pending;
+	bool writes = prune_stage_flags(r->stage) & PRUNE_STAGE_WRITES_MODEL;
+	if (!pending)
+		stage_done(r, res);
+	if (writes)
+		rc = prune_graph_save(g, PRUNE_FMT_AUTO, r->out_model, e);
+	int done = prune_stage_finish(res, rc ? NULL : e);
+	if (!rc)
+		rc = done;
+	if (rc)
 		return rc;
+	if (pending)
+		stage_done(r, res);
+	if (!writes)
+		return 0;
 	phase(r, 90, "model written: %zu nodes", prune_graph_count(g));
 	if (r->out_record && !(rc = prune_record_write(res, a, r->out_record, e)))
 		phase(r, 95, "record written: %zu layers", res->pruned);

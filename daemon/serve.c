@@ -262,7 +262,8 @@ static void work_cb(uv_work_t *req)
 	arena_init(&arena, 0);
 	prune_result_t res = {0};
 	int rc = 0;
-	if (has_model && !(rc = store_blob_begin(s, INT64_MAX, &bm, &w->e)) && !(fm = store_blob_stream(bm)))
+	if (has_model && !(rc = store_blob_begin(s, INT64_MAX, &bm, &w->e)) &&
+	    !(fm = store_blob_stream(bm)))
 		rc = sd_err(&w->e, SD_ENOMEM, "out of memory");
 	if (!rc && has_record && !(rc = store_blob_begin(s, INT64_MAX, &br, &w->e)) &&
 	    !(fr = store_blob_stream(br)))

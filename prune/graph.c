@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/sd_assert.h"
 #include "proto/pbarena.h"
 #include "proto/pbstrip.h"
 #include "proto/pbtext.h"
@@ -41,6 +42,8 @@ typedef struct pending {
 	Tensorflow__TensorProto *tp;
 	const uint8_t *src, *bits;
 	int dtype;
+	prune_mask_run_t *run; /* bits are final once job `job` of run is (NULL: now) */
+	size_t job;
 } pending_t;
 
 struct prune_graph {
@@ -675,14 +678,29 @@ int prune_graph_mask_on_save(prune_graph_t *g, Tensorflow__TensorProto *tp, int 
 	}
 	if (!p)
 		return sd_err(e, SD_ENOMEM, "out of memory");
-	*p = (pending_t){tp, tp->tensor_content.data, bits, dtype};
+	*p = (pending_t){tp, tp->tensor_content.data, bits, dtype, NULL, 0};
 	g->pending[g->n_pending++] = p;
 	return 0;
+}
+
+void prune_graph_mask_later(prune_graph_t *g, struct prune_mask_run *run, size_t job)
+{
+	sd_require(g->n_pending > 0);
+	g->pending[g->n_pending - 1]->run = run;
+	g->pending[g->n_pending - 1]->job = job;
+}
+
+void prune_graph_masks_final(prune_graph_t *g)
+{
+	for (size_t i = 0; i < g->n_pending; i++)
+		g->pending[i]->run = NULL;
 }
 
 static void fill_masked(const void *ud, uint8_t *out, size_t off, size_t n)
 {
 	const pending_t *p = ud;
+	if (p->run)
+		prune_mask_run_wait(p->run, p->job);
 	size_t es = prune_dtype_size(p->dtype);
 	prune_mask_apply_bits(p->dtype, p->src + off, out, p->bits, off / es, n / es);
 }

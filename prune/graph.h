@@ -168,6 +168,15 @@ Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char 
 SD_MUST_CHECK int prune_graph_mask_on_save(prune_graph_t *g, Tensorflow__TensorProto *tp,
 					   int dtype, const uint8_t *bits, sd_error_t *e);
 
+/* The weight prune_graph_mask_on_save took last has its bits still being computed, by
+ * job `job` of run: a save waits for that job when it reaches the weight, so writing
+ * starts before every mask is done. Once the saves are over, and before run ends
+ * (prune_mask_run_end), prune_graph_masks_final(g) forgets run: a later save finds
+ * every mask final. */
+struct prune_mask_run;
+void prune_graph_mask_later(prune_graph_t *g, struct prune_mask_run *run, size_t job);
+void prune_graph_masks_final(prune_graph_t *g);
+
 /*
  * Applies the pending masks in memory (into copies in the graph's arena), for a caller
  * that reads weight values after a stage; the text save does it itself. Returns 0 or

@@ -546,14 +546,20 @@ int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_t *keep, uint8
 
 /* ---- batches on threads ---- */
 
-typedef struct batch {
+struct prune_mask_run {
 	prune_mask_job_t *jobs;
 	size_t n;
 	atomic_size_t next;
 	atomic_size_t done;
 	const prune_progress_t *progress;
-	int *rc; /* per job */
-} batch_t;
+	int *rc;                /* per job */
+	atomic_uchar *finished; /* per job: its bits and rc are final */
+	pthread_mutex_t mu;     /* with cv: prune_mask_run_wait's sleep */
+	pthread_cond_t cv;
+	int n_threads;
+	pthread_t tid[8];
+};
+typedef prune_mask_run_t batch_t;
 
 /* keep[i] = (m[i] != 0); fails unless every value is exactly 0 or 1 (compared as bit
  * patterns: +0, -0 and the format's 1.0). */
@@ -605,6 +611,16 @@ static int run_job(prune_mask_job_t *j, uint8_t *keep, sd_error_t *e)
 	return 0;
 }
 
+/* Job i is final: wakes prune_mask_run_wait (set, then the lock, so no sleeper misses
+ * it). */
+static void finish(batch_t *b, size_t i)
+{
+	atomic_store(&b->finished[i], 1);
+	pthread_mutex_lock(&b->mu);
+	pthread_cond_broadcast(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+}
+
 /* Takes jobs until none is left; each runs with this thread's keep scratch. */
 static void *batch_worker(void *arg)
 {
@@ -619,10 +635,12 @@ static void *batch_worker(void *arg)
 			if (!(keep = malloc(cap))) {
 				cap = 0;
 				b->rc[i] = SD_ENOMEM;
+				finish(b, i);
 				continue;
 			}
 		}
 		b->rc[i] = run_job(j, keep, NULL);
+		finish(b, i);
 		prune_progress_report(b->progress, atomic_fetch_add(&b->done, 1) + 1, b->n);
 	}
 	free(keep);
@@ -641,38 +659,90 @@ static int auto_threads(const prune_mask_job_t *jobs, size_t n)
 	return cpus > 8 ? 8 : (int)cpus;
 }
 
+/* A run of n jobs with `threads` threads of its own started (fewer if the system
+ * refuses some). */
+static int run_new(prune_mask_job_t *jobs, size_t n, int threads,
+		   const prune_progress_t *progress, batch_t **out, sd_error_t *e)
+{
+	batch_t *b = calloc(1, sizeof(*b));
+	int *rc = calloc(n + 1, sizeof(*rc));
+	atomic_uchar *fin = calloc(n + 1, sizeof(*fin));
+	if (!b || !rc || !fin) {
+		free(b);
+		free(rc);
+		free(fin);
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	}
+	*b = (batch_t){.jobs = jobs, .n = n, .rc = rc, .finished = fin, .progress = progress};
+	atomic_init(&b->next, 0);
+	atomic_init(&b->done, 0);
+	pthread_mutex_init(&b->mu, NULL);
+	pthread_cond_init(&b->cv, NULL);
+	for (int t = 0; t < threads && t < 8 && (size_t)t < n; t++)
+		if (pthread_create(&b->tid[b->n_threads], NULL, batch_worker, b) == 0)
+			b->n_threads++;
+	*out = b;
+	return 0;
+}
+
+int prune_mask_run_start(prune_mask_job_t *jobs, size_t n, int threads,
+			 const prune_progress_t *progress, prune_mask_run_t **out, sd_error_t *e)
+{
+	int rc = run_new(jobs, n, threads <= 0 ? auto_threads(jobs, n) : threads, progress, out,
+			 e);
+	if (!rc && !(*out)->n_threads)
+		batch_worker(*out); /* no thread to be had: the jobs run now, here */
+	return rc;
+}
+
+void prune_mask_run_wait(prune_mask_run_t *b, size_t i)
+{
+	if (atomic_load(&b->finished[i]))
+		return;
+	pthread_mutex_lock(&b->mu);
+	while (!atomic_load(&b->finished[i]))
+		pthread_cond_wait(&b->cv, &b->mu);
+	pthread_mutex_unlock(&b->mu);
+}
+
+int prune_mask_run_end(prune_mask_run_t *b, sd_error_t *e)
+{
+	for (int t = 0; t < b->n_threads; t++)
+		pthread_join(b->tid[t], NULL);
+	int out = 0;
+	for (size_t i = 0; i < b->n && !out; i++) {
+		prune_mask_job_t *j = &b->jobs[i];
+		if (b->rc[i] == SD_ENOMEM) {
+			out = sd_err(e, SD_ENOMEM, "out of memory (%zu bytes for a mask)", j->w->n);
+		} else if (b->rc[i]) {
+			/* Again on this thread, for the message of the first failure in order. */
+			uint8_t *keep = malloc(j->w->n + 1);
+			out = keep ? run_job(j, keep, e) : sd_err(e, SD_ENOMEM, "out of memory");
+			free(keep);
+		}
+	}
+	pthread_cond_destroy(&b->cv);
+	pthread_mutex_destroy(&b->mu);
+	free(b->finished);
+	free(b->rc);
+	free(b);
+	return out;
+}
+
 int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads,
 		     const prune_progress_t *progress, sd_error_t *e)
 {
 	if (threads <= 0)
 		threads = auto_threads(jobs, n);
-	int *rc = calloc(n + 1, sizeof(*rc));
-	if (!rc)
-		return sd_err(e, SD_ENOMEM, "out of memory");
-	batch_t b = {.jobs = jobs, .n = n, .rc = rc, .progress = progress};
-	atomic_init(&b.next, 0);
-	atomic_init(&b.done, 0);
-	pthread_t tid[8];
-	int started = 0;
-	for (int t = 1; t < threads && t < 8 && (size_t)t < n; t++)
-		if (pthread_create(&tid[started], NULL, batch_worker, &b) == 0)
-			started++;
-	batch_worker(&b);
-	for (int t = 0; t < started; t++)
-		pthread_join(tid[t], NULL);
-	int out = 0;
-	for (size_t i = 0; i < n && !out; i++) {
-		if (rc[i] == SD_ENOMEM) {
-			out = sd_err(e, SD_ENOMEM, "out of memory (%zu bytes for a mask)", jobs[i].w->n);
-		} else if (rc[i]) {
-			/* Again on this thread, for the message of the first failure in order. */
-			uint8_t *keep = malloc(jobs[i].w->n + 1);
-			out = keep ? run_job(&jobs[i], keep, e) : sd_err(e, SD_ENOMEM, "out of memory");
-			free(keep);
-		}
-	}
-	free(rc);
-	return out;
+	int extra = threads - 1; /* besides the caller's, and no more than jobs */
+	if (n <= (size_t)extra)
+		extra = n ? (int)n - 1 : 0;
+	batch_t *b;
+	int rc = run_new(jobs, n, extra, progress, &b, e);
+	if (rc)
+		return rc;
+	batch_worker(b); /* the caller's thread is one of them */
+	return prune_mask_run_end(b, e);
 }
 
 /*

@@ -87,6 +87,24 @@ SD_MUST_CHECK int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads
 				   const prune_progress_t *progress, sd_error_t *e);
 
 /*
+ * prune_mask_batch in two steps, so the caller can go on (write out the layers whose
+ * masks are done) while the others are computed: prune_mask_run_start runs the jobs on
+ * threads of its own (as many as prune_mask_batch would use in all; the jobs run
+ * before it returns if no thread can be started); prune_mask_run_wait returns once job
+ * i is done (any thread; a failed job's bits are unspecified); prune_mask_run_end waits
+ * for every job, frees the run and returns as prune_mask_batch. jobs must stay put
+ * until the end, which must come on every path. start returns 0 with *out, or
+ * SD_ENOMEM.
+ */
+typedef struct prune_mask_run prune_mask_run_t;
+SD_MUST_CHECK int prune_mask_run_start(prune_mask_job_t *jobs, size_t n, int threads,
+				       const prune_progress_t *progress, prune_mask_run_t **out,
+				       sd_error_t *e);
+void prune_mask_run_wait(prune_mask_run_t *r, size_t i);
+/* Not SD_MUST_CHECK: a path that already failed ends the run for its threads only. */
+int prune_mask_run_end(prune_mask_run_t *r, sd_error_t *e);
+
+/*
  * dst := src * mask for n elements of dtype starting at element `first` of a tensor
  * whose mask is bits (from prune_mask_bits); src and dst point at element `first` and
  * need no alignment. first must be a multiple of 8. A masked element becomes the zero

@@ -15,10 +15,21 @@
 #include "prune/mask.h"
 #include "prune/sparsify.h"
 
-int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
-		  size_t n_outputs, size_t max_elems, const prune_progress_t *progress,
-		  prune_result_t *res, sd_error_t *e)
+/* Masks still being computed while the graph is saved (prune_oneshot_end). */
+struct prune_oneshot {
+	prune_graph_t *g;
+	prune_mask_run_t *run;
+	prune_mask_job_t *jobs;
+	size_t *at; /* jobs[k] is the mask of res->layers[at[k]] */
+	size_t n;
+};
+
+int prune_oneshot_begin(prune_graph_t *g, const prune_config_t *cfg,
+			const char *const *outputs, size_t n_outputs, size_t max_elems,
+			const prune_progress_t *progress, prune_result_t *res,
+			prune_oneshot_t **out, sd_error_t *e)
 {
+	*out = NULL;
 	prune_result_begin(res, PRUNE_STAGE_PRUNE, g, outputs, n_outputs);
 	int rc = prune_layers_find(g, outputs, n_outputs, max_elems, &res->layers,
 				   &res->n_layers, e);
@@ -47,14 +58,15 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 	prune_consumers_t cons;
 	if ((rc = prune_graph_consumers(g, &cons, e)))
 		return rc;
-	/* Every weight is read and its mask computed first, the masks on all cores (the
-	 * layers are independent); then the graph is edited, in layer order, on this
-	 * thread. */
+	/* Every weight is read, then its mask computed on threads of their own, all cores
+	 * (the layers are independent), while this thread edits the graph, in layer order,
+	 * and the caller saves it: a weight is written as soon as its mask is done. */
 	arena_t *a = prune_graph_arena(g);
 	prune_mask_job_t *jobs = arena_calloc(a, res->n_layers + 1, sizeof(*jobs));
 	prune_tensor_t *ws = arena_calloc(a, res->n_layers + 1, sizeof(*ws));
 	size_t *at = arena_calloc(a, res->n_layers + 1, sizeof(*at));
-	if (!jobs || !ws || !at)
+	prune_oneshot_t *o = arena_alloc(a, sizeof(*o));
+	if (!jobs || !ws || !at || !o)
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	size_t nj = 0;
 	for (size_t i = 0; i < res->n_layers; i++) {
@@ -72,22 +84,51 @@ int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const
 					      .bits = bits};
 		at[nj++] = i;
 	}
-	if ((rc = prune_mask_batch(jobs, nj, 0, progress, e)))
+	*o = (prune_oneshot_t){.g = g, .jobs = jobs, .at = at, .n = nj};
+	if ((rc = prune_mask_run_start(jobs, nj, 0, progress, &o->run, e)))
 		return rc;
 	for (size_t k = 0; k < nj; k++) {
 		prune_layer_t *l = &res->layers[at[k]];
 		bool moved;
-		/* The 2:4 kernel's mask is 2:4 by construction. */
+		/* The 2:4 kernel's mask is 2:4 by construction; its counts come at the end. */
 		if ((rc = prune_sparsify(g, &cons, l, l->weight_node, &ws[k], jobs[k].bits,
-					 jobs[k].counts, true, NULL, NULL, &moved, e)))
+					 (prune_mask_counts_t){0, 0}, true, NULL, NULL, &moved,
+					 e))) {
+			prune_graph_masks_final(g);
+			prune_mask_run_end(o->run, NULL);
 			return rc;
+		}
+		prune_graph_mask_later(g, o->run, k);
 		if (moved)
 			l->detail = arena_sprintf(a, "%s (shared weight copied to '%s')", l->detail,
 						  *prune_layer_weight_ref(g, l));
 		res->weights += l->elems;
-		res->weights_zeroed += l->zeroed;
 	}
 	prune_result_count(res);
 	res->nodes_out = prune_graph_count(g);
+	*out = o;
 	return 0;
+}
+
+int prune_oneshot_end(prune_oneshot_t *o, prune_result_t *res, sd_error_t *e)
+{
+	prune_graph_masks_final(o->g);
+	int rc = prune_mask_run_end(o->run, e);
+	for (size_t k = 0; !rc && k < o->n; k++) {
+		prune_layer_t *l = &res->layers[o->at[k]];
+		l->zeros = o->jobs[k].counts.zeros;
+		l->zeroed = o->jobs[k].counts.zeroed;
+		res->weights_zeroed += l->zeroed;
+	}
+	return rc;
+}
+
+int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
+		  size_t n_outputs, size_t max_elems, const prune_progress_t *progress,
+		  prune_result_t *res, sd_error_t *e)
+{
+	prune_oneshot_t *o;
+	int rc = prune_oneshot_begin(g, cfg, outputs, n_outputs, max_elems, progress, res, &o,
+				     e);
+	return rc ? rc : prune_oneshot_end(o, res, e);
 }

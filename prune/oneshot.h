@@ -24,4 +24,19 @@ SD_MUST_CHECK int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg,
 				const prune_progress_t *progress, prune_result_t *res,
 				sd_error_t *e);
 
+/*
+ * prune_oneshot in two steps, for a caller that saves g in between: the masks are
+ * computed on other threads during the save, which writes each weight once its mask
+ * is done. begin returns with res filled but for the zero counts (layers' zeros and
+ * zeroed, weights_zeroed) and *out; end (after the save, and on every path once begin
+ * succeeded) waits for the masks, fills those counts and returns their error, if any
+ * (SD_EMODEL: a NaN weight; the saved model is then to be discarded).
+ */
+typedef struct prune_oneshot prune_oneshot_t;
+SD_MUST_CHECK int prune_oneshot_begin(prune_graph_t *g, const prune_config_t *cfg,
+				      const char *const *outputs, size_t n_outputs,
+				      size_t max_elems, const prune_progress_t *progress,
+				      prune_result_t *res, prune_oneshot_t **out, sd_error_t *e);
+SD_MUST_CHECK int prune_oneshot_end(prune_oneshot_t *o, prune_result_t *res, sd_error_t *e);
+
 #endif

@@ -106,6 +106,9 @@ typedef struct prune_result {
 	 * a saver it could not extend, see prune/saver.h). */
 	const char **warnings;
 	size_t n_warnings;
+	/* prune: the masks still being computed while the model is saved, until
+	 * prune_stage_finish (see prune_oneshot_begin); NULL otherwise. */
+	struct prune_oneshot *pending;
 } prune_result_t;
 
 #endif

@@ -30,8 +30,8 @@ static int run_export(prune_graph_t *g, const prune_stage_in_t *in, prune_result
 static int run_prune(prune_graph_t *g, const prune_stage_in_t *in, prune_result_t *r,
 		     sd_error_t *e)
 {
-	return prune_oneshot(g, in->config, in->outputs, in->n_outputs, in->max_elems,
-			     in->progress, r, e);
+	return prune_oneshot_begin(g, in->config, in->outputs, in->n_outputs, in->max_elems,
+				   in->progress, r, &r->pending, e);
 }
 
 static int run_check(prune_graph_t *g, const prune_stage_in_t *in, prune_result_t *r,
@@ -82,6 +82,13 @@ int prune_stage_run(prune_stage_t s, prune_graph_t *g, const prune_stage_in_t *i
 		return sd_err(e, SD_EUSAGE, "%s needs the model's outputs (--outputs a,b)",
 			      stages[i].name);
 	return stages[i].run(g, in, res, e);
+}
+
+int prune_stage_finish(prune_result_t *res, sd_error_t *e)
+{
+	prune_oneshot_t *o = res->pending;
+	res->pending = NULL;
+	return o ? prune_oneshot_end(o, res, e) : 0;
 }
 
 int prune_stage_parse(const char *s, prune_stage_t *out, sd_error_t *e)

@@ -88,4 +88,12 @@ SD_MUST_CHECK int prune_stage_run(prune_stage_t s, struct prune_graph *g,
 				  const prune_stage_in_t *in, struct prune_result *res,
 				  sd_error_t *e);
 
+/*
+ * Completes what a successful prune_stage_run left running for the save (prune's
+ * masks, computed while the model is written): call it after the save, or instead of
+ * it, on every path. Returns 0 or the stage's error (SD_EMODEL for a NaN weight);
+ * the saved model is then to be discarded.
+ */
+SD_MUST_CHECK int prune_stage_finish(struct prune_result *res, sd_error_t *e);
+
 #endif

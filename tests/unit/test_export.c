@@ -457,6 +457,45 @@ START_TEST(record_errors)
 }
 END_TEST
 
+/* prune in two steps, the graph saved between them while its masks are computed (as
+ * the CLI and the daemon run it), writes the same bytes and counts as in one step;
+ * the save waits for each weight's mask. */
+START_TEST(prune_saved_while_masks_run)
+{
+	const char *outs[] = {"out", "peek"};
+	sd_error_t e;
+	prune_graph_t *one = tu_graph(&A, "graphs/chain.pbtxt");
+	prune_result_t r1 = {0};
+	ck_assert_int_eq(prune_oneshot(one, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &r1, &e), 0);
+	size_t len1, len2;
+	char *want = tu_save(one, PRUNE_FMT_GRAPHDEF, &len1);
+
+	prune_graph_t *two = tu_graph(&A, "graphs/chain.pbtxt");
+	prune_result_t r2 = {0};
+	prune_oneshot_t *o;
+	ck_assert_int_eq(prune_oneshot_begin(two, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &r2,
+					     &o, &e),
+			 0);
+	ck_assert_uint_eq(r2.pruned, 2); /* the layers are known at once */
+	char *got = tu_save(two, PRUNE_FMT_GRAPHDEF, &len2);
+	ck_assert_int_eq(prune_oneshot_end(o, &r2, &e), 0);
+	ck_assert_uint_eq(len2, len1);
+	ck_assert(memcmp(got, want, len1) == 0);
+	ck_assert_uint_eq(r2.weights_zeroed, r1.weights_zeroed);
+	ck_assert_uint_gt(r2.weights_zeroed, 0);
+	for (size_t i = 0; i < r1.n_layers; i++) {
+		ck_assert_uint_eq(r2.layers[i].zeros, r1.layers[i].zeros);
+		ck_assert_uint_eq(r2.layers[i].zeroed, r1.layers[i].zeroed);
+	}
+	free(got);
+	/* after the end, a save of the same graph waits for nothing and writes the same */
+	got = tu_save(two, PRUNE_FMT_GRAPHDEF, &len2);
+	ck_assert(len2 == len1 && memcmp(got, want, len1) == 0);
+	free(got);
+	free(want);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *const tests[] = {
@@ -464,6 +503,7 @@ int main(void)
 		export_stored_mask,
 		export_errors,
 		prune_equals_export_at_step_0,
+		prune_saved_while_masks_run,
 		weight_through_cast,
 		record_errors,
 		NULL,
