@@ -139,7 +139,7 @@ static int run_mapped(const run_req_t *r, const mapped_t *cm, const mapped_t *rm
 		return rc;
 	/* prune's masks are computed during the save: that stage is done (and its error, a
 	 * NaN, known) only after it */
-	bool pending = res->pending;
+	bool pending = res->pending != NULL;
 	bool writes = prune_stage_flags(r->stage) & PRUNE_STAGE_WRITES_MODEL;
 	if (!pending)
 		stage_done(r, res);

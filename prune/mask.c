@@ -559,7 +559,6 @@ struct prune_mask_run {
 	int n_threads;
 	pthread_t tid[8];
 };
-typedef prune_mask_run_t batch_t;
 
 /* keep[i] = (m[i] != 0); fails unless every value is exactly 0 or 1 (compared as bit
  * patterns: +0, -0 and the format's 1.0). */
@@ -613,7 +612,7 @@ static int run_job(prune_mask_job_t *j, uint8_t *keep, sd_error_t *e)
 
 /* Job i is final: wakes prune_mask_run_wait (set, then the lock, so no sleeper misses
  * it). */
-static void finish(batch_t *b, size_t i)
+static void finish(prune_mask_run_t *b, size_t i)
 {
 	atomic_store(&b->finished[i], 1);
 	pthread_mutex_lock(&b->mu);
@@ -624,7 +623,7 @@ static void finish(batch_t *b, size_t i)
 /* Takes jobs until none is left; each runs with this thread's keep scratch. */
 static void *batch_worker(void *arg)
 {
-	batch_t *b = arg;
+	prune_mask_run_t *b = arg;
 	uint8_t *keep = NULL;
 	size_t cap = 0;
 	for (size_t i; (i = atomic_fetch_add(&b->next, 1)) < b->n;) {
@@ -662,9 +661,9 @@ static int auto_threads(const prune_mask_job_t *jobs, size_t n)
 /* A run of n jobs with `threads` threads of its own started (fewer if the system
  * refuses some). */
 static int run_new(prune_mask_job_t *jobs, size_t n, int threads,
-		   const prune_progress_t *progress, batch_t **out, sd_error_t *e)
+		   const prune_progress_t *progress, prune_mask_run_t **out, sd_error_t *e)
 {
-	batch_t *b = calloc(1, sizeof(*b));
+	prune_mask_run_t *b = calloc(1, sizeof(*b));
 	int *rc = calloc(n + 1, sizeof(*rc));
 	atomic_uchar *fin = calloc(n + 1, sizeof(*fin));
 	if (!b || !rc || !fin) {
@@ -673,7 +672,8 @@ static int run_new(prune_mask_job_t *jobs, size_t n, int threads,
 		free(fin);
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	}
-	*b = (batch_t){.jobs = jobs, .n = n, .rc = rc, .finished = fin, .progress = progress};
+	*b = (prune_mask_run_t){
+		.jobs = jobs, .n = n, .rc = rc, .finished = fin, .progress = progress};
 	atomic_init(&b->next, 0);
 	atomic_init(&b->done, 0);
 	pthread_mutex_init(&b->mu, NULL);
@@ -737,7 +737,7 @@ int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads,
 	int extra = threads - 1; /* besides the caller's, and no more than jobs */
 	if (n <= (size_t)extra)
 		extra = n ? (int)n - 1 : 0;
-	batch_t *b;
+	prune_mask_run_t *b;
 	int rc = run_new(jobs, n, extra, progress, &b, e);
 	if (rc)
 		return rc;
