@@ -734,11 +734,8 @@ int prune_mask_batch(prune_mask_job_t *jobs, size_t n, int threads,
 {
 	if (threads <= 0)
 		threads = auto_threads(jobs, n);
-	int extra = threads - 1; /* besides the caller's, and no more than jobs */
-	if (n <= (size_t)extra)
-		extra = n ? (int)n - 1 : 0;
 	prune_mask_run_t *b;
-	int rc = run_new(jobs, n, extra, progress, &b, e);
+	int rc = run_new(jobs, n, threads - 1, progress, &b, e);
 	if (rc)
 		return rc;
 	batch_worker(b); /* the caller's thread is one of them */

@@ -122,13 +122,3 @@ int prune_oneshot_end(prune_oneshot_t *o, prune_result_t *res, sd_error_t *e)
 	}
 	return rc;
 }
-
-int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg, const char *const *outputs,
-		  size_t n_outputs, size_t max_elems, const prune_progress_t *progress,
-		  prune_result_t *res, sd_error_t *e)
-{
-	prune_oneshot_t *o;
-	int rc = prune_oneshot_begin(g, cfg, outputs, n_outputs, max_elems, progress, res, &o,
-				     e);
-	return rc ? rc : prune_oneshot_end(o, res, e);
-}

@@ -14,23 +14,17 @@
 #include "prune/result.h"
 
 /*
- * Runs the prune stage on g in place (weights are masked when g is saved, see
- * prune_graph_mask_on_save). Layers whose weight is not a constant are
- * skipped (not_constant). Returns 0, SD_ECONFIG, SD_ENOLAYER, SD_EMODEL (NaN weight,
- * a graph that already carries sparsityd masks), SD_ETOOBIG, SD_ENOMEM.
- */
-SD_MUST_CHECK int prune_oneshot(prune_graph_t *g, const prune_config_t *cfg,
-				const char *const *outputs, size_t n_outputs, size_t max_elems,
-				const prune_progress_t *progress, prune_result_t *res,
-				sd_error_t *e);
-
-/*
- * prune_oneshot in two steps, for a caller that saves g in between: the masks are
- * computed on other threads during the save, which writes each weight once its mask
- * is done. begin returns with res filled but for the zero counts (layers' zeros and
- * zeroed, weights_zeroed) and *out; end (after the save, and on every path once begin
- * succeeded) waits for the masks, fills those counts and returns their error, if any
- * (SD_EMODEL: a NaN weight; the saved model is then to be discarded).
+ * Runs the prune stage on g in place, in two steps around the save: weights are masked
+ * on their way out (prune_graph_mask_on_save), their masks computed on other threads
+ * while the save runs, each weight written once its own mask is done. Layers whose
+ * weight is not a constant are skipped (not_constant).
+ *
+ * begin returns 0 with res filled but for the zero counts (layers' zeros and zeroed,
+ * weights_zeroed) and *out, or SD_ECONFIG, SD_ENOLAYER, SD_EMODEL (a graph that already
+ * carries sparsityd masks), SD_ETOOBIG, SD_ENOMEM. end (after the save, or instead of
+ * it, on every path once begin succeeded) waits for the masks, fills those counts and
+ * returns their error, if any: SD_EMODEL for a NaN weight, SD_ENOMEM; the saved model
+ * is then to be discarded.
  */
 typedef struct prune_oneshot prune_oneshot_t;
 SD_MUST_CHECK int prune_oneshot_begin(prune_graph_t *g, const prune_config_t *cfg,

@@ -310,6 +310,16 @@ START_TEST(export_errors)
 }
 END_TEST
 
+/* The prune stage in one step: begin, and end with no save between. */
+static int one_step(prune_graph_t *g, const prune_config_t *c, const char *const *outs,
+		       size_t n_outs, size_t max_elems, const prune_progress_t *progress,
+		       prune_result_t *res, sd_error_t *e)
+{
+	prune_oneshot_t *o;
+	int rc = prune_oneshot_begin(g, c, outs, n_outs, max_elems, progress, res, &o, e);
+	return rc ? rc : prune_oneshot_end(o, res, e);
+}
+
 START_TEST(prune_equals_export_at_step_0)
 {
 	prune_record_entry_t *rec;
@@ -323,7 +333,7 @@ START_TEST(prune_equals_export_at_step_0)
 	prune_graph_t *p = tu_graph(&A, "graphs/chain.pbtxt");
 	const char *outs[] = {"out", "peek"};
 	prune_result_t pr = {0};
-	int rc = prune_oneshot(p, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &pr, &e);
+	int rc = one_step(p, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &pr, &e);
 	ck_assert_msg(rc == 0, "%s", e.msg);
 	ck_assert_uint_eq(pr.pruned, 2);
 	p = reloaded(p);
@@ -348,7 +358,7 @@ START_TEST(prune_equals_export_at_step_0)
 	ck_assert(cr.layers[0].masked);
 	ck_assert_int_eq(cr.layers[0].action, PRUNE_ACTION_CHECKED);
 	memset(&pr, 0, sizeof(pr));
-	ck_assert_int_eq(prune_oneshot(m, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &pr, &e), SD_EMODEL);
+	ck_assert_int_eq(one_step(m, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &pr, &e), SD_EMODEL);
 	ck_assert_msg_has(e, "use export");
 }
 END_TEST
@@ -383,7 +393,7 @@ START_TEST(weight_through_cast)
 	/* prune on the frozen original: the same weights; check reads them through the Cast. */
 	prune_graph_t *p = tu_graph(&A, "graphs/cast.pbtxt");
 	prune_result_t pr = {0};
-	ck_assert_int_eq(prune_oneshot(p, cfg(FREQ(0)), outs, 1, 1u << 20, NULL, &pr, &e), 0);
+	ck_assert_int_eq(one_step(p, cfg(FREQ(0)), outs, 1, 1u << 20, NULL, &pr, &e), 0);
 	ck_assert_uint_eq(pr.pruned, 2);
 	ck_assert_str_eq(node(p, "mm/Cast")->input[0], "w/read");
 	p = reloaded(p);
@@ -402,7 +412,7 @@ START_TEST(weight_through_cast)
 	ck_assert_ptr_nonnull(prune_graph_add(p, &peek, &e));
 	const char *outs2[] = {"out", "peek"};
 	memset(&pr, 0, sizeof(pr));
-	ck_assert_int_eq(prune_oneshot(p, cfg(FREQ(0)), outs2, 2, 1u << 20, NULL, &pr, &e), 0);
+	ck_assert_int_eq(one_step(p, cfg(FREQ(0)), outs2, 2, 1u << 20, NULL, &pr, &e), 0);
 	ck_assert_str_eq(node(p, "mm/Cast")->input[0], "mm/weight_2of4");
 	ck_assert_str_eq(node(p, "mm")->input[1], "mm/Cast");
 	p = reloaded(p);
@@ -458,7 +468,7 @@ START_TEST(record_errors)
 END_TEST
 
 /* prune in two steps, the graph saved between them while its masks are computed (as
- * the CLI and the daemon run it), writes the same bytes and counts as in one step;
+ * the CLI and the daemon run it), writes the same bytes and counts as in one step (begin then end);
  * the save waits for each weight's mask. */
 START_TEST(prune_saved_while_masks_run)
 {
@@ -466,7 +476,7 @@ START_TEST(prune_saved_while_masks_run)
 	sd_error_t e;
 	prune_graph_t *one = tu_graph(&A, "graphs/chain.pbtxt");
 	prune_result_t r1 = {0};
-	ck_assert_int_eq(prune_oneshot(one, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &r1, &e), 0);
+	ck_assert_int_eq(one_step(one, cfg(FREQ(0)), outs, 2, 1u << 20, NULL, &r1, &e), 0);
 	size_t len1, len2;
 	char *want = tu_save(one, PRUNE_FMT_GRAPHDEF, &len1);
 
