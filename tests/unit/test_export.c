@@ -467,9 +467,9 @@ START_TEST(record_errors)
 }
 END_TEST
 
-/* prune in two steps, the graph saved between them while its masks are computed (as
- * the CLI and the daemon run it), writes the same bytes and counts as in one step (begin then end);
- * the save waits for each weight's mask. */
+/* prune with the graph saved between begin and end while its masks are computed (as
+ * the CLI and the daemon run it) writes the same bytes and counts as begin then end
+ * with no save between; the save waits for each weight's mask. */
 START_TEST(prune_saved_while_masks_run)
 {
 	const char *outs[] = {"out", "peek"};
