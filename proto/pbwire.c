@@ -504,11 +504,19 @@ static ahead_t *ahead_start(const piece_t *pieces, size_t n_pieces)
 	return a;
 }
 
-/* The writer's next piece, once a helper has produced it. */
+/* The writer's next piece, once a helper has produced it; one no helper has started
+ * yet the writer produces itself, rather than wait while the helpers are behind. */
 static const uint8_t *ahead_next(ahead_t *a)
 {
-	size_t s = a->written % SLOTS;
+	size_t k = a->written, s = k % SLOTS;
 	pthread_mutex_lock(&a->mu);
+	if (a->taken == k) {
+		a->taken++;
+		pthread_mutex_unlock(&a->mu);
+		const piece_t *pc = &a->pieces[k];
+		pc->fl->fill(pc->fl->ud, a->slot[s], pc->off, pc->n);
+		return a->slot[s];
+	}
 	while (!a->ready[s])
 		pthread_cond_wait(&a->cv, &a->mu);
 	pthread_mutex_unlock(&a->mu);

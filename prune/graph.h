@@ -170,9 +170,11 @@ SD_MUST_CHECK int prune_graph_mask_on_save(prune_graph_t *g, Tensorflow__TensorP
 
 /* The weight prune_graph_mask_on_save took last has its bits still being computed, by
  * job `job` of run: a save waits for that job when it reaches the weight, so writing
- * starts before every mask is done. Once the saves are over, and before run ends
- * (prune_mask_run_end), prune_graph_masks_final(g) forgets run: a later save finds
- * every mask final. */
+ * starts before every mask is done. An at_save job (mask.h) has no bits: every save
+ * computes its mask piece by piece as it writes the weight, and reports each piece to
+ * run. Once the saves are over, and before run ends (prune_mask_run_end),
+ * prune_graph_masks_final(g) forgets run: a later save finds every mask final (and
+ * reports nothing). */
 struct prune_mask_run;
 void prune_graph_mask_later(prune_graph_t *g, struct prune_mask_run *run, size_t job);
 void prune_graph_masks_final(prune_graph_t *g);

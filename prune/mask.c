@@ -39,6 +39,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/sd_assert.h"
+
 /* Abs and inf patterns per element width (float16: 0x7C00; bfloat16: 0x7F80). */
 #define ABS16 0x7FFF
 #define ABS32 0x7FFFFFFF
@@ -544,7 +546,75 @@ int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_t *keep, uint8
 	return 0;
 }
 
+/* Keep bytes prune_mask_2of4_apply holds on its stack: a group of 4 rows must fit. */
+#define FUSE_MAX ((size_t)1 << 14)
+
+bool prune_mask_fusable(const prune_tensor_t *w, int axis)
+{
+	view_t v;
+	return !view_of(w, axis, &v) && v.inner <= FUSE_MAX / 4;
+}
+
+int prune_mask_2of4_apply(const prune_tensor_t *w, int axis, size_t first, size_t n,
+			  void *dst, prune_mask_counts_t *c)
+{
+	view_t v;
+	sd_require(!view_of(w, axis, &v) && v.inner <= FUSE_MAX / 4 && n <= w->n - first);
+	uint8_t keep[FUSE_MAX], bits[FUSE_MAX / 8 + 1];
+	const uint8_t *base = w->data;
+	uint8_t *out = dst;
+	size_t es = prune_dtype_size(w->dtype), slice = v.c * v.inner, gsize = 4 * v.inner;
+	size_t groups = (v.c + 3) / 4, step = FUSE_MAX / gsize, end = first + n;
+	size_t zeroed = 0, kept = 0;
+	int bad = 0;
+	for (size_t i = first; i < end;) {
+		/* A run of whole groups of one outer slice, from the group holding i to the
+		 * one holding the last element wanted (at most step groups). */
+		size_t o = i / slice, g = i % slice / gsize;
+		size_t last = (end < (o + 1) * slice ? end : (o + 1) * slice) - 1;
+		size_t g1 = last % slice / gsize + 1;
+		if (g1 > g + step)
+			g1 = g + step;
+		if (g1 > groups)
+			g1 = groups;
+		size_t rs = o * slice + g * gsize;
+		view_t run = {1, (4 * g1 < v.c ? 4 * g1 : v.c) - 4 * g, v.inner};
+		size_t re = rs + run.c * v.inner, ie = re < end ? re : end;
+		bad |= mask_any(w->dtype, base + rs * es, &run, keep);
+		bits_any(w->dtype, base + i * es, keep + (i - rs), ie - i, bits, &zeroed, &kept);
+		prune_mask_apply_bits(w->dtype, base + i * es, out + (i - first) * es, bits, 0,
+				      ie - i);
+		i = ie;
+	}
+	c->zeroed += zeroed;
+	c->zeros += n - kept;
+	return bad;
+}
+
 /* ---- batches on threads ---- */
+
+/*
+ * An at_save job goes to whoever comes first: a thread of the run, which computes its
+ * bits ahead of the save as for any job, or the save, which computes each piece as it
+ * writes it (prune_mask_run_fill). The claim is one compare-and-swap from FREE, so all
+ * pieces of a weight go one way, and the tally adds up the save's pieces. Once the
+ * save has begun the threads take no more of them: until then they use cores that
+ * would idle, after it a weight read twice (mask, then save) costs more than once.
+ */
+enum { FREE, BY_THREAD, BY_SAVE };
+
+typedef struct tally {
+	atomic_uchar claim;
+	atomic_size_t zeroed, zeros, elems;
+	atomic_bool nan;
+} tally_t;
+
+/* Job i's claim: FREE becomes `want`; returns the claim that holds. */
+static unsigned char claim(tally_t *t, unsigned char want)
+{
+	unsigned char was = FREE;
+	return atomic_compare_exchange_strong(&t->claim, &was, want) ? want : was;
+}
 
 struct prune_mask_run {
 	prune_mask_job_t *jobs;
@@ -554,6 +624,8 @@ struct prune_mask_run {
 	const prune_progress_t *progress;
 	int *rc;                /* per job */
 	atomic_uchar *finished; /* per job: its bits and rc are final */
+	tally_t *tally;         /* per job */
+	atomic_bool saving;     /* the save has begun: at_save jobs left are its own */
 	pthread_mutex_t mu;     /* with cv: prune_mask_run_wait's sleep */
 	pthread_cond_t cv;
 	int n_threads;
@@ -628,6 +700,9 @@ static void *batch_worker(void *arg)
 	size_t cap = 0;
 	for (size_t i; (i = atomic_fetch_add(&b->next, 1)) < b->n;) {
 		prune_mask_job_t *j = &b->jobs[i];
+		if (j->at_save &&
+		    (atomic_load(&b->saving) || claim(&b->tally[i], BY_THREAD) != BY_THREAD))
+			continue;
 		if (j->w->n > cap) {
 			free(keep);
 			cap = j->w->n;
@@ -666,14 +741,16 @@ static int run_new(prune_mask_job_t *jobs, size_t n, int threads,
 	prune_mask_run_t *b = calloc(1, sizeof(*b));
 	int *rc = calloc(n + 1, sizeof(*rc));
 	atomic_uchar *fin = calloc(n + 1, sizeof(*fin));
-	if (!b || !rc || !fin) {
+	tally_t *tally = calloc(n + 1, sizeof(*tally));
+	if (!b || !rc || !fin || !tally) {
 		free(b);
 		free(rc);
 		free(fin);
+		free(tally);
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	}
-	*b = (prune_mask_run_t){
-		.jobs = jobs, .n = n, .rc = rc, .finished = fin, .progress = progress};
+	*b = (prune_mask_run_t){.jobs = jobs, .n = n, .rc = rc, .finished = fin,
+				.tally = tally, .progress = progress};
 	atomic_init(&b->next, 0);
 	atomic_init(&b->done, 0);
 	pthread_mutex_init(&b->mu, NULL);
@@ -705,6 +782,61 @@ void prune_mask_run_wait(prune_mask_run_t *b, size_t i)
 	pthread_mutex_unlock(&b->mu);
 }
 
+void prune_mask_run_fill(prune_mask_run_t *b, size_t i, const void *src, size_t first,
+			 size_t n, void *dst)
+{
+	prune_mask_job_t *j = &b->jobs[i];
+	tally_t *t = &b->tally[i];
+	if (!atomic_load_explicit(&b->saving, memory_order_relaxed))
+		atomic_store(&b->saving, true);
+	if (!j->at_save || claim(t, BY_SAVE) != BY_SAVE) {
+		prune_mask_run_wait(b, i);
+		prune_mask_apply_bits(j->w->dtype, src, dst, j->bits, first, n);
+		return;
+	}
+	prune_mask_counts_t c = {0, 0};
+	if (prune_mask_2of4_apply(j->w, j->axis, first, n, dst, &c))
+		atomic_store(&t->nan, true);
+	atomic_fetch_add(&t->zeroed, c.zeroed);
+	atomic_fetch_add(&t->zeros, c.zeros);
+	if (atomic_fetch_add(&t->elems, n) + n == j->w->n)
+		prune_progress_report(b->progress, atomic_fetch_add(&b->done, 1) + 1, b->n);
+}
+
+const prune_mask_job_t *prune_mask_run_settle(prune_mask_run_t *b, size_t i)
+{
+	bool saved = b->jobs[i].at_save && claim(&b->tally[i], BY_SAVE) == BY_SAVE;
+	return saved ? &b->jobs[i] : NULL;
+}
+
+/* A job the save claimed: its outcome from the tally, or (its pieces not all written:
+ * the save failed, or came after the end) from a whole pass into a scratch piece. */
+static int at_save_end(prune_mask_run_t *b, size_t i, sd_error_t *e)
+{
+	prune_mask_job_t *j = &b->jobs[i];
+	tally_t *t = &b->tally[i];
+	prune_mask_counts_t c = {atomic_load(&t->zeroed), atomic_load(&t->zeros)};
+	bool nan = atomic_load(&t->nan);
+	j->is_2of4 = true; /* by construction */
+	if (atomic_load(&t->elems) != j->w->n) {
+		size_t es = prune_dtype_size(j->w->dtype), step = FUSE_MAX;
+		uint8_t *scratch = malloc(step * es);
+		if (!scratch)
+			return sd_err(e, SD_ENOMEM, "out of memory");
+		c = (prune_mask_counts_t){0, 0};
+		nan = false;
+		for (size_t k = 0; k < j->w->n; k += step)
+			nan |= prune_mask_2of4_apply(j->w, j->axis, k,
+						     j->w->n - k < step ? j->w->n - k : step,
+						     scratch, &c) != 0;
+		free(scratch);
+	}
+	if (nan)
+		return nan_error(j->w, first_nan(j->w), j->layer ? j->layer : "", e);
+	j->counts = c;
+	return 0;
+}
+
 int prune_mask_run_end(prune_mask_run_t *b, sd_error_t *e)
 {
 	for (int t = 0; t < b->n_threads; t++)
@@ -712,7 +844,10 @@ int prune_mask_run_end(prune_mask_run_t *b, sd_error_t *e)
 	int out = 0;
 	for (size_t i = 0; i < b->n && !out; i++) {
 		prune_mask_job_t *j = &b->jobs[i];
-		if (b->rc[i] == SD_ENOMEM) {
+		if (prune_mask_run_settle(b, i)) {
+			if (e) /* else the outcome is thrown away: no pass for it */
+				out = at_save_end(b, i, e);
+		} else if (b->rc[i] == SD_ENOMEM) {
 			out = sd_err(e, SD_ENOMEM, "out of memory (%zu bytes for a mask)", j->w->n);
 		} else if (b->rc[i]) {
 			/* Again on this thread, for the message of the first failure in order. */
@@ -725,6 +860,7 @@ int prune_mask_run_end(prune_mask_run_t *b, sd_error_t *e)
 	pthread_mutex_destroy(&b->mu);
 	free(b->finished);
 	free(b->rc);
+	free(b->tally);
 	free(b);
 	return out;
 }

@@ -58,6 +58,25 @@ SD_MUST_CHECK int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_
 				       sd_error_t *e);
 
 /*
+ * Whether prune_mask_2of4_apply takes w along axis: a valid view whose group of 4 rows
+ * (4 x the elements after the axis) fits the scratch it keeps on its stack.
+ */
+bool prune_mask_fusable(const prune_tensor_t *w, int axis);
+
+/*
+ * The fresh 2:4 mask computed and applied in one step, for elements [first, first + n)
+ * of w (prune_mask_fusable along axis): dst (n elements, no alignment) receives exactly
+ * what prune_mask_2of4_bits then prune_mask_apply_bits would write there, from the
+ * groups that hold those elements, read where they lie (a group across a piece's end
+ * is computed for both pieces, identically). So a weight is read once, as the save
+ * writes it, instead of once for its mask and again for the save. Adds the piece's
+ * counts to *c. Returns non-zero when a group it read holds a NaN. Reentrant: the
+ * pieces of one weight may be filled on several threads at once.
+ */
+int prune_mask_2of4_apply(const prune_tensor_t *w, int axis, size_t first, size_t n,
+			  void *dst, prune_mask_counts_t *c);
+
+/*
  * One weight of a batch for prune_mask_batch: its mask is either the fresh 2:4 mask
  * (stored NULL) or a stored one, a tensor of w's dtype and shape holding 0 and 1 (a
  * frozen mask variable; -0 counts as 0), which is checked and turned into bits.
@@ -68,6 +87,10 @@ typedef struct prune_mask_job {
 	const char *stored_name;    /* the stored mask's node, for messages */
 	int axis;
 	const char *layer;
+	/* A fresh mask that the save may compute as it writes w (prune_mask_run_fill),
+	 * if it comes to w before a thread of the run does: w is then read once. Only in a
+	 * run; requires prune_mask_fusable. */
+	bool at_save;
 	uint8_t *bits;              /* (w->n + 7) / 8 bytes, filled */
 	prune_mask_counts_t counts; /* filled */
 	bool is_2of4;               /* filled: whether w written with this mask is 2:4 */
@@ -101,6 +124,19 @@ SD_MUST_CHECK int prune_mask_run_start(prune_mask_job_t *jobs, size_t n, int thr
 				       const prune_progress_t *progress, prune_mask_run_t **out,
 				       sd_error_t *e);
 void prune_mask_run_wait(prune_mask_run_t *r, size_t i);
+/*
+ * dst := elements [first, first + n) of job i's weight, masked (src points at element
+ * first of the weight's bytes): from its bits, once job i is done, or, for an at_save
+ * job no thread has started, computed here (prune_mask_2of4_apply) and counted for the
+ * end. Any thread; each piece once per run (a piece counted twice would skew the
+ * counts).
+ */
+void prune_mask_run_fill(prune_mask_run_t *r, size_t i, const void *src, size_t first,
+			 size_t n, void *dst);
+/* NULL when job i's bits will be final at the end; else job i, an at_save job left to
+ * the save (now, if nobody had taken it), which has no bits: a save after the end must
+ * compute it (prune_mask_2of4_apply). */
+const prune_mask_job_t *prune_mask_run_settle(prune_mask_run_t *r, size_t i);
 /* Not SD_MUST_CHECK: a path that already failed ends the run for its threads only. */
 int prune_mask_run_end(prune_mask_run_t *r, sd_error_t *e);
 

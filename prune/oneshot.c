@@ -1,10 +1,10 @@
 /*
  * prune_oneshot: 2:4 on the constants of a frozen graph (see oneshot.h).
  *
- * Workload: per pruned layer one read of the weight where it lies (mask and bits, in
- * cache-sized pieces, layers spread over the cores) and one more when the save writes
- * it masked: the weights are never copied, not even for a weight another node also
- * reads.
+ * Workload: per pruned layer one read of the weight where it lies, when the save writes
+ * it masked (mask and masked copy piece by piece); a layer whose mask a thread computed
+ * before the save began (cores that would idle meanwhile) is read once more. The
+ * weights are never copied, not even for a weight another node also reads.
  */
 #include "prune/oneshot.h"
 
@@ -58,9 +58,10 @@ int prune_oneshot_begin(prune_graph_t *g, const prune_config_t *cfg,
 	prune_consumers_t cons;
 	if ((rc = prune_graph_consumers(g, &cons, e)))
 		return rc;
-	/* Every weight is read, then its mask computed on threads of their own, all cores
-	 * (the layers are independent), while this thread edits the graph, in layer order,
-	 * and the caller saves it: a weight is written as soon as its mask is done. */
+	/* Every weight is read, then masks computed on threads of their own, all cores
+	 * (the layers are independent), while this thread edits the graph, in layer order;
+	 * once the caller's save begins, the masks left are computed as it writes their
+	 * weights (at_save), and a weight a thread has started is written once done. */
 	arena_t *a = prune_graph_arena(g);
 	prune_mask_job_t *jobs = arena_calloc(a, res->n_layers + 1, sizeof(*jobs));
 	prune_tensor_t *ws = arena_calloc(a, res->n_layers + 1, sizeof(*ws));
@@ -81,6 +82,7 @@ int prune_oneshot_begin(prune_graph_t *g, const prune_config_t *cfg,
 		if (!bits)
 			return sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", l->name);
 		jobs[nj] = (prune_mask_job_t){.w = &ws[nj], .axis = l->axis, .layer = l->name,
+					      .at_save = prune_mask_fusable(&ws[nj], l->axis),
 					      .bits = bits};
 		at[nj++] = i;
 	}

@@ -14,6 +14,7 @@
  */
 #include <check.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -541,6 +542,173 @@ START_TEST(pieces_equal_two_passes)
 }
 END_TEST
 
+/* dst and counts of the two-pass path (prune_mask_2of4_bits, then apply), the
+ * reference for the one-step path below. */
+static void two_pass(const prune_tensor_t *t, int axis, void *dst, prune_mask_counts_t *c)
+{
+	uint8_t *keep = malloc(t->n + 1), *bits = malloc(t->n / 8 + 1);
+	ck_assert(keep && bits);
+	sd_error_t e;
+	ck_assert_int_eq(prune_mask_2of4_bits(t, axis, keep, bits, c, "l", &e), 0);
+	prune_mask_apply_bits(t->dtype, t->data, dst, bits, 0, t->n);
+	free(keep);
+	free(bits);
+}
+
+/* prune_mask_2of4_apply over pieces cut anywhere (mid-group, mid-byte, one element)
+ * writes the bytes and sums to the counts of the two passes, for every dtype, groups
+ * in rows and adjacent (inner 1), odd C, and the largest group it takes. */
+START_TEST(one_step_equals_two_passes)
+{
+	static const struct {
+		int rank, axis;
+		int64_t dims[4];
+	} shapes[] = {
+		{2, 0, {4099, 35}},   {2, 1, {35, 7001}},    {4, 2, {3, 3, 9, 100}},
+		{4, 2, {2, 3, 6, 17}}, {2, 0, {10, 4096}},    {1, 0, {5}},
+		{3, 1, {3, 11, 1}},   {2, 0, {64, 33}},
+	};
+	rng_state = 0xF05Eu;
+	for (size_t d = 0; d < 4; d++)
+		for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++)
+			for (int mode = 0; mode < 4; mode++) {
+				case_t c;
+				case_new(&c, all_dtypes[d], shapes[k].rank, shapes[k].dims);
+				fill(&c, mode);
+				ck_assert(prune_mask_fusable(&c.t, shapes[k].axis));
+				size_t n = c.t.n, es = ref_esize(c.t.dtype);
+				uint8_t *want = malloc(n * es), *got = malloc(n * es);
+				ck_assert(want && got);
+				prune_mask_counts_t wc, gc = {0, 0};
+				two_pass(&c.t, shapes[k].axis, want, &wc);
+				memset(got, 0x5A, n * es);
+				for (size_t at = 0; at < n;) {
+					size_t len = 1 + rnd(rnd(4) ? 3000 : 3);
+					if (len > n - at)
+						len = n - at;
+					ck_assert_int_eq(prune_mask_2of4_apply(&c.t, shapes[k].axis, at,
+									       len, got + at * es,
+									       &gc),
+							 0);
+					at += len;
+				}
+				ck_assert_msg(memcmp(want, got, n * es) == 0, "%s shape %zu mode %d",
+					      prune_dtype_name(c.t.dtype), k, mode);
+				ck_assert_uint_eq(gc.zeroed, wc.zeroed);
+				ck_assert_uint_eq(gc.zeros, wc.zeros);
+				free(want);
+				free(got);
+				case_free(&c);
+			}
+	/* A group of 4 rows over 16384 elements does not fit the stack scratch. */
+	prune_tensor_t big = {.dtype = DT_F32, .rank = 2, .dims = {4, 4097}, .n = 4 * 4097};
+	ck_assert(!prune_mask_fusable(&big, 0));
+	ck_assert(prune_mask_fusable(&big, 1));
+	ck_assert(!prune_mask_fusable(&big, 2));
+	/* A NaN is reported by the piece whose groups hold it, and only by those. */
+	case_t c;
+	int64_t dims[2] = {40, 100};
+	case_new(&c, DT_F32, 2, dims);
+	fill(&c, 1);
+	put(DT_F32, c.t.data, 2050, NAN); /* row 20, group rows 20..23 */
+	float out[4000];
+	prune_mask_counts_t cnt = {0, 0};
+	ck_assert_int_eq(prune_mask_2of4_apply(&c.t, 0, 0, 2000, out, &cnt), 0);
+	ck_assert_int_ne(prune_mask_2of4_apply(&c.t, 0, 2000, 10, out, &cnt), 0);
+	ck_assert_int_eq(prune_mask_2of4_apply(&c.t, 0, 2400, 1600, out, &cnt), 0);
+	case_free(&c);
+}
+END_TEST
+
+/* A run with at_save jobs: the ones a save fills (prune_mask_run_fill, pieces on two
+ * threads at once) and the ones it does not (left to the run's threads, or computed
+ * at the end) all end with the bytes and counts of the two passes, and a NaN fails
+ * the run naming its layer whoever computed it. */
+typedef struct {
+	prune_mask_run_t *run;
+	case_t *c;
+	uint8_t **got;
+	int from, to, stride;
+} filler_t;
+
+static void *fill_jobs(void *arg)
+{
+	filler_t *f = arg;
+	for (int j = f->from; j < f->to; j++) {
+		size_t n = f->c[j].t.n, es = ref_esize(f->c[j].t.dtype);
+		/* every other piece: two fillers share each weight */
+		for (size_t at = (size_t)f->stride * 1000; at < n; at += 2000) {
+			size_t len = n - at < 1000 ? n - at : 1000;
+			prune_mask_run_fill(f->run, (size_t)j, (uint8_t *)f->c[j].t.data + at * es,
+					    at, len, f->got[j] + at * es);
+		}
+	}
+	return NULL;
+}
+
+START_TEST(run_at_save)
+{
+	enum { JOBS = 8 };
+	for (int round = 0; round < 2; round++) {
+		case_t c[JOBS];
+		prune_mask_job_t jobs[JOBS];
+		uint8_t *want[JOBS], *got[JOBS];
+		prune_mask_counts_t wc[JOBS];
+		rng_state = 0x5A7Eu + (uint64_t)round;
+		for (int j = 0; j < JOBS; j++) {
+			int64_t dims[2] = {4 + 13 * j, 1000 + j};
+			case_new(&c[j], all_dtypes[j % 4], 2, dims);
+			fill(&c[j], j % 4);
+			size_t bytes = c[j].t.n * ref_esize(c[j].t.dtype);
+			want[j] = malloc(bytes);
+			got[j] = malloc(bytes);
+			ck_assert(want[j] && got[j]);
+			two_pass(&c[j].t, 0, want[j], &wc[j]);
+			jobs[j] = (prune_mask_job_t){.w = &c[j].t, .axis = 0, .layer = "l",
+						     .at_save = j % 3 != 2,
+						     .bits = calloc(c[j].t.n / 8 + 1, 1)};
+		}
+		if (round == 1) {
+			put(c[4].t.dtype, c[4].t.data, 17, NAN);
+			jobs[4].layer = "fourth";
+		}
+		prune_mask_run_t *run;
+		sd_error_t e;
+		ck_assert_int_eq(prune_mask_run_start(jobs, JOBS, 2, NULL, &run, &e), 0);
+		/* jobs 6 and 7 are never filled: their counts come from the run */
+		filler_t f0 = {run, c, got, 0, 6, 0}, f1 = {run, c, got, 0, 6, 1};
+		pthread_t th;
+		ck_assert_int_eq(pthread_create(&th, NULL, fill_jobs, &f1), 0);
+		fill_jobs(&f0);
+		pthread_join(th, NULL);
+		for (int j = 0; j < JOBS; j++)
+			(void)prune_mask_run_settle(run, (size_t)j);
+		int rc = prune_mask_run_end(run, &e);
+		if (round == 1) {
+			ck_assert_int_eq(rc, SD_EMODEL);
+			ck_assert_ptr_nonnull(strstr(e.msg, "'fourth'"));
+			ck_assert_ptr_nonnull(strstr(e.msg, "flat index 17"));
+		} else {
+			ck_assert_int_eq(rc, 0);
+			for (int j = 0; j < JOBS; j++) {
+				if (j < 6)
+					ck_assert_msg(memcmp(got[j], want[j],
+							     c[j].t.n * ref_esize(c[j].t.dtype)) == 0,
+						      "job %d", j);
+				ck_assert_uint_eq(jobs[j].counts.zeroed, wc[j].zeroed);
+				ck_assert_uint_eq(jobs[j].counts.zeros, wc[j].zeros);
+			}
+		}
+		for (int j = 0; j < JOBS; j++) {
+			free(want[j]);
+			free(got[j]);
+			free(jobs[j].bits);
+			case_free(&c[j]);
+		}
+	}
+}
+END_TEST
+
 /* A batch on several threads gives each job what prune_mask_2of4_bits gives it alone,
  * and reports the first failing job in array order whatever thread met it. */
 START_TEST(batch_on_threads)
@@ -702,7 +870,8 @@ int main(void)
 			  subnormals_and_inf, nan_is_an_error, bad_axis),
 		 .timeout = 120},
 		{"apply", TU_TESTS(apply_gives_signed_zeros, bits_and_apply_long,
-				   pieces_equal_two_passes, batch_on_threads, is_2of4_cases)},
+				   pieces_equal_two_passes, one_step_equals_two_passes, batch_on_threads,
+				   run_at_save, is_2of4_cases)},
 		{NULL},
 	};
 	return tu_main("mask", cases);
