@@ -44,8 +44,8 @@ typedef struct pending {
 	int dtype;
 	prune_mask_run_t *run; /* bits are final once job `job` of run is (NULL: now) */
 	size_t job;
-	/* once run is forgotten, non-NULL for an at_save job the save took: no bits, the
-	 * fresh 2:4 mask along axis is computed as the weight is written */
+	/* once run is forgotten, non-NULL for an at_save job: no bits, the fresh 2:4 mask
+	 * along axis is computed as the weight is written */
 	const prune_tensor_t *w;
 	int axis;
 } pending_t;
@@ -699,8 +699,8 @@ void prune_graph_masks_final(prune_graph_t *g)
 {
 	for (size_t i = 0; i < g->n_pending; i++) {
 		pending_t *p = g->pending[i];
-		const prune_mask_job_t *j = p->run ? prune_mask_run_settle(p->run, p->job) : NULL;
-		if (j) {
+		const prune_mask_job_t *j = p->run ? prune_mask_run_job(p->run, p->job) : NULL;
+		if (j && j->at_save) {
 			p->w = j->w;
 			p->axis = j->axis;
 		}

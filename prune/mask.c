@@ -26,6 +26,12 @@
  *   flag); only when the flag is raised is the tensor rescanned for the first NaN's
  *   flat index, so the common path pays one compare per element.
  *
+ * - prune's own masks take one step instead (prune_mask_2of4_apply): the same compares
+ *   in the same registers, the mask applied and its counts taken there, so the weight is
+ *   read once and neither keep bytes nor bits are written. The three-pass form stays for
+ *   what needs bits (export's stored masks, groups too large for the step, float64)
+ *   and as the step's reference in the tests.
+ *
  * Workload: every weight of every pruned layer passes through prune_mask_2of4 and
  * prune_mask_apply once per export/prune (tens of MB to a few GB per model), and through
  * prune_mask_is_2of4 on check. Throughput target: several GB/s of float32 per core.
@@ -222,6 +228,18 @@ static inline __attribute__((always_inline)) int64_t rows64(
 #define LOW4(r) -(0 >= 4 - (r)), -(1 >= 4 - (r)), -(2 >= 4 - (r)), -(3 >= 4 - (r))
 #define LOW8(r) LOW4(r), LOW4(r)
 
+/* -1 in the lanes of a (abs patterns, whole groups) that are kept, 0 elsewhere. */
+#define ROT_KEEP(V, a, ROT, low1, low2, low3)                                          \
+	({                                                                             \
+		V r1_ = __builtin_shufflevector(a, a, ROT(1));                         \
+		V r2_ = __builtin_shufflevector(a, a, ROT(2));                         \
+		V r3_ = __builtin_shufflevector(a, a, ROT(3));                         \
+		V beaten_ = ((V)(r1_ > (a)) | ((V)(r1_ == (a)) & (low1))) +            \
+			    ((V)(r2_ > (a)) | ((V)(r2_ == (a)) & (low2))) +            \
+			    ((V)(r3_ > (a)) | ((V)(r3_ == (a)) & (low3)));             \
+		(V)(beaten_ > -2);                                                     \
+	})
+
 #define DEFINE_GROUPS_VEC(NAME, S, V, NV, NARROW, ROT, LOW)                            \
 	static inline __attribute__((always_inline)) S NAME(const S *p, uint8_t *k,    \
 							     size_t ngroups, S absm,   \
@@ -237,13 +255,7 @@ static inline __attribute__((always_inline)) int64_t rows64(
 				memcpy(&a, p + i + (size_t)v * (BLOCK / NV), sizeof(a)); \
 				a &= absm;                                             \
 				vbad |= (V)(a > inf);                                  \
-				V r1 = __builtin_shufflevector(a, a, ROT(1));          \
-				V r2 = __builtin_shufflevector(a, a, ROT(2));          \
-				V r3 = __builtin_shufflevector(a, a, ROT(3));          \
-				V beaten = ((V)(r1 > a) | ((V)(r1 == a) & low1)) +     \
-					   ((V)(r2 > a) | ((V)(r2 == a) & low2)) +     \
-					   ((V)(r3 > a) | ((V)(r3 == a) & low3));      \
-				q[v] = (V)(beaten > -2);                               \
+				q[v] = ROT_KEEP(V, a, ROT, low1, low2, low3);          \
 			}                                                              \
 			NARROW(q, k + i);                                              \
 		}                                                                      \
@@ -546,6 +558,181 @@ int prune_mask_2of4_bits(const prune_tensor_t *w, int axis, uint8_t *keep, uint8
 	return 0;
 }
 
+/*
+ * One step: the keep rule of the row and group kernels with the mask applied at once
+ * (dst = kept ? w : w & sign, as prune_mask_apply_bits) and the counts of
+ * prune_mask_bits taken in the same registers: no keep bytes, no bits. Used for the
+ * runs of whole groups inside a piece of prune_mask_2of4_apply; the counts stay in
+ * lanes of the element's width, which a run (at most FUSE_MAX elements) cannot
+ * overflow. *zeroed and *kept get the non-zeros the mask drops and keeps.
+ */
+#define FUSE_ROW(S, w, a, q, d, sign, vz, vk)                                          \
+	do {                                                                           \
+		S out_ = (w) & ((q) | (sign));                                         \
+		memcpy((d), &out_, sizeof(out_));                                      \
+		S nz_ = (S)((a) != 0);                                                 \
+		(vz) += nz_ & ~(q);                                                    \
+		(vk) += nz_ & (q);                                                     \
+	} while (0)
+
+#define FUSE_SCALAR(S, w, a, k, d, sign, z, kk)                                        \
+	do {                                                                           \
+		*(d) = (S)((w) & ((S)-(S)(k) | (sign)));                               \
+		(z) += ((a) != 0) & !(k);                                              \
+		(kk) += ((a) != 0) & (k);                                              \
+	} while (0)
+
+/* The lanes' NaN flags and counts folded into the scalars. */
+#define FUSE_FOLD(L, vbad, vz, vk, bad, z, kk)                                         \
+	for (int l_ = 0; l_ < (L); l_++) {                                             \
+		(bad) |= (vbad)[l_];                                                   \
+		(z) -= (size_t)(int64_t)(vz)[l_];                                      \
+		(kk) -= (size_t)(int64_t)(vk)[l_];                                     \
+	}
+
+/* One group in scalar form (the tails); a padded group has w3 = 0 and d3 = NULL. */
+#define FUSE_GROUP(S, w0, w1, w2, w3, d0, d1, d2, d3, absm, inf, sign, bad, z, kk)     \
+	do {                                                                           \
+		S a0 = (w0) & (absm), a1 = (w1) & (absm), a2 = (w2) & (absm);          \
+		S a3 = (w3) & (absm);                                                  \
+		uint8_t k0, k1, k2, k3;                                                \
+		(bad) |= (S)((a0 > (inf)) | (a1 > (inf)) | (a2 > (inf)) | (a3 > (inf))); \
+		KEEP4_SCALAR(a0, a1, a2, a3, k0, k1, k2, k3);                          \
+		FUSE_SCALAR(S, w0, a0, k0, d0, sign, z, kk);                           \
+		FUSE_SCALAR(S, w1, a1, k1, d1, sign, z, kk);                           \
+		FUSE_SCALAR(S, w2, a2, k2, d2, sign, z, kk);                           \
+		if (d3)                                                                \
+			FUSE_SCALAR(S, w3, a3, k3, d3, sign, z, kk);                   \
+	} while (0)
+
+#define DEFINE_ROWS_FUSED(NAME, S, V)                                                  \
+	static S NAME(const S *p0, const S *p1, const S *p2, const S *p3, S *d0, S *d1, \
+		      S *d2, S *d3, size_t len, S absm, S inf, S sign, size_t *zeroed,  \
+		      size_t *kept)                                                     \
+	{                                                                              \
+		enum { L = sizeof(V) / sizeof(S) };                                    \
+		size_t j = 0, z = 0, kk = 0;                                           \
+		V vbad = {0}, vz = {0}, vk = {0}, vs = (V){0} + sign;                  \
+		for (; j + L <= len; j += L) {                                         \
+			V w0, w1, w2, w3 = {0};                                        \
+			memcpy(&w0, p0 + j, sizeof(w0));                               \
+			memcpy(&w1, p1 + j, sizeof(w1));                               \
+			memcpy(&w2, p2 + j, sizeof(w2));                               \
+			if (p3)                                                        \
+				memcpy(&w3, p3 + j, sizeof(w3));                       \
+			V a0 = w0 & absm, a1 = w1 & absm, a2 = w2 & absm, a3 = w3 & absm; \
+			vbad |= (V)(a0 > inf) | (V)(a1 > inf) | (V)(a2 > inf) | (V)(a3 > inf); \
+			V t01 = (V)(a0 >= a1), t02 = (V)(a0 >= a2);                    \
+			V t03 = (V)(a0 >= a3), t12 = (V)(a1 >= a2);                    \
+			V t13 = (V)(a1 >= a3), t23 = (V)(a2 >= a3);                    \
+			FUSE_ROW(V, w0, a0, (V)(t01 + t02 + t03 <= -2), d0 + j, vs, vz, vk); \
+			FUSE_ROW(V, w1, a1, (V)(t12 + t13 < t01), d1 + j, vs, vz, vk);  \
+			FUSE_ROW(V, w2, a2, (V)(t02 + t12 >= t23), d2 + j, vs, vz, vk); \
+			if (p3)                                                        \
+				FUSE_ROW(V, w3, a3, (V)(t03 + t13 + t23 > -2), d3 + j, vs, \
+					 vz, vk);                                      \
+		}                                                                      \
+		S bad = 0;                                                             \
+		FUSE_FOLD(L, vbad, vz, vk, bad, z, kk);                                \
+		for (; j < len; j++)                                                   \
+			FUSE_GROUP(S, p0[j], p1[j], p2[j], p3 ? p3[j] : 0, d0 + j, d1 + j, \
+				   d2 + j, p3 ? d3 + j : NULL, absm, inf, sign, bad, z, kk); \
+		*zeroed += z;                                                          \
+		*kept += kk;                                                           \
+		return bad;                                                            \
+	}
+
+DEFINE_ROWS_FUSED(rowsf16, prune_i16u_t, v8hi_t)
+DEFINE_ROWS_FUSED(rowsf32, prune_i32u_t, v4si_t)
+
+/* inner == 1: the rotations of the group kernel, the mask applied as above. */
+#define DEFINE_GROUPS_FUSED(NAME, S, V, ROT, LOW)                                      \
+	static S NAME(const S *p, S *d, size_t ngroups, S absm, S inf, S sign,          \
+		      size_t *zeroed, size_t *kept)                                     \
+	{                                                                              \
+		enum { L = sizeof(V) / sizeof(S) };                                    \
+		size_t i = 0, n = 4 * ngroups, z = 0, kk = 0;                          \
+		V vbad = {0}, vz = {0}, vk = {0}, vs = (V){0} + sign;                  \
+		const V low1 = {LOW(1)}, low2 = {LOW(2)}, low3 = {LOW(3)};             \
+		for (; i + L <= n; i += L) {                                           \
+			V w, a;                                                        \
+			memcpy(&w, p + i, sizeof(w));                                  \
+			a = w & absm;                                                  \
+			vbad |= (V)(a > inf);                                          \
+			FUSE_ROW(V, w, a, ROT_KEEP(V, a, ROT, low1, low2, low3), d + i, vs, \
+				 vz, vk);                                              \
+		}                                                                      \
+		S bad = 0;                                                             \
+		FUSE_FOLD(L, vbad, vz, vk, bad, z, kk);                                \
+		for (; i < n; i += 4)                                                  \
+			FUSE_GROUP(S, p[i], p[i + 1], p[i + 2], p[i + 3], d + i, d + i + 1, \
+				   d + i + 2, d + i + 3, absm, inf, sign, bad, z, kk);  \
+		*zeroed += z;                                                          \
+		*kept += kk;                                                           \
+		return bad;                                                            \
+	}
+
+DEFINE_GROUPS_FUSED(groupsf16, prune_i16u_t, v8hi_t, ROT8, LOW8)
+DEFINE_GROUPS_FUSED(groupsf32, prune_i32u_t, v4si_t, ROT4, LOW4)
+
+/*
+ * A run of whole groups of one outer slice ({1, c, inner} with c <= 4 x groups of it),
+ * masked into dst in one step; the partial last group as in DEFINE_MASK. float64 has no
+ * vector form (as in the kernel); it takes the three passes.
+ */
+#define DEFINE_FUSED(NAME, S, ROWS, GROUPS)                                            \
+	static S NAME(const S *w, S *d, const view_t *v, S absm, S inf, S sign,        \
+		      size_t *zeroed, size_t *kept)                                     \
+	{                                                                              \
+		size_t c = v->c, inner = v->inner, full = c / 4, r = c % 4;            \
+		S bad = 0;                                                             \
+		if (inner == 1) {                                                      \
+			bad |= GROUPS(w, d, full, absm, inf, sign, zeroed, kept);      \
+		} else {                                                               \
+			for (size_t g = 0; g < full; g++) {                            \
+				const S *p = w + 4 * g * inner;                        \
+				S *q = d + 4 * g * inner;                              \
+				bad |= ROWS(p, p + inner, p + 2 * inner, p + 3 * inner, q, \
+					    q + inner, q + 2 * inner, q + 3 * inner,   \
+					    inner, absm, inf, sign, zeroed, kept);     \
+			}                                                              \
+		}                                                                      \
+		const S *p = w + 4 * full * inner;                                     \
+		S *q = d + 4 * full * inner;                                           \
+		if (r == 3) {                                                          \
+			bad |= ROWS(p, p + inner, p + 2 * inner, NULL, q, q + inner,   \
+				    q + 2 * inner, NULL, inner, absm, inf, sign, zeroed, \
+				    kept);                                             \
+		} else if (r) { /* 1 or 2 real elements: both kept */                  \
+			for (size_t j = 0; j < r * inner; j++) {                       \
+				S a = p[j] & absm;                                     \
+				bad |= (S)(a > inf);                                   \
+				q[j] = p[j];                                           \
+				*kept += a != 0;                                       \
+			}                                                              \
+		}                                                                      \
+		return bad;                                                            \
+	}
+
+DEFINE_FUSED(fused16, prune_i16u_t, rowsf16, groupsf16)
+DEFINE_FUSED(fused32, prune_i32u_t, rowsf32, groupsf32)
+
+/* The one-step form for dtype on run v, or -1 when there is none (float64). */
+static int fused_any(int dtype, const void *w, void *d, const view_t *v, size_t *zeroed,
+		     size_t *kept)
+{
+	switch (dtype) {
+	case TENSORFLOW__DATA_TYPE__DT_FLOAT:
+		return fused32(w, d, v, ABS32, INF32, INT32_MIN, zeroed, kept) != 0;
+	case TENSORFLOW__DATA_TYPE__DT_HALF:
+		return fused16(w, d, v, ABS16, INF_HALF, INT16_MIN, zeroed, kept) != 0;
+	case TENSORFLOW__DATA_TYPE__DT_BFLOAT16:
+		return fused16(w, d, v, ABS16, INF_BF16, INT16_MIN, zeroed, kept) != 0;
+	default:
+		return -1;
+	}
+}
+
 /* Keep bytes prune_mask_2of4_apply holds on its stack: a group of 4 rows must fit. */
 #define FUSE_MAX ((size_t)1 << 14)
 
@@ -580,6 +767,15 @@ int prune_mask_2of4_apply(const prune_tensor_t *w, int axis, size_t first, size_
 		size_t rs = o * slice + g * gsize;
 		view_t run = {1, (4 * g1 < v.c ? 4 * g1 : v.c) - 4 * g, v.inner};
 		size_t re = rs + run.c * v.inner, ie = re < end ? re : end;
+		int f = rs >= i && re == ie ? fused_any(w->dtype, base + rs * es,
+							out + (rs - first) * es, &run, &zeroed,
+							&kept)
+					    : -1;
+		if (f >= 0) { /* the run lies inside the piece: one step */
+			bad |= f;
+			i = ie;
+			continue;
+		}
 		bad |= mask_any(w->dtype, base + rs * es, &run, keep);
 		bits_any(w->dtype, base + i * es, keep + (i - rs), ie - i, bits, &zeroed, &kept);
 		prune_mask_apply_bits(w->dtype, base + i * es, out + (i - first) * es, bits, 0,
@@ -594,27 +790,16 @@ int prune_mask_2of4_apply(const prune_tensor_t *w, int axis, size_t first, size_
 /* ---- batches on threads ---- */
 
 /*
- * An at_save job goes to whoever comes first: a thread of the run, which computes its
- * bits ahead of the save as for any job, or the save, which computes each piece as it
- * writes it (prune_mask_run_fill). The claim is one compare-and-swap from FREE, so all
- * pieces of a weight go one way, and the tally adds up the save's pieces. Once the
- * save has begun the threads take no more of them: until then they use cores that
- * would idle, after it a weight read twice (mask, then save) costs more than once.
+ * An at_save job is the save's alone: the run's threads leave it, and the tally adds up
+ * the pieces the save computed (prune_mask_run_fill). Letting the threads compute such
+ * masks ahead of the save, while the graph is edited and measured, was measured slower
+ * (ResNet50 1.45x cp against 1.32x, the 1.5 GB model 1.04x against 0.93x): a weight
+ * read twice costs more than the idle cores give back.
  */
-enum { FREE, BY_THREAD, BY_SAVE };
-
 typedef struct tally {
-	atomic_uchar claim;
 	atomic_size_t zeroed, zeros, elems;
 	atomic_bool nan;
 } tally_t;
-
-/* Job i's claim: FREE becomes `want`; returns the claim that holds. */
-static unsigned char claim(tally_t *t, unsigned char want)
-{
-	unsigned char was = FREE;
-	return atomic_compare_exchange_strong(&t->claim, &was, want) ? want : was;
-}
 
 struct prune_mask_run {
 	prune_mask_job_t *jobs;
@@ -625,7 +810,6 @@ struct prune_mask_run {
 	int *rc;                /* per job */
 	atomic_uchar *finished; /* per job: its bits and rc are final */
 	tally_t *tally;         /* per job */
-	atomic_bool saving;     /* the save has begun: at_save jobs left are its own */
 	pthread_mutex_t mu;     /* with cv: prune_mask_run_wait's sleep */
 	pthread_cond_t cv;
 	int n_threads;
@@ -700,8 +884,7 @@ static void *batch_worker(void *arg)
 	size_t cap = 0;
 	for (size_t i; (i = atomic_fetch_add(&b->next, 1)) < b->n;) {
 		prune_mask_job_t *j = &b->jobs[i];
-		if (j->at_save &&
-		    (atomic_load(&b->saving) || claim(&b->tally[i], BY_THREAD) != BY_THREAD))
+		if (j->at_save)
 			continue;
 		if (j->w->n > cap) {
 			free(keep);
@@ -726,8 +909,11 @@ static int auto_threads(const prune_mask_job_t *jobs, size_t n)
 {
 	size_t bytes = 0;
 	for (size_t i = 0; i < n; i++)
-		bytes += jobs[i].w->n * prune_dtype_size(jobs[i].w->dtype);
+		if (!jobs[i].at_save)
+			bytes += jobs[i].w->n * prune_dtype_size(jobs[i].w->dtype);
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (!bytes)
+		return 0; /* nothing for a thread: the caller's thread skips the jobs */
 	if (bytes < ((size_t)8 << 20) || cpus < 2)
 		return 1;
 	return cpus > 8 ? 8 : (int)cpus;
@@ -787,9 +973,7 @@ void prune_mask_run_fill(prune_mask_run_t *b, size_t i, const void *src, size_t 
 {
 	prune_mask_job_t *j = &b->jobs[i];
 	tally_t *t = &b->tally[i];
-	if (!atomic_load_explicit(&b->saving, memory_order_relaxed))
-		atomic_store(&b->saving, true);
-	if (!j->at_save || claim(t, BY_SAVE) != BY_SAVE) {
+	if (!j->at_save) {
 		prune_mask_run_wait(b, i);
 		prune_mask_apply_bits(j->w->dtype, src, dst, j->bits, first, n);
 		return;
@@ -803,13 +987,12 @@ void prune_mask_run_fill(prune_mask_run_t *b, size_t i, const void *src, size_t 
 		prune_progress_report(b->progress, atomic_fetch_add(&b->done, 1) + 1, b->n);
 }
 
-const prune_mask_job_t *prune_mask_run_settle(prune_mask_run_t *b, size_t i)
+const prune_mask_job_t *prune_mask_run_job(const prune_mask_run_t *b, size_t i)
 {
-	bool saved = b->jobs[i].at_save && claim(&b->tally[i], BY_SAVE) == BY_SAVE;
-	return saved ? &b->jobs[i] : NULL;
+	return &b->jobs[i];
 }
 
-/* A job the save claimed: its outcome from the tally, or (its pieces not all written:
+/* An at_save job: its outcome from the tally, or (its pieces not all written:
  * the save failed, or came after the end) from a whole pass into a scratch piece. */
 static int at_save_end(prune_mask_run_t *b, size_t i, sd_error_t *e)
 {
@@ -844,7 +1027,7 @@ int prune_mask_run_end(prune_mask_run_t *b, sd_error_t *e)
 	int out = 0;
 	for (size_t i = 0; i < b->n && !out; i++) {
 		prune_mask_job_t *j = &b->jobs[i];
-		if (prune_mask_run_settle(b, i)) {
+		if (j->at_save) {
 			if (e) /* else the outcome is thrown away: no pass for it */
 				out = at_save_end(b, i, e);
 		} else if (b->rc[i] == SD_ENOMEM) {

@@ -87,9 +87,9 @@ typedef struct prune_mask_job {
 	const char *stored_name;    /* the stored mask's node, for messages */
 	int axis;
 	const char *layer;
-	/* A fresh mask that the save may compute as it writes w (prune_mask_run_fill),
-	 * if it comes to w before a thread of the run does: w is then read once. Only in a
-	 * run; requires prune_mask_fusable. */
+	/* A fresh mask that the save computes as it writes w (prune_mask_run_fill), so w
+	 * is read once: the run's threads leave it, and bits is not used (may be NULL).
+	 * Only in a run; requires prune_mask_fusable. */
 	bool at_save;
 	uint8_t *bits;              /* (w->n + 7) / 8 bytes, filled */
 	prune_mask_counts_t counts; /* filled */
@@ -127,16 +127,14 @@ void prune_mask_run_wait(prune_mask_run_t *r, size_t i);
 /*
  * dst := elements [first, first + n) of job i's weight, masked (src points at element
  * first of the weight's bytes): from its bits, once job i is done, or, for an at_save
- * job no thread has started, computed here (prune_mask_2of4_apply) and counted for the
- * end. Any thread; each piece once per run (a piece counted twice would skew the
- * counts).
+ * job, computed here (prune_mask_2of4_apply) and counted for the end. Any thread; each
+ * piece once per run (a piece counted twice would skew the counts). At the end an
+ * at_save job whose pieces did not all come (the save failed, or came after the end)
+ * is counted again, whole.
  */
 void prune_mask_run_fill(prune_mask_run_t *r, size_t i, const void *src, size_t first,
 			 size_t n, void *dst);
-/* NULL when job i's bits will be final at the end; else job i, an at_save job left to
- * the save (now, if nobody had taken it), which has no bits: a save after the end must
- * compute it (prune_mask_2of4_apply). */
-const prune_mask_job_t *prune_mask_run_settle(prune_mask_run_t *r, size_t i);
+const prune_mask_job_t *prune_mask_run_job(const prune_mask_run_t *r, size_t i);
 /* Not SD_MUST_CHECK: a path that already failed ends the run for its threads only. */
 int prune_mask_run_end(prune_mask_run_t *r, sd_error_t *e);
 

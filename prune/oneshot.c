@@ -2,9 +2,10 @@
  * prune_oneshot: 2:4 on the constants of a frozen graph (see oneshot.h).
  *
  * Workload: per pruned layer one read of the weight where it lies, when the save writes
- * it masked (mask and masked copy piece by piece); a layer whose mask a thread computed
- * before the save began (cores that would idle meanwhile) is read once more. The
- * weights are never copied, not even for a weight another node also reads.
+ * it masked (the mask and the masked copy in one step, piece by piece, on the save's
+ * threads); only a weight whose group of 4 rows is too large for that step has its mask
+ * computed first, on threads of its own, and is read twice. The weights are never
+ * copied, not even for a weight another node also reads.
  */
 #include "prune/oneshot.h"
 
@@ -58,10 +59,9 @@ int prune_oneshot_begin(prune_graph_t *g, const prune_config_t *cfg,
 	prune_consumers_t cons;
 	if ((rc = prune_graph_consumers(g, &cons, e)))
 		return rc;
-	/* Every weight is read, then masks computed on threads of their own, all cores
-	 * (the layers are independent), while this thread edits the graph, in layer order;
-	 * once the caller's save begins, the masks left are computed as it writes their
-	 * weights (at_save), and a weight a thread has started is written once done. */
+	/* Masks are computed as the caller's save writes each weight (at_save); the few
+	 * others on threads of their own while this thread edits the graph, in layer
+	 * order, and the save waits for each when it comes to that weight. */
 	arena_t *a = prune_graph_arena(g);
 	prune_mask_job_t *jobs = arena_calloc(a, res->n_layers + 1, sizeof(*jobs));
 	prune_tensor_t *ws = arena_calloc(a, res->n_layers + 1, sizeof(*ws));
@@ -78,12 +78,13 @@ int prune_oneshot_begin(prune_graph_t *g, const prune_config_t *cfg,
 		if ((rc = prune_tensor_read(prune_node_attr(wn, "value")->tensor, max_elems,
 					    l->weight, a, &ws[nj], e)))
 			return rc;
-		uint8_t *bits = arena_alloc(a, ws[nj].n / 8 + 1);
-		if (!bits)
+		/* Most masks are computed as the save writes their weight: one read of it. */
+		bool at_save = prune_mask_fusable(&ws[nj], l->axis);
+		uint8_t *bits = at_save ? NULL : arena_alloc(a, ws[nj].n / 8 + 1);
+		if (!at_save && !bits)
 			return sd_err(e, SD_ENOMEM, "out of memory for the mask of '%s'", l->name);
 		jobs[nj] = (prune_mask_job_t){.w = &ws[nj], .axis = l->axis, .layer = l->name,
-					      .at_save = prune_mask_fusable(&ws[nj], l->axis),
-					      .bits = bits};
+					      .at_save = at_save, .bits = bits};
 		at[nj++] = i;
 	}
 	*o = (prune_oneshot_t){.g = g, .jobs = jobs, .at = at, .n = nj};

@@ -579,23 +579,28 @@ START_TEST(one_step_equals_two_passes)
 				size_t n = c.t.n, es = ref_esize(c.t.dtype);
 				uint8_t *want = malloc(n * es), *got = malloc(n * es);
 				ck_assert(want && got);
-				prune_mask_counts_t wc, gc = {0, 0};
+				prune_mask_counts_t wc;
 				two_pass(&c.t, shapes[k].axis, want, &wc);
-				memset(got, 0x5A, n * es);
-				for (size_t at = 0; at < n;) {
-					size_t len = 1 + rnd(rnd(4) ? 3000 : 3);
-					if (len > n - at)
-						len = n - at;
-					ck_assert_int_eq(prune_mask_2of4_apply(&c.t, shapes[k].axis, at,
-									       len, got + at * es,
-									       &gc),
-							 0);
-					at += len;
+				/* whole (every group in one step), then in pieces (groups cut) */
+				for (int cut = 0; cut < 2; cut++) {
+					prune_mask_counts_t gc = {0, 0};
+					memset(got, 0x5A, n * es);
+					for (size_t at = 0; at < n;) {
+						size_t len = cut ? 1 + rnd(rnd(4) ? 3000 : 3) : n;
+						if (len > n - at)
+							len = n - at;
+						ck_assert_int_eq(prune_mask_2of4_apply(
+									 &c.t, shapes[k].axis, at, len,
+									 got + at * es, &gc),
+								 0);
+						at += len;
+					}
+					ck_assert_msg(memcmp(want, got, n * es) == 0,
+						      "%s shape %zu mode %d cut %d",
+						      prune_dtype_name(c.t.dtype), k, mode, cut);
+					ck_assert_uint_eq(gc.zeroed, wc.zeroed);
+					ck_assert_uint_eq(gc.zeros, wc.zeros);
 				}
-				ck_assert_msg(memcmp(want, got, n * es) == 0, "%s shape %zu mode %d",
-					      prune_dtype_name(c.t.dtype), k, mode);
-				ck_assert_uint_eq(gc.zeroed, wc.zeroed);
-				ck_assert_uint_eq(gc.zeros, wc.zeros);
 				free(want);
 				free(got);
 				case_free(&c);
@@ -620,10 +625,10 @@ START_TEST(one_step_equals_two_passes)
 }
 END_TEST
 
-/* A run with at_save jobs: the ones a save fills (prune_mask_run_fill, pieces on two
- * threads at once) and the ones it does not (left to the run's threads, or computed
- * at the end) all end with the bytes and counts of the two passes, and a NaN fails
- * the run naming its layer whoever computed it. */
+/* A run with at_save jobs and others: the jobs a save fills (prune_mask_run_fill,
+ * pieces on two threads at once) and the ones it does not (counted at the end) all end
+ * with the bytes and counts of the two passes, and a NaN fails the run naming its
+ * layer. */
 typedef struct {
 	prune_mask_run_t *run;
 	case_t *c;
@@ -664,9 +669,11 @@ START_TEST(run_at_save)
 			got[j] = malloc(bytes);
 			ck_assert(want[j] && got[j]);
 			two_pass(&c[j].t, 0, want[j], &wc[j]);
+			bool at_save = j % 3 != 2;
 			jobs[j] = (prune_mask_job_t){.w = &c[j].t, .axis = 0, .layer = "l",
-						     .at_save = j % 3 != 2,
-						     .bits = calloc(c[j].t.n / 8 + 1, 1)};
+						     .at_save = at_save,
+						     .bits = at_save ? NULL
+								     : calloc(c[j].t.n / 8 + 1, 1)};
 		}
 		if (round == 1) {
 			put(c[4].t.dtype, c[4].t.data, 17, NAN);
@@ -681,8 +688,6 @@ START_TEST(run_at_save)
 		ck_assert_int_eq(pthread_create(&th, NULL, fill_jobs, &f1), 0);
 		fill_jobs(&f0);
 		pthread_join(th, NULL);
-		for (int j = 0; j < JOBS; j++)
-			(void)prune_mask_run_settle(run, (size_t)j);
 		int rc = prune_mask_run_end(run, &e);
 		if (round == 1) {
 			ck_assert_int_eq(rc, SD_EMODEL);
