@@ -44,10 +44,7 @@ typedef struct pending {
 	int dtype;
 	prune_mask_run_t *run; /* bits are final once job `job` of run is (NULL: now) */
 	size_t job;
-	/* once run is forgotten, non-NULL for an at_save job: no bits, the fresh 2:4 mask
-	 * along axis is computed as the weight is written */
-	const prune_tensor_t *w;
-	int axis;
+	const prune_mask_job_t *mj; /* that job (NULL: bits given); an at_save one has none */
 } pending_t;
 
 struct prune_graph {
@@ -682,7 +679,7 @@ int prune_graph_mask_on_save(prune_graph_t *g, Tensorflow__TensorProto *tp, int 
 	}
 	if (!p)
 		return sd_err(e, SD_ENOMEM, "out of memory");
-	*p = (pending_t){tp, tp->tensor_content.data, bits, dtype, NULL, 0, NULL, 0};
+	*p = (pending_t){tp, tp->tensor_content.data, bits, dtype, NULL, 0, NULL};
 	g->pending[g->n_pending++] = p;
 	return 0;
 }
@@ -693,32 +690,27 @@ void prune_graph_mask_later(prune_graph_t *g, struct prune_mask_run *run, size_t
 	pending_t *p = g->pending[g->n_pending - 1];
 	p->run = run;
 	p->job = job;
+	p->mj = prune_mask_run_job(run, job);
 }
 
 void prune_graph_masks_final(prune_graph_t *g)
 {
-	for (size_t i = 0; i < g->n_pending; i++) {
-		pending_t *p = g->pending[i];
-		const prune_mask_job_t *j = p->run ? prune_mask_run_job(p->run, p->job) : NULL;
-		if (j && j->at_save) {
-			p->w = j->w;
-			p->axis = j->axis;
-		}
-		p->run = NULL;
-	}
+	for (size_t i = 0; i < g->n_pending; i++)
+		g->pending[i]->run = NULL;
 }
 
 static void fill_masked(const void *ud, uint8_t *out, size_t off, size_t n)
 {
 	const pending_t *p = ud;
 	size_t es = prune_dtype_size(p->dtype);
-	prune_mask_counts_t c = {0, 0};
-	if (p->run)
+	if (p->run) {
 		prune_mask_run_fill(p->run, p->job, p->src + off, off / es, n / es, out);
-	else if (p->w) /* the outcome was counted at the run's end */
-		(void)prune_mask_2of4_apply(p->w, p->axis, off / es, n / es, out, &c);
-	else
+	} else if (p->mj && p->mj->at_save) { /* counted at the run's end: not again */
+		prune_mask_counts_t c = {0, 0};
+		(void)prune_mask_2of4_apply(p->mj->w, p->mj->axis, off / es, n / es, out, &c);
+	} else {
 		prune_mask_apply_bits(p->dtype, p->src + off, out, p->bits, off / es, n / es);
+	}
 }
 
 int prune_graph_materialize(prune_graph_t *g, sd_error_t *e)

@@ -751,27 +751,30 @@ int prune_mask_2of4_apply(const prune_tensor_t *w, int axis, size_t first, size_
 	const uint8_t *base = w->data;
 	uint8_t *out = dst;
 	size_t es = prune_dtype_size(w->dtype), slice = v.c * v.inner, gsize = 4 * v.inner;
-	size_t groups = (v.c + 3) / 4, step = FUSE_MAX / gsize, end = first + n;
+	size_t step = FUSE_MAX / gsize, end = first + n;
 	size_t zeroed = 0, kept = 0;
 	int bad = 0;
 	for (size_t i = first; i < end;) {
 		/* A run of whole groups of one outer slice, from the group holding i to the
 		 * one holding the last element wanted (at most step groups). */
-		size_t o = i / slice, g = i % slice / gsize;
+		size_t o = i / slice, g = i % slice / gsize, rs = o * slice + g * gsize;
 		size_t last = (end < (o + 1) * slice ? end : (o + 1) * slice) - 1;
 		size_t g1 = last % slice / gsize + 1;
 		if (g1 > g + step)
 			g1 = g + step;
-		if (g1 > groups)
-			g1 = groups;
-		size_t rs = o * slice + g * gsize;
+		/* A group the piece cuts takes the three passes alone; the whole groups
+		 * between take the one step. */
+		if (rs < i)
+			g1 = g + 1;
+		else if (g1 > g + 1 && o * slice + (4 * g1 < v.c ? g1 * gsize : slice) > end)
+			g1--;
 		view_t run = {1, (4 * g1 < v.c ? 4 * g1 : v.c) - 4 * g, v.inner};
 		size_t re = rs + run.c * v.inner, ie = re < end ? re : end;
 		int f = rs >= i && re == ie ? fused_any(w->dtype, base + rs * es,
 							out + (rs - first) * es, &run, &zeroed,
 							&kept)
 					    : -1;
-		if (f >= 0) { /* the run lies inside the piece: one step */
+		if (f >= 0) {
 			bad |= f;
 			i = ie;
 			continue;

@@ -15,9 +15,10 @@
 
 /*
  * Runs the prune stage on g in place, in two steps around the save: weights are masked
- * on their way out (prune_graph_mask_on_save), their masks computed on other threads
- * while the save runs, each weight written once its own mask is done. Layers whose
- * weight is not a constant are skipped (not_constant).
+ * on their way out (prune_graph_mask_on_save), most masks computed by the save itself
+ * as it writes each weight (prune_mask_2of4_apply), the others on threads of their own
+ * that the save waits for. Layers whose weight is not a constant are skipped
+ * (not_constant).
  *
  * begin returns 0 with res filled but for the zero counts (layers' zeros and zeroed,
  * weights_zeroed) and *out, or SD_ECONFIG, SD_ENOLAYER, SD_EMODEL (a graph that already
