@@ -77,6 +77,14 @@ int prune_mask_2of4_apply(const prune_tensor_t *w, int axis, size_t first, size_
 			  void *dst, prune_mask_counts_t *c);
 
 /*
+ * The widest vectors (in bytes: 16 or 32) prune_mask_2of4_apply may use, for tests and
+ * benchmarks that compare the forms (results are identical): bytes 0 leaves the cap,
+ * 16 or 32 sets it (process-wide). Returns the width in effect: 32 only where the CPU
+ * has AVX2 and the cap allows it.
+ */
+int prune_mask_vector_width(int bytes);
+
+/*
  * One weight of a batch for prune_mask_batch: its mask is either the fresh 2:4 mask
  * (stored NULL) or a stored one, a tensor of w's dtype and shape holding 0 and 1 (a
  * frozen mask variable; -0 counts as 0), which is checked and turned into bits.

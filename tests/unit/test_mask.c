@@ -581,8 +581,11 @@ START_TEST(one_step_equals_two_passes)
 				ck_assert(want && got);
 				prune_mask_counts_t wc;
 				two_pass(&c.t, shapes[k].axis, want, &wc);
-				/* whole (every group in one step), then in pieces (groups cut) */
-				for (int cut = 0; cut < 2; cut++) {
+				/* whole (every group in one step), then in pieces (groups cut),
+				 * with 16-byte vectors and then the widest the CPU has */
+				for (int form = 0; form < 4; form++) {
+					int cut = form & 1;
+					prune_mask_vector_width(form < 2 ? 16 : 32);
 					prune_mask_counts_t gc = {0, 0};
 					memset(got, 0x5A, n * es);
 					for (size_t at = 0; at < n;) {
@@ -596,8 +599,9 @@ START_TEST(one_step_equals_two_passes)
 						at += len;
 					}
 					ck_assert_msg(memcmp(want, got, n * es) == 0,
-						      "%s shape %zu mode %d cut %d",
-						      prune_dtype_name(c.t.dtype), k, mode, cut);
+						      "%s shape %zu mode %d cut %d width %d",
+						      prune_dtype_name(c.t.dtype), k, mode, cut,
+						      prune_mask_vector_width(0));
 					ck_assert_uint_eq(gc.zeroed, wc.zeroed);
 					ck_assert_uint_eq(gc.zeros, wc.zeros);
 				}
@@ -617,10 +621,13 @@ START_TEST(one_step_equals_two_passes)
 	fill(&c, 1);
 	put(DT_F32, c.t.data, 2050, NAN); /* row 20, group rows 20..23 */
 	float out[4000];
-	prune_mask_counts_t cnt = {0, 0};
-	ck_assert_int_eq(prune_mask_2of4_apply(&c.t, 0, 0, 2000, out, &cnt), 0);
-	ck_assert_int_ne(prune_mask_2of4_apply(&c.t, 0, 2000, 10, out, &cnt), 0);
-	ck_assert_int_eq(prune_mask_2of4_apply(&c.t, 0, 2400, 1600, out, &cnt), 0);
+	for (int width = 16; width <= 32; width += 16) {
+		prune_mask_vector_width(width);
+		prune_mask_counts_t cnt = {0, 0};
+		ck_assert_int_eq(prune_mask_2of4_apply(&c.t, 0, 0, 2000, out, &cnt), 0);
+		ck_assert_int_ne(prune_mask_2of4_apply(&c.t, 0, 2000, 10, out, &cnt), 0);
+		ck_assert_int_eq(prune_mask_2of4_apply(&c.t, 0, 2400, 1600, out, &cnt), 0);
+	}
 	case_free(&c);
 }
 END_TEST
@@ -876,7 +883,8 @@ int main(void)
 		 .timeout = 120},
 		{"apply", TU_TESTS(apply_gives_signed_zeros, bits_and_apply_long,
 				   pieces_equal_two_passes, one_step_equals_two_passes, batch_on_threads,
-				   run_at_save, is_2of4_cases)},
+				   run_at_save, is_2of4_cases),
+		 .timeout = 120},
 		{NULL},
 	};
 	return tu_main("mask", cases);
