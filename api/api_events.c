@@ -45,6 +45,7 @@
 #include "common/sd_log.h"
 #include "common/sd_time.h"
 #include "api/api_json.h"
+#include "api/api_json_job.h"
 
 /* Events kept for replay after a reconnect (3.6 MiB once full). */
 #define EV_RING 4096

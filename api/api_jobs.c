@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "api/api_json.h"
+#include "api/api_json_job.h"
 #include "common/sd_log.h"
 #include "common/sd_str.h"
 #include "common/sd_time.h"

@@ -3,9 +3,9 @@
 # the current directory) with dpkg-deb, for `apt install ./sparsityd_*.deb` on Debian 12.
 #
 # The package is what `meson install` installs for prefix /usr with the tags runtime, man
-# and service (the binary, the man pages, the unit, the sysusers.d entry and the default
-# /etc/sparsityd/sparsityd.conf, a conffile), plus what only a .deb has: the control file,
-# whose Depends dpkg-shlibdeps reads off the binary, the copyright file, naming the licence
+# and service (the binaries sparsityd and sparsityd-server, the man pages, the unit, the
+# sysusers.d entry and the default /etc/sparsityd/sparsityd.conf, a conffile), plus what only a .deb has: the control file,
+# whose Depends dpkg-shlibdeps reads off the binaries, the copyright file, naming the licence
 # meson.build declares (deploy/deb/copyright.in), and the maintainer scripts (maintscripts/): the system user
 # `sparsityd`, /var/lib/sparsityd, and the unit enabled and started where systemd runs.
 #
@@ -51,7 +51,8 @@ license=$(sed -n 's/^License: //p' "$doc/copyright" | head -n 1)
 # with their -dev packages by scripts/deps.sh) say which versions the binary needs.
 mkdir -p "$work/src/debian"
 printf 'Source: sparsityd\n\nPackage: sparsityd\nArchitecture: any\n' > "$work/src/debian/control"
-shlibs=$(cd "$work/src" && dpkg-shlibdeps -O "$root/usr/bin/sparsityd" 2>/dev/null \
+shlibs=$(cd "$work/src" && dpkg-shlibdeps -O "$root/usr/bin/sparsityd" \
+  "$root/usr/bin/sparsityd-server" 2>/dev/null \
   | sed -n 's/^shlibs:Depends=//p')
 [ -n "$shlibs" ] || { echo "deploy/deb/build.sh: dpkg-shlibdeps found no dependencies" >&2; exit 1; }
 

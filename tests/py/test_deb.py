@@ -448,7 +448,8 @@ def test_deb_metadata(deb, build_stage, tmp_path):
                 "libprotobuf-c1", "adduser"):
         assert lib in deps, (lib, f["Depends"])
     listing = run(["dpkg-deb", "-c", deb]).stdout
-    for path in ("./usr/bin/sparsityd", "./usr/share/man/man1/sparsityd.1.gz",
+    for path in ("./usr/bin/sparsityd", "./usr/bin/sparsityd-server",
+                 "./usr/share/man/man1/sparsityd.1.gz",
                  "./usr/share/man/man5/sparsityd.conf.5.gz", "./etc/sparsityd/sparsityd.conf",
                  "./usr/lib/systemd/system/sparsityd.service",
                  "./usr/lib/sysusers.d/sparsityd.conf", "./usr/share/doc/sparsityd/copyright"):
@@ -520,7 +521,8 @@ def test_deb_installs_into_a_clean_debian_12(deb, new_root, tmp_path):
 
     # purge: binary, config and data go; the user stays (Debian policy)
     root.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq sparsityd")
-    for gone in ("/usr/bin/sparsityd", "/etc/sparsityd/sparsityd.conf", "/var/lib/sparsityd"):
+    for gone in ("/usr/bin/sparsityd", "/usr/bin/sparsityd-server",
+                 "/etc/sparsityd/sparsityd.conf", "/var/lib/sparsityd"):
         assert not os.path.exists(root.file(gone)), gone
     with open(root.file("/etc/passwd")) as f:
         assert re.search(r"^sparsityd:", f.read(), re.M)
