@@ -4,6 +4,7 @@ it, `python -m sparsityd` is the CLI, and the optional parts stay optional.
 TensorFlow-free: runs in any venv where the package is installed."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -49,6 +50,20 @@ def test_the_installed_package_is_imported():
 def test_binary_installed_next_to_the_package(installed_bin):
     assert os.path.dirname(installed_bin) == sysconfig.get_path("scripts"), installed_bin
     assert os.access(installed_bin, os.X_OK)
+    # the daemon's half, which `sparsityd serve` runs from the same directory
+    assert os.access(os.path.join(os.path.dirname(installed_bin), "sparsityd-server"), os.X_OK)
+
+
+def test_serve_without_the_server_binary_is_a_clear_error(sparsityd, tmp_path):
+    """A sparsityd copied alone still runs the stages; serve names what is missing."""
+    lone = tmp_path / "sparsityd"
+    shutil.copy(sparsityd, lone)
+    p = subprocess.run([str(lone), "version"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([str(lone), "serve"], capture_output=True, text=True, timeout=60)
+    want = "cannot run the daemon's binary %s: No such file or directory" % (
+        tmp_path / "sparsityd-server")
+    assert p.returncode == 1 and want in p.stderr, (p.returncode, p.stderr)
 
 
 def test_python_m_sparsityd_is_the_cli(installed_bin):
