@@ -660,6 +660,35 @@ def write_mlp(path, layers, k, seed=0):
     return path
 
 
+def write_mlp_text(path, layers, k, seed=0):
+    """write_mlp's graph in protobuf text format (--format pbtxt), its tensor_content
+    written as octal escapes: 4 bytes of text per byte of weight, which the engine parses
+    about ten times slower than a binary graph of the same weights is uploaded, so a job
+    on it stays running long after its upload. Returns path."""
+    import random
+    import struct
+    rnd = random.Random(seed)
+    row = struct.pack("<%df" % k, *[rnd.uniform(-1, 1) for _ in range(k)])
+    # rows rotated as in write_mlp, escaped once each (k distinct rows)
+    octal = {b: "\\%03o" % b for b in range(256)}
+    rows = [(row[s:] + row[:s]).decode("latin-1").translate(octal) for s in range(0, 4 * k, 4)]
+    dtype = 'attr { key: "%s" value { type: DT_FLOAT } }'
+    with open(path, "w") as f:
+        f.write('node { name: "x" op: "Placeholder" %s }\n' % (dtype % "dtype"))
+        prev = "x"
+        for i in range(layers):
+            f.write('node { name: "w%d" op: "Const" %s attr { key: "value" value { tensor { '
+                    'dtype: DT_FLOAT tensor_shape { dim { size: %d } dim { size: %d } } '
+                    'tensor_content: "' % (i, dtype % "dtype", k, k))
+            f.writelines(rows)
+            f.write('" } } } }\n')
+            f.write('node { name: "mm%d" op: "MatMul" input: "%s" input: "w%d" %s }\n'
+                    % (i, prev, i, dtype % "T"))
+            prev = "mm%d" % i
+        f.write('node { name: "out" op: "Identity" input: "%s" %s }\n' % (prev, dtype % "T"))
+    return path
+
+
 def graph(name):
     """Path of a test graph in tests/unit/data/graphs (chain.pbtxt: output "out")."""
     return os.path.join(GRAPHS, name)
@@ -761,9 +790,9 @@ def wait_state(dmn, job_id, states, timeout=60):
     raise AssertionError("job %s never reached %s" % (job_id, states))
 
 
-def start_big(dmn, contract, big_model):
-    """Submits a prune job on the big model and waits until it is running."""
-    r = dmn.submit_file("prune", big_model, config=CFG, outputs="out")
+def start_big(dmn, contract, big_model, stage="prune"):
+    """Submits a prune (or stage) job on the big model and waits until it is running."""
+    r = dmn.submit_file(stage, big_model, config=CFG, outputs="out")
     assert r.status == 202, r.describe()
     j = contract.check(r)
     wait_state(dmn, j["id"], ("running", "succeeded", "failed"))
