@@ -29,6 +29,9 @@
 
 enum { WT_VARINT = 0, WT_64BIT = 1, WT_LEN = 2, WT_32BIT = 5 };
 
+/* The largest field number protobuf allows (2^29 - 1). */
+#define FIELD_MAX 536870911u
+
 #define MEMBER(m, off) ((const char *)(m) + (off))
 
 size_t pbwire_elem_size(ProtobufCType t)
@@ -785,21 +788,32 @@ int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf, 
 	int depth = 0;
 	stack[0] = (struct frame){d, len};
 	size_t at = 0;
+	/* Anything this walk cannot follow is refused here, not left to protobuf-c: the
+	 * unpacker accepts some keys the walk would have to stop at (field 0 written in
+	 * two bytes, say) and then recurses through the rest without a limit. */
+	const char *bad;
+	size_t start;
 	for (;;) {
 		while (depth > 0 && at == stack[depth].end)
 			depth--;
 		if (at >= stack[depth].end)
 			return 0;
-		uint64_t key, v;
-		/* Field number 0 does not exist: stop at once rather than walk a file of zeros
-		 * two bytes at a time (protobuf-c refuses it). */
-		if (!pbwire_varint_get(buf, stack[depth].end, &at, &key) || key >> 3 == 0)
-			return 0;
+		start = at;
+		uint64_t key, v = 0;
+		if (!pbwire_varint_get(buf, stack[depth].end, &at, &key)) {
+			bad = "a truncated field key";
+			break;
+		}
+		if (key >> 3 == 0 || key >> 3 > FIELD_MAX) {
+			bad = "field number 0 or over 2^29 - 1";
+			break;
+		}
+		bool ok = true;
 		switch (key & 7) {
 		case WT_VARINT:
-			if (!pbwire_varint_get(buf, stack[depth].end, &at, &v))
-				return 0;
-			continue;
+			ok = pbwire_varint_get(buf, stack[depth].end, &at, &v);
+			v = 0;
+			break;
 		case WT_64BIT:
 			v = 8;
 			break;
@@ -807,18 +821,19 @@ int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf, 
 			v = 4;
 			break;
 		case WT_LEN:
-			if (!pbwire_varint_get(buf, stack[depth].end, &at, &v))
-				return 0;
+			ok = pbwire_varint_get(buf, stack[depth].end, &at, &v);
 			break;
 		default:
-			return 0; /* groups: protobuf-c refuses them */
+			ok = false; /* groups: protobuf-c refuses them too */
 		}
-		if (v > stack[depth].end - at)
-			return 0;
+		if (!ok || v > stack[depth].end - at) {
+			bad = ok || (key & 7) == WT_LEN || (key & 7) == WT_VARINT
+				      ? "a truncated field"
+				      : "a group or an unknown wire type";
+			break;
+		}
 		const ProtobufCFieldDescriptor *f =
-			key >> 3 <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(
-							 stack[depth].d, (unsigned)(key >> 3))
-					       : NULL;
+			protobuf_c_message_descriptor_get_field(stack[depth].d, (unsigned)(key >> 3));
 		if ((key & 7) != WT_LEN || !f || f->type != PROTOBUF_C_TYPE_MESSAGE) {
 			at += v;
 			continue;
@@ -831,4 +846,6 @@ int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf, 
 		depth++;
 		stack[depth] = (struct frame){f->descriptor, at + v};
 	}
+	return sd_err(e, err_code, "is malformed: %s at byte %zu (in %s)", bad, start,
+		      stack[depth].d->name);
 }

@@ -98,8 +98,9 @@ static inline bool pbwire_varint_get(const uint8_t *p, size_t len, size_t *at, u
  * limit, so a 50 KB input nested a few thousand levels deep would overflow the stack;
  * this walk is iterative and its state is a fixed array. Only fields the descriptor
  * declares as messages are followed (unknown fields stay bytes in protobuf-c too).
- * Returns 0 when the input is within the limit or malformed (the unpacker then reports
- * it), or err_code with a message naming the byte offset where the limit was crossed.
+ * Returns 0 when the input is well formed and within the limit, or err_code with a
+ * message naming the byte offset where the limit was crossed or the wire format broken
+ * (field number 0 or over 2^29 - 1, a truncated key or value, a group).
  */
 SD_MUST_CHECK int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf,
 				     size_t len, int err_code, sd_error_t *e);

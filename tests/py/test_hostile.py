@@ -654,6 +654,12 @@ BAD_MODELS = [
     jc("model-deep-attr-3000-prune", "prune", H.deep_attr_graph(3000), CFG, outputs="n",
        fmt="graphdef", message=NEST),
     jc("model-deep-pbtxt-10000", "check", H.deep_attr_pbtxt(10000), message=NEST),
+    # field 0 in a two-byte key, which protobuf-c keeps as an unknown field: the depth
+    # check used to stop there, and protobuf-c then recursed until the daemon crashed
+    jc("model-field0-key-then-deep-attr-50000", "check",
+       b"\x80\x00\x00" + H.deep_attr_graph(50000), fmt="graphdef", message=r"field number 0"),
+    jc("model-field0-key-then-deep-attr-50000-detected", "prune",
+       b"\x80\x00\x00" + H.deep_attr_graph(50000), CFG, outputs="n", message=r"malformed"),
 ]
 
 BAD_CONFIGS = [

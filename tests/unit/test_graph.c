@@ -186,7 +186,7 @@ START_TEST(bad_binary)
 			ck_assert(e.msg[0] != 0);
 	}
 	ck_assert_int_eq(load(pb, len - 1, PRUNE_FMT_GRAPHDEF, &g, &e), SD_EMODEL);
-	ck_assert_msg_has(e, "not a valid binary GraphDef");
+	ck_assert_msg_has(e, "GraphDef is malformed: a truncated field at byte");
 	uint8_t junk[4096];
 	srand(7);
 	for (size_t i = 0; i < sizeof(junk); i++)
@@ -237,6 +237,20 @@ START_TEST(deep_and_repeated_binary)
 	sd_error_t e;
 	ck_assert_int_eq(load(graph, gn, PRUNE_FMT_AUTO, &g, &e), SD_EMODEL);
 	ck_assert_msg_has(e, "nests messages deeper than 100 levels");
+	/* Field 0 written as two bytes (80 00), which protobuf-c keeps as an unknown
+	 * field: the walk used to stop there and leave the depth to protobuf-c. In front
+	 * of the graph, and inside the node. */
+	static uint8_t pre[40300];
+	memcpy(pre, "\x80\x00\x00", 3);
+	memcpy(pre + 3, graph, gn);
+	ck_assert_int_eq(load(pre, gn + 3, PRUNE_FMT_GRAPHDEF, &g, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "GraphDef is malformed: field number 0 or over 2^29 - 1 at byte 0");
+	memcpy(b, "\x80\x00\x00", 3);
+	memcpy(b + 3, node, nn);
+	gn = put_len(pre, 0, 1, b, nn + 3);
+	ck_assert_int_eq(load(pre, gn, PRUNE_FMT_AUTO, &g, &e), SD_EMODEL);
+	ck_assert_msg_has(e, "field number 0 or over 2^29 - 1 at byte");
+	ck_assert_msg_has(e, "(in tensorflow.NodeDef)");
 
 	/* tensor { dtype: DT_FLOAT shape { dim { size: 1024 } } content: A content: B } */
 	static uint8_t t[20000], v[20000], w[20000];

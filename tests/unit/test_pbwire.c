@@ -342,7 +342,28 @@ START_TEST(field_zero_is_malformed)
 			 PBSTRIP_MALFORMED);
 	ck_assert_int_eq(pbwire_check_depth(&tensorflow__graph_def__descriptor, zeros,
 					    sizeof(zeros), SD_EMODEL, &e),
-			 0);
+			 SD_EMODEL);
+	ck_assert_str_eq(e.msg, "is malformed: field number 0 or over 2^29 - 1 at byte 0 (in "
+				"tensorflow.GraphDef)");
+	/* versions (4) { producer: 1, then a group start (wire type 3) }; then a key
+	 * whose varint never ends; then field 2^29 (one over protobuf's largest). */
+	static const uint8_t group[] = {0x22, 0x03, 0x08, 0x01, 0x0b};
+	ck_assert_int_eq(pbwire_check_depth(&tensorflow__graph_def__descriptor, group,
+					    sizeof(group), SD_EMODEL, &e),
+			 SD_EMODEL);
+	ck_assert_str_eq(e.msg, "is malformed: a group or an unknown wire type at byte 4 (in "
+				"tensorflow.VersionDef)");
+	static const uint8_t endless[] = {0x22, 0x00, 0x80, 0x80};
+	ck_assert_int_eq(pbwire_check_depth(&tensorflow__graph_def__descriptor, endless,
+					    sizeof(endless), SD_EMODEL, &e),
+			 SD_EMODEL);
+	ck_assert_str_eq(e.msg, "is malformed: a truncated field key at byte 2 (in "
+				"tensorflow.GraphDef)");
+	static const uint8_t huge[] = {0x80, 0x80, 0x80, 0x80, 0x10, 0x00};
+	ck_assert_int_eq(pbwire_check_depth(&tensorflow__graph_def__descriptor, huge,
+					    sizeof(huge), SD_EMODEL, &e),
+			 SD_EMODEL);
+	ck_assert_msg(strstr(e.msg, "field number 0 or over"), "%s", e.msg);
 }
 END_TEST
 
