@@ -6,7 +6,6 @@
  */
 #include "api/api_parse.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -37,31 +36,38 @@ bool api_route_match(const char *pat, const char *path, size_t path_len,
 	return !*pat && url == url_end;
 }
 
-/* A non-negative decimal without sign or blanks, up to INT64_MAX; end gets what follows. */
+/* A non-negative decimal without sign or blanks, saturated at INT64_MAX (a range past
+ * any file is still a range); end gets what follows. */
 static bool number(const char *p, const char **end, int64_t *v)
 {
 	if (*p < '0' || *p > '9')
 		return false;
-	errno = 0;
-	char *e;
-	long long n = strtoll(p, &e, 10);
-	if (errno == ERANGE)
-		return false;
+	int64_t n = 0;
+	for (; *p >= '0' && *p <= '9'; p++)
+		n = n > (INT64_MAX - 9) / 10 ? INT64_MAX : n * 10 + (*p - '0');
 	*v = n;
-	*end = e;
+	*end = p;
 	return true;
+}
+
+static const char *ows(const char *p)
+{
+	while (*p == ' ' || *p == '\t')
+		p++;
+	return p;
 }
 
 int api_range_parse(const char *h, int64_t size, int64_t *from, int64_t *to)
 {
-	if (!h)
+	/* RFC 9110 14.2: a unit we do not know MUST be ignored; a list of ranges (which
+	 * would need multipart/byteranges) MAY be, and the client then gets the whole
+	 * file with a 200 instead of an error. */
+	if (!h || strncasecmp(h, "bytes=", 6) || strchr(h, ','))
 		return 0;
-	if (strncasecmp(h, "bytes=", 6) || strchr(h, ','))
-		return -1;
-	const char *p = h + 6, *end;
+	const char *p = ows(h + 6), *end;
 	int64_t a, b;
 	if (*p == '-') {
-		if (!number(p + 1, &end, &b) || *end || b <= 0)
+		if (!number(p + 1, &end, &b) || *ows(end) || b <= 0)
 			return -1;
 		*from = b >= size ? 0 : size - b;
 		*to = size - 1;
@@ -70,7 +76,7 @@ int api_range_parse(const char *h, int64_t size, int64_t *from, int64_t *to)
 			return -1;
 		p = end + 1;
 		b = size - 1;
-		if (*p && (!number(p, &end, &b) || *end || b < a))
+		if (*ows(p) && (!number(p, &end, &b) || *ows(end) || b < a))
 			return -1;
 		*from = a;
 		*to = b >= size ? size - 1 : b;

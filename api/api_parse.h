@@ -24,8 +24,9 @@ bool api_route_match(const char *pattern, const char *path, size_t path_len,
 /*
  * Parses a Range header value (may be NULL) against a resource of size bytes:
  * "bytes=a-b", "bytes=a-" or "bytes=-n". Returns 1 with [*from, *to] (inclusive,
- * clamped to the size), 0 when h is NULL, -1 when it is malformed, a multi-range list,
- * or not satisfiable (starts past the end).
+ * clamped to the size, however large the numbers), 0 when the whole file is due (h NULL,
+ * another unit, a list of ranges), -1 when it is malformed or not satisfiable (starts
+ * past the end, or "bytes=-0").
  */
 int api_range_parse(const char *h, int64_t size, int64_t *from, int64_t *to);
 

@@ -88,6 +88,12 @@ static int part_begin(void *ud, const char *name, const char *filename, sd_error
 		if (u->text[i].seen && !text_parts[i].list)
 			return sd_err(e, SD_EUSAGE, "part '%s' given twice", name);
 		if (u->text[i].seen) {
+			/* The cap counts the joined list: a full first part and a second one
+			 * must not leave part_data a negative room. */
+			if (u->text[i].len >= API_UPLOAD_TEXT_MAX)
+				return sd_err(e, SD_EUSAGE, "parts '%s' are longer than %d bytes "
+							    "together",
+					      name, API_UPLOAD_TEXT_MAX);
 			char *t = realloc(u->text[i].buf, u->text[i].len + 2);
 			if (!t)
 				return sd_err(e, SD_ENOMEM, "out of memory");

@@ -435,6 +435,11 @@ def _range_206(first, last):
     return check
 
 
+def _whole(c, r, p):
+    assert r.body == c.report, "200 to an ignored Range without the whole file\n" + r.describe()
+    assert r.header("content-range") is None, r.describe()
+
+
 def rng(id, value, status=416, check=None):
     code = "range-not-satisfiable" if status == 416 else None
     return call(id, "GET", lambda c: c.report_href, status, code,
@@ -450,7 +455,13 @@ HEADERS = [
     rng("range-bytes-abc", "bytes=abc"),
     rng("range-reversed", "bytes=5-1"),
     rng("range-suffix-zero", "bytes=-0"),
-    rng("range-unit-items", "items=0-1"),
+    # RFC 9110 14.2: an unknown unit MUST be ignored, a list of ranges may be (200, whole)
+    rng("range-unit-items", "items=0-1", status=200, check=_whole),
+    rng("range-list", "bytes=0-0,2-3", status=200, check=_whole),
+    rng("range-last-past-int64", "bytes=3-99999999999999999999", status=206,
+        check=_range_206(3, None)),
+    rng("range-suffix-past-int64", "bytes=-99999999999999999999", status=206,
+        check=_range_206(0, None)),
     rng("range-past-the-end", lambda c: "bytes=%d-" % c.report_size),
     rng("range-far-past-the-end", lambda c: "bytes=%d-%d" % (c.report_size + 5,
                                                              c.report_size + 10)),

@@ -283,6 +283,27 @@ START_TEST(upload_form_rules)
 	ck_assert_int_eq(upload(longname, 6, &u, &f, &e), SD_EUSAGE);
 	ck_assert_msg(strstr(e.msg, "longer than 65536"), "%s", e.msg);
 	api_upload_free(u);
+	/* A list part (outputs) repeated: the cap is on the joined value, so a full first
+	 * part and a second one (which used to pass the cap and grow without a bound)
+	 * are refused; 65535 bytes and one more part fill it exactly. */
+	for (size_t i = 1; i < sizeof(big); i += 2)
+		big[i] = ','; /* "n,n,n...": each output is short */
+	big[65536] = 0;
+	const char *twice[] = {"stage", "prune", "@model", "M", "@config", "C",
+			       "outputs", big, "outputs", "o"};
+	ck_assert_int_eq(upload(twice, 10, &u, &f, &e), SD_EUSAGE);
+	ck_assert_msg(strstr(e.msg, "parts 'outputs' are longer than 65536 bytes together"), "%s",
+		      e.msg);
+	api_upload_free(u);
+	big[65535] = 0;
+	twice[9] = "";
+	ck_assert_int_eq(upload(twice, 10, &u, &f, &e), SD_EUSAGE);
+	ck_assert_msg(strstr(e.msg, "output 32769 is empty"), "%s", e.msg);
+	api_upload_free(u);
+	twice[9] = "o";
+	ck_assert_int_eq(upload(twice, 10, &u, &f, &e), SD_EUSAGE);
+	ck_assert_msg(strstr(e.msg, "'outputs' is longer than 65536"), "%s", e.msg);
+	api_upload_free(u);
 	ck_assert_int_eq(api_upload_begin(g_s, 10, false, CT, &u, &e), 0);
 	static const char toolong[] = "--XyZ\r\nContent-Disposition: form-data; name=model\r\n\r\n"
 				      "0123456789ABCDEF\r\n--XyZ--";
@@ -315,10 +336,22 @@ START_TEST(parse_headers)
 	ck_assert(a == 7 && b == 9);
 	ck_assert_int_eq(api_range_parse("bytes=0-99", 10, &a, &b), 1);
 	ck_assert(a == 0 && b == 9);
-	static const char *const bad[] = {"bytes=abc", "bytes=5-1", "bytes=-0", "items=0-1",
-					  "bytes=10-", "bytes=0-1,2-3", "bytes=", "bytes=-",
-					  "bytes= 1-2", "bytes=+1-2", "bytes=99999999999999999999-",
-					  "bytes=1-2x"};
+	/* Numbers past INT64_MAX are ranges past the end, clamped like any other. */
+	ck_assert_int_eq(api_range_parse("bytes=3-99999999999999999999", 10, &a, &b), 1);
+	ck_assert(a == 3 && b == 9);
+	ck_assert_int_eq(api_range_parse("bytes=-99999999999999999999", 10, &a, &b), 1);
+	ck_assert(a == 0 && b == 9);
+	ck_assert_int_eq(api_range_parse("bytes= 1-2 ", 10, &a, &b), 1);
+	ck_assert(a == 1 && b == 2);
+	ck_assert_int_eq(api_range_parse("bytes=\t4- ", 10, &a, &b), 1);
+	ck_assert(a == 4 && b == 9);
+	/* Ignored: the whole file. */
+	ck_assert_int_eq(api_range_parse("items=0-1", 10, &a, &b), 0);
+	ck_assert_int_eq(api_range_parse("bytes=0-0,2-3", 10, &a, &b), 0);
+	static const char *const bad[] = {"bytes=abc", "bytes=5-1", "bytes=-0", "bytes=10-",
+					  "bytes=", "bytes=-", "bytes=+1-2",
+					  "bytes=99999999999999999999-", "bytes=1-2x",
+					  "bytes=1 -2", "bytes=--1", "bytes=1-2-3"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		ck_assert_msg(api_range_parse(bad[i], 10, &a, &b) == -1, "%s", bad[i]);
 
