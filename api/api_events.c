@@ -305,6 +305,14 @@ static void resume_point(api_events_t *ev, stream_t *s, int64_t after)
 	s->next = lo;
 }
 
+static void stream_headers(struct MHD_Response *resp)
+{
+	MHD_add_response_header(resp, "Content-Type", "text/event-stream; charset=utf-8");
+	MHD_add_response_header(resp, "Cache-Control", "no-cache, no-store");
+	/* nginx would otherwise hold events back in its proxy buffer. */
+	MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+}
+
 int api__h_events(api_t *a, req_t *r, struct MHD_Connection *c)
 {
 	api_events_t *ev = a->ev;
@@ -312,6 +320,16 @@ int api__h_events(api_t *a, req_t *r, struct MHD_Connection *c)
 	if (!last_event_id(api__header(c, "Last-Event-ID"), &after))
 		return api__fail(a, r, c, SD_EUSAGE,
 				 "Last-Event-ID must be the id of an event (a whole number)");
+	/* HEAD gets the headers from an empty response: libmicrohttpd would end a streamed
+	 * one with the last chunk (0 CRLF CRLF) even for HEAD, bytes that a keep-alive
+	 * client would read as the start of its next answer. */
+	if (r->method == API__M_HEAD) {
+		struct MHD_Response *resp =
+			MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+		if (resp)
+			stream_headers(resp);
+		return api__queue(a, r, c, 200, resp, 0);
+	}
 	stream_t *s = calloc(1, sizeof(*s));
 	const char *h = r->tenant ? api__header(c, "Authorization") : NULL;
 	if (!s || (r->tenant && !(s->tenant = strdup(r->tenant))) || (h && !(s->auth = strdup(h)))) {
@@ -358,10 +376,7 @@ int api__h_events(api_t *a, req_t *r, struct MHD_Connection *c)
 		stream_free(s);
 		return MHD_NO;
 	}
-	MHD_add_response_header(resp, "Content-Type", "text/event-stream; charset=utf-8");
-	MHD_add_response_header(resp, "Cache-Control", "no-cache, no-store");
-	/* nginx would otherwise hold events back in its proxy buffer. */
-	MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+	stream_headers(resp);
 	/* A heartbeat every interval keeps a reading client's connection active; one that
 	 * could not take a byte for two intervals has stopped reading, and goes. */
 	MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,

@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "api/api_json.h"
@@ -636,14 +638,17 @@ int api__upload_start(api_t *a, req_t *r, struct MHD_Connection *c)
 	r->upload_slot = true;
 	/* Too large: the answer waits for the body to be read (and dropped), since closing
 	 * a socket with unread data resets it before the client sees the 413; a body far
-	 * beyond the limit is cut off at once. */
+	 * beyond the limit is cut off at once. A client that waits for "100 Continue" has
+	 * sent no body yet, so it is answered at once too. */
 	const char *cl = api__header(c, "Content-Length");
+	const char *expect = api__header(c, "Expect");
 	long long clv = cl ? strtoll(cl, NULL, 10) : 0;
 	if (clv > a->conf.max_upload) {
 		r->fail_code = sd_err(&r->fail, SD_ETOOBIG,
 				      "upload of %lld bytes is over the limit of %" PRId64 " bytes",
 				      clv, a->conf.max_upload);
-		if (clv - a->conf.max_upload > DISCARD_MAX)
+		if (clv - a->conf.max_upload > DISCARD_MAX ||
+		    (expect && !strcasecmp(expect, "100-continue")))
 			return api__send_problem(a, r, c, &r->fail);
 		return MHD_YES;
 	}
@@ -656,12 +661,30 @@ int api__upload_start(api_t *a, req_t *r, struct MHD_Connection *c)
 
 /* ---- long-poll wake-ups ---- */
 
+/* Whether the client of a suspended connection has gone (FIN or reset). libmicrohttpd
+ * does not watch a suspended socket, so without this a poll whose client left would
+ * hold its slot of max_connections until its deadline: a client could fill them all
+ * with requests it sends and drops at once. */
+static bool hung_up(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+	char b;
+	ssize_t n = ci ? recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) : 1;
+	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* Resumes the polls on job id, or (id NULL) those past their deadline or whose client
+ * has gone: these are answered at once (the deadline is set back), and the answer to a
+ * gone client fails and frees its connection. */
 static void resume_where(api_t *a, const char *id, int64_t now)
 {
 	pthread_mutex_lock(&a->mu);
 	waiter_t **pp = &a->waiters;
 	while (*pp) {
 		waiter_t *w = *pp;
+		if (!id && w->req->deadline_ms > now && hung_up(w->conn))
+			w->req->deadline_ms = now;
 		if ((id && strcmp(w->req->params[0], id) == 0) ||
 		    (!id && w->req->deadline_ms <= now)) {
 			*pp = w->next;

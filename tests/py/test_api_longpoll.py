@@ -6,6 +6,8 @@ A big synthetic GraphDef (conftest.py's big_model) keeps one job running on a da
 one worker, so the next one stays queued.
 """
 
+import os
+import socket
 import threading
 import time
 
@@ -200,3 +202,36 @@ def test_long_poll_wakes_on_cancel_and_delete(daemons, contract, big_model):
     assert waited < 2, "a long-poll on a deleted job answered %.1f s after the delete " \
         "(%d)" % (waited, out["r"].status)
     dmn.wait_job(a["id"])
+
+
+def test_long_polls_whose_client_left_free_their_connections(daemons, contract):
+    """A long-poll sent and dropped at once used to hold its connection until its
+    deadline (libmicrohttpd does not watch a suspended socket), so a client could take
+    every slot of max_connections without holding a socket itself."""
+    dmn = daemons.new(args=["--max-connections", "8"])
+    j = submit_ok(dmn, contract, "check", model=CHAIN)
+    dmn.wait_job(j["id"])
+    etag = dmn.job(j["id"]).header("etag")
+    req = ("GET /v1/jobs/%s?wait=60 HTTP/1.1\r\nHost: x\r\nIf-None-Match: %s\r\n\r\n" % (
+        j["id"], etag)).encode()
+    fds = "/proc/%d/fd" % dmn.proc.pid
+    base = len(os.listdir(fds))
+    for rnd in range(3):
+        for _ in range(16):  # twice max_connections
+            s = socket.create_connection((dmn.host, dmn.port))
+            s.sendall(req)
+            s.close()
+        t0 = time.time()
+        r = dmn.request("GET", "/healthz", timeout=10)
+        took = time.time() - t0
+        assert r.status == 200 and took < 5, "round %d: /healthz took %.1f s" % (rnd, took)
+    # and their sockets are closed, not only their slots reused
+    deadline = time.time() + 5
+    while len(os.listdir(fds)) > base + 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(os.listdir(fds)) <= base + 2, "fds: %d before, %d after" % (
+        base, len(os.listdir(fds)))
+    # a poll whose client stays still waits its whole term
+    t0 = time.time()
+    r = dmn.job(j["id"] + "?wait=2", headers={"If-None-Match": etag})
+    assert r.status == 304 and time.time() - t0 >= 1.9, (r.status, time.time() - t0)

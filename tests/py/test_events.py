@@ -253,6 +253,28 @@ def test_names_in_events(d, contract):
     s.close()
 
 
+def test_head_sends_headers_only(d):
+    """HEAD /v1/events answers with the stream's headers and no byte of body: the last
+    chunk of a streamed body, sent on a keep-alive connection, would be read as the
+    start of the next answer."""
+    auth = "Authorization: Bearer %s\r\n" % d.token if d.token else ""
+    sock = socket.create_connection((d.host, d.port), timeout=10)
+    sock.sendall(("HEAD /v1/events HTTP/1.1\r\nHost: x\r\n%s\r\n"
+                  "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                  % auth).encode())
+    got = b""
+    while True:
+        b = sock.recv(65536)
+        if not b:
+            break
+        got += b
+    sock.close()
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), got
+    assert b"text/event-stream" in head, got
+    assert rest.startswith(b"HTTP/1.1 200"), "bytes after HEAD's headers:\n%r" % got
+
+
 def test_cancel_is_an_event(d, contract, big_model):
     s = opened(d)
     job = D.start_big(d, contract, big_model)

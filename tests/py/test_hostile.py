@@ -326,6 +326,13 @@ SIZES = [
         dmn, "POST", "/v1/jobs", [("Content-Type", MP), ("Content-Length", str(10 ** 10))],
         job_form("check", CHAIN)[1], content_length=False),
         413, "too-large", on="small", creates=False), id="size-content-length-10GB-early"),
+    # Expect: 100-continue and a length over the limit: 413 at the headers, not a
+    # "100 Continue" that makes the client send the whole body in vain
+    pytest.param(Req(lambda c, dmn: raw(
+        dmn, "POST", "/v1/jobs", [("Content-Type", MP), ("Expect", "100-continue"),
+                                  ("Content-Length", str(SMALL_MAX_UPLOAD + 1))],
+        None, content_length=False, timeout=5),
+        413, "too-large", on="small", creates=False), id="size-expect-continue-over-max-upload"),
     pytest.param(Req(lambda c, dmn: raw(
         dmn, "POST", "/v1/jobs", [("Content-Type", MP), ("Transfer-Encoding", "chunked")],
         H.chunked_body(job_form("check", b"\x01" * (2 * SMALL_MAX_UPLOAD))[1], 65536)),
