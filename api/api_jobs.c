@@ -242,6 +242,26 @@ int api__h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
 	return send_job(a, r, c, id, 200, false, version);
 }
 
+/*
+ * A page stops early, after at least one job, once its jobs hold about this many bytes
+ * of text: a name may take 64 KiB and a full job embeds its result (hundreds of KB for
+ * real models), so 200 of them made pages of tens of MB that took an HTTP thread a
+ * second to render and stayed in memory until a client that never read them went.
+ */
+#define LIST_PAGE_BYTES ((size_t)1 << 20)
+
+/* Roughly what a job adds to a page, a little more than its rendered JSON. */
+static size_t job_page_bytes(const store_job_t *j, bool brief)
+{
+	size_t n = 1024 + strlen(j->name) + strlen(j->outputs);
+	if (!brief) {
+		n += j->result_json ? strlen(j->result_json) : 0;
+		n += j->error_msg ? 2 * strlen(j->error_msg) : 0;
+		n += j->record_from ? strlen(j->record_from) : 0;
+	}
+	return n;
+}
+
 int api__h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 {
 	sd_error_t e;
@@ -294,12 +314,18 @@ int api__h_jobs_list(api_t *a, req_t *r, struct MHD_Connection *c)
 		ret = not_modified(a, r, c, etag);
 	} else {
 		json_t *doc = json_object(), *arr = json_array();
-		for (size_t i = 0; i < n; i++)
-			json_array_append_new(arr, brief ? api_json_job_head(&jobs[i])
-							   : api_json_job(&jobs[i], false));
+		size_t shown = 0, bytes = 0;
+		for (; shown < n; shown++) {
+			bytes += job_page_bytes(&jobs[shown], brief);
+			if (shown && bytes > LIST_PAGE_BYTES)
+				break;
+			json_array_append_new(arr, brief ? api_json_job_head(&jobs[shown])
+							 : api_json_job(&jobs[shown], false));
+		}
 		json_object_set_new(doc, "jobs", arr);
-		json_object_set_new(doc, "next_cursor",
-				    n == f.limit && n ? json_string(jobs[n - 1].id) : json_null());
+		json_object_set_new(doc, "next_cursor", shown && (shown < n || n == f.limit)
+								? json_string(jobs[shown - 1].id)
+								: json_null());
 		ret = api__send_json(a, r, c, 200, doc, etag);
 	}
 	for (size_t i = 0; i < n; i++)

@@ -268,6 +268,28 @@ def test_pagination(daemons, contract):
     assert len(b["jobs"]) == 7 and b["next_cursor"] is None
 
 
+def test_pages_end_at_about_1_mib(daemons, contract):
+    """Jobs with 60 KiB names: a page of limit=200 ends early, near 1 MiB, and the
+    cursors still visit every job once, in both views (200 such jobs made 13 MB pages
+    that took a thread a second to render)."""
+    dmn = daemons.new()
+    made = [submit_ok(dmn, contract, "check", model=CHAIN, name=("%02d" % i) * 30720)["id"]
+            for i in range(40)]
+    for view in ("full", "brief"):
+        seen, cursor, sizes = [], None, []
+        while True:
+            r = dmn.get("/v1/jobs?limit=200&view=%s" % view + ("&cursor=" + cursor if cursor else ""))
+            b = contract.check(r)
+            sizes.append(len(r.body))
+            seen += [j["id"] for j in b["jobs"]]
+            cursor = b["next_cursor"]
+            if cursor is None:
+                break
+            assert len(sizes) <= 10, "pagination does not end"
+        assert seen == made[::-1], view
+        assert len(sizes) >= 3 and max(sizes) <= (1 << 20) + (64 << 10), (view, sizes)
+
+
 def test_prune_record_when_asked(d, contract, serve_bin, tmp_path):
     """prune writes a record output when asked (openapi.yaml: part emit_record=true), the
     same record as `sparsityd prune --record`."""
