@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "api/api_json.h"
@@ -151,6 +152,48 @@ static bool upload_route(const char *url, const char *method)
  * libmicrohttpd closes a connection whose answer was queued before the request was
  * complete, and pollers want to keep theirs.
  */
+struct framing {
+	const char *length; /* the first Content-Length */
+	bool lengths_differ, chunked, two_auth, auth;
+};
+
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
+				      const char *value)
+{
+	(void)kind;
+	struct framing *f = cls;
+	if (!key || !value)
+		return MHD_YES;
+	if (!strcasecmp(key, "Content-Length")) {
+		f->lengths_differ |= f->length && strcmp(f->length, value);
+		f->length = f->length ? f->length : value;
+	} else if (!strcasecmp(key, "Transfer-Encoding")) {
+		f->chunked = true;
+	} else if (!strcasecmp(key, "Authorization")) {
+		f->two_auth |= f->auth;
+		f->auth = true;
+	}
+	return MHD_YES;
+}
+
+/*
+ * What makes the request's framing or its credentials ambiguous, or NULL. libmicrohttpd
+ * takes the first Content-Length and reads the rest of the body as the next request, so
+ * a proxy in front that took another one would disagree on where requests end (request
+ * smuggling); and two Authorization headers would let their order choose the tenant.
+ * RFC 9112 6.3 makes the first two errors; answered before the body, the connection is
+ * closed after the answer.
+ */
+static const char *framing_conflict(struct MHD_Connection *c)
+{
+	struct framing f = {0};
+	MHD_get_connection_values(c, MHD_HEADER_KIND, framing_header, &f);
+	return f.lengths_differ		 ? "conflicting Content-Length headers"
+	       : f.length && f.chunked ? "both Content-Length and Transfer-Encoding"
+	       : f.two_auth		 ? "more than one Authorization header"
+					 : NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
 				  const char *method, const char *version,
 				  const char *upload_data, size_t *upload_data_size, void **con_cls)
@@ -165,6 +208,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		r->api = a;
 		*con_cls = r;
 		api__request_begin(r, method, url);
+		const char *why = framing_conflict(c);
+		if (why)
+			return api__fail(a, r, c, SD_EUSAGE, "%s in one request", why);
 		if (!upload_route(url, method))
 			return MHD_YES;
 		if (route(a, r, c, url, method) != MHD_YES || r->answered)

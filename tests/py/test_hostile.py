@@ -15,6 +15,7 @@ No TensorFlow here: models are hand-made protobuf bytes (daemon.py, hostile.py).
 
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -825,6 +826,39 @@ def test_too_many_uploads_429(daemons):
         r.describe()
     assert dmn.wait_job(r.json()["id"])["state"] == "succeeded"
     H.alive(dmn)
+
+
+@pytest.mark.parametrize("headers,why", [
+    ([("Content-Length", "0"), ("Content-Length", "%d")], "conflicting Content-Length"),
+    ([("Content-Length", "%d"), ("Transfer-Encoding", "chunked")],
+     "both Content-Length and Transfer-Encoding"),
+    ([("Authorization", "Bearer a"), ("Authorization", "Bearer b")],
+     "more than one Authorization"),
+], ids=["two-content-lengths", "length-and-chunked", "two-authorizations"])
+def test_ambiguous_framing_is_400_and_closes(ctx, headers, why):
+    """A request whose end or whose credentials are ambiguous gets one 400 and the
+    connection closes: with two Content-Lengths libmicrohttpd took the first and read
+    the body as a second request, which a proxy in front would not have seen."""
+    dmn = ctx.d
+    H.restart(dmn)
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    lines = ["GET /v1/jobs HTTP/1.1", "Host: x"] + [
+        "%s: %s" % (k, v % len(smuggled) if "%d" in v else v) for k, v in headers]
+    sock = socket.create_connection((dmn.host, dmn.port), timeout=10)
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + smuggled)
+    got = b""
+    try:
+        while True:
+            b = sock.recv(65536)
+            if not b:
+                break
+            got += b
+    except ConnectionResetError:
+        pass
+    sock.close()
+    assert got.startswith(b"HTTP/1.1 400"), got[:500]
+    assert got.count(b"HTTP/1.1 ") == 1, "more than one answer:\n%r" % got
+    assert why.encode() in got and b"application/problem+json" in got, got[:800]
 
 
 def test_after_all_cases(ctx):
