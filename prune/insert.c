@@ -643,6 +643,17 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 	    (rc = check_scopes(g, res, e)))
 		return rc;
 	prune_result_count(res);
+	/* The mask's Transpose, Pad, Reshape and Slice take int32 shapes, as TensorFlow
+	 * writes them: a longer dimension would wrap into a wrong constant. */
+	for (size_t i = 0; i < res->n_layers; i++) {
+		const prune_layer_t *l = &res->layers[i];
+		for (int d = 0; l->action == PRUNE_ACTION_PRUNED && d < l->rank; d++)
+			if ((l->shape[d] + 3) / 4 * 4 > INT32_MAX)
+				return sd_err_node(e, SD_ETOOBIG, l->name,
+						   "layer '%s': dimension %d of its weight is %lld, "
+						   "over the 2^31 - 1 of the mask's int32 shapes",
+						   l->name, d, (long long)l->shape[d]);
+	}
 
 	const char **inits = arena_calloc(a, 2 * res->pruned + 1, sizeof(*inits));
 	const char **updates = arena_calloc(a, res->pruned + 1, sizeof(*updates));

@@ -303,6 +303,30 @@ START_TEST(scope_collisions)
 }
 END_TEST
 
+/* A weight dimension past int32 (the mask's shape constants) is refused, not wrapped. */
+START_TEST(dimension_past_int32)
+{
+	static const char text[] =
+		"node { name: 'x' op: 'Placeholder' attr { key: 'dtype' value { type: DT_FLOAT } } }\n"
+		"node { name: 'w' op: 'VariableV2' attr { key: 'dtype' value { type: DT_FLOAT } }\n"
+		"  attr { key: 'shape' value { shape { dim { size: 2147483650 } dim { size: 1 } } } } }\n"
+		"node { name: 'w/read' op: 'Identity' input: 'w'\n"
+		"  attr { key: 'T' value { type: DT_FLOAT } } }\n"
+		"node { name: 'out' op: 'MatMul' input: 'x' input: 'w/read'\n"
+		"  attr { key: 'T' value { type: DT_FLOAT } } }\n";
+	prune_graph_t *g;
+	sd_error_t e;
+	ck_assert_msg(prune_graph_load((const uint8_t *)text, sizeof(text) - 1, "big.pbtxt",
+				       PRUNE_FMT_PBTXT, (size_t)1 << 32, &A, &g, &e) == 0,
+		      "%s", e.msg);
+	const char *outs[] = {"out"};
+	prune_result_t r = {0};
+	ck_assert_int_eq(prune_insert(g, cfg(SAMPLE), outs, 1, (size_t)1 << 32, NULL, &r, &e),
+			 SD_ETOOBIG);
+	ck_assert_msg_has(e, "layer 'out': dimension 0 of its weight is 2147483650");
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *const tests[] = {
@@ -312,6 +336,7 @@ int main(void)
 		metagraph_collections,
 		weight_through_cast,
 		scope_collisions,
+		dimension_past_int32,
 		NULL,
 	};
 	const tu_case_t cases[] = {{"insert", tests, TU_ARENA}, {NULL}};
