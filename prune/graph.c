@@ -272,7 +272,9 @@ Tensorflow__NodeDef *prune_graph_node(const prune_graph_t *g, size_t i) { return
 
 Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char *key)
 {
-	for (size_t i = 0; i < n->n_attr; i++)
+	/* attr is a protobuf map: of entries with the same key the last counts, as
+	 * TensorFlow reads it, so the tensor checked and masked is the one it loads. */
+	for (size_t i = n->n_attr; i-- > 0;)
 		if (strcmp(n->attr[i]->key, key) == 0)
 			return n->attr[i]->value;
 	return NULL;

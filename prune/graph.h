@@ -156,7 +156,8 @@ typedef struct prune_consumers {
 SD_MUST_CHECK int prune_graph_consumers(prune_graph_t *g, prune_consumers_t *c,
 					sd_error_t *e);
 
-/* Attribute lookup on a node: the AttrValue called key, or NULL. */
+/* Attribute lookup on a node: the AttrValue called key (the last entry of that key, as
+ * protobuf maps read), or NULL. */
 Tensorflow__AttrValue *prune_node_attr(const Tensorflow__NodeDef *n, const char *key);
 
 /*

@@ -152,6 +152,15 @@ static void expect_bad(const char *text, const char *needle, const char *node, i
 
 START_TEST(bad_inputs)
 {
+	/* Two 'value' entries: the last counts, as in TensorFlow (a protobuf map). */
+	static const char two_values[] =
+		"node { name: 'w' op: 'Const' attr { key: 'dtype' value { type: DT_FLOAT } }"
+		" attr { key: 'value' value { tensor { dtype: DT_FLOAT tensor_shape { dim { size: 2 } }"
+		" float_val: 1 } } }"
+		" attr { key: 'value' value { tensor { dtype: DT_FLOAT tensor_shape { dim { size: 2 } }"
+		" tensor_content: '\\000\\000\\000' } } } }";
+	expect_bad(two_values, "tensor_content has 3 bytes but its shape holds 2 elements", "w",
+		   SD_EMODEL);
 	expect_bad("node { name: \"a\" op: \"NoOp\" } node { name: \"a\" op: \"NoOp\" }",
 		   "duplicate node name 'a'", "a", SD_EMODEL);
 	expect_bad("node { name: \"a\" op: \"Identity\" input: \"ghost:0\" }",
