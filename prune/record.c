@@ -136,9 +136,17 @@ static int need(const char *file, const Amct__PruneNode *pn, const char *name,
 	return 0;
 }
 
-static const char *bytes_str(arena_t *a, const ProtobufCBinaryData *b)
+/* The string attr `name` of p as a C string in a (*out NULL when out of memory); a NUL
+ * byte inside would cut it short, and "MatMul\0x" would then pass for "MatMul". */
+static int str_attr(const char *file, const Amct__PruneNode *pn, const char *name,
+		    const Amct__AttrProto *p, arena_t *a, const char **out, sd_error_t *e)
 {
-	return arena_strndup(a, (const char *)b->data, b->len);
+	if (memchr(p->s.data, 0, p->s.len))
+		return sd_err_node(e, SD_ERECORD, pn->name,
+				   "%s: layer '%s' attr '%s' holds a NUL byte", file, pn->name,
+				   name);
+	*out = arena_strndup(a, (const char *)p->s.data, p->s.len);
+	return 0;
 }
 
 int prune_record_read(const char *text, size_t len, const char *file, arena_t *a,
@@ -186,18 +194,31 @@ int prune_record_read(const char *text, size_t len, const char *file, arena_t *a
 			en->shape[d] = shape->ints[d];
 		en->axis = (int)axis->i;
 		en->update_freq = (uint32_t)freq->i;
-		en->layer_type = bytes_str(a, &type->s);
-		en->weight_input = bytes_str(a, &win->s);
+		if ((rc = str_attr(file, pn, "layer_type", type, a, &en->layer_type, e)) ||
+		    (rc = str_attr(file, pn, "weight_input", win, a, &en->weight_input, e)))
+			return rc;
 		scope = find_attr(pn, "scope");
-		en->scope = scope && scope->has_s ? bytes_str(a, &scope->s)
-						   : arena_sprintf(a, "%s/%s", pn->name, PRUNE_SCOPE);
+		if (scope && scope->has_s) {
+			if ((rc = str_attr(file, pn, "scope", scope, a, &en->scope, e)))
+				return rc;
+		} else {
+			en->scope = arena_sprintf(a, "%s/%s", pn->name, PRUNE_SCOPE);
+		}
 		/* Optional: only a layer reading its weight through a Cast has one. */
 		if ((cast = find_attr(pn, "cast")) &&
-		    (rc = need(file, pn, "cast", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &cast, e)))
+		    ((rc = need(file, pn, "cast", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &cast, e)) ||
+		     (rc = str_attr(file, pn, "cast", cast, a, &en->cast, e))))
 			return rc;
-		en->cast = cast ? bytes_str(a, &cast->s) : NULL;
 		if (!en->layer_type || !en->weight_input || !en->scope || (cast && !en->cast))
 			return sd_err(e, SD_ENOMEM, "out of memory");
+		/* Two layers with one scope would mask the same variables: one mask would be
+		 * applied and the other dropped without a word. */
+		for (size_t j = 0; j + 1 < k; j++)
+			if (!strcmp(ents[j].scope, en->scope))
+				return sd_err_node(e, SD_ERECORD, pn->name,
+						   "%s: layers '%s' and '%s' are recorded with the "
+						   "same scope '%s'",
+						   file, ents[j].name, pn->name, en->scope);
 	}
 	if (k == 0)
 		return sd_err(e, SD_ERECORD, "%s: the record lists no pruned layer", file);

@@ -464,6 +464,29 @@ START_TEST(record_errors)
 	ck_assert_int_eq(prune_record_read(int_cast, strlen(int_cast), "r", &A, &rec, &n, &e),
 			 SD_ERECORD);
 	ck_assert_msg_has(e, "attr 'cast' has no value of the expected type");
+#define LAYER(name, type, scope)                                                            \
+	" prune_record { selective_prune { name: \"" name "\""                                 \
+	" attr { name: \"mask_shape\" type: INTS ints: 4 ints: 4 }"                            \
+	" attr { name: \"prune_axis\" type: INT i: 0 }"                                        \
+	" attr { name: \"update_freq\" type: INT i: 0 }"                                       \
+	" attr { name: \"layer_type\" type: STRING s: \"" type "\" }"                          \
+	" attr { name: \"weight_input\" type: STRING s: \"w\" }" scope " } }"
+	/* A NUL inside a string attr used to cut it: "MatMul\0x" passed for "MatMul". */
+	const char nul[] = LAYER("a", "MatMul\\000x", "");
+	ck_assert_int_eq(prune_record_read(nul, sizeof(nul) - 1, "r", &A, &rec, &n, &e),
+			 SD_ERECORD);
+	ck_assert_msg_has(e, "layer 'a' attr 'layer_type' holds a NUL byte");
+	/* Two layers, one scope: both masks would name the same variables. */
+	const char same[] = LAYER("a", "MatMul", " attr { name: \"scope\" type: STRING s: \"s\" }")
+		LAYER("b", "MatMul", " attr { name: \"scope\" type: STRING s: \"s\" }");
+	ck_assert_int_eq(prune_record_read(same, sizeof(same) - 1, "r", &A, &rec, &n, &e),
+			 SD_ERECORD);
+	ck_assert_msg_has(e, "layers 'a' and 'b' are recorded with the same scope 's'");
+	const char apart[] = LAYER("a", "MatMul", "") LAYER("b", "MatMul", "");
+	ck_assert_msg(prune_record_read(apart, sizeof(apart) - 1, "r", &A, &rec, &n, &e) == 0,
+		      "%s", e.msg);
+	ck_assert_uint_eq(n, 2);
+#undef LAYER
 }
 END_TEST
 
