@@ -145,13 +145,6 @@ static bool upload_route(const char *url, const char *method)
 	return false;
 }
 
-/*
- * Request life: the first call (headers in) finds the route and, for uploads,
- * authorises and starts the body parse so a refusal is not held up by the body. Every
- * other request is answered only once its body (normally none) has been read:
- * libmicrohttpd closes a connection whose answer was queued before the request was
- * complete, and pollers want to keep theirs.
- */
 struct framing {
 	const char *length; /* the first Content-Length */
 	bool lengths_differ, chunked, two_auth, auth;
@@ -188,12 +181,21 @@ static const char *framing_conflict(struct MHD_Connection *c)
 {
 	struct framing f = {0};
 	MHD_get_connection_values(c, MHD_HEADER_KIND, framing_header, &f);
-	return f.lengths_differ		 ? "conflicting Content-Length headers"
-	       : f.length && f.chunked ? "both Content-Length and Transfer-Encoding"
-	       : f.two_auth		 ? "more than one Authorization header"
-					 : NULL;
+	if (f.lengths_differ)
+		return "conflicting Content-Length headers";
+	if (f.length && f.chunked)
+		return "both Content-Length and Transfer-Encoding";
+	return f.two_auth ? "more than one Authorization header" : NULL;
 }
 
+/*
+ * Request life: the first call (headers in) finds the route and, for uploads,
+ * authorises and starts the body parse so a refusal is not held up by the body. Every
+ * other request is answered only once its body (normally none) has been read:
+ * libmicrohttpd closes a connection whose answer was queued before the request was
+ * complete, and pollers want to keep theirs. A request with ambiguous framing is the
+ * exception: answered at once, its connection is closed on purpose.
+ */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
 				  const char *method, const char *version,
 				  const char *upload_data, size_t *upload_data_size, void **con_cls)
