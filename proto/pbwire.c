@@ -778,6 +778,13 @@ int pbwire_write(const ProtobufCMessage *msg, const pbwire_fill_t *fills, size_t
 	return rc;
 }
 
+/* The error of a check_depth walk that met what protobuf cannot read. */
+static int malformed(sd_error_t *e, int err_code, const char *what, size_t at,
+		     const ProtobufCMessageDescriptor *d)
+{
+	return sd_err(e, err_code, "is malformed: %s at byte %zu (in %s)", what, at, d->name);
+}
+
 int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
 		       int err_code, sd_error_t *e)
 {
@@ -791,27 +798,22 @@ int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf, 
 	/* Anything this walk cannot follow is refused here, not left to protobuf-c: the
 	 * unpacker accepts some keys the walk would have to stop at (field 0 written in
 	 * two bytes, say) and then recurses through the rest without a limit. */
-	const char *bad;
-	size_t start;
 	for (;;) {
 		while (depth > 0 && at == stack[depth].end)
 			depth--;
-		if (at >= stack[depth].end)
+		const size_t start = at, end = stack[depth].end;
+		const ProtobufCMessageDescriptor *md = stack[depth].d;
+		if (at >= end)
 			return 0;
-		start = at;
 		uint64_t key, v = 0;
-		if (!pbwire_varint_get(buf, stack[depth].end, &at, &key)) {
-			bad = "a truncated field key";
-			break;
-		}
-		if (key >> 3 == 0 || key >> 3 > FIELD_MAX) {
-			bad = "field number 0 or over 2^29 - 1";
-			break;
-		}
+		if (!pbwire_varint_get(buf, end, &at, &key))
+			return malformed(e, err_code, "a truncated field key", start, md);
+		if (key >> 3 == 0 || key >> 3 > FIELD_MAX)
+			return malformed(e, err_code, "field number 0 or over 2^29 - 1", start, md);
 		bool ok = true;
 		switch (key & 7) {
 		case WT_VARINT:
-			ok = pbwire_varint_get(buf, stack[depth].end, &at, &v);
+			ok = pbwire_varint_get(buf, end, &at, &v);
 			v = 0;
 			break;
 		case WT_64BIT:
@@ -821,19 +823,15 @@ int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf, 
 			v = 4;
 			break;
 		case WT_LEN:
-			ok = pbwire_varint_get(buf, stack[depth].end, &at, &v);
+			ok = pbwire_varint_get(buf, end, &at, &v);
 			break;
-		default:
-			ok = false; /* groups: protobuf-c refuses them too */
+		default: /* groups: protobuf-c refuses them too */
+			return malformed(e, err_code, "a group or an unknown wire type", start, md);
 		}
-		if (!ok || v > stack[depth].end - at) {
-			bad = ok || (key & 7) == WT_LEN || (key & 7) == WT_VARINT
-				      ? "a truncated field"
-				      : "a group or an unknown wire type";
-			break;
-		}
+		if (!ok || v > end - at)
+			return malformed(e, err_code, "a truncated field", start, md);
 		const ProtobufCFieldDescriptor *f =
-			protobuf_c_message_descriptor_get_field(stack[depth].d, (unsigned)(key >> 3));
+			protobuf_c_message_descriptor_get_field(md, (unsigned)(key >> 3));
 		if ((key & 7) != WT_LEN || !f || f->type != PROTOBUF_C_TYPE_MESSAGE) {
 			at += v;
 			continue;
@@ -842,10 +840,8 @@ int pbwire_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *buf, 
 			return sd_err(e, err_code,
 				      "nests messages deeper than %d levels (at byte %zu, field '%s' "
 				      "of %s)",
-				      PBWIRE_MAX_DEPTH, at, f->name, stack[depth].d->name);
+				      PBWIRE_MAX_DEPTH, at, f->name, md->name);
 		depth++;
 		stack[depth] = (struct frame){f->descriptor, at + v};
 	}
-	return sd_err(e, err_code, "is malformed: %s at byte %zu (in %s)", bad, start,
-		      stack[depth].d->name);
 }
