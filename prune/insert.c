@@ -647,7 +647,9 @@ int prune_insert(prune_graph_t *g, const prune_config_t *cfg, const char *const 
 	 * writes them: a longer dimension would wrap into a wrong constant. */
 	for (size_t i = 0; i < res->n_layers; i++) {
 		const prune_layer_t *l = &res->layers[i];
-		for (int d = 0; l->action == PRUNE_ACTION_PRUNED && d < l->rank; d++)
+		if (l->action != PRUNE_ACTION_PRUNED)
+			continue;
+		for (int d = 0; d < l->rank; d++)
 			if ((l->shape[d] + 3) / 4 * 4 > INT32_MAX)
 				return sd_err_node(e, SD_ETOOBIG, l->name,
 						   "layer '%s': dimension %d of its weight is %lld, "

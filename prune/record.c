@@ -170,10 +170,6 @@ int prune_record_read(const char *text, size_t len, const char *file, arena_t *a
 		if (!pn->name || !pn->name[0])
 			return sd_err(e, SD_ERECORD, "%s: prune_record %zu has no layer name", file,
 				      i);
-		for (size_t j = 0; j < k; j++)
-			if (strcmp(ents[j].name, pn->name) == 0)
-				return sd_err_node(e, SD_ERECORD, pn->name,
-						   "%s: layer '%s' is recorded twice", file, pn->name);
 		const Amct__AttrProto *shape, *axis, *freq, *type, *win, *scope, *cast;
 		if ((rc = need(file, pn, "mask_shape", AMCT__ATTR_PROTO__ATTR_TYPE__INTS, &shape, e)) ||
 		    (rc = need(file, pn, "prune_axis", AMCT__ATTR_PROTO__ATTR_TYPE__INT, &axis, e)) ||
@@ -211,14 +207,18 @@ int prune_record_read(const char *text, size_t len, const char *file, arena_t *a
 			return rc;
 		if (!en->layer_type || !en->weight_input || !en->scope || (cast && !en->cast))
 			return sd_err(e, SD_ENOMEM, "out of memory");
-		/* Two layers with one scope would mask the same variables: one mask would be
-		 * applied and the other dropped without a word. */
-		for (size_t j = 0; j + 1 < k; j++)
+		/* A layer recorded twice, or two layers with one scope, would mask the same
+		 * variables: one mask would be applied and the other dropped without a word. */
+		for (size_t j = 0; j + 1 < k; j++) {
+			if (!strcmp(ents[j].name, pn->name))
+				return sd_err_node(e, SD_ERECORD, pn->name,
+						   "%s: layer '%s' is recorded twice", file, pn->name);
 			if (!strcmp(ents[j].scope, en->scope))
 				return sd_err_node(e, SD_ERECORD, pn->name,
 						   "%s: layers '%s' and '%s' are recorded with the "
 						   "same scope '%s'",
 						   file, ents[j].name, pn->name, en->scope);
+		}
 	}
 	if (k == 0)
 		return sd_err(e, SD_ERECORD, "%s: the record lists no pruned layer", file);

@@ -482,6 +482,10 @@ START_TEST(record_errors)
 	ck_assert_int_eq(prune_record_read(same, sizeof(same) - 1, "r", &A, &rec, &n, &e),
 			 SD_ERECORD);
 	ck_assert_msg_has(e, "layers 'a' and 'b' are recorded with the same scope 's'");
+	const char twice[] = LAYER("a", "MatMul", "") LAYER("a", "MatMul", "");
+	ck_assert_int_eq(prune_record_read(twice, sizeof(twice) - 1, "r", &A, &rec, &n, &e),
+			 SD_ERECORD);
+	ck_assert_msg_has(e, "layer 'a' is recorded twice");
 	const char apart[] = LAYER("a", "MatMul", "") LAYER("b", "MatMul", "");
 	ck_assert_msg(prune_record_read(apart, sizeof(apart) - 1, "r", &A, &rec, &n, &e) == 0,
 		      "%s", e.msg);
