@@ -250,15 +250,13 @@ int api__h_job_get(api_t *a, req_t *r, struct MHD_Connection *c)
  */
 #define LIST_PAGE_BYTES ((size_t)1 << 20)
 
-/* Roughly what a job adds to a page, a little more than its rendered JSON. */
+/* Roughly what a job adds to a page: its free-form text plus 1 KiB for the rest. */
 static size_t job_page_bytes(const store_job_t *j, bool brief)
 {
 	size_t n = 1024 + strlen(j->name) + strlen(j->outputs);
-	if (!brief) {
-		n += j->result_json ? strlen(j->result_json) : 0;
-		n += j->error_msg ? 2 * strlen(j->error_msg) : 0;
-		n += j->record_from ? strlen(j->record_from) : 0;
-	}
+	if (!brief)
+		n += (j->result_json ? strlen(j->result_json) : 0) +
+		     (j->error_msg ? strlen(j->error_msg) : 0);
 	return n;
 }
 

@@ -91,6 +91,20 @@ def raw(dmn, method, target, headers=(), body=None, timeout=30, auth=True, **kw)
         sock.close()
 
 
+def exchange(dmn, data, timeout=10):
+    """Sends data (one or more requests, as bytes) on one connection and returns every
+    byte the daemon sends back until it closes the connection."""
+    got = b""
+    with socket.create_connection((dmn.host, dmn.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        try:
+            while b := sock.recv(65536):
+                got += b
+        except ConnectionResetError:
+            pass
+    return got
+
+
 def chunked_body(data, size=4096):
     out = []
     for i in range(0, len(data), size):

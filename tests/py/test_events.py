@@ -258,17 +258,9 @@ def test_head_sends_headers_only(d):
     chunk of a streamed body, sent on a keep-alive connection, would be read as the
     start of the next answer."""
     auth = "Authorization: Bearer %s\r\n" % d.token if d.token else ""
-    sock = socket.create_connection((d.host, d.port), timeout=10)
-    sock.sendall(("HEAD /v1/events HTTP/1.1\r\nHost: x\r\n%s\r\n"
-                  "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                  % auth).encode())
-    got = b""
-    while True:
-        b = sock.recv(65536)
-        if not b:
-            break
-        got += b
-    sock.close()
+    got = H.exchange(d, ("HEAD /v1/events HTTP/1.1\r\nHost: x\r\n%s\r\n"
+                         "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                         % auth).encode())
     head, _, rest = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), got
     assert b"text/event-stream" in head, got

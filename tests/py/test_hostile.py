@@ -844,18 +844,7 @@ def test_ambiguous_framing_is_400_and_closes(ctx, headers, why):
     smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     lines = ["GET /v1/jobs HTTP/1.1", "Host: x"] + [
         "%s: %s" % (k, v % len(smuggled) if "%d" in v else v) for k, v in headers]
-    sock = socket.create_connection((dmn.host, dmn.port), timeout=10)
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + smuggled)
-    got = b""
-    try:
-        while True:
-            b = sock.recv(65536)
-            if not b:
-                break
-            got += b
-    except ConnectionResetError:
-        pass
-    sock.close()
+    got = H.exchange(dmn, ("\r\n".join(lines) + "\r\n\r\n").encode() + smuggled)
     assert got.startswith(b"HTTP/1.1 400"), got[:500]
     assert got.count(b"HTTP/1.1 ") == 1, "more than one answer:\n%r" % got
     assert why.encode() in got and b"application/problem+json" in got, got[:800]
