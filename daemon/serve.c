@@ -102,8 +102,9 @@ static struct daemon {
 	store_t *store;
 	store_reader_t *reader; /* loop thread's own reads */
 	api_t *api;
-	pthread_mutex_t mu;     /* cmds */
+	pthread_mutex_t mu;     /* cmds, loop_gone */
 	cmd_t *cmds;
+	bool loop_gone;         /* no on_wake will run again: submit refuses */
 	atomic_bool draining;
 	worker_t *workers;
 	atomic_int running;     /* written by the loop thread, read by /metrics */
@@ -111,11 +112,24 @@ static struct daemon {
 
 /* ---- HTTP-thread side: hand a command to the loop thread and wait ---- */
 
+/* The answer to a command once the loop has stopped: api_stop still serves requests
+ * for its grace periods, and one that waited for the loop would wait forever (and hold
+ * MHD_stop_daemon, so the process never exits). */
+static int loop_gone_err(cmd_t *c)
+{
+	return sd_err(c->e, SD_EUNAVAIL, "draining: the daemon is shutting down");
+}
+
 static int submit(cmd_t *c)
 {
 	struct daemon *d = &the_daemon;
 	pthread_cond_init(&c->cond, NULL);
 	pthread_mutex_lock(&d->mu);
+	if (d->loop_gone) {
+		pthread_mutex_unlock(&d->mu);
+		pthread_cond_destroy(&c->cond);
+		return loop_gone_err(c);
+	}
 	c->next = d->cmds;
 	d->cmds = c;
 	uv_async_send(&d->wake);
@@ -648,6 +662,21 @@ static void on_wake(uv_async_t *h)
 		schedule();
 }
 
+/* Answers the commands on_wake will never take, and every later one (submit). */
+static void refuse_cmds(struct daemon *d)
+{
+	pthread_mutex_lock(&d->mu);
+	d->loop_gone = true;
+	for (cmd_t *c = d->cmds, *next; c; c = next) {
+		next = c->next;
+		c->rc = loop_gone_err(c);
+		c->done = true;
+		pthread_cond_signal(&c->cond);
+	}
+	d->cmds = NULL;
+	pthread_mutex_unlock(&d->mu);
+}
+
 /* The log settings SIGHUP may change (the table validated both values). */
 static void log_apply(const conf_t *c)
 {
@@ -915,6 +944,7 @@ int serve_main(int argc, char **argv)
 			sd_require(uv_timer_start(&d->watchdog, on_watchdog, wd_ms, wd_ms) == 0);
 		schedule();
 		uv_run(&d->loop, UV_RUN_DEFAULT);
+		refuse_cmds(d);
 		log_info("main", "stopping: HTTP server");
 		api_stop(d->api);
 		d->api = NULL;

@@ -529,3 +529,30 @@ def test_heartbeat_limit_and_shutdown(daemons, contract, serve_bin):
     assert ends(s4, 10), "SIGTERM cut the stream instead of ending it"
     assert dmn.proc.wait(20) == 0
     print("\nstreams ended and the daemon exited %.2f s after SIGTERM" % (time.time() - t0))
+
+
+def test_cancel_and_delete_while_stopping(daemons, contract):
+    """A cancel or DELETE that comes while the stop waits for a stalled stream used to wait
+    for the loop thread, which had already stopped: never answered, and the daemon never
+    exited. Both now get 503 and the daemon exits."""
+    dmn = daemons.new()
+    slow = opened(dmn, rcvbuf=1024)
+    # enough events (about 100 KB) that the stream cannot end until its client reads
+    jobs = [submit_ok(dmn, contract, "check", model=CHAIN, name="n" * 280)["id"]
+            for _ in range(100)]
+    for jid in jobs:
+        dmn.wait_job(jid, timeout=60)
+    t0 = time.time()
+    dmn.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    for method, path in (("DELETE", "/v1/jobs/" + jobs[0]),
+                         ("POST", "/v1/jobs/%s/cancel" % jobs[1])):
+        r = dmn.request(method, path, timeout=5)
+        assert_problem(r, 503, "unavailable")
+        contract.check(r)
+    assert time.time() - t0 < 2, "the stop's grace for the stalled stream was over: no test"
+    assert dmn.stop(timeout=20) == 0
+    slow.close()
+    dmn.start()
+    for jid in jobs[:2]:  # the DELETE was not carried out
+        assert dmn.get("/v1/jobs/" + jid).json()["state"] == "succeeded"
