@@ -233,7 +233,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			return MHD_YES; /* discard what follows an early answer */
 		if (r->route && r->route->upload) {
 			api__upload_feed(a, r, upload_data, n);
-			if (r->received > a->conf.max_upload + DISCARD_MAX)
+			/* Not max_upload + DISCARD_MAX: max_upload may be INT64_MAX. */
+			if (r->received - DISCARD_MAX > a->conf.max_upload)
 				return api__send_problem(a, r, c, &r->fail);
 		} else if ((r->received += (int64_t)n) > DISCARD_MAX) {
 			return api__fail(a, r, c, SD_ETOOBIG, "%.16s %.200s takes no request body", method,

@@ -67,6 +67,15 @@ def test_upload_too_large(daemons, contract):
     assert j["state"] == "succeeded"
 
 
+def test_upload_limit_at_its_maximum(daemons):
+    """max_upload may be as large as int64: its margin for discarding a refused body used
+    to overflow there, and every upload got 500."""
+    dmn = daemons.new(args=["--max-upload", str(2**63 - 1)])
+    j = dmn.run_job("check", model=CHAIN)
+    assert j["state"] == "succeeded", j
+    assert not dmn.sanitizer_report(), dmn.sanitizer_report()
+
+
 def test_disk_full_507(daemons, contract, tmp_path):
     data = str(tmp_path / "tiny")
     D.mount_tmpfs(data, "2m")
