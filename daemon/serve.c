@@ -677,6 +677,19 @@ static void refuse_cmds(struct daemon *d)
 	pthread_mutex_unlock(&d->mu);
 }
 
+/* Refuses a directory another process holds: this daemon's recovery would requeue the
+ * other's running jobs, then run them twice. */
+static int own_data_dir(const store_t *s, sd_error_t *e)
+{
+	long pid = store_owner_pid(s);
+	if (pid == 0)
+		return 0;
+	char who[40] = "another process";
+	if (pid > 0)
+		snprintf(who, sizeof(who), "process %ld", pid);
+	return sd_err(e, SD_EIO, "it is in use by %s (one sparsityd serve per data_dir)", who);
+}
+
 /* The log settings SIGHUP may change (the table validated both values). */
 static void log_apply(const conf_t *c)
 {
@@ -849,7 +862,7 @@ int serve_main(int argc, char **argv)
 	 * instead of letting glibc raise the threshold and keep the burst's peak. */
 	mallopt(M_MMAP_THRESHOLD, 256 << 10);
 
-	if (store_open(d->conf.data_dir, &d->store, &e) ||
+	if (store_open(d->conf.data_dir, &d->store, &e) || own_data_dir(d->store, &e) ||
 	    store_hashers_start(d->store, (int)d->conf.hash_threads, &e) ||
 	    store_reader_open(d->store, &d->reader, &e)) {
 		log_error("main", "cannot open the data directory %s: %s", d->conf.data_dir, e.msg);

@@ -499,6 +499,9 @@ static char *join(const char *a, const char *b)
 	return asprintf(&p, "%s/%s", a, b) < 0 ? NULL : p;
 }
 
+/* Bytes of the owner's pid in the lock file, with its newline. */
+#define PID_FIELD 21
+
 int store_open(const char *dir, store_t **out, sd_error_t *e)
 {
 	*out = NULL;
@@ -540,6 +543,12 @@ int store_open(const char *dir, store_t **out, sd_error_t *e)
 	}
 	if (flock(s->lock_fd, LOCK_EX | LOCK_NB) == 0) {
 		s->owner = true;
+		/* Written in place at a fixed width (no truncate, so a full disk cannot stop a
+		 * start); it only serves the message of a later opener (store_owner_pid). */
+		char pid[PID_FIELD + 1];
+		snprintf(pid, sizeof(pid), "%*ld\n", PID_FIELD - 1, (long)getpid());
+		ssize_t w = pwrite(s->lock_fd, pid, PID_FIELD, 0);
+		(void)w;
 	} else if (errno != EWOULDBLOCK) {
 		rc = sd_err(e, SD_EIO, "store: cannot lock %s: %s", sub, strerror(errno));
 		goto fail;
@@ -558,6 +567,16 @@ fail:
 	free(sub);
 	store_close(s);
 	return rc;
+}
+
+long store_owner_pid(const store_t *s)
+{
+	if (s->owner)
+		return 0;
+	char buf[PID_FIELD + 1] = {0};
+	char *end;
+	long pid = pread(s->lock_fd, buf, PID_FIELD, 0) > 0 ? strtol(buf, &end, 10) : 0;
+	return pid > 0 && end != buf ? pid : -1;
 }
 
 int store_hashers_start(store_t *s, int threads, sd_error_t *e)

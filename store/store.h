@@ -105,6 +105,11 @@ void store_job_clear(store_job_t *j);
 SD_MUST_CHECK int store_open(const char *dir, store_t **out, sd_error_t *e);
 void store_close(store_t *s);
 
+/* 0 when s owns its directory (the first opener, see store_open), else the pid the
+ * owner wrote in the lock file, or -1 if none is there. Only an owner may run jobs: a
+ * second daemon would requeue the first one's running jobs as interrupted. */
+long store_owner_pid(const store_t *s);
+
 /*
  * Starts the pool of `threads` threads that hash blobs as they stream in (shared by all
  * blobs of s, so concurrent uploads cost no thread each). Without it, blobs hash on the

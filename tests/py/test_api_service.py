@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 
+import daemon as D
 from daemon import CHAIN, assert_problem, start_big, submit_ok
 
 
@@ -171,3 +172,21 @@ def test_sigint_exits_0(daemons):
     dmn.signal(signal.SIGINT)
     rc = dmn.proc.wait(30)
     assert rc == 0, "exit status %s after SIGINT\n%s" % (rc, dmn.logs())
+
+
+def test_one_daemon_per_data_dir(daemons, serve_bin):
+    """A second `serve` on a data dir in use refuses to start: it used to start, requeue the
+    first daemon's running jobs as interrupted, and run them a second time."""
+    a = daemons.new()
+    b = D.Daemon(serve_bin, a.data_dir, log_dir=a.data_dir + "-second")
+    os.makedirs(b.log_dir, exist_ok=True)
+    p = subprocess.run(b.argv(), capture_output=True, text=True, timeout=30)
+    assert p.returncode == 3, (p.returncode, p.stderr[-2000:])
+    assert "in use by process %d" % a.proc.pid in p.stderr, p.stderr[-2000:]
+    assert a.run_job("check", model=CHAIN)["state"] == "succeeded"
+    # `token create` beside a running daemon still works (it runs no jobs)
+    a.token = D.token_create(serve_bin, a.data_dir, "team-x")
+    # once the first has stopped, the directory is free again
+    assert a.stop() == 0
+    a.start()
+    assert a.run_job("check", model=CHAIN)["state"] == "succeeded"
