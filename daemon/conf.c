@@ -151,15 +151,25 @@ static int read_file(conf_t *c, const char *path, bool only_reloadable, sd_error
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return sd_err(e, SD_EUSAGE, "%s: %s", path, strerror(errno));
-	char line[2048];
+	/* getline, not a fixed buffer: fgets would cut a long line (a comment, say) and
+	 * read its rest as a line of its own. */
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
 	int ln = 0, rc = 0;
-	while (!rc && fgets(line, sizeof(line), f)) {
+	while (!rc && (n = getline(&line, &cap, f)) >= 0) {
 		ln++;
 		char *p = line, where[1100];
 		snprintf(where, sizeof(where), "%s:%d", path, ln);
 		while (*p == ' ' || *p == '\t')
 			p++;
-		if (*p == '#' || *p == '\n' || !*p)
+		if (*p == '#')
+			continue;
+		if (memchr(line, 0, (size_t)n)) {
+			rc = sd_err(e, SD_EUSAGE, "%s: the line holds a NUL byte", where);
+			break;
+		}
+		if (*p == '\n' || !*p)
 			continue;
 		char *eq = strchr(p, '=');
 		if (!eq) {
@@ -182,6 +192,7 @@ static int read_file(conf_t *c, const char *path, bool only_reloadable, sd_error
 		else if (!only_reloadable || r->reload)
 			rc = set(c, r, v, where, e);
 	}
+	free(line);
 	fclose(f);
 	return rc;
 }

@@ -138,6 +138,22 @@ def test_config_file_round_trip(serve_bin, tmp_path):
     assert p3.returncode == 0 and re.search(r"workers\W+5\b", p3.stdout), p3.stdout + p3.stderr
 
 
+def test_config_file_long_lines_and_nul(serve_bin, tmp_path):
+    """A comment of any length stays a comment (a fixed line buffer used to cut it and read
+    its tail as a setting); a line with a NUL byte is refused, naming file and line."""
+    cfg = tmp_path / "long.conf"
+    cfg.write_bytes(b"# " + b"x" * 3000 + b" retention_hours = 0\nworkers = 3\n")
+    p = subprocess.run([serve_bin, "serve", "--config", str(cfg), "--print-config"],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"^retention_hours = 168$", p.stdout, re.M), p.stdout
+    assert re.search(r"^workers = 3$", p.stdout, re.M), p.stdout
+    cfg.write_bytes(b"workers = 3\nqueue_max = 5\x00 0\n")
+    p = subprocess.run([serve_bin, "serve", "--config", str(cfg), "--print-config"],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 2 and "long.conf:2: the line holds a NUL byte" in p.stderr, p.stderr
+
+
 def test_log_file(daemons):
     dmn = daemons.new(args=["--log-file", os.path.join(daemons.root, "sd.log")])
     j = dmn.run_job("check", model=CHAIN)
