@@ -72,9 +72,24 @@ static int stripped_size(walk_t *w, enum level lv, const uint8_t *p, size_t len,
 	return rc;
 }
 
+/*
+ * A message on the path that holds the way down more than once, or (an AttrValue)
+ * beside another member of its oneof, is merged by protobuf in ways a ref cannot follow:
+ * tensor{content}, s, tensor{shape} leaves an empty tensor, and the loader would patch
+ * the stripped content back into it. Such a walk gives up; the caller then unpacks the
+ * plain way. Only an entry and an AttrValue can hold a tensor's place twice: a graph's
+ * nodes and a node's attrs are repeated, and a tensor's repeated content is patched
+ * last-wins.
+ */
+static bool ambiguous(enum level lv, unsigned downs, unsigned others)
+{
+	return (lv == L_ENTRY || lv == L_VALUE) && (downs > 1 || (lv == L_VALUE && downs && others));
+}
+
 static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 {
 	size_t at = 0;
+	unsigned downs = 0, others = 0;
 	while (at < len) {
 		size_t start = at;
 		uint64_t key, v;
@@ -83,6 +98,10 @@ static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 		if (!pbwire_varint_get(p, len, &at, &key) || key >> 3 == 0)
 			return -1;
 		unsigned field = (unsigned)(key >> 3), wire = key & 7;
+		if (field == down[lv])
+			downs += downs < 2;
+		else
+			others += others < 1;
 		switch (wire) {
 		case 0:
 			if (!pbwire_varint_get(p, len, &at, &v))
@@ -140,7 +159,7 @@ static int walk(walk_t *w, enum level lv, const uint8_t *p, size_t len)
 			w->attr++;
 		}
 	}
-	return 0;
+	return ambiguous(lv, downs, others) ? -1 : 0;
 }
 
 int pbstrip_graph(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,

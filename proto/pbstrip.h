@@ -34,8 +34,10 @@ typedef struct pbstrip_ref {
 /*
  * Copies the binary GraphDef (meta = false) or MetaGraphDef (meta = true) in buf into
  * *out without the large tensor_content payloads, listing them in *refs (both in the
- * arena). Returns 0, PBSTRIP_MALFORMED when the wire format is malformed (the caller
- * falls back to a plain unpack, which reports the error), or SD_ENOMEM.
+ * arena). Returns 0, SD_ENOMEM, or PBSTRIP_MALFORMED when the wire format is malformed
+ * or a payload's place is ambiguous (a repeated entry value or AttrValue.tensor, or
+ * tensor beside another member of the AttrValue oneof, which protobuf merges): the
+ * caller then unpacks the plain way, which reports a malformed model's error.
  */
 #define PBSTRIP_MALFORMED 1 /* positive: never an SD_E* code */
 SD_MUST_CHECK int pbstrip_graph(const uint8_t *buf, size_t len, bool meta, arena_t *a, uint8_t **out,

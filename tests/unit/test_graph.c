@@ -284,6 +284,39 @@ START_TEST(deep_and_repeated_binary)
 	Tensorflow__AttrValue *val = prune_node_attr(prune_graph_node(g, 0), "value");
 	ck_assert_uint_eq(val->tensor->tensor_content.len, sizeof(cb));
 	ck_assert(!memcmp(val->tensor->tensor_content.data, cb, sizeof(cb)));
+
+	/* Merges the zero-copy walk cannot follow load as protobuf reads them. */
+	size_t tshape = put_len(t, 2, 2, shp, sn); /* the tensor's dtype and shape only */
+	size_t tfull = put_len(t, tshape, 4, ca, sizeof(ca));
+	uint8_t tsmall[64];
+	memcpy(tsmall, t, tshape);
+	/* tensor { A }, s: "x", tensor { shape }: the oneof switch dropped A */
+	vn = put_len(v, 0, 8, t, tfull);
+	vn = put_len(v, vn, 2, "x", 1);
+	vn = put_len(v, vn, 8, tsmall, tshape);
+	wn = put_len(w, 0, 1, "value", 5);
+	wn = put_len(w, wn, 2, v, vn);
+	nn = put_len(node, 0, 1, "w", 1);
+	nn = put_len(node, nn, 2, "Const", 5);
+	nn = put_len(node, nn, 5, w, wn);
+	gn = put_len(graph, 0, 1, node, nn);
+	ck_assert_msg(load(graph, gn, PRUNE_FMT_GRAPHDEF, &g, &e) == 0, "%s", e.msg);
+	val = prune_node_attr(prune_graph_node(g, 0), "value");
+	ck_assert_int_eq(val->value_case, TENSORFLOW__ATTR_VALUE__VALUE_TENSOR);
+	ck_assert_uint_eq(val->tensor->tensor_content.len, 0);
+	/* value { tensor { A } } then value { s: "x" }: the entry's value is the string (a
+	 * Const would be refused for it: the node is an Identity) */
+	vn = put_len(v, 0, 8, t, tfull);
+	wn = put_len(w, 0, 1, "value", 5);
+	wn = put_len(w, wn, 2, v, vn);
+	wn = put_len(w, wn, 2, "\x12\x01x", 3);
+	nn = put_len(node, 0, 1, "w", 1);
+	nn = put_len(node, nn, 2, "Identity", 8);
+	nn = put_len(node, nn, 5, w, wn);
+	gn = put_len(graph, 0, 1, node, nn);
+	ck_assert_msg(load(graph, gn, PRUNE_FMT_GRAPHDEF, &g, &e) == 0, "%s", e.msg);
+	val = prune_node_attr(prune_graph_node(g, 0), "value");
+	ck_assert_int_eq(val->value_case, TENSORFLOW__ATTR_VALUE__VALUE_S);
 }
 END_TEST
 
