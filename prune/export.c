@@ -17,21 +17,10 @@
 #include "prune/mask.h"
 #include "prune/sparsify.h"
 
-static bool has_prefix(const char *s, const char *prefix)
-{
-	return strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
 static bool in_scope(const char *name, const char *scope)
 {
 	size_t n = strlen(scope);
 	return strncmp(name, scope, n) == 0 && name[n] == '/';
-}
-
-/* True for nodes insert adds: "<layer>/sparsityd/..." and "sparsityd/...". */
-static bool is_inserted(const char *name)
-{
-	return has_prefix(name, PRUNE_SCOPE "/") || strstr(name, "/" PRUNE_SCOPE "/") != NULL;
 }
 
 static bool ignore_scope(void *ud, const Tensorflow__NodeDef *n)
@@ -229,8 +218,39 @@ static int finish_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *
 	return 0;
 }
 
+/*
+ * Marks (rm) and stacks the nodes insert added: those under "sparsityd/" and under a
+ * recorded layer's scope ("<layer>/sparsityd/"). Only those: a node of the user's own
+ * named "x/sparsityd/y", x no recorded layer, stays. Returns 0 or SD_ENOMEM.
+ */
+static int mark_inserted(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec,
+			 const bool *keep, bool *rm, size_t *stack, size_t *sp, sd_error_t *e)
+{
+	size_t *idx;
+	int rc = prune_graph_sorted(g, &idx, e);
+	if (rc)
+		return rc;
+	arena_t *a = prune_graph_arena(g);
+	for (size_t r = 0; r <= n_rec; r++) {
+		const char *scope = r < n_rec ? arena_sprintf(a, "%s/", rec[r].scope) : PRUNE_SCOPE "/";
+		if (!scope)
+			return sd_err(e, SD_ENOMEM, "out of memory");
+		size_t lo, hi;
+		prune_graph_prefixed(g, idx, scope, strlen(scope), &lo, &hi);
+		for (size_t k = lo; k < hi; k++) {
+			size_t i = idx[k];
+			if (!rm[i] && !keep[i]) {
+				rm[i] = true;
+				stack[(*sp)++] = i;
+			}
+		}
+	}
+	return 0;
+}
+
 /* Deletes inserted nodes, then nodes all of whose readers were deleted. */
-static int sweep(prune_graph_t *g, const char *const *outputs, size_t n_outputs, sd_error_t *e)
+static int sweep(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec,
+		 const char *const *outputs, size_t n_outputs, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
 	size_t n = prune_graph_count(g);
@@ -248,13 +268,10 @@ static int sweep(prune_graph_t *g, const char *const *outputs, size_t n_outputs,
 			keep[o] = true;
 	}
 	size_t sp = 0;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n; i++)
 		live[i] = c.off[i + 1] - c.off[i];
-		if (is_inserted(prune_graph_node(g, i)->name) && !keep[i]) {
-			rm[i] = true;
-			stack[sp++] = i;
-		}
-	}
+	if ((rc = mark_inserted(g, rec, n_rec, keep, rm, stack, &sp, e)))
+		return rc;
 	while (sp) {
 		const Tensorflow__NodeDef *d = prune_graph_node(g, stack[--sp]);
 		for (size_t k = 0; k < d->n_input; k++) {
@@ -329,7 +346,7 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 					   "not list (use the record written with this model)",
 					   n->name);
 	}
-	if ((rc = sweep(g, outputs, n_outputs, e)))
+	if ((rc = sweep(g, rec, n_rec, outputs, n_outputs, e)))
 		return rc;
 	prune_result_count(res);
 	res->nodes_out = prune_graph_count(g);

@@ -220,6 +220,23 @@ START_TEST(export_fresh_mask_restores_the_original_graph)
 }
 END_TEST
 
+START_TEST(export_keeps_a_user_node_named_like_an_inserted_one)
+{
+	prune_graph_t *orig = tu_graph(&A, "graphs/user_scope.pbtxt");
+	prune_record_entry_t *rec;
+	size_t n;
+	prune_graph_t *g = inserted_into("graphs/user_scope.pbtxt", FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	prune_result_t r;
+	sd_error_t e;
+	int rc = export(g, rec, n, &r, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	ck_assert_ptr_nonnull(node(g, "x/sparsityd/id1"));
+	ck_assert_str_eq(node(g, "mm_a")->input[1], "wa/id2");
+	ck_assert_uint_eq(prune_graph_count(g), prune_graph_count(orig) + 1);
+}
+END_TEST
+
 START_TEST(export_stored_mask)
 {
 	prune_record_entry_t *rec;
@@ -537,6 +554,7 @@ int main(void)
 {
 	const TTest *const tests[] = {
 		export_fresh_mask_restores_the_original_graph,
+		export_keeps_a_user_node_named_like_an_inserted_one,
 		export_stored_mask,
 		export_errors,
 		prune_equals_export_at_step_0,
