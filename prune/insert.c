@@ -594,31 +594,34 @@ static int group_op(prune_graph_t *g, const char *name, const char *const *deps,
  */
 static int check_scopes(prune_graph_t *g, const prune_result_t *res, sd_error_t *e)
 {
-	size_t n = prune_graph_count(g);
-	bool *pruned = arena_calloc(prune_graph_arena(g), n + 1, sizeof(*pruned));
-	if (!pruned)
-		return sd_err(e, SD_ENOMEM, "out of memory");
-	for (size_t i = 0; i < res->n_layers; i++)
-		if (res->layers[i].action == PRUNE_ACTION_PRUNED)
-			pruned[res->layers[i].node] = true;
-	static const char inner[] = "/" PRUNE_SCOPE "/";
-	for (size_t i = 0; i < n; i++) {
-		const char *name = prune_graph_node(g, i)->name;
-		if (strncmp(name, PRUNE_SCOPE "/", sizeof(PRUNE_SCOPE)) == 0)
-			return sd_err_node(e, SD_EMODEL, name,
-					   "node '%s' is in the scope '" PRUNE_SCOPE "/' that insert "
-					   "adds its own nodes to; insert runs on the original graph, "
-					   "not on its own output",
-					   name);
-		for (const char *p = strstr(name, inner); p; p = strstr(p + 1, inner)) {
-			ptrdiff_t l = prune_graph_find(g, name, (size_t)(p - name));
-			if (l >= 0 && pruned[l])
-				return sd_err_node(e, SD_EMODEL, prune_graph_node(g, (size_t)l)->name,
-						   "layer '%.*s' already carries sparsityd nodes "
-						   "('%s'); insert runs on the original graph, not "
-						   "on its own output",
-						   (int)(p - name), name, name);
-		}
+	size_t *idx, lo, hi;
+	int rc = prune_graph_sorted(g, &idx, e);
+	if (rc)
+		return rc;
+	prune_graph_prefixed(g, idx, PRUNE_SCOPE "/", sizeof(PRUNE_SCOPE), &lo, &hi);
+	if (lo < hi) {
+		const char *name = prune_graph_node(g, idx[lo])->name;
+		return sd_err_node(e, SD_EMODEL, name,
+				   "node '%s' is in the scope '" PRUNE_SCOPE "/' that insert adds its "
+				   "own nodes to; insert runs on the original graph, not on its own "
+				   "output",
+				   name);
+	}
+	/* One lookup per pruned layer, not one per "/sparsityd/" in every name: a name
+	 * made of that string repeated would cost its length squared. */
+	for (size_t i = 0; i < res->n_layers; i++) {
+		const prune_layer_t *l = &res->layers[i];
+		if (l->action != PRUNE_ACTION_PRUNED)
+			continue;
+		const char *scope = arena_sprintf(prune_graph_arena(g), "%s/" PRUNE_SCOPE "/", l->name);
+		if (!scope)
+			return sd_err(e, SD_ENOMEM, "out of memory");
+		prune_graph_prefixed(g, idx, scope, strlen(scope), &lo, &hi);
+		if (lo < hi)
+			return sd_err_node(e, SD_EMODEL, l->name,
+					   "layer '%s' already carries sparsityd nodes ('%s'); insert "
+					   "runs on the original graph, not on its own output",
+					   l->name, prune_graph_node(g, idx[lo])->name);
 	}
 	return 0;
 }

@@ -300,6 +300,33 @@ START_TEST(scope_collisions)
 		ck_assert_msg_has(e, cases[i].want);
 		ck_assert_msg_has(e, cases[i].name);
 	}
+	/* A name of 90,000 "q/sparsityd/": the check used to look up every prefix that
+	 * ends before one (16 s); then the same name ending under a pruned layer's scope. */
+	static const char rep[] = "q/" PRUNE_SCOPE "/";
+	size_t n = 90000, rl = sizeof(rep) - 1;
+	char *name = arena_alloc(&A, n * rl + 32);
+	for (size_t k = 0; k < n; k++)
+		memcpy(name + k * rl, rep, rl);
+	for (int bad = 0; bad < 2; bad++) {
+		strcpy(name + n * rl, bad ? "x" : "z");
+		prune_graph_t *g = tu_graph(&A, "graphs/small.pbtxt");
+		sd_error_t e;
+		prune_node_spec_t spec = {.name = name, .op = "NoOp"};
+		ck_assert_ptr_nonnull(prune_graph_add(g, &spec, &e));
+		if (bad) {
+			prune_node_spec_t leftover = {.name = "mm1/sparsityd/q", .op = "NoOp"};
+			ck_assert_ptr_nonnull(prune_graph_add(g, &leftover, &e));
+		}
+		const char *outs[] = {"out"};
+		prune_result_t r = {0};
+		int rc = prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, NULL, &r, &e);
+		if (bad) {
+			ck_assert_int_eq(rc, SD_EMODEL);
+			ck_assert_msg_has(e, "layer 'mm1' already carries sparsityd nodes");
+		} else {
+			ck_assert_msg(rc == 0, "%s", e.msg);
+		}
+	}
 }
 END_TEST
 
