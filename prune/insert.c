@@ -459,7 +459,8 @@ static Tensorflow__CollectionDef *collection(prune_graph_t *g, const char *key,
 {
 	Tensorflow__MetaGraphDef *m = prune_graph_meta(g);
 	arena_t *a = prune_graph_arena(g);
-	for (size_t i = 0; i < m->n_collection_def; i++) {
+	/* From the end: of two entries with one key, the last counts (protobuf's map). */
+	for (size_t i = m->n_collection_def; i-- > 0;) {
 		Tensorflow__CollectionDef *c = m->collection_def[i]->value;
 		if (strcmp(m->collection_def[i]->key, key))
 			continue;

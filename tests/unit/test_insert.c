@@ -210,6 +210,37 @@ START_TEST(metagraph_collections)
 	ck_assert(!vd->trainable);
 	ck_assert_str_eq(m->collection_def[1]->key, "update_ops");
 	ck_assert_str_eq(m->collection_def[1]->value->node_list->value[0], PRUNE_UPDATE_OP);
+
+	/* Two "update_ops" entries: TensorFlow reads the last, so insert adds to that one. */
+	Tensorflow__MetaGraphDef__CollectionDefEntry *dup[2];
+	Tensorflow__CollectionDef cd[2];
+	Tensorflow__CollectionDef__NodeList nl[2];
+	char *names[2][1] = {{"first"}, {"second"}};
+	for (int k = 0; k < 2; k++) {
+		dup[k] = arena_alloc(&A, sizeof(*dup[k]));
+		tensorflow__meta_graph_def__collection_def_entry__init(dup[k]);
+		tensorflow__collection_def__init(&cd[k]);
+		tensorflow__collection_def__node_list__init(&nl[k]);
+		nl[k].n_value = 1;
+		nl[k].value = names[k];
+		cd[k].kind_case = TENSORFLOW__COLLECTION_DEF__KIND_NODE_LIST;
+		cd[k].node_list = &nl[k];
+		dup[k]->key = "update_ops";
+		dup[k]->value = &cd[k];
+	}
+	meta.n_collection_def = 2;
+	meta.collection_def = dup;
+	mb = tu_pack(&A, &meta.base, &len);
+	ck_assert_int_eq(prune_graph_load(mb, len, "m", PRUNE_FMT_METAGRAPH, 1u << 20, &A, &g, &e),
+			 0);
+	r = (prune_result_t){0};
+	ck_assert_int_eq(prune_insert(g, cfg(SAMPLE), outs, 1, 1u << 20, NULL, &r, &e), 0);
+	m = prune_graph_meta(g);
+	ck_assert_uint_eq(m->collection_def[0]->value->node_list->n_value, 1);
+	Tensorflow__CollectionDef__NodeList *last = m->collection_def[1]->value->node_list;
+	ck_assert_uint_eq(last->n_value, 2);
+	ck_assert_str_eq(last->value[0], "second");
+	ck_assert_str_eq(last->value[1], PRUNE_UPDATE_OP);
 }
 END_TEST
 
