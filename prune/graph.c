@@ -369,7 +369,8 @@ static bool looks_textual(const uint8_t *buf, size_t len)
 {
 	if (len == 0 || memchr(buf, 0, len))
 		return false;
-	size_t i = 0;
+	/* A UTF-8 byte order mark (some editors write one), which pbtext skips too. */
+	size_t i = len >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3) ? 3 : 0;
 	while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n' || buf[i] == '\r'))
 		i++;
 	if (i == len)

@@ -74,6 +74,13 @@ START_TEST(detect_formats)
 	char *txt = tu_read(&A, "graphs/small.pbtxt", &tlen);
 	ck_assert_int_eq(load(txt, tlen, PRUNE_FMT_AUTO, &g, &e), 0);
 	ck_assert_int_eq(prune_graph_format(g), PRUNE_FMT_PBTXT);
+	/* with a UTF-8 byte order mark in front */
+	char *bom = arena_alloc(&A, tlen + 3);
+	memcpy(bom, "\xef\xbb\xbf", 3);
+	memcpy(bom + 3, txt, tlen);
+	ck_assert_msg(load(bom, tlen + 3, PRUNE_FMT_AUTO, &g, &e) == 0, "%s", e.msg);
+	ck_assert_int_eq(prune_graph_format(g), PRUNE_FMT_PBTXT);
+	ck_assert_uint_eq(prune_graph_count(g), 19);
 }
 END_TEST
 
