@@ -10,6 +10,7 @@
  */
 #include "prune/export.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,21 +51,54 @@ static const Tensorflow__NodeDef *frozen_const(const prune_graph_t *g, const cha
 	return n;
 }
 
-static int read_step(const Tensorflow__NodeDef *n, const char *layer, int64_t *step,
-		     sd_error_t *e)
+/* The value of a frozen int64 scalar (`what`: "step", "update_freq"). */
+static int read_i64(const Tensorflow__NodeDef *n, const char *layer, const char *what,
+		    int64_t *v, sd_error_t *e)
 {
 	const Tensorflow__TensorProto *t = prune_node_attr(n, "value")->tensor;
 	if (t->dtype == TENSORFLOW__DATA_TYPE__DT_INT64 && t->n_int64_val == 1)
-		*step = t->int64_val[0];
+		*v = t->int64_val[0];
 	else if (t->dtype == TENSORFLOW__DATA_TYPE__DT_INT64 && t->tensor_content.len == 8)
-		memcpy(step, t->tensor_content.data, 8);
+		memcpy(v, t->tensor_content.data, 8);
 	else if (t->dtype == TENSORFLOW__DATA_TYPE__DT_INT64 && !t->n_int64_val &&
 		 !t->tensor_content.len)
-		*step = 0;
+		*v = 0;
 	else
 		return sd_err_node(e, SD_EMODEL, layer,
-				   "layer '%s': step constant '%s' is not an int64 scalar", layer,
+				   "layer '%s': %s constant '%s' is not an int64 scalar", layer, what,
 				   n->name);
+	return 0;
+}
+
+/*
+ * Checks the record's update_freq against the graph's: export picks the fresh or the
+ * stored mask by it, so a record that says otherwise than the graph's own
+ * <scope>/step_mod (absent for 0) would export a mask the masked graph never used.
+ */
+static int check_freq(const prune_graph_t *g, const prune_record_entry_t *r, sd_error_t *e)
+{
+	const char *mod_name = arena_sprintf(prune_graph_arena((prune_graph_t *)g), "%s/step_mod",
+					     r->scope);
+	if (!mod_name)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	ptrdiff_t mi = prune_graph_find(g, mod_name, strlen(mod_name));
+	int64_t freq = 0;
+	if (mi >= 0) {
+		const Tensorflow__NodeDef *mod = prune_graph_node(g, (size_t)mi);
+		if (mod->n_input != 2)
+			return sd_err_node(e, SD_EMODEL, r->name, "layer '%s': '%s' is malformed",
+					   r->name, mod_name);
+		const Tensorflow__NodeDef *fc = frozen_const(g, mod->input[1], r->name,
+							     "update_freq", e);
+		int rc = fc ? read_i64(fc, r->name, "update_freq", &freq, e) : e->code;
+		if (rc)
+			return rc;
+	}
+	if (freq != (int64_t)r->update_freq)
+		return sd_err_node(e, SD_ERECORD, r->name,
+				   "layer '%s': the record's update_freq is %" PRIu32 " but the "
+				   "graph's is %" PRId64 " (use the record written with this model)",
+				   r->name, r->update_freq, freq);
 	return 0;
 }
 
@@ -169,7 +203,7 @@ static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t 
 	int rc;
 	if ((rc = prune_tensor_read(prune_node_attr(wc, "value")->tensor, x->max_elems, wc->name,
 				    a, w, e)) ||
-	    (rc = read_step(sc, r->name, &p->step, e)))
+	    (rc = read_i64(sc, r->name, "step", &p->step, e)) || (rc = check_freq(g, r, e)))
 		return rc;
 	l->dtype = w->dtype;
 	if (!same_shape(w, r->shape, r->rank))

@@ -324,6 +324,26 @@ START_TEST(export_errors)
 	freeze(g, 1, half);
 	ck_assert_int_eq(export(g, rec, n, &r, &e), SD_EMODEL);
 	ck_assert_msg_has(e, "other than 0 and 1");
+
+	/* A record whose update_freq is not the graph's: at step 5 the graph uses the
+	 * stored mask (5 % 3), the record would have the fresh one exported (5 % 5). */
+	static const struct {
+		const char *cfg;
+		uint32_t freq;
+		const char *want;
+	} freqs[] = {
+		{FREQ(3), 5, "the record's update_freq is 5 but the graph's is 3"},
+		{FREQ(3), 0, "the record's update_freq is 0 but the graph's is 3"},
+		{FREQ(0), 4, "the record's update_freq is 4 but the graph's is 0"},
+	};
+	for (size_t i = 0; i < sizeof(freqs) / sizeof(freqs[0]); i++) {
+		g = inserted(freqs[i].cfg, &rec, &n);
+		freeze(g, 5, ones);
+		rec[1].update_freq = freqs[i].freq;
+		ck_assert_int_eq(export(g, rec, n, &r, &e), SD_ERECORD);
+		ck_assert_msg_has(e, freqs[i].want);
+		ck_assert_str_eq(e.node, rec[1].name);
+	}
 }
 END_TEST
 
