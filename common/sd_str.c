@@ -4,6 +4,7 @@
 #include "common/sd_str.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,4 +104,44 @@ int sd_bool_parse(const char *s, bool *out, sd_error_t *e)
 		}
 	}
 	return sd_err(e, SD_EUSAGE, "'%.32s' must be true or false", s);
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+	const sd_strkey_t *x = a, *y = b;
+	int d = strcmp(x->s, y->s);
+	return d ? d : (x->i > y->i) - (x->i < y->i);
+}
+
+void sd_strkeys_sort(sd_strkey_t *k, size_t n)
+{
+	if (n > 1)
+		qsort(k, n, sizeof(*k), key_cmp);
+}
+
+size_t sd_strkeys_first_repeat(const sd_strkey_t *k, size_t n, size_t *earlier)
+{
+	size_t first = SIZE_MAX;
+	/* Equal strings sit together in list order: each run's first is the original. */
+	for (size_t j = 1; j < n; j++) {
+		if (k[j].i < first && strcmp(k[j - 1].s, k[j].s) == 0) {
+			first = k[j].i;
+			if (earlier)
+				*earlier = k[j - 1].i;
+		}
+	}
+	return first;
+}
+
+size_t sd_strkeys_find(const sd_strkey_t *k, size_t n, const char *s)
+{
+	size_t lo = 0, hi = n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (strcmp(k[mid].s, s) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && strcmp(k[lo].s, s) == 0 ? lo : n;
 }

@@ -1,7 +1,8 @@
 /*
  * sd_str: growing a malloc'd text buffer (metrics pages, reports), UTF-8 checks for
- * text that came from a client or a model and will be shown as JSON, and the one hex
- * encoder (digests, tokens, escaped bytes).
+ * text that came from a client or a model and will be shown as JSON, the one hex
+ * encoder (digests, tokens, escaped bytes), and sorted string keys for long lists of
+ * names (a config's, a record's).
  */
 #ifndef SD_STR_H
 #define SD_STR_H
@@ -38,5 +39,25 @@ bool sd_utf8_valid(const char *s, size_t n);
  * shown (as JSON) without losing or hiding what was there. NULL on ENOMEM.
  */
 char *sd_utf8_escape(const char *s);
+
+/*
+ * A list's strings sorted once, to find repeats and look names up without comparing each
+ * with every other (lists of hundreds of thousands of names cost minutes that way).
+ * Each key is a string and its index in the list; sd_strkeys_sort orders them by string,
+ * equal strings in list order. The strings are referenced, not copied.
+ */
+typedef struct sd_strkey {
+	const char *s;
+	size_t i;
+} sd_strkey_t;
+
+void sd_strkeys_sort(sd_strkey_t *k, size_t n);
+
+/* Of sorted keys: the smallest list index whose string an element earlier in the list
+ * has too (SIZE_MAX: none), and in *earlier (may be NULL) that earlier element's index. */
+size_t sd_strkeys_first_repeat(const sd_strkey_t *k, size_t n, size_t *earlier);
+
+/* Of sorted keys: the position of the first key holding s, or n. */
+size_t sd_strkeys_find(const sd_strkey_t *k, size_t n, const char *s);
 
 #endif

@@ -10,12 +10,29 @@
 #include "prune/config.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "common/sd_str.h"
 #include "proto/amct.pb-c.h"
 #include "proto/pbtext.h"
 #include "prune/layers.h"
+
+/*
+ * A name list sorted by string, equal strings in list order, and which of them
+ * prune_config_apply found among the graph's layers (seen[j] for key j). A config may
+ * list hundreds of thousands of names; comparing each with every other name, or every
+ * layer with every name, was the whole cost of reading and applying such a config.
+ * Sorted once at parse time, so that prune_config_apply, whose errors are config and
+ * layer errors only, has nothing to allocate.
+ */
+typedef struct names {
+	sd_strkey_t *k;
+	bool *seen;
+	size_t n;
+} names_t;
 
 typedef struct pos {
 	const ProtobufCMessage *msg;
@@ -31,6 +48,8 @@ struct prune_config {
 	pos_t *pos;
 	size_t n_pos, cap_pos;
 	bool oom;
+	names_t skip_layers, skip_types, regular_layers, regular_types;
+	names_t by_name, by_type; /* override_layer_configs, override_layer_types */
 };
 
 static const char *const quant_fields[] = {
@@ -67,6 +86,92 @@ static const char *on_field(void *ud, const ProtobufCMessage *msg,
 	}
 	c->pos[c->n_pos++] = (pos_t){msg, f, repeated_count(msg, f), line, col};
 	return NULL;
+}
+
+/* Room for n keys, none added yet. false when out of memory. */
+static bool names_new(arena_t *a, names_t *s, size_t n)
+{
+	s->n = 0;
+	s->k = n ? arena_calloc(a, n, sizeof(*s->k)) : NULL;
+	s->seen = n ? arena_calloc(a, n, sizeof(*s->seen)) : NULL;
+	return !n || (s->k && s->seen);
+}
+
+static void names_add(names_t *s, const char *str, size_t i)
+{
+	s->k[s->n++] = (sd_strkey_t){str, i};
+}
+
+/* The list index of the first element equal to str, or SIZE_MAX. */
+static size_t names_find(const names_t *s, const char *str)
+{
+	size_t j = sd_strkeys_find(s->k, s->n, str);
+	return j < s->n ? s->k[j].i : SIZE_MAX;
+}
+
+static bool names_has(const names_t *s, const char *str)
+{
+	return sd_strkeys_find(s->k, s->n, str) < s->n;
+}
+
+/* Marks every element equal to str as seen. */
+static void names_mark(const names_t *s, const char *str)
+{
+	for (size_t j = sd_strkeys_find(s->k, s->n, str); j < s->n && !strcmp(s->k[j].s, str);
+	     j++)
+		s->seen[j] = true;
+}
+
+/* The list index of the first element not marked seen, or SIZE_MAX. */
+static size_t names_first_unseen(const names_t *s)
+{
+	size_t first = SIZE_MAX;
+	for (size_t j = 0; j < s->n; j++)
+		if (!s->seen[j] && s->k[j].i < first)
+			first = s->k[j].i;
+	return first;
+}
+
+static bool names_of_list(arena_t *a, names_t *s, char *const *list, size_t n)
+{
+	if (!names_new(a, s, n))
+		return false;
+	for (size_t i = 0; i < n; i++)
+		names_add(s, list[i], i);
+	sd_strkeys_sort(s->k, s->n);
+	return true;
+}
+
+/*
+ * Sorts the config's name lists. Overrides without a name are left out: validate
+ * refuses them before it could reach a repeat after them.
+ */
+static int index_names(prune_config_t *c, sd_error_t *e)
+{
+	const Amct__AMCTRetrainConfig *m = c->msg;
+	arena_t *a = c->arena;
+	if (!names_of_list(a, &c->skip_layers, m->skip_layers, m->n_skip_layers) ||
+	    !names_of_list(a, &c->skip_types, m->skip_layer_types, m->n_skip_layer_types) ||
+	    !names_of_list(a, &c->regular_layers, m->regular_prune_skip_layers,
+			   m->n_regular_prune_skip_layers) ||
+	    !names_of_list(a, &c->regular_types, m->regular_prune_skip_types,
+			   m->n_regular_prune_skip_types) ||
+	    !names_new(a, &c->by_name, m->n_override_layer_configs) ||
+	    !names_new(a, &c->by_type, m->n_override_layer_types))
+		return sd_err(e, SD_ENOMEM, "out of memory reading %s", c->file);
+	for (size_t i = 0; i < m->n_override_layer_configs; i++) {
+		const char *s = m->override_layer_configs[i]->layer_name;
+		if (s && s[0])
+			names_add(&c->by_name, s, i);
+	}
+	for (size_t i = 0; i < m->n_override_layer_types; i++) {
+		const char *s = m->override_layer_types[i]->layer_type;
+		if (s && s[0])
+			names_add(&c->by_type, s, i);
+	}
+	sd_strkeys_sort(c->by_name.k, c->by_name.n);
+	sd_strkeys_sort(c->by_type.k, c->by_type.n);
+	return 0;
 }
 
 /* Position of field `name` of msg (element idx for repeated fields); NULL if unknown. */
@@ -150,6 +255,10 @@ static int validate(const prune_config_t *c, sd_error_t *e)
 	    (rc = check_types(c, m, "regular_prune_skip_types", m->regular_prune_skip_types,
 			      m->n_regular_prune_skip_types, e)))
 		return rc;
+	/* Each loop below stops at its first bad entry, so the first repeat is the one it
+	 * would report unless an entry before it fails another check first. */
+	size_t name_dup = sd_strkeys_first_repeat(c->by_name.k, c->by_name.n, NULL);
+	size_t type_dup = sd_strkeys_first_repeat(c->by_type.k, c->by_type.n, NULL);
 	for (size_t i = 0; i < m->n_override_layer_configs; i++) {
 		const Amct__RetrainOverrideLayer *o = m->override_layer_configs[i];
 		if (!o->layer_name || !o->layer_name[0])
@@ -160,12 +269,10 @@ static int validate(const prune_config_t *c, sd_error_t *e)
 				       "override for layer '%s' has no prune_config", o->layer_name);
 		if ((rc = check_prune_config(c, o->prune_config, e)))
 			return rc;
-		for (size_t j = 0; j < i; j++)
-			if (strcmp(m->override_layer_configs[j]->layer_name, o->layer_name) == 0)
-				return fail_at(c, o, "layer_name", 0, e,
-					       "layer '%s' has more than one override_layer_configs "
-					       "entry",
-					       o->layer_name);
+		if (i == name_dup)
+			return fail_at(c, o, "layer_name", 0, e,
+				       "layer '%s' has more than one override_layer_configs entry",
+				       o->layer_name);
 	}
 	for (size_t i = 0; i < m->n_override_layer_types; i++) {
 		const Amct__RetrainOverrideLayerType *o = m->override_layer_types[i];
@@ -182,12 +289,11 @@ static int validate(const prune_config_t *c, sd_error_t *e)
 				       "override for type '%s' has no prune_config", o->layer_type);
 		if ((rc = check_prune_config(c, o->prune_config, e)))
 			return rc;
-		for (size_t j = 0; j < i; j++)
-			if (strcmp(m->override_layer_types[j]->layer_type, o->layer_type) == 0)
-				return fail_at(c, o, "layer_type", 0, e,
-					       "layer type '%s' has more than one "
-					       "override_layer_types entry",
-					       o->layer_type);
+		if (i == type_dup)
+			return fail_at(c, o, "layer_type", 0, e,
+				       "layer type '%s' has more than one override_layer_types "
+				       "entry",
+				       o->layer_type);
 	}
 	return 0;
 }
@@ -209,28 +315,17 @@ int prune_config_parse(const char *text, size_t len, const char *file, arena_t *
 	if (rc)
 		return rc;
 	c->msg = (Amct__AMCTRetrainConfig *)m;
-	if ((rc = validate(c, e)))
+	if ((rc = index_names(c, e)) || (rc = validate(c, e)))
 		return rc;
 	*out = c;
 	return 0;
 }
 
-static bool in_list(char *const *list, size_t n, const char *s)
-{
-	for (size_t i = 0; i < n; i++)
-		if (strcmp(list[i], s) == 0)
-			return true;
-	return false;
-}
-
-/* Every name in list must be a layer; otherwise fail listing the valid ones. */
-static int check_names(const prune_config_t *c, const void *msg, const char *field,
+/* name, element idx of field of msg, is not a layer: fail listing the valid ones. */
+static int not_a_layer(const prune_config_t *c, const void *msg, const char *field,
 		       size_t idx, const char *name, const prune_layer_t *layers, size_t n,
 		       sd_error_t *e)
 {
-	for (size_t i = 0; i < n; i++)
-		if (strcmp(layers[i].name, name) == 0)
-			return 0;
 	char valid[768];
 	size_t off = 0;
 	valid[0] = 0;
@@ -248,48 +343,67 @@ static int check_names(const prune_config_t *c, const void *msg, const char *fie
 		       n ? valid : "none");
 }
 
-static const Amct__PruneConfig *resolve(const Amct__AMCTRetrainConfig *m,
-					const prune_layer_t *l)
+/*
+ * Every name in skip_layers, regular_prune_skip_layers and override_layer_configs must
+ * be a layer; the first that is not, in that order of lists and in list order, is the
+ * error. Each layer marks its name in the lists rather than each name being looked for
+ * among the layers, which would need the layers sorted: memory apply does not have.
+ * The marks are scratch for this call only (a config belongs to one job's thread).
+ */
+static int check_names(const prune_config_t *c, const prune_layer_t *layers, size_t n,
+		       sd_error_t *e)
 {
-	for (size_t i = 0; i < m->n_override_layer_configs; i++)
-		if (strcmp(m->override_layer_configs[i]->layer_name, l->name) == 0)
-			return m->override_layer_configs[i]->prune_config;
-	for (size_t i = 0; i < m->n_override_layer_types; i++)
-		if (strcmp(m->override_layer_types[i]->layer_type, l->type) == 0)
-			return m->override_layer_types[i]->prune_config;
+	const Amct__AMCTRetrainConfig *m = c->msg;
+	const names_t *lists[] = {&c->skip_layers, &c->regular_layers, &c->by_name};
+	for (size_t l = 0; l < 3; l++)
+		if (lists[l]->n)
+			memset(lists[l]->seen, 0, lists[l]->n * sizeof(*lists[l]->seen));
+	for (size_t i = 0; i < n; i++) {
+		names_mark(&c->skip_layers, layers[i].name);
+		names_mark(&c->regular_layers, layers[i].name);
+		names_mark(&c->by_name, layers[i].name);
+	}
+	size_t i;
+	if ((i = names_first_unseen(&c->skip_layers)) != SIZE_MAX)
+		return not_a_layer(c, m, "skip_layers", i, m->skip_layers[i], layers, n, e);
+	if ((i = names_first_unseen(&c->regular_layers)) != SIZE_MAX)
+		return not_a_layer(c, m, "regular_prune_skip_layers", i,
+				   m->regular_prune_skip_layers[i], layers, n, e);
+	if ((i = names_first_unseen(&c->by_name)) != SIZE_MAX)
+		return not_a_layer(c, m->override_layer_configs[i], "layer_name", 0,
+				   m->override_layer_configs[i]->layer_name, layers, n, e);
+	return 0;
+}
+
+static const Amct__PruneConfig *resolve(const prune_config_t *c, const prune_layer_t *l)
+{
+	const Amct__AMCTRetrainConfig *m = c->msg;
+	size_t i = names_find(&c->by_name, l->name);
+	if (i != SIZE_MAX)
+		return m->override_layer_configs[i]->prune_config;
+	if ((i = names_find(&c->by_type, l->type)) != SIZE_MAX)
+		return m->override_layer_types[i]->prune_config;
 	return m->prune_config;
 }
 
 int prune_config_apply(const prune_config_t *c, prune_layer_t *layers, size_t n,
 		       sd_error_t *e)
 {
-	const Amct__AMCTRetrainConfig *m = c->msg;
-	int rc;
-	for (size_t i = 0; i < m->n_skip_layers; i++)
-		if ((rc = check_names(c, m, "skip_layers", i, m->skip_layers[i], layers, n, e)))
-			return rc;
-	for (size_t i = 0; i < m->n_regular_prune_skip_layers; i++)
-		if ((rc = check_names(c, m, "regular_prune_skip_layers", i,
-				      m->regular_prune_skip_layers[i], layers, n, e)))
-			return rc;
-	for (size_t i = 0; i < m->n_override_layer_configs; i++)
-		if ((rc = check_names(c, m->override_layer_configs[i], "layer_name", 0,
-				      m->override_layer_configs[i]->layer_name, layers, n, e)))
-			return rc;
+	int rc = check_names(c, layers, n, e);
+	if (rc)
+		return rc;
 
 	size_t pruned = 0;
 	for (size_t i = 0; i < n; i++) {
 		prune_layer_t *l = &layers[i];
 		prune_skip_t why = PRUNE_SKIP_NONE;
-		if (in_list(m->skip_layers, m->n_skip_layers, l->name))
+		if (names_has(&c->skip_layers, l->name))
 			why = PRUNE_SKIP_SKIP_LAYERS;
-		else if (in_list(m->skip_layer_types, m->n_skip_layer_types, l->type))
+		else if (names_has(&c->skip_types, l->type))
 			why = PRUNE_SKIP_SKIP_LAYER_TYPES;
-		else if (in_list(m->regular_prune_skip_layers, m->n_regular_prune_skip_layers,
-				 l->name))
+		else if (names_has(&c->regular_layers, l->name))
 			why = PRUNE_SKIP_REGULAR_SKIP_LAYERS;
-		else if (in_list(m->regular_prune_skip_types, m->n_regular_prune_skip_types,
-				 l->type))
+		else if (names_has(&c->regular_types, l->type))
 			why = PRUNE_SKIP_REGULAR_SKIP_TYPES;
 		if (why != PRUNE_SKIP_NONE) {
 			l->action = PRUNE_ACTION_SKIPPED;
@@ -299,7 +413,7 @@ int prune_config_apply(const prune_config_t *c, prune_layer_t *layers, size_t n,
 		}
 		if (l->reason != PRUNE_SKIP_NONE)
 			continue;
-		const Amct__PruneConfig *pc = resolve(m, l);
+		const Amct__PruneConfig *pc = resolve(c, l);
 		if (!pc) {
 			l->action = PRUNE_ACTION_SKIPPED;
 			l->reason = PRUNE_SKIP_NO_PRUNE_CONFIG;

@@ -4,8 +4,11 @@
  */
 #include "prune/record.h"
 
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "common/sd_str.h"
 #include "proto/amct.pb-c.h"
 #include "proto/pbtext.h"
 #include "prune/layers.h"
@@ -149,6 +152,83 @@ static int str_attr(const char *file, const Amct__PruneNode *pn, const char *nam
 	return 0;
 }
 
+/* Reads the selective_prune pn of prune_record i into en. */
+static int read_entry(const char *file, const Amct__PruneNode *pn, size_t i, arena_t *a,
+		      prune_record_entry_t *en, sd_error_t *e)
+{
+	int rc;
+	if (!pn->name || !pn->name[0])
+		return sd_err(e, SD_ERECORD, "%s: prune_record %zu has no layer name", file, i);
+	const Amct__AttrProto *shape, *axis, *freq, *type, *win, *scope, *cast;
+	if ((rc = need(file, pn, "mask_shape", AMCT__ATTR_PROTO__ATTR_TYPE__INTS, &shape, e)) ||
+	    (rc = need(file, pn, "prune_axis", AMCT__ATTR_PROTO__ATTR_TYPE__INT, &axis, e)) ||
+	    (rc = need(file, pn, "update_freq", AMCT__ATTR_PROTO__ATTR_TYPE__INT, &freq, e)) ||
+	    (rc = need(file, pn, "layer_type", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &type, e)) ||
+	    (rc = need(file, pn, "weight_input", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &win, e)))
+		return rc;
+	en->name = pn->name;
+	if (shape->n_ints > 4 || axis->i < 0 || axis->i >= (int64_t)shape->n_ints ||
+	    freq->i < 0 || freq->i > UINT32_MAX)
+		return sd_err_node(e, SD_ERECORD, pn->name,
+				   "%s: layer '%s' has an inconsistent mask_shape, prune_axis "
+				   "or update_freq",
+				   file, pn->name);
+	en->rank = (int)shape->n_ints;
+	for (int d = 0; d < en->rank; d++)
+		en->shape[d] = shape->ints[d];
+	en->axis = (int)axis->i;
+	en->update_freq = (uint32_t)freq->i;
+	if ((rc = str_attr(file, pn, "layer_type", type, a, &en->layer_type, e)) ||
+	    (rc = str_attr(file, pn, "weight_input", win, a, &en->weight_input, e)))
+		return rc;
+	scope = find_attr(pn, "scope");
+	if (scope && scope->has_s) {
+		if ((rc = str_attr(file, pn, "scope", scope, a, &en->scope, e)))
+			return rc;
+	} else {
+		en->scope = arena_sprintf(a, "%s/%s", pn->name, PRUNE_SCOPE);
+	}
+	/* Optional: only a layer reading its weight through a Cast has one. */
+	if ((cast = find_attr(pn, "cast")) &&
+	    ((rc = need(file, pn, "cast", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &cast, e)) ||
+	     (rc = str_attr(file, pn, "cast", cast, a, &en->cast, e))))
+		return rc;
+	if (!en->layer_type || !en->weight_input || !en->scope || (cast && !en->cast))
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	return 0;
+}
+
+/*
+ * A layer recorded twice, or two layers with one scope, would mask the same variables:
+ * one mask would be applied and the other dropped without a word. Reports the first
+ * entry that repeats an earlier one's name or scope, against the first such earlier
+ * entry (a name before a scope on the same one). Sorting the k names and scopes (keys
+ * has room for k) instead of checking each entry against all before it: records of
+ * hundreds of thousands of layers spent minutes here.
+ */
+static int check_repeats(const char *file, const prune_record_entry_t *ents, size_t k,
+			 sd_strkey_t *keys, sd_error_t *e)
+{
+	size_t by_name, by_scope, name_j = 0, scope_j = 0;
+	for (size_t i = 0; i < k; i++)
+		keys[i] = (sd_strkey_t){ents[i].name, i};
+	sd_strkeys_sort(keys, k);
+	by_name = sd_strkeys_first_repeat(keys, k, &name_j);
+	for (size_t i = 0; i < k; i++)
+		keys[i] = (sd_strkey_t){ents[i].scope, i};
+	sd_strkeys_sort(keys, k);
+	by_scope = sd_strkeys_first_repeat(keys, k, &scope_j);
+	if (by_name == SIZE_MAX && by_scope == SIZE_MAX)
+		return 0;
+	if (by_name < by_scope || (by_name == by_scope && name_j <= scope_j))
+		return sd_err_node(e, SD_ERECORD, ents[by_name].name,
+				   "%s: layer '%s' is recorded twice", file, ents[by_name].name);
+	const prune_record_entry_t *en = &ents[by_scope];
+	return sd_err_node(e, SD_ERECORD, en->name,
+			   "%s: layers '%s' and '%s' are recorded with the same scope '%s'",
+			   file, ents[scope_j].name, en->name, en->scope);
+}
+
 int prune_record_read(const char *text, size_t len, const char *file, arena_t *a,
 		      prune_record_entry_t **out, size_t *n, sd_error_t *e)
 {
@@ -160,66 +240,24 @@ int prune_record_read(const char *text, size_t len, const char *file, arena_t *a
 		return rc;
 	const Amct__InnerScaleOffsetRecord *rec = (const Amct__InnerScaleOffsetRecord *)m;
 	prune_record_entry_t *ents = arena_calloc(a, rec->n_prune_record + 1, sizeof(*ents));
-	if (!ents)
+	sd_strkey_t *keys = arena_calloc(a, rec->n_prune_record + 1, sizeof(*keys));
+	if (!ents || !keys)
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	size_t k = 0;
-	for (size_t i = 0; i < rec->n_prune_record; i++) {
+	for (size_t i = 0; i < rec->n_prune_record && !rc; i++) {
 		const Amct__PruneNode *pn = rec->prune_record[i]->selective_prune;
 		if (!pn)
 			continue; /* other record kinds (AMCT quantization) are not ours */
-		if (!pn->name || !pn->name[0])
-			return sd_err(e, SD_ERECORD, "%s: prune_record %zu has no layer name", file,
-				      i);
-		const Amct__AttrProto *shape, *axis, *freq, *type, *win, *scope, *cast;
-		if ((rc = need(file, pn, "mask_shape", AMCT__ATTR_PROTO__ATTR_TYPE__INTS, &shape, e)) ||
-		    (rc = need(file, pn, "prune_axis", AMCT__ATTR_PROTO__ATTR_TYPE__INT, &axis, e)) ||
-		    (rc = need(file, pn, "update_freq", AMCT__ATTR_PROTO__ATTR_TYPE__INT, &freq, e)) ||
-		    (rc = need(file, pn, "layer_type", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &type, e)) ||
-		    (rc = need(file, pn, "weight_input", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &win, e)))
-			return rc;
-		prune_record_entry_t *en = &ents[k++];
-		en->name = pn->name;
-		if (shape->n_ints > 4 || axis->i < 0 || axis->i >= (int64_t)shape->n_ints ||
-		    freq->i < 0 || freq->i > UINT32_MAX)
-			return sd_err_node(e, SD_ERECORD, pn->name,
-					   "%s: layer '%s' has an inconsistent mask_shape, prune_axis "
-					   "or update_freq",
-					   file, pn->name);
-		en->rank = (int)shape->n_ints;
-		for (int d = 0; d < en->rank; d++)
-			en->shape[d] = shape->ints[d];
-		en->axis = (int)axis->i;
-		en->update_freq = (uint32_t)freq->i;
-		if ((rc = str_attr(file, pn, "layer_type", type, a, &en->layer_type, e)) ||
-		    (rc = str_attr(file, pn, "weight_input", win, a, &en->weight_input, e)))
-			return rc;
-		scope = find_attr(pn, "scope");
-		if (scope && scope->has_s) {
-			if ((rc = str_attr(file, pn, "scope", scope, a, &en->scope, e)))
-				return rc;
-		} else {
-			en->scope = arena_sprintf(a, "%s/%s", pn->name, PRUNE_SCOPE);
-		}
-		/* Optional: only a layer reading its weight through a Cast has one. */
-		if ((cast = find_attr(pn, "cast")) &&
-		    ((rc = need(file, pn, "cast", AMCT__ATTR_PROTO__ATTR_TYPE__STRING, &cast, e)) ||
-		     (rc = str_attr(file, pn, "cast", cast, a, &en->cast, e))))
-			return rc;
-		if (!en->layer_type || !en->weight_input || !en->scope || (cast && !en->cast))
-			return sd_err(e, SD_ENOMEM, "out of memory");
-		/* A layer recorded twice, or two layers with one scope, would mask the same
-		 * variables: one mask would be applied and the other dropped without a word. */
-		for (size_t j = 0; j + 1 < k; j++) {
-			if (!strcmp(ents[j].name, pn->name))
-				return sd_err_node(e, SD_ERECORD, pn->name,
-						   "%s: layer '%s' is recorded twice", file, pn->name);
-			if (!strcmp(ents[j].scope, en->scope))
-				return sd_err_node(e, SD_ERECORD, pn->name,
-						   "%s: layers '%s' and '%s' are recorded with the "
-						   "same scope '%s'",
-						   file, ents[j].name, pn->name, en->scope);
-		}
+		if (!(rc = read_entry(file, pn, i, a, &ents[k], e)))
+			k++;
 	}
+	/* A repeat among the entries read is earlier in the file than the entry that
+	 * stopped the loop, if one did: it is the error to report. */
+	int dup = check_repeats(file, ents, k, keys, e);
+	if (dup)
+		return dup;
+	if (rc)
+		return rc;
 	if (k == 0)
 		return sd_err(e, SD_ERECORD, "%s: the record lists no pruned layer", file);
 	*out = ents;

@@ -142,6 +142,121 @@ START_TEST(defaults)
 }
 END_TEST
 
+/*
+ * The big inputs below are sized so that checking every name against every other (or
+ * every layer against every name), as the parser once did, takes seconds to minutes.
+ */
+#define MANY 50000
+
+/* A config of lines printed by line(i, f) for i in [0, n), then tail; in A. */
+static char *many_lines(size_t n, void (*line)(FILE *f, size_t i), const char *tail)
+{
+	char *buf = NULL;
+	size_t len;
+	FILE *f = open_memstream(&buf, &len);
+	ck_assert_ptr_nonnull(f);
+	for (size_t i = 0; i < n; i++)
+		line(f, i);
+	fputs(tail, f);
+	fclose(f);
+	char *text = arena_strndup(&A, buf, len);
+	free(buf);
+	ck_assert_ptr_nonnull(text);
+	return text;
+}
+
+static void override_line(FILE *f, size_t i)
+{
+	fprintf(f, "override_layer_configs { layer_name: \"L%zu\" prune_config { " NM " } }\n",
+		i);
+}
+
+START_TEST(many_overrides_repeat_at_the_end)
+{
+	expect(many_lines(MANY, override_line,
+			  "override_layer_configs { layer_name: \"L0\" prune_config { " NM " } }"),
+	       "layer 'L0' has more than one override_layer_configs entry", MANY + 1, 26);
+	/* Of two repeats, the first in the file is the error, not the earliest name. */
+	expect(many_lines(MANY, override_line,
+			  "override_layer_configs { layer_name: \"L4321\" prune_config { " NM " } }\n"
+			  "override_layer_configs { layer_name: \"L0\" prune_config { " NM " } }"),
+	       "layer 'L4321' has more than one override_layer_configs entry", MANY + 1, 26);
+	/* A repeat after an entry failing another check is never reached. */
+	expect(many_lines(MANY, override_line,
+			  "override_layer_configs { layer_name: \"x\" }\n"
+			  "override_layer_configs { layer_name: \"L0\" prune_config { " NM " } }"),
+	       "override for layer 'x' has no prune_config", MANY + 1, 26);
+	prune_config_t *c;
+	sd_error_t e;
+	ck_assert_msg(parse(many_lines(MANY, override_line, ""), &c, &e) == 0, "%s", e.msg);
+}
+END_TEST
+
+/* Every fourth layer of MANY: overridden, in skip_layers, in regular_prune_skip_layers,
+ * or left to the global prune_config. */
+static void mixed_line(FILE *f, size_t i)
+{
+	switch (i % 4) {
+	case 0: override_line(f, i); break;
+	case 1: fprintf(f, "skip_layers: \"L%zu\"\n", i); break;
+	case 2: fprintf(f, "regular_prune_skip_layers: \"L%zu\"\n", i); break;
+	default: break;
+	}
+}
+
+static prune_layer_t *many_layers(void)
+{
+	prune_layer_t *l = arena_calloc(&A, MANY, sizeof(*l));
+	ck_assert_ptr_nonnull(l);
+	for (size_t i = 0; i < MANY; i++) {
+		l[i].name = arena_sprintf(&A, "L%zu", i);
+		l[i].type = "MatMul";
+		l[i].rank = 2;
+		l[i].shape[0] = 8;
+		l[i].shape[1] = 16;
+	}
+	return l;
+}
+
+START_TEST(many_names_applied_to_many_layers)
+{
+	prune_layer_t *l = many_layers();
+	sd_error_t e;
+	int rc = apply(many_lines(MANY, mixed_line,
+				  "prune_config { n_out_of_m_pruner { l1_selective_prune {"
+				  " update_freq: 3 } } }\n"),
+		       l, MANY, &e);
+	ck_assert_msg(rc == 0, "%s", e.msg);
+	for (size_t i = 0; i < MANY; i++) {
+		static const prune_skip_t why[] = {PRUNE_SKIP_NONE, PRUNE_SKIP_SKIP_LAYERS,
+						   PRUNE_SKIP_REGULAR_SKIP_LAYERS, PRUNE_SKIP_NONE};
+		ck_assert_int_eq(l[i].reason, why[i % 4]);
+		if (why[i % 4] == PRUNE_SKIP_NONE) {
+			ck_assert_int_eq(l[i].action, PRUNE_ACTION_PRUNED);
+			ck_assert_uint_eq(l[i].update_freq, i % 4 ? 3 : 2);
+		}
+	}
+	/* A name that is no layer, listed last: the first such name in file order. Each
+	 * fourth layer has no line. */
+	const int lines = MANY - MANY / 4;
+	l = many_layers();
+	ck_assert_int_eq(apply(many_lines(MANY, mixed_line,
+					  "skip_layers: \"nope\"\nskip_layers: \"nada\"\n"),
+			       l, MANY, &e),
+			 SD_ECONFIG);
+	ck_assert_msg_has(e, "'nope' in skip_layers is not a layer of this graph");
+	ck_assert_int_eq(e.line, lines + 1);
+	l = many_layers();
+	ck_assert_int_eq(apply(many_lines(MANY, mixed_line,
+					  "override_layer_configs {\n layer_name: \"nope\""
+					  " prune_config { " NM " } }\n"),
+			       l, MANY, &e),
+			 SD_ECONFIG);
+	ck_assert_msg_has(e, "'nope' in layer_name is not a layer of this graph");
+	ck_assert_int_eq(e.line, lines + 2);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *const tests[] = {
@@ -150,6 +265,8 @@ int main(void)
 		priority_and_skips,
 		no_layer_to_prune,
 		defaults,
+		many_overrides_repeat_at_the_end,
+		many_names_applied_to_many_layers,
 		NULL,
 	};
 	const tu_case_t cases[] = {{"config", tests, TU_ARENA}, {NULL}};

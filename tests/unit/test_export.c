@@ -531,6 +531,88 @@ START_TEST(record_errors)
 }
 END_TEST
 
+/* Sized so that checking each entry against every one before it, as the reader once
+ * did, takes tens of seconds. */
+#define MANY_RECORDED 50000
+
+/* A record of n layers L<i>, then tail; in A. */
+static const char *many_recorded(size_t n, const char *tail, size_t *len)
+{
+	char *buf = NULL;
+	FILE *f = open_memstream(&buf, len);
+	ck_assert_ptr_nonnull(f);
+	for (size_t i = 0; i < n; i++)
+		fprintf(f,
+			"prune_record { selective_prune { name: \"L%zu\""
+			" attr { name: \"mask_shape\" type: INTS ints: 4 ints: 4 }"
+			" attr { name: \"prune_axis\" type: INT i: 0 }"
+			" attr { name: \"update_freq\" type: INT i: 0 }"
+			" attr { name: \"layer_type\" type: STRING s: \"MatMul\" }"
+			" attr { name: \"weight_input\" type: STRING s: \"w\" } } }\n",
+			i);
+	fputs(tail, f);
+	fclose(f);
+	char *text = arena_strndup(&A, buf, *len);
+	free(buf);
+	ck_assert_ptr_nonnull(text);
+	return text;
+}
+
+#define ENTRY(name, scope)                                                                     \
+	"prune_record { selective_prune { name: \"" name "\""                                  \
+	" attr { name: \"mask_shape\" type: INTS ints: 4 ints: 4 }"                            \
+	" attr { name: \"prune_axis\" type: INT i: 0 }"                                        \
+	" attr { name: \"update_freq\" type: INT i: 0 }"                                       \
+	" attr { name: \"layer_type\" type: STRING s: \"MatMul\" }"                            \
+	" attr { name: \"weight_input\" type: STRING s: \"w\" }"                               \
+	" attr { name: \"scope\" type: STRING s: \"" scope "\" } } }\n"
+
+START_TEST(record_repeats_among_many)
+{
+	prune_record_entry_t *rec;
+	size_t n, len;
+	sd_error_t e;
+	const char *t = many_recorded(MANY_RECORDED, "", &len);
+	ck_assert_msg(prune_record_read(t, len, "r", &A, &rec, &n, &e) == 0, "%s", e.msg);
+	ck_assert_uint_eq(n, MANY_RECORDED);
+	ck_assert_str_eq(rec[MANY_RECORDED - 1].scope, "L49999/sparsityd");
+
+	t = many_recorded(MANY_RECORDED, ENTRY("L0", "x"), &len);
+	ck_assert_int_eq(prune_record_read(t, len, "r", &A, &rec, &n, &e), SD_ERECORD);
+	ck_assert_str_eq(e.msg, "r: layer 'L0' is recorded twice");
+	ck_assert_str_eq(e.node, "L0");
+
+	t = many_recorded(MANY_RECORDED, ENTRY("M", "L777/sparsityd"), &len);
+	ck_assert_int_eq(prune_record_read(t, len, "r", &A, &rec, &n, &e), SD_ERECORD);
+	ck_assert_str_eq(e.msg, "r: layers 'L777' and 'M' are recorded with the same scope "
+				"'L777/sparsityd'");
+	ck_assert_str_eq(e.node, "M");
+
+	/* The first entry repeating an earlier one is the error; on that entry, the
+	 * earlier entry it repeats first, a name before a scope. (Order only: small.) */
+	t = many_recorded(20, ENTRY("M", "L9/sparsityd") ENTRY("L3", "x"), &len);
+	ck_assert_int_eq(prune_record_read(t, len, "r", &A, &rec, &n, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "layers 'L9' and 'M' are recorded with the same scope");
+	t = many_recorded(20, ENTRY("L9", "L3/sparsityd"), &len);
+	ck_assert_int_eq(prune_record_read(t, len, "r", &A, &rec, &n, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "layers 'L3' and 'L9' are recorded with the same scope");
+	t = many_recorded(20, ENTRY("L3", "L9/sparsityd"), &len);
+	ck_assert_int_eq(prune_record_read(t, len, "r", &A, &rec, &n, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "layer 'L3' is recorded twice");
+
+	/* A repeat before a bad entry is the error; after it, never reached. */
+#define BAD "prune_record { selective_prune { name: \"b\" } }\n"
+	t = many_recorded(20, ENTRY("L5", "x") BAD, &len);
+	ck_assert_int_eq(prune_record_read(t, len, "r", &A, &rec, &n, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "layer 'L5' is recorded twice");
+	t = many_recorded(20, BAD ENTRY("L5", "x"), &len);
+	ck_assert_int_eq(prune_record_read(t, len, "r", &A, &rec, &n, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "layer 'b' has no 'mask_shape' attr");
+}
+END_TEST
+#undef BAD
+#undef ENTRY
+
 /* prune with the graph saved between begin and end while its masks are computed (as
  * the CLI and the daemon run it) writes the same bytes and counts as begin then end
  * with no save between; the save waits for each weight's mask. */
@@ -581,6 +663,7 @@ int main(void)
 		prune_saved_while_masks_run,
 		weight_through_cast,
 		record_errors,
+		record_repeats_among_many,
 		NULL,
 	};
 	const tu_case_t cases[] = {{"export", tests, TU_ARENA}, {NULL}};
