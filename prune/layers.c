@@ -4,7 +4,8 @@
  * Workload: one backward walk from the outputs over data inputs (control inputs do not
  * carry weights into a layer), then one pass over the nodes in graph order so results
  * are deterministic. Weight tracing follows at most graph-size hops, so a malformed
- * Identity cycle cannot loop forever.
+ * Identity cycle cannot loop forever, and discovery remembers where each node's trace
+ * ends (prune_tracer_t), so layers sharing one long chain to a weight walk it once.
  */
 #include "prune/layers.h"
 
@@ -179,21 +180,79 @@ static bool is_source_op(const char *op)
 	       strcmp(op, "VarHandleOp") == 0 || strcmp(op, "Variable") == 0;
 }
 
+bool prune_passes_on(const Tensorflow__NodeDef *n)
+{
+	return strcmp(n->op, "Identity") == 0 || strcmp(n->op, "ReadVariableOp") == 0;
+}
+
+/* The node a trace goes to after n (which passes on), or -1 when n has no data input 0. */
+static ptrdiff_t next_hop(const prune_graph_t *g, const Tensorflow__NodeDef *n)
+{
+	if (n->n_input == 0 || n->input[0][0] == '^')
+		return -1;
+	return prune_graph_find_input(g, n->input[0]);
+}
+
 ptrdiff_t prune_trace(const prune_graph_t *g, const char *input)
 {
 	ptrdiff_t idx = prune_graph_find_input(g, input);
 	for (size_t hops = 0; idx >= 0 && hops <= prune_graph_count(g); hops++) {
 		const Tensorflow__NodeDef *n = prune_graph_node(g, (size_t)idx);
-		if (strcmp(n->op, "Identity") && strcmp(n->op, "ReadVariableOp"))
+		if (!prune_passes_on(n))
 			return idx;
-		if (n->n_input == 0 || n->input[0][0] == '^')
-			return -1;
-		idx = prune_graph_find_input(g, n->input[0]);
+		idx = next_hop(g, n);
 	}
 	return -1;
 }
 
-ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot)
+/* prune_tracer_t.end of a node not reached yet, and of one on the walk in progress
+ * (met again, the walk has closed a cycle: prune_trace gives up on it with -1). */
+enum { TRACE_UNKNOWN = -2, TRACE_WALKING = -3 };
+
+int prune_tracer_init(prune_graph_t *g, prune_tracer_t *t, sd_error_t *e)
+{
+	size_t count = prune_graph_count(g);
+	t->g = g;
+	t->end = arena_alloc(prune_graph_arena(g), (count + 1) * sizeof(*t->end));
+	if (!t->end)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	for (size_t i = 0; i < count; i++)
+		t->end[i] = TRACE_UNKNOWN;
+	return 0;
+}
+
+/* Where the trace from node idx ends: one walk to a node whose end is known (or a
+ * dead end, or a cycle), then a second along the same nodes to note it on each, so no
+ * node is walked twice over the tracer's life. */
+static ptrdiff_t trace_from(prune_tracer_t *t, ptrdiff_t idx)
+{
+	ptrdiff_t end = idx, at = idx;
+	while (end >= 0 && t->end[end] == TRACE_UNKNOWN) {
+		const Tensorflow__NodeDef *n = prune_graph_node(t->g, (size_t)end);
+		if (!prune_passes_on(n)) {
+			t->end[end] = end;
+			break;
+		}
+		t->end[end] = TRACE_WALKING;
+		end = next_hop(t->g, n);
+	}
+	if (end >= 0)
+		end = t->end[end] == TRACE_WALKING ? -1 : t->end[end];
+	while (at >= 0 && t->end[at] == TRACE_WALKING) {
+		t->end[at] = end;
+		at = next_hop(t->g, prune_graph_node(t->g, (size_t)at));
+	}
+	return end;
+}
+
+ptrdiff_t prune_tracer_trace(prune_tracer_t *t, const char *input)
+{
+	return trace_from(t, prune_graph_find_input(t->g, input));
+}
+
+/* prune_weight_reader, tracing through t when it is not NULL. */
+static ptrdiff_t weight_reader(const prune_graph_t *g, prune_tracer_t *t, size_t layer,
+			       size_t *slot)
 {
 	const Tensorflow__NodeDef *n = prune_graph_node(g, layer);
 	if (n->n_input < 2)
@@ -201,7 +260,7 @@ ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot
 	*slot = 1;
 	if (n->input[1][0] == '^')
 		return (ptrdiff_t)layer;
-	ptrdiff_t c = prune_trace(g, n->input[1]);
+	ptrdiff_t c = t ? prune_tracer_trace(t, n->input[1]) : prune_trace(g, n->input[1]);
 	if (c < 0)
 		return (ptrdiff_t)layer;
 	const Tensorflow__NodeDef *cn = prune_graph_node(g, (size_t)c);
@@ -209,6 +268,16 @@ ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot
 		return (ptrdiff_t)layer;
 	*slot = 0;
 	return c;
+}
+
+ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot)
+{
+	return weight_reader(g, NULL, layer, slot);
+}
+
+ptrdiff_t prune_tracer_weight_reader(prune_tracer_t *t, size_t layer, size_t *slot)
+{
+	return weight_reader(t->g, t, layer, slot);
 }
 
 size_t prune_layer_reader(const prune_graph_t *g, const prune_layer_t *l)
@@ -232,10 +301,10 @@ bool prune_names_masked_weight(const char *input)
 }
 
 /* The weight's source: a Const or variable reached through prune_trace, or -1. */
-static ptrdiff_t trace_weight(const prune_graph_t *g, const char *input)
+static ptrdiff_t trace_weight(prune_tracer_t *t, const char *input)
 {
-	ptrdiff_t idx = prune_trace(g, input);
-	return idx >= 0 && is_source_op(prune_graph_node(g, (size_t)idx)->op) ? idx : -1;
+	ptrdiff_t idx = prune_tracer_trace(t, input);
+	return idx >= 0 && is_source_op(prune_graph_node(t->g, (size_t)idx)->op) ? idx : -1;
 }
 
 static const Tensorflow__TensorShapeProto *source_shape(const Tensorflow__NodeDef *src)
@@ -275,8 +344,8 @@ static void skip(prune_layer_t *l, prune_skip_t why, const char *detail)
 }
 
 /* Structural checks of one layer; fills weight, dtype, shape, axis. */
-static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDef *n,
-		    size_t max_elems, sd_error_t *e)
+static int classify(prune_graph_t *g, prune_tracer_t *t, prune_layer_t *l,
+		    const Tensorflow__NodeDef *n, size_t max_elems, sd_error_t *e)
 {
 	arena_t *a = prune_graph_arena(g);
 	l->name = n->name;
@@ -285,7 +354,7 @@ static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDe
 	l->axis = -1;
 	l->weight_input = "";
 	size_t slot;
-	ptrdiff_t rd = prune_weight_reader(g, l->node, &slot);
+	ptrdiff_t rd = prune_tracer_weight_reader(t, l->node, &slot);
 	if (rd >= 0) {
 		const Tensorflow__NodeDef *reader = prune_graph_node(g, (size_t)rd);
 		l->weight_input = reader->input[slot];
@@ -309,7 +378,7 @@ static int classify(prune_graph_t *g, prune_layer_t *l, const Tensorflow__NodeDe
 		skip(l, PRUNE_SKIP_TRANSPOSE_A, "MatMul with transpose_a=true");
 		return 0;
 	}
-	ptrdiff_t src = rd >= 0 ? trace_weight(g, l->weight_input) : -1;
+	ptrdiff_t src = rd >= 0 ? trace_weight(t, l->weight_input) : -1;
 	if (src < 0) {
 		skip(l, PRUNE_SKIP_NOT_CONSTANT,
 		     l->cast ? arena_sprintf(a, "weight read through Cast '%s' does not trace "
@@ -377,13 +446,17 @@ int prune_layers_find(prune_graph_t *g, const char *const *outputs, size_t n_out
 	prune_layer_t *ls = arena_calloc(a, n ? n : 1, sizeof(*ls));
 	if (!ls)
 		return sd_err(e, SD_ENOMEM, "out of memory");
+	/* Layers often share the Identity chains to their weights: each is walked once. */
+	prune_tracer_t t;
+	if ((rc = prune_tracer_init(g, &t, e)))
+		return rc;
 	size_t k = 0;
 	for (size_t i = 0; i < count; i++) {
 		const Tensorflow__NodeDef *nd = prune_graph_node(g, i);
 		if (!on_path[i] || !prune_layer_type_known(nd->op))
 			continue;
 		ls[k].node = i;
-		if ((rc = classify(g, &ls[k], nd, max_elems, e)))
+		if ((rc = classify(g, &t, &ls[k], nd, max_elems, e)))
 			return rc;
 		k++;
 	}

@@ -67,6 +67,27 @@ void prune_result_begin(prune_result_t *r, prune_stage_t stage, const prune_grap
  */
 ptrdiff_t prune_trace(const prune_graph_t *g, const char *input);
 
+/* Whether n passes its input 0 on unchanged (Identity, ReadVariableOp): traces and
+ * reader walks go through such nodes. */
+bool prune_passes_on(const Tensorflow__NodeDef *n);
+
+/*
+ * prune_trace over one graph for many inputs: the end of each node's trace is found
+ * once and kept, so a graph whose thousands of layers read one weight through one long
+ * Identity chain walks the chain once, not once per layer. Valid while no node is
+ * added, removed or rewired: a stage that edits the graph makes a new one.
+ */
+typedef struct prune_tracer {
+	const prune_graph_t *g;
+	ptrdiff_t *end; /* per node: where its trace ends, -1, or not found yet */
+} prune_tracer_t;
+
+/* Sets t up for g (memory in g's arena, one word per node). Returns 0 or SD_ENOMEM. */
+SD_MUST_CHECK int prune_tracer_init(prune_graph_t *g, prune_tracer_t *t, sd_error_t *e);
+
+/* prune_trace(g, input), remembered: the same answer, each node walked once. */
+ptrdiff_t prune_tracer_trace(prune_tracer_t *t, const char *input);
+
 /*
  * Where layer node `layer` takes in its weight, found in the graph: the layer's input
  * 1, or the input 0 of a Cast that input 1 leads to through Identity / ReadVariableOp.
@@ -74,6 +95,9 @@ ptrdiff_t prune_trace(const prune_graph_t *g, const char *input);
  * or -1 when the layer has no input 1.
  */
 ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot);
+
+/* prune_weight_reader of t's graph, tracing through t. */
+ptrdiff_t prune_tracer_weight_reader(prune_tracer_t *t, size_t layer, size_t *slot);
 
 /*
  * The index of the node through which discovered layer l reads its weight: its Cast

@@ -237,25 +237,42 @@ static int nomem(ext_t *x)
 	return sd_err(x->e, SD_ENOMEM, "out of memory");
 }
 
-/* "<S>/sparsityd", or "<S>/sparsityd_<k>" for the first k no node name sits in. */
+/*
+ * The k of a node name's rest after "<S>/sparsityd" when the name sits in that sub-scope
+ * (rest "" or "/...", k = 0) or in "<S>/sparsityd_<k>" (k as %u writes it, no leading
+ * zero); false otherwise, or when k > max (such a k is never the first free one).
+ */
+static bool sub_scope_k(const char *rest, size_t max, size_t *k)
+{
+	*k = 0;
+	if (rest[0] == '_' && rest[1] >= '1' && rest[1] <= '9') {
+		for (rest++; *rest >= '0' && *rest <= '9'; rest++)
+			if ((*k = *k * 10 + (size_t)(*rest - '0')) > max)
+				return false;
+	}
+	return *rest == '\0' || *rest == '/';
+}
+
+/* "<S>/sparsityd", or "<S>/sparsityd_<k>" for the first k no node name sits in. One
+ * scan notes the k taken, as a graph may hold many such scopes: the n names take at
+ * most n of 0 .. n, so one of those is free. */
 static const char *free_sub_scope(ext_t *x, const layout_t *L)
 {
-	for (unsigned k = 0;; k++) {
-		const char *s = k ? arena_sprintf(x->a, "%.*s/sparsityd_%u", (int)L->scope_len,
-						  L->scope, k)
-				  : arena_sprintf(x->a, "%.*s/sparsityd", (int)L->scope_len,
-						  L->scope);
-		if (!s)
-			return NULL;
-		size_t len = strlen(s);
-		bool taken = false;
-		for (size_t i = 0; i < prune_graph_count(x->g) && !taken; i++) {
-			const char *nm = prune_graph_node(x->g, i)->name;
-			taken = strncmp(nm, s, len) == 0 && (nm[len] == '/' || nm[len] == '\0');
-		}
-		if (!taken)
-			return s;
+	size_t count = prune_graph_count(x->g), k;
+	const char *base = arena_sprintf(x->a, "%.*s/sparsityd", (int)L->scope_len, L->scope);
+	bool *taken = arena_calloc(x->a, count + 1, sizeof(*taken));
+	if (!base || !taken)
+		return NULL;
+	size_t len = strlen(base);
+	for (size_t i = 0; i < count; i++) {
+		const char *nm = prune_graph_node(x->g, i)->name;
+		if (strncmp(nm, base, len) == 0 && sub_scope_k(nm + len, count, &k))
+			taken[k] = true;
 	}
+	k = 0;
+	while (taken[k])
+		k++;
+	return k ? arena_sprintf(x->a, "%s_%zu", base, k) : base;
 }
 
 /* Sets the attribute key of n to v (an existing entry). */

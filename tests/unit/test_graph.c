@@ -13,6 +13,8 @@
 #include "prune/attr.h"
 #include "prune/graph.h"
 #include "prune/layers.h"
+#include "prune/sparsify.h"
+#include "prune/tensor.h"
 #include "testutil_prune.h"
 
 
@@ -430,6 +432,246 @@ START_TEST(add_and_remove)
 }
 END_TEST
 
+/* ---- walks over long Identity chains ---- */
+
+/* A text graph being written: x and an 8x4 weight w, then what the test adds. */
+typedef struct text {
+	char *buf;
+	size_t len;
+	FILE *f;
+} text_t;
+
+static void text_begin(text_t *t)
+{
+	t->f = open_memstream(&t->buf, &t->len);
+	ck_assert_ptr_nonnull(t->f);
+	fputs("node { name: 'x' op: 'Placeholder' attr { key: 'dtype' value { type: DT_FLOAT } } }\n"
+	      "node { name: 'w' op: 'Const' attr { key: 'dtype' value { type: DT_FLOAT } }\n"
+	      "       attr { key: 'value' value { tensor { dtype: DT_FLOAT\n"
+	      "       tensor_shape { dim { size: 8 } dim { size: 4 } } float_val: 1.5 } } } }\n",
+	      t->f);
+}
+
+/* Node `name` of type op reading `in` `reads` times (an Identity listing its input twice
+ * is legal, and a walk that follows every path pays twice per level). */
+static void text_node(text_t *t, const char *name, const char *op, const char *in, int reads)
+{
+	fprintf(t->f, "node { name: '%s' op: '%s'", name, op);
+	if (strcmp(op, "MatMul") == 0)
+		fputs(" input: 'x'", t->f);
+	for (int i = 0; i < reads; i++)
+		fprintf(t->f, " input: '%s'", in);
+	fputs(" }\n", t->f);
+}
+
+/* Identities <prefix>0 .. <prefix><n-1>, the first reading `from`, each the one before
+ * it `reads` times. Returns the last one's name (in A). */
+static const char *text_chain(text_t *t, const char *prefix, const char *from, int n, int reads)
+{
+	const char *prev = from;
+	for (int i = 0; i < n; i++) {
+		const char *name = arena_sprintf(&A, "%s%d", prefix, i);
+		text_node(t, name, "Identity", prev, reads);
+		prev = name;
+	}
+	return prev;
+}
+
+static prune_graph_t *text_load(text_t *t)
+{
+	fclose(t->f);
+	char *copy = arena_strndup(&A, t->buf, t->len);
+	size_t len = t->len;
+	free(t->buf);
+	prune_graph_t *g;
+	sd_error_t e;
+	sd_err_clear(&e);
+	ck_assert_msg(prune_graph_load((uint8_t *)copy, len, "t.pbtxt", PRUNE_FMT_PBTXT, 1u << 20,
+				       &A, &g, &e) == 0,
+		      "%s", e.msg);
+	return g;
+}
+
+/* Sparsifies the weight of layer "mm" of g, which reads it through `reads`: whether
+ * the masked weight had to go to a copy (another reader may see w, or the walk gave
+ * up), checking the layer reads the copy exactly then. */
+static bool weight_moved(prune_graph_t *g, const char *reads)
+{
+	const char *outs[] = {"mm"};
+	prune_layer_t *l;
+	size_t n;
+	sd_error_t e;
+	ck_assert_int_eq(prune_layers_find(g, outs, 1, 1u << 20, &l, &n, &e), 0);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(l->weight, "w");
+	ck_assert_int_eq(l->reason, PRUNE_SKIP_NONE);
+	prune_consumers_t c;
+	ck_assert_int_eq(prune_graph_consumers(g, &c, &e), 0);
+	prune_tensor_t w;
+	Tensorflow__NodeDef *wn = prune_graph_node(g, l->weight_node);
+	ck_assert_int_eq(prune_tensor_read(prune_node_attr(wn, "value")->tensor, 1u << 20, "w",
+					   &A, &w, &e),
+			 0);
+	uint8_t *bits = arena_calloc(&A, w.n / 8 + 1, 1);
+	bool moved = false;
+	ck_assert_int_eq(prune_sparsify(g, &c, l, l->weight_node, &w, bits,
+					(prune_mask_counts_t){0, 0}, true, NULL, NULL, &moved, &e),
+			 0);
+	ck_assert_str_eq(*prune_layer_weight_ref(g, l), moved ? "mm/weight_2of4" : reads);
+	return moved;
+}
+
+/* Chains whose Identities each read the one before twice: 2^depth paths, each node
+ * walked once, with the answer of the walk that follows every path (up to 64 deep). */
+START_TEST(sparsify_walks_each_node_once)
+{
+	text_t t;
+	const char *last;
+	/* Nothing else reads w: masked in place. */
+	text_begin(&t);
+	last = text_chain(&t, "id", "w", 30, 2);
+	text_node(&t, "mm", "MatMul", last, 1);
+	ck_assert(!weight_moved(text_load(&t), last));
+
+	/* An endpoint halfway (an Identity nobody reads) sees w: a copy. */
+	text_begin(&t);
+	last = text_chain(&t, "id", "w", 30, 2);
+	text_node(&t, "peek", "Identity", "id15", 1);
+	text_node(&t, "mm", "MatMul", last, 1);
+	ck_assert(weight_moved(text_load(&t), last));
+
+	/* Another op on the last Identity: a copy. */
+	text_begin(&t);
+	last = text_chain(&t, "id", "w", 40, 2);
+	text_node(&t, "mm", "MatMul", last, 1);
+	text_node(&t, "other", "Relu", last, 1);
+	ck_assert(weight_moved(text_load(&t), last));
+
+	/* The depth bound is kept: 64 Identities are walked, 65 are not. */
+	text_begin(&t);
+	last = text_chain(&t, "id", "w", 64, 2);
+	text_node(&t, "mm", "MatMul", last, 1);
+	ck_assert(!weight_moved(text_load(&t), last));
+	text_begin(&t);
+	last = text_chain(&t, "id", "w", 65, 2);
+	text_node(&t, "mm", "MatMul", last, 1);
+	ck_assert(weight_moved(text_load(&t), last));
+
+	/* A node met first near w and again deeper: the deeper path counts. s1 heads a chain
+	 * of h Identities to mm and is reached at depth 2 (w, s0, s1) and, walked later, at
+	 * depth 7 (w, p0 .. p4, s0b, s1): the walk goes h + 6 deep. */
+	for (int h = 57; h <= 59; h++) {
+		text_begin(&t);
+		text_node(&t, "s0", "Identity", "w", 1);
+		text_chain(&t, "p", "w", 5, 1);
+		text_node(&t, "s0b", "Identity", "p4", 1);
+		fputs("node { name: 's1' op: 'Identity' input: 's0' input: 's0b' }\n", t.f);
+		last = text_chain(&t, "s1_", "s1", h - 1, 1);
+		text_node(&t, "mm", "MatMul", last, 1);
+		ck_assert_msg(weight_moved(text_load(&t), last) == (h + 6 > 64), "h %d", h);
+	}
+
+	/* An Identity cycle below w: the walk gives up, as it did going round it. */
+	text_begin(&t);
+	fputs("node { name: 'c0' op: 'Identity' input: 'w' input: 'c1' }\n"
+	      "node { name: 'c1' op: 'Identity' input: 'c0' }\n",
+	      t.f);
+	text_node(&t, "mm", "MatMul", "c1", 1);
+	ck_assert(weight_moved(text_load(&t), "c1"));
+}
+END_TEST
+
+/* 20000 layers share one weight at the end of a 20000-long Identity chain: the chain
+ * is traced once, and every layer finds w. */
+START_TEST(trace_shared_chain_once)
+{
+	enum { N = 20000 };
+	text_t t;
+	text_begin(&t);
+	const char *last = text_chain(&t, "i", "w", N, 1);
+	for (int i = 0; i < N; i++)
+		text_node(&t, arena_sprintf(&A, "m%d", i), "MatMul", last, 1);
+	prune_graph_t *g = text_load(&t);
+	prune_layer_t *l;
+	size_t n;
+	sd_error_t e;
+	ck_assert_int_eq(prune_layers_find(g, NULL, 0, 1u << 20, &l, &n, &e), 0);
+	ck_assert_uint_eq(n, N);
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_str_eq(l[i].weight, "w");
+		ck_assert_str_eq(l[i].weight_input, last);
+		ck_assert_int_eq(l[i].reason, PRUNE_SKIP_SHARED_WEIGHT);
+	}
+	ck_assert_str_eq(l[N - 1].detail, "weight 'w' feeds 20000 layers");
+	prune_tracer_t tr;
+	ck_assert_int_eq(prune_tracer_init(g, &tr, &e), 0);
+	ck_assert_int_eq(prune_tracer_trace(&tr, "i12345"), prune_graph_find(g, "w", 1));
+	ck_assert_int_eq(prune_tracer_trace(&tr, last), prune_graph_find(g, "w", 1));
+	size_t slot = 9;
+	ck_assert_int_eq(prune_tracer_weight_reader(&tr, (size_t)prune_graph_find(g, "m7", 2),
+						    &slot),
+			 prune_graph_find(g, "m7", 2));
+	ck_assert_uint_eq(slot, 1);
+}
+END_TEST
+
+/* The tracer answers as prune_trace does from every node, whatever order it is asked
+ * in: chains into a cycle, dead ends, control inputs, a Cast, a missing node. */
+START_TEST(tracer_matches_trace)
+{
+	text_t t;
+	text_begin(&t);
+	fputs("node { name: 'a0' op: 'Identity' input: 'a1' }\n"
+	      "node { name: 'a1' op: 'Identity' input: 'a2' }\n"
+	      "node { name: 'a2' op: 'Identity' input: 'a1' }\n"
+	      "node { name: 'b' op: 'Identity' input: 'a0:0' }\n"
+	      "node { name: 'd' op: 'Identity' }\n"
+	      "node { name: 'e' op: 'ReadVariableOp' input: 'd' }\n"
+	      "node { name: 'f' op: 'Identity' input: '^w' }\n"
+	      "node { name: 'g' op: 'Identity' input: 'f' }\n"
+	      "node { name: 'v' op: 'VarHandleOp' }\n"
+	      "node { name: 'r' op: 'ReadVariableOp' input: 'v' }\n"
+	      "node { name: 'cast' op: 'Cast' input: 'r' }\n"
+	      "node { name: 'h' op: 'Identity' input: 'cast' }\n"
+	      "node { name: 'loop' op: 'Identity' input: 'loop' }\n",
+	      t.f);
+	text_chain(&t, "k", "w", 50, 1);
+	text_chain(&t, "j", "k25", 50, 1);
+	text_chain(&t, "l", "a2", 10, 1);
+	text_node(&t, "mm", "MatMul", "h", 1);
+	prune_graph_t *g = text_load(&t);
+	size_t count = prune_graph_count(g);
+	/* Forward, backward and from the middle out, each with a fresh tracer. */
+	for (int order = 0; order < 3; order++) {
+		prune_tracer_t tr;
+		sd_error_t e;
+		ck_assert_int_eq(prune_tracer_init(g, &tr, &e), 0);
+		for (size_t k = 0; k < count; k++) {
+			size_t i = order == 0 ? k : order == 1 ? count - 1 - k : (k * 7 + count / 2) % count;
+			const char *name = prune_graph_node(g, i)->name;
+			ck_assert_msg(prune_tracer_trace(&tr, name) == prune_trace(g, name), "%s",
+				      name);
+			ck_assert_msg(prune_tracer_trace(&tr, name) == prune_trace(g, name),
+				      "%s again", name);
+		}
+		ck_assert_int_eq(prune_tracer_trace(&tr, "nope"), -1);
+		ck_assert_int_eq(prune_tracer_trace(&tr, "a0:x"), -1);
+	}
+	ck_assert_int_eq(prune_trace(g, "j49"), prune_graph_find(g, "w", 1));
+	ck_assert_int_eq(prune_trace(g, "b"), -1);
+	ck_assert_int_eq(prune_trace(g, "h"), prune_graph_find(g, "cast", 4));
+	prune_tracer_t tr;
+	sd_error_t e;
+	ck_assert_int_eq(prune_tracer_init(g, &tr, &e), 0);
+	size_t slot = 9, mm = (size_t)prune_graph_find(g, "mm", 2);
+	ck_assert_int_eq(prune_tracer_weight_reader(&tr, mm, &slot), prune_graph_find(g, "cast", 4));
+	ck_assert_uint_eq(slot, 0);
+	slot = 9;
+	ck_assert_int_eq(prune_weight_reader(g, mm, &slot), prune_graph_find(g, "cast", 4));
+	ck_assert_uint_eq(slot, 0);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *const tests[] = {
@@ -442,6 +684,9 @@ int main(void)
 		input_strings,
 		output_lists,
 		add_and_remove,
+		sparsify_walks_each_node_once,
+		trace_shared_chain_once,
+		tracer_matches_trace,
 		NULL,
 	};
 	const tu_case_t cases[] = {{"graph", tests, TU_ARENA}, {NULL}};

@@ -212,6 +212,38 @@ START_TEST(taken_sub_scope)
 }
 END_TEST
 
+/* Sub-scopes save/sparsityd .. save/sparsityd_39999 are taken (as a node, or as a scope
+ * with a node inside), among names that look alike but take none: the first free one
+ * is found in one scan of the names, not one per candidate. */
+START_TEST(many_taken_sub_scopes)
+{
+	enum { N = 40000 };
+	prune_graph_t *g = load(NULL);
+	sd_error_t e;
+	static const char *const decoys[] = {
+		"save/sparsityd_0", "save/sparsityd_040000/x", "save/sparsityd_40000x",
+		"save/sparsityd_40000_1", "save/sparsityd_", "save/sparsityd_/x",
+		"save/sparsityd_99999999999999999999999999/x", "save/sparsityd40000",
+		"save/sparsityd_-40000", "other/sparsityd_40000", "save/x/sparsityd_40000",
+	};
+	for (size_t i = 0; i < sizeof(decoys) / sizeof(decoys[0]); i++) {
+		prune_node_spec_t d = {.name = decoys[i], .op = "NoOp"};
+		ck_assert_ptr_nonnull(prune_graph_add(g, &d, &e));
+	}
+	/* Added from the top down, so no order of the names favours the answer. */
+	for (int k = N - 1; k >= 0; k--) {
+		const char *sub = k ? arena_sprintf(&A, "save/sparsityd_%d", k) : "save/sparsityd";
+		prune_node_spec_t n = {.name = k % 2 ? arena_sprintf(&A, "%s/x", sub) : sub,
+				       .op = "NoOp"};
+		ck_assert_ptr_nonnull(prune_graph_add(g, &n, &e));
+	}
+	prune_node_spec_t beyond = {.name = "save/sparsityd_40001/x", .op = "NoOp"};
+	ck_assert_ptr_nonnull(prune_graph_add(g, &beyond, &e));
+	extend_ok(g);
+	assert_restore(g, "save/sparsityd_40000");
+}
+END_TEST
+
 START_TEST(no_saver_def)
 {
 	prune_graph_t *g = load(NULL);
@@ -319,7 +351,8 @@ int main(void)
 {
 	const tu_case_t cases[] = {
 		{"extend", TU_TESTS(extends_save_and_restore, shared_const_is_copied,
-				    taken_sub_scope, no_saver_def), TU_ARENA},
+				    taken_sub_scope, many_taken_sub_scopes, no_saver_def),
+		 TU_ARENA},
 		{"left", NULL, TU_ARENA, .loop = left_as_is,
 		 .loop_n = (int)(sizeof(left_cases) / sizeof(left_cases[0]))},
 		{NULL},
