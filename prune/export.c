@@ -30,12 +30,12 @@ static bool ignore_scope(void *ud, const Tensorflow__NodeDef *n)
 }
 
 /* A Const node of the graph by name (after freezing every variable is one). */
-static const Tensorflow__NodeDef *frozen_const(const prune_graph_t *g, const char *input,
+static const Tensorflow__NodeDef *frozen_const(prune_tracer_t *t, const char *input,
 					       const char *layer, const char *what,
 					       sd_error_t *e)
 {
-	ptrdiff_t idx = prune_trace(g, input);
-	const Tensorflow__NodeDef *n = idx >= 0 ? prune_graph_node(g, (size_t)idx) : NULL;
+	ptrdiff_t idx = prune_tracer_trace(t, input);
+	const Tensorflow__NodeDef *n = idx >= 0 ? prune_graph_node(t->g, (size_t)idx) : NULL;
 	if (!n || strcmp(n->op, "Const")) {
 		sd_err_node(e, SD_EMODEL, layer,
 			    "layer '%s': its %s ('%s') is not a constant; export takes the frozen "
@@ -75,10 +75,10 @@ static int read_i64(const Tensorflow__NodeDef *n, const char *layer, const char 
  * stored mask by it, so a record that says otherwise than the graph's own
  * <scope>/step_mod (absent for 0) would export a mask the masked graph never used.
  */
-static int check_freq(const prune_graph_t *g, const prune_record_entry_t *r, sd_error_t *e)
+static int check_freq(prune_graph_t *g, prune_tracer_t *t, const prune_record_entry_t *r,
+		      sd_error_t *e)
 {
-	const char *mod_name = arena_sprintf(prune_graph_arena((prune_graph_t *)g), "%s/step_mod",
-					     r->scope);
+	const char *mod_name = arena_sprintf(prune_graph_arena(g), "%s/step_mod", r->scope);
 	if (!mod_name)
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	ptrdiff_t mi = prune_graph_find(g, mod_name, strlen(mod_name));
@@ -88,7 +88,7 @@ static int check_freq(const prune_graph_t *g, const prune_record_entry_t *r, sd_
 		if (mod->n_input != 2)
 			return sd_err_node(e, SD_EMODEL, r->name, "layer '%s': '%s' is malformed",
 					   r->name, mod_name);
-		const Tensorflow__NodeDef *fc = frozen_const(g, mod->input[1], r->name,
+		const Tensorflow__NodeDef *fc = frozen_const(t, mod->input[1], r->name,
 							     "update_freq", e);
 		int rc = fc ? read_i64(fc, r->name, "update_freq", &freq, e) : e->code;
 		if (rc)
@@ -115,6 +115,7 @@ static bool same_shape(const prune_tensor_t *t, const int64_t *shape, int rank)
 typedef struct ctx {
 	prune_graph_t *g;
 	prune_consumers_t cons;
+	prune_tracer_t tracer; /* until the first edit (finish_layer) */
 	size_t max_elems;
 	sd_error_t *e;
 } ctx_t;
@@ -147,6 +148,13 @@ static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t 
 		return sd_err_node(e, SD_ERECORD, r->name,
 				   "layer '%s' is a %s in the model but a %s in the record", r->name,
 				   ln->op, r->layer_type);
+	/* The mask the graph computed ran along the layer's own axis: a record that says
+	 * otherwise would export another mask than the one the masked graph used. */
+	if (prune_layer_axis(ln) != r->axis)
+		return sd_err_node(e, SD_ERECORD, r->name,
+				   "layer '%s': the record's prune_axis is %d but the %s's is %d "
+				   "(use the record written with this model)",
+				   r->name, r->axis, ln->op, prune_layer_axis(ln));
 	l->name = ln->name;
 	l->type = ln->op;
 	l->node = (size_t)li;
@@ -164,7 +172,7 @@ static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t 
 	if (!mw_name || !mv_name || !step_name)
 		return sd_err(e, SD_ENOMEM, "out of memory");
 	size_t slot;
-	ptrdiff_t rd = prune_weight_reader(g, (size_t)li, &slot);
+	ptrdiff_t rd = prune_tracer_weight_reader(&x->tracer, (size_t)li, &slot);
 	if (rd < 0 || strcmp(prune_graph_node(g, (size_t)rd)->input[slot], mw_name))
 		return sd_err_node(e, SD_EMODEL, r->name,
 				   "layer '%s' does not read '%s': the model does not carry the "
@@ -192,10 +200,10 @@ static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t 
 				   "'%s'",
 				   r->name, mw->input[0], r->weight_input);
 
-	const Tensorflow__NodeDef *wc = frozen_const(g, r->weight_input, r->name, "weight", e);
-	const Tensorflow__NodeDef *mc = wc ? frozen_const(g, mv->input[2], r->name, "mask", e)
+	const Tensorflow__NodeDef *wc = frozen_const(&x->tracer, r->weight_input, r->name, "weight", e);
+	const Tensorflow__NodeDef *mc = wc ? frozen_const(&x->tracer, mv->input[2], r->name, "mask", e)
 					   : NULL;
-	const Tensorflow__NodeDef *sc = mc ? frozen_const(g, step_name, r->name, "step", e) : NULL;
+	const Tensorflow__NodeDef *sc = mc ? frozen_const(&x->tracer, step_name, r->name, "step", e) : NULL;
 	if (!sc)
 		return e->code;
 	l->weight = wc->name;
@@ -203,7 +211,7 @@ static int prepare_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t 
 	int rc;
 	if ((rc = prune_tensor_read(prune_node_attr(wc, "value")->tensor, x->max_elems, wc->name,
 				    a, w, e)) ||
-	    (rc = read_i64(sc, r->name, "step", &p->step, e)) || (rc = check_freq(g, r, e)))
+	    (rc = read_i64(sc, r->name, "step", &p->step, e)) || (rc = check_freq(g, &x->tracer, r, e)))
 		return rc;
 	l->dtype = w->dtype;
 	if (!same_shape(w, r->shape, r->rank))
@@ -355,6 +363,8 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 	/* Every layer is checked and read first; the masks are then computed on all
 	 * cores; the graph is edited last, in record order, on this thread. */
 	int rc = prune_graph_consumers(g, &x.cons, e);
+	if (!rc)
+		rc = prune_tracer_init(g, &x.tracer, e);
 	for (size_t i = 0; !rc && i < n_rec; i++) {
 		rc = prepare_layer(&x, &rec[i], &res->layers[i], &p[i], &jobs[i]);
 		res->n_layers = i + 1;
@@ -366,13 +376,18 @@ int prune_export(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec
 		res->weights += res->layers[i].elems;
 		res->weights_zeroed += res->layers[i].zeroed;
 	}
+	/* A layer still reading a masked weight was inserted but not recorded. The edits
+	 * rewired the layers: a fresh tracer. */
+	if (!rc)
+		rc = prune_tracer_init(g, &x.tracer, e);
 	if (rc)
 		return rc;
-	/* A layer still reading a masked weight was inserted but not recorded. */
 	for (size_t i = 0; i < prune_graph_count(g); i++) {
 		const Tensorflow__NodeDef *n = prune_graph_node(g, i);
 		size_t slot;
-		ptrdiff_t rd = prune_layer_type_known(n->op) ? prune_weight_reader(g, i, &slot) : -1;
+		ptrdiff_t rd = prune_layer_type_known(n->op)
+				       ? prune_tracer_weight_reader(&x.tracer, i, &slot)
+				       : -1;
 		if (rd >= 0 &&
 		    prune_names_masked_weight(prune_graph_node(g, (size_t)rd)->input[slot]))
 			return sd_err_node(e, SD_ERECORD, n->name,

@@ -193,20 +193,8 @@ static ptrdiff_t next_hop(const prune_graph_t *g, const Tensorflow__NodeDef *n)
 	return prune_graph_find_input(g, n->input[0]);
 }
 
-ptrdiff_t prune_trace(const prune_graph_t *g, const char *input)
-{
-	ptrdiff_t idx = prune_graph_find_input(g, input);
-	for (size_t hops = 0; idx >= 0 && hops <= prune_graph_count(g); hops++) {
-		const Tensorflow__NodeDef *n = prune_graph_node(g, (size_t)idx);
-		if (!prune_passes_on(n))
-			return idx;
-		idx = next_hop(g, n);
-	}
-	return -1;
-}
-
 /* prune_tracer_t.end of a node not reached yet, and of one on the walk in progress
- * (met again, the walk has closed a cycle: prune_trace gives up on it with -1). */
+ * (met again, the walk has closed a cycle: its trace ends in -1). */
 enum { TRACE_UNKNOWN = -2, TRACE_WALKING = -3 };
 
 int prune_tracer_init(prune_graph_t *g, prune_tracer_t *t, sd_error_t *e)
@@ -250,17 +238,16 @@ ptrdiff_t prune_tracer_trace(prune_tracer_t *t, const char *input)
 	return trace_from(t, prune_graph_find_input(t->g, input));
 }
 
-/* prune_weight_reader, tracing through t when it is not NULL. */
-static ptrdiff_t weight_reader(const prune_graph_t *g, prune_tracer_t *t, size_t layer,
-			       size_t *slot)
+ptrdiff_t prune_tracer_weight_reader(prune_tracer_t *t, size_t layer, size_t *slot)
 {
+	const prune_graph_t *g = t->g;
 	const Tensorflow__NodeDef *n = prune_graph_node(g, layer);
 	if (n->n_input < 2)
 		return -1;
 	*slot = 1;
 	if (n->input[1][0] == '^')
 		return (ptrdiff_t)layer;
-	ptrdiff_t c = t ? prune_tracer_trace(t, n->input[1]) : prune_trace(g, n->input[1]);
+	ptrdiff_t c = prune_tracer_trace(t, n->input[1]);
 	if (c < 0)
 		return (ptrdiff_t)layer;
 	const Tensorflow__NodeDef *cn = prune_graph_node(g, (size_t)c);
@@ -268,16 +255,6 @@ static ptrdiff_t weight_reader(const prune_graph_t *g, prune_tracer_t *t, size_t
 		return (ptrdiff_t)layer;
 	*slot = 0;
 	return c;
-}
-
-ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot)
-{
-	return weight_reader(g, NULL, layer, slot);
-}
-
-ptrdiff_t prune_tracer_weight_reader(prune_tracer_t *t, size_t layer, size_t *slot)
-{
-	return weight_reader(t->g, t, layer, slot);
 }
 
 size_t prune_layer_reader(const prune_graph_t *g, const prune_layer_t *l)
@@ -300,7 +277,7 @@ bool prune_names_masked_weight(const char *input)
 	return len > sl && strcmp(input + len - sl, PRUNE_MASKED_SUFFIX) == 0;
 }
 
-/* The weight's source: a Const or variable reached through prune_trace, or -1. */
+/* The weight's source: a Const or variable the trace reaches, or -1. */
 static ptrdiff_t trace_weight(prune_tracer_t *t, const char *input)
 {
 	ptrdiff_t idx = prune_tracer_trace(t, input);
@@ -343,6 +320,13 @@ static void skip(prune_layer_t *l, prune_skip_t why, const char *detail)
 	l->detail = detail;
 }
 
+int prune_layer_axis(const Tensorflow__NodeDef *n)
+{
+	if (strcmp(n->op, "MatMul") == 0)
+		return attr_true(n, "transpose_b") ? 1 : 0;
+	return strcmp(n->op, "Conv2D") == 0 ? 2 : 3;
+}
+
 /* Structural checks of one layer; fills weight, dtype, shape, axis. */
 static int classify(prune_graph_t *g, prune_tracer_t *t, prune_layer_t *l,
 		    const Tensorflow__NodeDef *n, size_t max_elems, sd_error_t *e)
@@ -372,8 +356,7 @@ static int classify(prune_graph_t *g, prune_tracer_t *t, prune_layer_t *l,
 	}
 	bool matmul = strcmp(n->op, "MatMul") == 0;
 	int want_rank = matmul ? 2 : 4;
-	l->axis = matmul ? (attr_true(n, "transpose_b") ? 1 : 0)
-			 : strcmp(n->op, "Conv2D") == 0 ? 2 : 3;
+	l->axis = prune_layer_axis(n);
 	if (matmul && attr_true(n, "transpose_a")) {
 		skip(l, PRUNE_SKIP_TRANSPOSE_A, "MatMul with transpose_a=true");
 		return 0;

@@ -51,6 +51,10 @@ SD_MUST_CHECK int prune_layers_find(prune_graph_t *g, const char *const *outputs
 				    size_t n_outputs, size_t max_elems, prune_layer_t **layers,
 				    size_t *n_layers, sd_error_t *e);
 
+/* The axis of layer node n's weight that 2:4 groups run along (its reduction axis):
+ * MatMul 0, or 1 with transpose_b; Conv2D 2 (Cin of HWIO); Conv2DBackpropInput 3. */
+int prune_layer_axis(const Tensorflow__NodeDef *n);
+
 /* Whether op is a layer type, and the list of them for messages ("MatMul, ..."). */
 bool prune_layer_type_known(const char *op);
 const char *prune_layer_types(void);
@@ -59,23 +63,17 @@ const char *prune_layer_types(void);
 void prune_result_begin(prune_result_t *r, prune_stage_t stage, const prune_graph_t *g,
 			const char *const *outputs, size_t n_outputs);
 
-/*
- * Follows Identity / ReadVariableOp from an input string to the first node that is
- * neither (a frozen variable reads through Identity, a live one through
- * ReadVariableOp). Returns its index, or -1 for a missing node or a chain longer than
- * the graph (a malformed cycle).
- */
-ptrdiff_t prune_trace(const prune_graph_t *g, const char *input);
-
 /* Whether n passes its input 0 on unchanged (Identity, ReadVariableOp): traces and
  * reader walks go through such nodes. */
 bool prune_passes_on(const Tensorflow__NodeDef *n);
 
 /*
- * prune_trace over one graph for many inputs: the end of each node's trace is found
- * once and kept, so a graph whose thousands of layers read one weight through one long
- * Identity chain walks the chain once, not once per layer. Valid while no node is
- * added, removed or rewired: a stage that edits the graph makes a new one.
+ * Traces inputs of one graph: from an input string through Identity / ReadVariableOp
+ * to the first node that is neither (a frozen variable reads through Identity, a live
+ * one through ReadVariableOp). The end of each node's trace is found once and kept, so
+ * a graph whose thousands of layers read one weight through one long Identity chain
+ * walks the chain once, not once per layer. Valid while no node is added, removed or
+ * rewired: a stage that edits the graph makes a new one.
  */
 typedef struct prune_tracer {
 	const prune_graph_t *g;
@@ -85,18 +83,16 @@ typedef struct prune_tracer {
 /* Sets t up for g (memory in g's arena, one word per node). Returns 0 or SD_ENOMEM. */
 SD_MUST_CHECK int prune_tracer_init(prune_graph_t *g, prune_tracer_t *t, sd_error_t *e);
 
-/* prune_trace(g, input), remembered: the same answer, each node walked once. */
+/* The index of the node input's trace ends at, or -1 for a missing node, a dead end or
+ * a cycle. */
 ptrdiff_t prune_tracer_trace(prune_tracer_t *t, const char *input);
 
 /*
- * Where layer node `layer` takes in its weight, found in the graph: the layer's input
- * 1, or the input 0 of a Cast that input 1 leads to through Identity / ReadVariableOp.
- * Returns the index of that node (the layer or the Cast) and sets *slot to the input,
- * or -1 when the layer has no input 1.
+ * Where layer node `layer` takes in its weight: the layer's input 1, or the input 0 of
+ * a Cast that input 1 leads to through Identity / ReadVariableOp. Returns the index of
+ * that node (the layer or the Cast) and sets *slot to the input, or -1 when the layer
+ * has no input 1.
  */
-ptrdiff_t prune_weight_reader(const prune_graph_t *g, size_t layer, size_t *slot);
-
-/* prune_weight_reader of t's graph, tracing through t. */
 ptrdiff_t prune_tracer_weight_reader(prune_tracer_t *t, size_t layer, size_t *slot);
 
 /*

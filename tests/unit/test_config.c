@@ -269,6 +269,6 @@ int main(void)
 		many_names_applied_to_many_layers,
 		NULL,
 	};
-	const tu_case_t cases[] = {{"config", tests, TU_ARENA}, {NULL}};
+	const tu_case_t cases[] = {{"config", tests, TU_ARENA, .timeout = 60}, {NULL}};
 	return tu_main("config", cases);
 }

@@ -325,6 +325,14 @@ START_TEST(export_errors)
 	ck_assert_int_eq(export(g, rec, n, &r, &e), SD_EMODEL);
 	ck_assert_msg_has(e, "other than 0 and 1");
 
+	/* A record whose prune_axis is not the layer's (MatMul without transpose_b: 0). */
+	g = inserted(FREQ(0), &rec, &n);
+	freeze(g, 0, NULL);
+	rec[0].axis = 1;
+	ck_assert_int_eq(export(g, rec, n, &r, &e), SD_ERECORD);
+	ck_assert_msg_has(e, "the record's prune_axis is 1 but the MatMul's is 0");
+	ck_assert_str_eq(e.node, rec[0].name);
+
 	/* A record whose update_freq is not the graph's: at step 5 the graph uses the
 	 * stored mask (5 % 3), the record would have the fresh one exported (5 % 5). */
 	static const struct {
@@ -666,6 +674,6 @@ int main(void)
 		record_repeats_among_many,
 		NULL,
 	};
-	const tu_case_t cases[] = {{"export", tests, TU_ARENA}, {NULL}};
+	const tu_case_t cases[] = {{"export", tests, TU_ARENA, .timeout = 60}, {NULL}};
 	return tu_main("export", cases);
 }

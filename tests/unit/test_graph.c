@@ -617,6 +617,22 @@ END_TEST
 
 /* The tracer answers as prune_trace does from every node, whatever order it is asked
  * in: chains into a cycle, dead ends, control inputs, a Cast, a missing node. */
+/* The tracer's answer the simple way, one input at a time: hop through Identity and
+ * ReadVariableOp, giving up on a dead end or after as many hops as nodes (a cycle). */
+static ptrdiff_t ref_trace(const prune_graph_t *g, const char *input)
+{
+	ptrdiff_t idx = prune_graph_find_input(g, input);
+	for (size_t hops = 0; idx >= 0 && hops <= prune_graph_count(g); hops++) {
+		const Tensorflow__NodeDef *n = prune_graph_node(g, (size_t)idx);
+		if (!prune_passes_on(n))
+			return idx;
+		if (n->n_input == 0 || n->input[0][0] == '^')
+			return -1;
+		idx = prune_graph_find_input(g, n->input[0]);
+	}
+	return -1;
+}
+
 START_TEST(tracer_matches_trace)
 {
 	text_t t;
@@ -649,25 +665,22 @@ START_TEST(tracer_matches_trace)
 		for (size_t k = 0; k < count; k++) {
 			size_t i = order == 0 ? k : order == 1 ? count - 1 - k : (k * 7 + count / 2) % count;
 			const char *name = prune_graph_node(g, i)->name;
-			ck_assert_msg(prune_tracer_trace(&tr, name) == prune_trace(g, name), "%s",
+			ck_assert_msg(prune_tracer_trace(&tr, name) == ref_trace(g, name), "%s",
 				      name);
-			ck_assert_msg(prune_tracer_trace(&tr, name) == prune_trace(g, name),
+			ck_assert_msg(prune_tracer_trace(&tr, name) == ref_trace(g, name),
 				      "%s again", name);
 		}
 		ck_assert_int_eq(prune_tracer_trace(&tr, "nope"), -1);
 		ck_assert_int_eq(prune_tracer_trace(&tr, "a0:x"), -1);
 	}
-	ck_assert_int_eq(prune_trace(g, "j49"), prune_graph_find(g, "w", 1));
-	ck_assert_int_eq(prune_trace(g, "b"), -1);
-	ck_assert_int_eq(prune_trace(g, "h"), prune_graph_find(g, "cast", 4));
+	ck_assert_int_eq(ref_trace(g, "j49"), prune_graph_find(g, "w", 1));
+	ck_assert_int_eq(ref_trace(g, "b"), -1);
+	ck_assert_int_eq(ref_trace(g, "h"), prune_graph_find(g, "cast", 4));
 	prune_tracer_t tr;
 	sd_error_t e;
 	ck_assert_int_eq(prune_tracer_init(g, &tr, &e), 0);
 	size_t slot = 9, mm = (size_t)prune_graph_find(g, "mm", 2);
 	ck_assert_int_eq(prune_tracer_weight_reader(&tr, mm, &slot), prune_graph_find(g, "cast", 4));
-	ck_assert_uint_eq(slot, 0);
-	slot = 9;
-	ck_assert_int_eq(prune_weight_reader(g, mm, &slot), prune_graph_find(g, "cast", 4));
 	ck_assert_uint_eq(slot, 0);
 }
 END_TEST
@@ -689,6 +702,6 @@ int main(void)
 		tracer_matches_trace,
 		NULL,
 	};
-	const tu_case_t cases[] = {{"graph", tests, TU_ARENA}, {NULL}};
+	const tu_case_t cases[] = {{"graph", tests, TU_ARENA, .timeout = 60}, {NULL}};
 	return tu_main("graph", cases);
 }

@@ -397,6 +397,6 @@ int main(void)
 		dimension_past_int32,
 		NULL,
 	};
-	const tu_case_t cases[] = {{"insert", tests, TU_ARENA}, {NULL}};
+	const tu_case_t cases[] = {{"insert", tests, TU_ARENA, .timeout = 60}, {NULL}};
 	return tu_main("insert", cases);
 }

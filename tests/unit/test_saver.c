@@ -352,7 +352,7 @@ int main(void)
 	const tu_case_t cases[] = {
 		{"extend", TU_TESTS(extends_save_and_restore, shared_const_is_copied,
 				    taken_sub_scope, many_taken_sub_scopes, no_saver_def),
-		 TU_ARENA},
+		 TU_ARENA, .timeout = 60},
 		{"left", NULL, TU_ARENA, .loop = left_as_is,
 		 .loop_n = (int)(sizeof(left_cases) / sizeof(left_cases[0]))},
 		{NULL},

@@ -36,7 +36,7 @@ typedef struct tu_case {
 	const TTest *const *tests; /* NULL-terminated (TU_TESTS), or NULL for none */
 	void (*setup)(void);       /* checked fixture around every test, or NULL */
 	void (*teardown)(void);
-	double timeout;            /* seconds when forked; 0 keeps check's default */
+	double timeout;            /* seconds when forked; 0 keeps check's default (4) */
 	const TTest *loop;         /* a loop test run before the others, i = 0 .. loop_n-1 */
 	int loop_n;
 } tu_case_t;
