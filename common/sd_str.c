@@ -133,15 +133,32 @@ size_t sd_strkeys_first_repeat(const sd_strkey_t *k, size_t n, size_t *earlier)
 	return first;
 }
 
-size_t sd_strkeys_find(const sd_strkey_t *k, size_t n, const char *s)
+/* The first position of sorted k whose string compares above s[0..len) (past) or not
+ * below it (!past) on those len bytes: the ends of the run that begins with s. */
+static size_t bound(const sd_strkey_t *k, size_t n, const char *s, size_t len, bool past)
 {
 	size_t lo = 0, hi = n;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (strcmp(k[mid].s, s) < 0)
+		int c = strncmp(k[mid].s, s, len);
+		if (c < 0 || (past && c == 0))
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
-	return lo < n && strcmp(k[lo].s, s) == 0 ? lo : n;
+	return lo;
+}
+
+size_t sd_strkeys_find(const sd_strkey_t *k, size_t n, const char *s)
+{
+	/* s itself sorts first among the strings that begin with it */
+	size_t j = bound(k, n, s, strlen(s), false);
+	return j < n && strcmp(k[j].s, s) == 0 ? j : n;
+}
+
+void sd_strkeys_prefixed(const sd_strkey_t *k, size_t n, const char *prefix, size_t len,
+			 size_t *lo, size_t *hi)
+{
+	*lo = bound(k, n, prefix, len, false);
+	*hi = bound(k, n, prefix, len, true);
 }

@@ -60,4 +60,8 @@ size_t sd_strkeys_first_repeat(const sd_strkey_t *k, size_t n, size_t *earlier);
 /* Of sorted keys: the position of the first key holding s, or n. */
 size_t sd_strkeys_find(const sd_strkey_t *k, size_t n, const char *s);
 
+/* Of sorted keys: the run [*lo, *hi) whose strings begin with prefix[0..len). */
+void sd_strkeys_prefixed(const sd_strkey_t *k, size_t n, const char *prefix, size_t len,
+			 size_t *lo, size_t *hi);
+
 #endif

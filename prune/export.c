@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/sd_str.h"
 #include "prune/layers.h"
 #include "prune/mask.h"
 #include "prune/sparsify.h"
@@ -268,19 +269,22 @@ static int finish_layer(ctx_t *x, const prune_record_entry_t *r, prune_layer_t *
 static int mark_inserted(prune_graph_t *g, const prune_record_entry_t *rec, size_t n_rec,
 			 const bool *keep, bool *rm, size_t *stack, size_t *sp, sd_error_t *e)
 {
-	size_t *idx;
-	int rc = prune_graph_sorted(g, &idx, e);
-	if (rc)
-		return rc;
 	arena_t *a = prune_graph_arena(g);
+	size_t n = prune_graph_count(g);
+	sd_strkey_t *keys = arena_alloc(a, (n ? n : 1) * sizeof(*keys));
+	if (!keys)
+		return sd_err(e, SD_ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		keys[i] = (sd_strkey_t){prune_graph_node(g, i)->name, i};
+	sd_strkeys_sort(keys, n);
 	for (size_t r = 0; r <= n_rec; r++) {
 		const char *scope = r < n_rec ? arena_sprintf(a, "%s/", rec[r].scope) : PRUNE_SCOPE "/";
 		if (!scope)
 			return sd_err(e, SD_ENOMEM, "out of memory");
 		size_t lo, hi;
-		prune_graph_prefixed(g, idx, scope, strlen(scope), &lo, &hi);
+		sd_strkeys_prefixed(keys, n, scope, strlen(scope), &lo, &hi);
 		for (size_t k = lo; k < hi; k++) {
-			size_t i = idx[k];
+			size_t i = keys[k].i;
 			if (!rm[i] && !keep[i]) {
 				rm[i] = true;
 				stack[(*sp)++] = i;

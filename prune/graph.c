@@ -145,48 +145,6 @@ ptrdiff_t prune_graph_find(const prune_graph_t *g, const char *name, size_t len)
 	}
 }
 
-static int by_name(const void *a, const void *b, void *ud)
-{
-	const prune_graph_t *g = ud;
-	return strcmp(g->gd->node[*(const size_t *)a]->name, g->gd->node[*(const size_t *)b]->name);
-}
-
-int prune_graph_sorted(prune_graph_t *g, size_t **idx, sd_error_t *e)
-{
-	size_t n = g->gd->n_node;
-	*idx = arena_alloc(g->arena, (n ? n : 1) * sizeof(**idx));
-	if (!*idx)
-		return sd_err(e, SD_ENOMEM, "out of memory sorting node names");
-	for (size_t i = 0; i < n; i++)
-		(*idx)[i] = i;
-	qsort_r(*idx, n, sizeof(**idx), by_name, g);
-	return 0;
-}
-
-/* The first position of idx whose name compares above prefix (past: true) or not
- * below it (past: false) on prefix's bytes. */
-static size_t bound(const prune_graph_t *g, const size_t *idx, const char *prefix, size_t len,
-		    bool past)
-{
-	size_t lo = 0, hi = g->gd->n_node;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		int c = strncmp(g->gd->node[idx[mid]]->name, prefix, len);
-		if (c < 0 || (past && c == 0))
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
-void prune_graph_prefixed(const prune_graph_t *g, const size_t *idx, const char *prefix,
-			  size_t len, size_t *lo, size_t *hi)
-{
-	*lo = bound(g, idx, prefix, len, false);
-	*hi = bound(g, idx, prefix, len, true);
-}
-
 /* Inserts node idx; returns the index already holding that name, or -1 if new. */
 static ptrdiff_t index_put(prune_graph_t *g, size_t idx)
 {

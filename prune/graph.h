@@ -84,16 +84,6 @@ Tensorflow__NodeDef *prune_graph_node(const prune_graph_t *g, size_t i);
 /* Index of the node called name[0..len), or -1. */
 ptrdiff_t prune_graph_find(const prune_graph_t *g, const char *name, size_t len);
 
-/*
- * Every node under a scope, without a scan per scope: prune_graph_sorted gives the node
- * indexes in name order (an arena array of prune_graph_count(g), valid until a node is
- * added or removed; SD_ENOMEM), and prune_graph_prefixed the run [*lo, *hi) of that
- * array whose names begin with prefix[0..len).
- */
-SD_MUST_CHECK int prune_graph_sorted(prune_graph_t *g, size_t **idx, sd_error_t *e);
-void prune_graph_prefixed(const prune_graph_t *g, const size_t *idx, const char *prefix,
-			  size_t len, size_t *lo, size_t *hi);
-
 /* Parses an input string. Returns 0, or SD_EMODEL for an empty or malformed string. */
 SD_MUST_CHECK int prune_input_parse(const char *s, prune_input_t *out, sd_error_t *e);
 

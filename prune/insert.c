@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "common/sd_str.h"
 #include "prune/attr.h"
 #include "prune/layers.h"
 #include "prune/saver.h"
@@ -595,34 +596,43 @@ static int group_op(prune_graph_t *g, const char *name, const char *const *deps,
  */
 static int check_scopes(prune_graph_t *g, const prune_result_t *res, sd_error_t *e)
 {
-	size_t *idx, lo, hi;
-	int rc = prune_graph_sorted(g, &idx, e);
-	if (rc)
-		return rc;
-	prune_graph_prefixed(g, idx, PRUNE_SCOPE "/", sizeof(PRUNE_SCOPE), &lo, &hi);
-	if (lo < hi) {
-		const char *name = prune_graph_node(g, idx[lo])->name;
-		return sd_err_node(e, SD_EMODEL, name,
-				   "node '%s' is in the scope '" PRUNE_SCOPE "/' that insert adds its "
-				   "own nodes to; insert runs on the original graph, not on its own "
-				   "output",
-				   name);
+	static const char inner[] = "/" PRUNE_SCOPE "/";
+	size_t n = prune_graph_count(g), k = 0;
+	sd_strkey_t *keys = NULL;
+	for (size_t i = 0; i < n; i++) {
+		const char *name = prune_graph_node(g, i)->name;
+		if (strncmp(name, PRUNE_SCOPE "/", sizeof(PRUNE_SCOPE)) == 0)
+			return sd_err_node(e, SD_EMODEL, name,
+					   "node '%s' is in the scope '" PRUNE_SCOPE "/' that insert "
+					   "adds its own nodes to; insert runs on the original graph, "
+					   "not on its own output",
+					   name);
+		if (!strstr(name, inner))
+			continue;
+		if (!keys && !(keys = arena_alloc(prune_graph_arena(g), n * sizeof(*keys))))
+			return sd_err(e, SD_ENOMEM, "out of memory");
+		keys[k++] = (sd_strkey_t){name, i};
 	}
-	/* One lookup per pruned layer, not one per "/sparsityd/" in every name: a name
-	 * made of that string repeated would cost its length squared. */
+	if (!k)
+		return 0; /* the usual case: nothing to sort */
+	/* The names holding "/sparsityd/", sorted, and one lookup per pruned layer: not a
+	 * lookup per "/sparsityd/" in every name, which a name made of that string
+	 * repeated would make cost its length squared. */
+	sd_strkeys_sort(keys, k);
 	for (size_t i = 0; i < res->n_layers; i++) {
 		const prune_layer_t *l = &res->layers[i];
 		if (l->action != PRUNE_ACTION_PRUNED)
 			continue;
-		const char *scope = arena_sprintf(prune_graph_arena(g), "%s/" PRUNE_SCOPE "/", l->name);
+		const char *scope = arena_sprintf(prune_graph_arena(g), "%s%s", l->name, inner);
 		if (!scope)
 			return sd_err(e, SD_ENOMEM, "out of memory");
-		prune_graph_prefixed(g, idx, scope, strlen(scope), &lo, &hi);
+		size_t lo, hi;
+		sd_strkeys_prefixed(keys, k, scope, strlen(scope), &lo, &hi);
 		if (lo < hi)
 			return sd_err_node(e, SD_EMODEL, l->name,
 					   "layer '%s' already carries sparsityd nodes ('%s'); insert "
 					   "runs on the original graph, not on its own output",
-					   l->name, prune_graph_node(g, idx[lo])->name);
+					   l->name, keys[lo].s);
 	}
 	return 0;
 }
