@@ -525,37 +525,29 @@ static bool weight_moved(prune_graph_t *g, const char *reads)
  * walked once, with the answer of the walk that follows every path (up to 64 deep). */
 START_TEST(sparsify_walks_each_node_once)
 {
+	/* A chain of `depth` Identities from w to mm, `extra` beside it. */
+	static const struct {
+		int depth;
+		const char *extra;
+		bool moved;
+	} chains[] = {
+		{30, "", false}, /* nothing else reads w: masked in place */
+		/* an endpoint halfway (an Identity nobody reads) sees w: a copy */
+		{30, "node { name: 'peek' op: 'Identity' input: 'id15' }\n", true},
+		/* another op on the last Identity: a copy */
+		{40, "node { name: 'other' op: 'Relu' input: 'id39' }\n", true},
+		{64, "", false}, /* the depth bound is kept: 64 Identities are walked, */
+		{65, "", true},  /* 65 are not */
+	};
 	text_t t;
 	const char *last;
-	/* Nothing else reads w: masked in place. */
-	text_begin(&t);
-	last = text_chain(&t, "id", "w", 30, 2);
-	text_node(&t, "mm", "MatMul", last, 1);
-	ck_assert(!weight_moved(text_load(&t), last));
-
-	/* An endpoint halfway (an Identity nobody reads) sees w: a copy. */
-	text_begin(&t);
-	last = text_chain(&t, "id", "w", 30, 2);
-	text_node(&t, "peek", "Identity", "id15", 1);
-	text_node(&t, "mm", "MatMul", last, 1);
-	ck_assert(weight_moved(text_load(&t), last));
-
-	/* Another op on the last Identity: a copy. */
-	text_begin(&t);
-	last = text_chain(&t, "id", "w", 40, 2);
-	text_node(&t, "mm", "MatMul", last, 1);
-	text_node(&t, "other", "Relu", last, 1);
-	ck_assert(weight_moved(text_load(&t), last));
-
-	/* The depth bound is kept: 64 Identities are walked, 65 are not. */
-	text_begin(&t);
-	last = text_chain(&t, "id", "w", 64, 2);
-	text_node(&t, "mm", "MatMul", last, 1);
-	ck_assert(!weight_moved(text_load(&t), last));
-	text_begin(&t);
-	last = text_chain(&t, "id", "w", 65, 2);
-	text_node(&t, "mm", "MatMul", last, 1);
-	ck_assert(weight_moved(text_load(&t), last));
+	for (size_t i = 0; i < sizeof(chains) / sizeof(chains[0]); i++) {
+		text_begin(&t);
+		last = text_chain(&t, "id", "w", chains[i].depth, 2);
+		text_node(&t, "mm", "MatMul", last, 1);
+		fputs(chains[i].extra, t.f);
+		ck_assert_msg(weight_moved(text_load(&t), last) == chains[i].moved, "case %zu", i);
+	}
 
 	/* A node met first near w and again deeper: the deeper path counts. s1 heads a chain
 	 * of h Identities to mm and is reached at depth 2 (w, s0, s1) and, walked later, at
